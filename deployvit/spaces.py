@@ -1,0 +1,373 @@
+"""Search spaces as data: presets (REFERENCES.md sections 1 and 4), tiny CI spaces, and user files.
+
+A space is a list of stages; each stage lists its choices (embed dims, depths, heads, MLP ratios) and
+its fixed head dim. One stage is an AutoFormer space, three with halving token grids a ViT-ResNAS
+space. Everything search and training need from a space (sampling, mutation, crossover, membership,
+size, extremes) lives here so no other module re-derives the choices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from deployvit.arch import Arch, ArchError, Layer, Stage, mlp_hidden
+from deployvit.errors import DeployvitError
+
+
+@dataclass(frozen=True)
+class StageSpace:
+    embed_dims: tuple[int, ...]
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    mlp_ratios: tuple[float, ...]
+    head_dim: int = 64
+
+    @property
+    def max_depth(self) -> int:
+        return max(self.depths)
+
+    @property
+    def max_embed_dim(self) -> int:
+        return max(self.embed_dims)
+
+    @property
+    def max_mlp_hidden(self) -> int:
+        return max(mlp_hidden(e, r) for e in self.embed_dims for r in self.mlp_ratios)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "embed_dim": list(self.embed_dims),
+            "depth": list(self.depths),
+            "num_heads": list(self.num_heads),
+            "mlp_ratio": list(self.mlp_ratios),
+            "head_dim": self.head_dim,
+        }
+
+
+def _pick(values: Sequence, rng: np.random.Generator):
+    return values[int(rng.integers(len(values)))]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    img_size: int
+    patch_size: int
+    in_chans: int
+    num_classes: int
+    stages: tuple[StageSpace, ...]
+
+    # --- geometry ---------------------------------------------------------------------------------
+
+    @property
+    def multi_stage(self) -> bool:
+        return len(self.stages) > 1
+
+    def grid(self, stage: int) -> int:
+        """Token grid side of a stage: each residual spatial reduction halves it."""
+        return (self.img_size // self.patch_size) >> stage
+
+    def tokens(self, stage: int) -> int:
+        """Tokens a block of this stage sees: the grid plus the class token."""
+        return self.grid(stage) ** 2 + 1
+
+    # --- (de)serialisation ---------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "img_size": self.img_size,
+            "patch_size": self.patch_size,
+            "in_chans": self.in_chans,
+            "num_classes": self.num_classes,
+            "stages": [s.to_dict() for s in self.stages],
+        }
+
+    def hash(self) -> str:
+        """Short content hash: a table or checkpoint records it to detect a changed space."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def with_overrides(self, img_size: int | None = None, num_classes: int | None = None) -> "SearchSpace":
+        """Same choices at another resolution or label count (fine-tuning, tiny data sets, tests)."""
+        space = replace(
+            self,
+            img_size=self.img_size if img_size is None else img_size,
+            num_classes=self.num_classes if num_classes is None else num_classes,
+        )
+        _check_geometry(space)
+        return space
+
+    # --- membership -----------------------------------------------------------------------------------
+
+    def validate(self, arch: Arch) -> None:
+        """Raise ArchError naming the first field of `arch` that is outside this space."""
+        if arch.space != self.name:
+            raise ArchError(f"space: arch belongs to space {arch.space!r}, not {self.name!r}")
+        for field in ("img_size", "patch_size", "in_chans", "num_classes"):
+            got, want = getattr(arch, field), getattr(self, field)
+            if got != want:
+                raise ArchError(f"{field}: {got} does not match space {self.name!r} ({want})")
+        if len(arch.stages) != len(self.stages):
+            raise ArchError(f"stages: arch has {len(arch.stages)} stages, space {self.name!r} has {len(self.stages)}")
+        for si, (stage, choices) in enumerate(zip(arch.stages, self.stages)):
+            prefix = f"stages[{si}]." if self.multi_stage else ""
+            _check_choice(stage.embed_dim, choices.embed_dims, f"{prefix}embed_dim", self.name)
+            _check_choice(stage.depth, choices.depths, f"{prefix}depth", self.name)
+            if stage.head_dim != choices.head_dim:
+                raise ArchError(f"{prefix}head_dim: {stage.head_dim} does not match space {self.name!r} ({choices.head_dim})")
+            for li, layer in enumerate(stage.layers):
+                _check_choice(layer.num_heads, choices.num_heads, f"{prefix}layers[{li}].num_heads", self.name)
+                _check_choice(layer.mlp_ratio, choices.mlp_ratios, f"{prefix}layers[{li}].mlp_ratio", self.name)
+
+    def contains(self, arch: Arch) -> bool:
+        try:
+            self.validate(arch)
+        except ArchError:
+            return False
+        return True
+
+    def size(self) -> int:
+        """Number of distinct (canonical) archs: per stage |embed| * sum_d (|heads| * |ratios|)^d."""
+        total = 1
+        for s in self.stages:
+            per_layer = len(s.num_heads) * len(s.mlp_ratios)
+            total *= len(s.embed_dims) * sum(per_layer**d for d in s.depths)
+        return total
+
+    # --- construction ----------------------------------------------------------------------------------
+
+    def make_arch(self, stages: Sequence[Stage]) -> Arch:
+        return Arch(self.name, self.img_size, self.patch_size, self.in_chans, self.num_classes, tuple(stages))
+
+    def _uniform(self, pick_embed, pick_depth, pick_heads, pick_ratio) -> Arch:
+        stages = []
+        for s in self.stages:
+            depth = pick_depth(s.depths)
+            layers = tuple(Layer(pick_heads(s.num_heads), pick_ratio(s.mlp_ratios)) for _ in range(depth))
+            stages.append(Stage(pick_embed(s.embed_dims), s.head_dim, layers))
+        return self.make_arch(stages)
+
+    def max_arch(self) -> Arch:
+        return self._uniform(max, max, max, max)
+
+    def min_arch(self) -> Arch:
+        return self._uniform(min, min, min, min)
+
+    def sample(self, rng: np.random.Generator) -> Arch:
+        """Uniform over each choice (AutoFormer's sampling), seeded by `rng`."""
+        pick = lambda values: _pick(values, rng)  # noqa: E731
+        return self._uniform(pick, pick, pick, pick)
+
+    def mutate(
+        self, arch: Arch, rng: np.random.Generator, layer_prob: float = 0.2, stage_prob: float = 0.4
+    ) -> Arch:
+        """AutoFormer mutation: depth and embed dim re-drawn with `stage_prob`, each layer's heads and
+        MLP ratio with `layer_prob`; layers added by a deeper depth are drawn fresh."""
+        stages = []
+        for stage, s in zip(arch.stages, self.stages):
+            depth = _pick(s.depths, rng) if rng.random() < stage_prob else stage.depth
+            embed = _pick(s.embed_dims, rng) if rng.random() < stage_prob else stage.embed_dim
+            layers = []
+            for i in range(depth):
+                if i < stage.depth:
+                    heads, ratio = stage.layers[i].num_heads, stage.layers[i].mlp_ratio
+                    if rng.random() < layer_prob:
+                        heads = _pick(s.num_heads, rng)
+                    if rng.random() < layer_prob:
+                        ratio = _pick(s.mlp_ratios, rng)
+                else:
+                    heads, ratio = _pick(s.num_heads, rng), _pick(s.mlp_ratios, rng)
+                layers.append(Layer(heads, ratio))
+            stages.append(Stage(embed, s.head_dim, tuple(layers)))
+        return self.make_arch(stages)
+
+    def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch:
+        """Uniform crossover that stays valid across depths (AutoFormer's can emit malformed archs):
+        depth and embed dim come from a random parent; layer i from a random parent among those that
+        have a layer i, so a child deeper than one parent takes its tail from the deeper one."""
+        stages = []
+        for sa, sb in zip(a.stages, b.stages):
+            depth = sa.depth if rng.random() < 0.5 else sb.depth
+            embed = sa.embed_dim if rng.random() < 0.5 else sb.embed_dim
+            layers = []
+            for i in range(depth):
+                owners = [s for s in (sa, sb) if i < s.depth]
+                layers.append(owners[int(rng.integers(len(owners)))].layers[i])
+            stages.append(Stage(embed, sa.head_dim, tuple(layers)))
+        return self.make_arch(stages)
+
+
+def _check_choice(value, allowed: Sequence, field: str, space: str) -> None:
+    if not any(_same(value, a) for a in allowed):
+        shown = ", ".join(f"{a:g}" if isinstance(a, float) else str(a) for a in allowed)
+        raise ArchError(f"{field}: {value:g} is not in space {space!r} (allowed: {shown})")
+
+
+def _same(a, b) -> bool:
+    return abs(float(a) - float(b)) < 1e-9
+
+
+# --- presets ---------------------------------------------------------------------------------------
+
+
+def _autoformer(name: str, embed: tuple, depth: tuple, heads: tuple) -> SearchSpace:
+    stage = StageSpace(embed, depth, heads, (3.0, 3.5, 4.0), head_dim=64)
+    return SearchSpace(name, 224, 16, 3, 1000, (stage,))
+
+
+_RESNAS_RATIOS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)  # 7 MLP widths per stage
+
+PRESETS: dict[str, SearchSpace] = {
+    space.name: space
+    for space in (
+        # REFERENCES.md section 1 (tiny ratios {3, 3.5, 4}, base heads {8, 9, 10}: published subnets are members)
+        _autoformer("autoformer-tiny", (192, 216, 240), (12, 13, 14), (3, 4)),
+        _autoformer("autoformer-small", (320, 384, 448), (12, 13, 14), (5, 6, 7)),
+        _autoformer("autoformer-base", (528, 576, 624), (14, 15, 16), (8, 9, 10)),
+        # REFERENCES.md section 4: patch 14 at 224 -> 16x16, 8x8, 4x4 tokens; widths x1, x2, x4;
+        # attention widths 160-256 at head dim 32, then head dims 48 and 64; 7 blocks, 3 skippable.
+        SearchSpace(
+            "resnas-small", 224, 14, 3, 1000,
+            (
+                StageSpace((200, 220, 240, 280, 320), (4, 5, 6, 7), (5, 6, 7, 8), _RESNAS_RATIOS, head_dim=32),
+                StageSpace((400, 440, 480, 560, 640), (4, 5, 6, 7), (5, 6, 7, 8), _RESNAS_RATIOS, head_dim=48),
+                StageSpace((800, 880, 960, 1120, 1280), (4, 5, 6, 7), (5, 6, 7, 8), _RESNAS_RATIOS, head_dim=64),
+            ),
+        ),
+        # Tiny spaces for CI and demos (32x32 images, 10 classes: the built-in digits data set).
+        SearchSpace("test", 32, 8, 3, 10, (StageSpace((32, 48, 64), (2, 3, 4), (1, 2), (2.0, 3.0, 4.0), head_dim=16),)),
+        SearchSpace(
+            "test-resnas", 32, 4, 3, 10,
+            (
+                StageSpace((16, 24), (1, 2), (1, 2), (2.0, 4.0), head_dim=8),
+                StageSpace((32, 48), (1, 2), (1, 2), (2.0, 4.0), head_dim=16),
+                StageSpace((64, 96), (1, 2), (1, 2), (2.0, 4.0), head_dim=32),
+            ),
+        ),
+    )
+}
+
+
+def get_space(name_or_path: str | os.PathLike) -> SearchSpace:
+    """A preset by name, or a user space from a YAML/JSON file."""
+    key = str(name_or_path)
+    if key in PRESETS:
+        return PRESETS[key]
+    path = Path(key)
+    if path.suffix.lower() in (".yaml", ".yml", ".json") or path.exists():
+        return load_space(path)
+    raise DeployvitError(f"unknown space {key!r} (presets: {', '.join(PRESETS)}; or a .yaml/.json file)")
+
+
+def load_space(path: str | os.PathLike) -> SearchSpace:
+    import yaml
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DeployvitError(f"space file not found: {p}") from None
+    except OSError as exc:
+        raise DeployvitError(f"cannot read space file {p}: {exc}") from None
+    try:
+        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise DeployvitError(f"malformed space file {p}: {str(exc).splitlines()[0]}") from None
+    try:
+        return space_from_dict(data)
+    except DeployvitError as exc:
+        raise DeployvitError(f"{p}: {exc}") from None
+
+
+_SPACE_KEYS = {"name", "img_size", "patch_size", "in_chans", "num_classes", "stages"}
+_STAGE_SPACE_KEYS = {"embed_dim", "depth", "num_heads", "mlp_ratio", "head_dim"}
+
+
+def space_from_dict(data: Any, allow_preset_name: bool = False) -> SearchSpace:
+    """Build a space from its dict form. A single-stage space may give the stage keys at top level.
+
+    User files may not reuse a preset's name (archs name their space); checkpoints and tables that
+    recorded a preset (possibly with overrides) rebuild it with `allow_preset_name`."""
+    if not isinstance(data, dict):
+        raise DeployvitError("space: expected a mapping")
+    data = dict(data)
+    if "stages" not in data:
+        data["stages"] = [{k: data.pop(k) for k in list(data) if k in _STAGE_SPACE_KEYS}]
+    unknown = sorted(set(data) - _SPACE_KEYS)
+    if unknown:
+        raise DeployvitError(f"space: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(_SPACE_KEYS | _STAGE_SPACE_KEYS))})")
+    for key in ("name", "img_size", "patch_size", "num_classes"):
+        if key not in data:
+            raise DeployvitError(f"space: missing key {key!r}")
+    if not isinstance(data["name"], str) or not data["name"]:
+        raise DeployvitError("space.name: expected a non-empty string")
+    if data["name"] in PRESETS and not allow_preset_name:
+        raise DeployvitError(f"space.name: {data['name']!r} is a preset name; choose another name")
+    stages = []
+    for i, raw in enumerate(data["stages"] or []):
+        where = f"stages[{i}]"
+        if not isinstance(raw, dict):
+            raise DeployvitError(f"{where}: expected a mapping")
+        unknown = sorted(set(raw) - _STAGE_SPACE_KEYS)
+        if unknown:
+            raise DeployvitError(f"{where}: unknown key {unknown[0]!r}")
+        missing = sorted({"embed_dim", "depth", "num_heads", "mlp_ratio"} - set(raw))
+        if missing:
+            raise DeployvitError(f"{where}: missing key {missing[0]!r}")
+        stages.append(
+            StageSpace(
+                embed_dims=_int_choices(raw["embed_dim"], f"{where}.embed_dim"),
+                depths=_int_choices(raw["depth"], f"{where}.depth"),
+                num_heads=_int_choices(raw["num_heads"], f"{where}.num_heads"),
+                mlp_ratios=tuple(float(r) for r in _num_choices(raw["mlp_ratio"], f"{where}.mlp_ratio")),
+                head_dim=_int_choices(raw.get("head_dim", 64), f"{where}.head_dim")[0],
+            )
+        )
+    if not stages:
+        raise DeployvitError("space.stages: expected at least one stage")
+    space = SearchSpace(
+        name=data["name"],
+        img_size=_int_choices(data["img_size"], "img_size")[0],
+        patch_size=_int_choices(data["patch_size"], "patch_size")[0],
+        in_chans=_int_choices(data.get("in_chans", 3), "in_chans")[0],
+        num_classes=_int_choices(data["num_classes"], "num_classes")[0],
+        stages=tuple(stages),
+    )
+    _check_geometry(space)
+    return space
+
+
+def _num_choices(value: Any, where: str) -> tuple:
+    values = value if isinstance(value, list) else [value]
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in values):
+        raise DeployvitError(f"{where}: expected a positive number or a non-empty list of them, got {value!r}")
+    return tuple(sorted(set(values)))
+
+
+def _int_choices(value: Any, where: str) -> tuple[int, ...]:
+    values = _num_choices(value, where)
+    if any(not isinstance(v, int) for v in values):
+        raise DeployvitError(f"{where}: expected integers, got {value!r}")
+    return values
+
+
+def _check_geometry(space: SearchSpace) -> None:
+    if space.img_size % space.patch_size:
+        raise DeployvitError(f"img_size {space.img_size} is not a multiple of patch_size {space.patch_size}")
+    grid = space.img_size // space.patch_size
+    reductions = len(space.stages) - 1
+    if grid % (1 << reductions):
+        raise DeployvitError(
+            f"a {grid}x{grid} patch grid cannot be halved {reductions} times (img_size / patch_size must be divisible by {1 << reductions})"
+        )
+    for i in range(1, len(space.stages)):
+        if min(space.stages[i].embed_dims) < max(space.stages[i - 1].embed_dims):
+            raise DeployvitError(f"stages[{i}].embed_dim: must not be narrower than stage {i - 1} (the shortcut zero-pads)")
