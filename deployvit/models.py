@@ -144,7 +144,11 @@ class ViT(nn.Module):
 
 
 def init_weights(module: nn.Module) -> None:
-    """ViT/DeiT initialisation (truncated normal 0.02 for weights and embeddings, zero biases)."""
+    """ViT/DeiT initialisation (truncated normal 0.02 for weights and embeddings, zero biases).
+
+    Modules on the meta device (shape-only templates, extraction targets) have nothing to initialise."""
+    if any(p.is_meta for p in module.parameters()):
+        return
     for name, param in module.named_parameters():
         if name.endswith("cls_token") or name.endswith("pos_embed"):
             trunc_normal_(param, std=0.02)

@@ -137,7 +137,7 @@ class Supernet(nn.Module):
             model = ViT(arch, drop_path_rate)
         model = model.to_empty(device=device)
         for module, (_, sliced, _) in zip(model.part_modules(), self._plan):
-            module.load_state_dict({k: v.detach().clone() for k, v in sliced().items()}, strict=True)
+            module.load_state_dict(sliced(), strict=True)
         if previous is not None:
             self.set_arch(previous)
         return model.train(self.training)
