@@ -1,0 +1,147 @@
+"""The one timing loop of the codebase: profile, validation, export and benchmarks all call it.
+
+Every number that ends up in a latency table, an export report or a benchmark comes through
+`time_callable`, so "timed the same way" (DESIGN.md section 4) is true by construction. On CUDA each
+repeat is bracketed by CUDA events (device time of the queued work, not host launch time alone); on
+CPU by `time.perf_counter`. Warm-up is by time rather than by count, because the first calls pay for
+allocator growth, cuDNN/cuBLAS heuristics and clock ramp-up whose duration does not depend on how
+fast one call is. The median is reported because a single OS hiccup should not move the number; the
+coefficient of variation says how much to trust it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from deployvit.errors import DeployvitError
+
+#: above this coefficient of variation a warning is issued (trtexec warns at 2.5% on GPUs; CPUs
+#: shared with other processes are noisier, so the CPU default is looser).
+CV_WARN_CUDA = 0.025
+CV_WARN_CPU = 0.10
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Summary of `repeats` timed calls, in microseconds per call."""
+
+    median_us: float
+    p90_us: float
+    mean_us: float
+    cv: float
+    repeats: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 100]) of a non-empty list, numpy's default method."""
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarize(samples_us: list[float]) -> Timing:
+    """Median, p90, mean and coefficient of variation (stdev / mean) of per-call times."""
+    if not samples_us:
+        raise DeployvitError("no timing samples to summarize")
+    mean = statistics.fmean(samples_us)
+    stdev = statistics.pstdev(samples_us) if len(samples_us) > 1 else 0.0
+    return Timing(
+        median_us=statistics.median(samples_us),
+        p90_us=percentile(samples_us, 90.0),
+        mean_us=mean,
+        cv=stdev / mean if mean > 0 else 0.0,
+        repeats=len(samples_us),
+    )
+
+
+def _check_device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeployvitError(f"unknown timing device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeployvitError("timing on CUDA needs a CUDA GPU and a CUDA build of torch; none found")
+    if dev.type not in ("cpu", "cuda"):
+        raise DeployvitError(f"timing supports cpu and cuda devices, not {dev.type!r}")
+    return dev
+
+
+def time_callable(
+    fn: Callable[[], object],
+    *,
+    device: str | torch.device,
+    warmup_s: float = 0.5,
+    repeats: int = 100,
+    inner: int = 1,
+    min_repeat_s: float = 0.0,
+    cv_warn: float | None = None,
+    label: str = "",
+) -> Timing:
+    """Time `fn()` (no arguments; inputs bound in a closure) and return per-call statistics.
+
+    `warmup_s`: keep calling for at least this long before timing (and at least once).
+    `repeats`: number of timed samples. `inner`: calls per sample, averaged, for functions so short
+    that the timer's resolution or event overhead matters; with `min_repeat_s` > 0 `inner` is raised
+    after warm-up until one sample lasts at least that long. `cv_warn`: warn (RuntimeWarning) when
+    the coefficient of variation exceeds it (default 2.5% on CUDA, 10% on CPU). `label` names the
+    thing timed in the warning.
+    """
+    dev = _check_device(device)
+    if repeats < 1 or inner < 1:
+        raise DeployvitError(f"repeats and inner must be >= 1 (got repeats={repeats}, inner={inner})")
+    if warmup_s < 0 or min_repeat_s < 0:
+        raise DeployvitError("warmup_s and min_repeat_s must be >= 0")
+    cuda = dev.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(dev)) if cuda else (lambda: None)
+
+    with torch.inference_mode():
+        start = time.perf_counter()
+        calls = 0
+        while calls == 0 or time.perf_counter() - start < warmup_s:
+            fn()
+            calls += 1
+        sync()
+        if min_repeat_s > 0:
+            per_call = (time.perf_counter() - start) / calls
+            inner = max(inner, int(min_repeat_s / max(per_call, 1e-9)) + 1)
+
+        samples: list[float] = []
+        if cuda:
+            with torch.cuda.device(dev):
+                events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+                for begin, end in events:
+                    begin.record()
+                    for _ in range(inner):
+                        fn()
+                    end.record()
+                sync()
+                samples = [begin.elapsed_time(end) * 1e3 / inner for begin, end in events]
+        else:
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for _ in range(inner):
+                    fn()
+                samples.append((time.perf_counter() - t0) * 1e6 / inner)
+
+    timing = summarize(samples)
+    limit = cv_warn if cv_warn is not None else (CV_WARN_CUDA if cuda else CV_WARN_CPU)
+    if timing.cv > limit:
+        what = f" of {label}" if label else ""
+        warnings.warn(
+            f"timing{what} is noisy: coefficient of variation {timing.cv:.1%} > {limit:.1%} "
+            f"over {timing.repeats} repeats (median {timing.median_us:.1f} us); close other work or raise repeats",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return timing

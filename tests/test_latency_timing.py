@@ -1,0 +1,83 @@
+"""The timing loop: statistics on known samples, warm-up/repeat bookkeeping, noise warning, bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from deployvit.errors import DeployvitError
+from deployvit.latency.timing import percentile, summarize, time_callable
+
+
+def test_summarize_known_samples():
+    t = summarize([1.0, 2.0, 3.0, 4.0, 10.0])
+    assert t.median_us == 3.0
+    assert t.mean_us == 4.0
+    assert t.p90_us == pytest.approx(7.6)  # numpy's linear method: 4 + 0.6 * (10 - 4)
+    assert t.cv == pytest.approx((((9 + 4 + 1 + 0 + 36) / 5) ** 0.5) / 4.0)
+    assert t.repeats == 5
+
+
+def test_percentile_matches_numpy():
+    import numpy as np
+
+    xs = [5.0, 1.0, 9.0, 3.0, 7.0, 2.0]
+    for q in (0, 10, 50, 90, 100):
+        assert percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
+
+
+def test_time_callable_counts_calls_and_repeats():
+    calls = []
+    t = time_callable(lambda: calls.append(1), device="cpu", warmup_s=0.0, repeats=7, inner=3, cv_warn=float("inf"))
+    assert t.repeats == 7
+    assert len(calls) == 1 + 7 * 3  # one warm-up call, then repeats x inner
+    assert 0 < t.median_us <= t.p90_us
+
+
+def test_time_callable_measures_sleep():
+    import time
+
+    t = time_callable(lambda: time.sleep(0.002), device="cpu", warmup_s=0.0, repeats=5, cv_warn=float("inf"))
+    assert t.median_us >= 2000.0
+
+
+def test_noise_warning():
+    import time
+
+    state = {"n": 0}
+
+    def jittery():
+        state["n"] += 1
+        time.sleep(0.004 if state["n"] % 2 else 0.0)
+
+    with pytest.warns(RuntimeWarning, match="coefficient of variation"):
+        time_callable(jittery, device="cpu", warmup_s=0.0, repeats=6, cv_warn=0.05, label="jittery")
+
+
+def test_runs_under_inference_mode():
+    seen = []
+    time_callable(lambda: seen.append(torch.is_inference_mode_enabled()), device="cpu", warmup_s=0.0, repeats=2)
+    assert all(seen)
+
+
+@pytest.mark.parametrize("kwargs", [{"repeats": 0}, {"inner": 0}, {"warmup_s": -1.0}, {"device": "tpu"}, {"device": "nonsense"}])
+def test_bad_arguments(kwargs):
+    args = {"device": "cpu", "warmup_s": 0.0, "repeats": 3}
+    args.update(kwargs)
+    with pytest.raises(DeployvitError):
+        time_callable(lambda: None, **args)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cuda_without_gpu_is_clear():
+    with pytest.raises(DeployvitError, match="CUDA"):
+        time_callable(lambda: None, device="cuda", warmup_s=0.0, repeats=2)
+
+
+@pytest.mark.gpu
+def test_cuda_events_time_gpu_work():
+    x = torch.randn(1024, 1024, device="cuda")
+    t = time_callable(lambda: x @ x, device="cuda", warmup_s=0.1, repeats=20)
+    assert t.median_us > 0 and t.repeats == 20
