@@ -26,6 +26,10 @@ def _register_commands() -> None:
     from deployvit.commands import inspect as inspect_cmd
 
     cli.add_command(inspect_cmd.inspect)
+    from deployvit.commands import export as export_cmd
+
+    cli.add_command(export_cmd.export)
+    cli.add_command(export_cmd.benchmark)
 
 
 _register_commands()

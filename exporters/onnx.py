@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
 
 from deployvit import __version__, io
-from deployvit.errors import CheckFailed, DeployvitError
+from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 20  # native Gelu; opset 23+ may emit Attention nodes that older TensorRT cannot parse
@@ -89,7 +90,7 @@ def default_opset(precision: str) -> int:
     return BF16_MIN_OPSET if precision == "bf16" else DEFAULT_OPSET
 
 
-class _CastModel(nn.Module):
+class CastModel(nn.Module):
     """Runs `model` in a low precision while taking and returning float32 tensors."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype):
@@ -132,7 +133,7 @@ def export_onnx(
 
     net = copy.deepcopy(model).float().eval().cpu()
     if precision != "fp32":
-        net = _CastModel(net, TORCH_DTYPES[precision]).eval()
+        net = CastModel(net, TORCH_DTYPES[precision]).eval()
     example = torch.randn(batch.example, in_chans, img_size, img_size, generator=torch.Generator().manual_seed(0))
     try:
         work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=_writable_parent(path)))
@@ -296,3 +297,56 @@ def _external_files(proto: onnx.ModelProto) -> set[str]:
         for entry in t.external_data
         if entry.key == "location"
     }
+
+
+class OnnxRunner:
+    """An onnxruntime session as `runner(images) -> logits` on torch tensors.
+
+    Providers are explicit and checked after the session opens: onnxruntime silently falls back to
+    the CPU when the CUDA provider cannot load, which would verify and time the wrong thing. On CUDA
+    TF32 is off (onnxruntime enables it by default) so fp32 means fp32, and inputs/outputs are bound
+    to torch CUDA buffers (IO binding), so timing measures the model, not host copies."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu"):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise MissingDependency("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)") from None
+        self.device = device
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise MissingDependency(
+                    "onnxruntime has no CUDA provider: pip uninstall onnxruntime && pip install onnxruntime-gpu"
+                )
+            providers: list = [("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"]
+        elif device == "cpu":
+            providers = ["CPUExecutionProvider"]
+        else:
+            raise DeployvitError(f"unknown onnxruntime device {device!r} (cpu or cuda)")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # errors only; failures surface as exceptions
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types (NOT_IMPLEMENTED, ...)
+            precision = read_metadata(path).get("precision", "this")
+            first = str(exc).strip().splitlines()[0]
+            raise CheckFailed(f"onnxruntime ({device}) cannot run the {precision} graph {Path(path).name}: {first}") from None
+        wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+        if self.session.get_providers()[0] != wanted:
+            raise DeployvitError(f"onnxruntime fell back to {self.session.get_providers()[0]} instead of {wanted}")
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.num_classes = self.session.get_outputs()[0].shape[-1]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device == "cpu":
+            out = self.session.run([self.output_name], {self.input_name: x.detach().float().cpu().numpy()})[0]
+            return torch.from_numpy(out)
+        x = x.detach().to(device="cuda", dtype=torch.float32).contiguous()
+        out = torch.empty((x.shape[0], self.num_classes), dtype=torch.float32, device="cuda")
+        binding = self.session.io_binding()
+        index = x.device.index or 0
+        binding.bind_input(self.input_name, "cuda", index, np.float32, tuple(x.shape), x.data_ptr())
+        binding.bind_output(self.output_name, "cuda", index, np.float32, tuple(out.shape), out.data_ptr())
+        self.session.run_with_iobinding(binding)
+        return out

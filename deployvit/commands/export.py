@@ -1,0 +1,249 @@
+"""`deployvit export` and `deployvit benchmark`: ship a verified artifact, or compare every format.
+
+Both validate every input before writing anything (bad input / missing dependency: exit 2, one
+line), then export, verify against the fp32 PyTorch model and time each artifact, write
+`report.json` + `report.md` into --out and print the table. Exit 1 when an artifact fails
+verification (or cannot be verified here), when an export fails, or when a --budget is not met by
+the measured latency.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import torch
+
+from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
+from exporters import tensorrt as trt_export
+from exporters.benchmark import (
+    FORMATS,
+    ExportSpec,
+    SourceModel,
+    load_arch_model,
+    load_timm_model,
+    parse_budget,
+    parse_formats,
+    predicted_latency_ms,
+    reference_runner,
+    run_format,
+)
+from exporters.onnx import BF16_MIN_OPSET, MIN_OPSET, PRECISIONS, batch_spec, default_opset
+from exporters.report import SKIPPED, Report, Row, format_table
+from exporters.verify import Samples, Thresholds, data_samples, synthetic_samples
+
+
+def _batch_range(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        lo, opt, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise DeployvitError(f"--dynamic-batch {text!r}: expected MIN,OPT,MAX, e.g. 1,8,32") from None
+    return lo, opt, hi
+
+
+def _common_options(fn: Callable) -> Callable:
+    """Options `export` and `benchmark` share (one definition, so they cannot drift apart)."""
+    options = [
+        click.option("--arch", "arch_path", type=click.Path(dir_okay=False), help="Arch JSON file."),
+        click.option("--checkpoint", type=click.Path(dir_okay=False),
+                     help="Weights: checkpoint.safetensors from retrain, or a .pt state dict. Default: random weights."),
+        click.option("--timm-model", help="Export a timm model (pretrained=False, never downloads) instead of --arch."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True),
+        click.option("--batch-size", type=int, help="Static batch size (default: dynamic batch 1,8,32)."),
+        click.option("--dynamic-batch", help="Dynamic batch MIN,OPT,MAX (OPT: the size TensorRT tunes for)."),
+        click.option("--opset", type=int, help=f"ONNX opset, >= {MIN_OPSET} (default 20; {BF16_MIN_OPSET} for bf16)."),
+        click.option("--legacy-exporter", is_flag=True, help="Use the TorchScript ONNX exporter instead of dynamo."),
+        click.option("--data", help="Verify on the val split of: digits, a CIFAR folder or an ImageFolder root."),
+        click.option("--samples", type=click.IntRange(min=1), default=128, show_default=True,
+                     help="Images to verify on (synthetic seeded images without --data)."),
+        click.option("--budget", help="Latency budget at batch 1, e.g. 5ms or 800us: NOT MET is exit 1."),
+        click.option("--table", type=click.Path(dir_okay=False), help="Latency table (LUT) for the predicted latency."),
+        click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: beside --arch)."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--workspace", type=float, default=4.0, show_default=True, help="TensorRT workspace (GB)."),
+        click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache file (reused)."),
+        click.option("--max-abs-diff", type=float, help="Override: max |logit diff| (default 1e-3 for fp32)."),
+        click.option("--min-cosine", type=float, help="Override: min cosine similarity (0.9999 fp32, 0.999 fp16/bf16)."),
+        click.option("--min-agreement", type=float, help="Override: min top-1 agreement, fraction (0.995 fp16/bf16)."),
+        click.option("--max-top1-drop", type=float, help="Override: max top-1 drop in points (0.3 fp16/bf16)."),
+        click.option("--warmup", type=float, default=0.5, show_default=True, help="Timing warm-up seconds."),
+        click.option("--repeats", type=click.IntRange(min=1), default=100, show_default=True, help="Timed repeats."),
+    ]
+    return functools.reduce(lambda f, opt: opt(f), reversed(options), fn)
+
+
+@dataclass
+class Job:
+    """A validated request: nothing has been written yet."""
+
+    source: SourceModel
+    spec: ExportSpec
+    samples: Samples
+    out: Path
+    budget_ms: float | None
+    predicted_ms: float | None
+    notes: list[str]
+    opts: dict[str, Any]
+
+
+def _device(choice: str) -> str:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise DeployvitError("--device cuda: torch sees no CUDA GPU on this machine")
+    return ("cuda" if torch.cuda.is_available() else "cpu") if choice == "auto" else choice
+
+
+def _samples(data: str | None, source: SourceModel, n: int) -> Samples:
+    if data is None:
+        return synthetic_samples(n, source.img_size, source.in_chans)
+    return data_samples(data, source.img_size, source.in_chans, limit=n)
+
+
+def check_writable(out: Path) -> None:
+    """Create `out` and prove a file can be written there, before any real work starts."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".deployvit-probe-"):
+            pass
+    except OSError as exc:
+        raise DeployvitError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
+
+
+def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
+    """Validate every input, cheapest first; raise before anything is written."""
+    precision = opts["precision"]
+    batch = batch_spec(opts["batch_size"], _batch_range(opts["dynamic_batch"]))
+    opset = opts["opset"]
+    if opset is not None and opset < MIN_OPSET:
+        raise DeployvitError(f"--opset {opset} is too old: need >= {MIN_OPSET} (one LayerNormalization node, fp16-safe)")
+    if precision == "bf16" and (opset or default_opset(precision)) < BF16_MIN_OPSET:
+        raise DeployvitError(f"--opset {opset} cannot hold a bf16 graph: need >= {BF16_MIN_OPSET}")
+    budget_ms = parse_budget(opts["budget"]) if opts["budget"] is not None else None
+    thresholds = Thresholds.for_precision(
+        precision, max_abs_diff=opts["max_abs_diff"], min_cosine=opts["min_cosine"],
+        min_agreement=opts["min_agreement"], max_top1_drop=opts["max_top1_drop"],
+    )
+    if opts["workspace"] <= 0:
+        raise DeployvitError(f"--workspace must be > 0 GB, got {opts['workspace']}")
+    device = _device(opts["device"])
+    if opts["data"] is not None and opts["data"] != "digits" and not Path(opts["data"]).exists():
+        raise DeployvitError(f"data not found: {opts['data']}")
+    if opts["table"] is not None and not Path(opts["table"]).is_file():
+        raise DeployvitError(f"latency table not found: {opts['table']}")
+    if "trt" in formats and formats == ["trt"]:
+        trt_export.import_tensorrt()  # export --format trt: a missing TensorRT is exit 2, up front
+        trt_export.require_cuda()
+
+    if opts["arch_path"] and opts["timm_model"]:
+        raise DeployvitError("give either --arch or --timm-model, not both")
+    if opts["timm_model"]:
+        source = load_timm_model(opts["timm_model"], opts["checkpoint"])
+    elif opts["arch_path"] or opts["checkpoint"]:
+        source = load_arch_model(opts["arch_path"], opts["checkpoint"])
+    else:
+        raise DeployvitError("give --arch ARCH.json (with --checkpoint) or --timm-model NAME")
+    samples = _samples(opts["data"], source, opts["samples"])
+    predicted_ms, notes = predicted_latency_ms(opts["table"], source.arch)
+    if opts["table"] and source.arch is None:
+        notes.append("--table ignored: a latency table predicts deployvit archs, not timm models")
+    out = Path(opts["out"]) if opts["out"] else _default_out(opts)
+    check_writable(out)
+    spec = ExportSpec(
+        img_size=source.img_size, in_chans=source.in_chans, precision=precision, batch=batch, opset=opset,
+        dynamo=not opts["legacy_exporter"], device=device, workspace_gb=opts["workspace"],
+        timing_cache=opts["timing_cache"], thresholds=thresholds, warmup_s=opts["warmup"], repeats=opts["repeats"],
+        metadata={"source": source.info},
+    )
+    return Job(source, spec, samples, out, budget_ms, predicted_ms, notes, opts)
+
+
+def _default_out(opts: dict[str, Any]) -> Path:
+    if opts["arch_path"]:
+        return Path(opts["arch_path"]).parent
+    if opts["checkpoint"]:
+        return Path(opts["checkpoint"]).parent
+    return Path("runs") / f"export-{opts['timm_model']}"
+
+
+def _settings(job: Job, formats: list[str]) -> dict[str, Any]:
+    s = job.spec
+    return {"formats": formats, "precision": s.precision, "batch": str(s.batch), "opset": s.opset or default_opset(s.precision),
+            "exporter": "dynamo" if s.dynamo else "legacy", "device": s.device, "samples": len(job.samples),
+            "budget_ms": job.budget_ms, "table": job.opts["table"], "warmup_s": s.warmup_s, "repeats": s.repeats}
+
+
+def finish(command: str, job: Job, rows: list[Row], formats: list[str], models: dict[str, Any], notes: list[str]) -> None:
+    """Write the report, print the table, and turn failures into exit 1."""
+    report = Report(command, models, job.samples.source, rows, _settings(job, formats), job.notes + notes)
+    json_path, md_path = report.write(job.out)
+    click.echo(format_table(rows))
+    click.echo(f"\nreport: {json_path} and {md_path.name}")
+    gating = [r for r in rows if r.counts_for_exit and r.status != SKIPPED]
+    bad = [r for r in gating if not r.passed]
+    if bad:
+        r = bad[0]
+        why = "; ".join(r.verification.failed) if r.verification and r.verification.failed else "; ".join(r.notes[:1])
+        raise CheckFailed(f"{r.model} {r.format} {r.precision}: {r.status}: {why}")
+    if job.budget_ms is not None and gating and not any(r.contract == "MET" for r in gating):
+        best = min((r.latency_ms for r in gating if r.latency_ms is not None), default=None)
+        got = "no batch-1 latency measured" if best is None else f"measured {best:.3f} ms"
+        raise CheckFailed(f"latency budget {job.budget_ms:g} ms NOT MET: {got}")
+
+
+@click.command()
+@_common_options
+@click.option("--format", "fmt", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True)
+def export(fmt: str, **opts: Any) -> None:
+    """Export a model to ONNX or TensorRT, verify it against PyTorch fp32, time it, and check the
+    latency contract. Writes model.onnx / model.engine, report.json and report.md into --out."""
+    job = prepare(opts, [fmt])
+    row = run_format(fmt, job.source.model, job.source.name, job.spec, job.samples, job.out,
+                     predicted_ms=job.predicted_ms, budget_ms=job.budget_ms)
+    finish("export", job, [row], [fmt], {job.source.name: job.source.info}, [])
+
+
+@click.command()
+@_common_options
+@click.option("--formats", default=",".join(FORMATS), show_default=True, help="Comma-separated formats to benchmark.")
+@click.option("--baselines", default="", help="Comma-separated timm models to compare, e.g. deit_tiny_patch16_224.")
+def benchmark(formats: str, baselines: str, **opts: Any) -> None:
+    """Export, verify and time every available format of a model (and timm baselines at the same
+    input size) into one table. Unavailable formats are listed as skipped with the reason. Exit 1
+    when a format of the model fails, or when --budget is met by none of them."""
+    fmts = parse_formats(formats)
+    job = prepare(opts, fmts)
+    if not opts["out"]:
+        job.out = job.out / "benchmark"
+        check_writable(job.out)
+    models = {job.source.name: job.source.info}
+    rows = _benchmark_model(job, job.source, job.samples, fmts, "model", job.predicted_ms, gating=True)
+    for name in [b.strip() for b in baselines.split(",") if b.strip()]:
+        base = load_timm_model(name, img_size=job.source.img_size,
+                               num_classes=job.source.arch.num_classes if job.source.arch else None)
+        models[name] = base.info
+        spec = replace(job.spec, img_size=base.img_size, in_chans=base.in_chans, metadata={"source": base.info})
+        samples = _samples(opts["data"], base, opts["samples"])
+        rows += _benchmark_model(Job(base, spec, samples, job.out, job.budget_ms, None, [], opts),
+                                 base, samples, fmts, name, None, gating=False)
+    finish("benchmark", job, rows, fmts, models, [])
+
+
+def _benchmark_model(job: Job, source: SourceModel, samples: Samples, fmts: list[str], stem: str,
+                     predicted_ms: float | None, gating: bool) -> list[Row]:
+    rows = []
+    reference = reference_runner(source.model, job.spec.device)
+    for fmt in fmts:
+        try:
+            row = run_format(fmt, source.model, source.name, job.spec, samples, job.out, stem=stem,
+                             reference=reference, predicted_ms=predicted_ms, budget_ms=job.budget_ms)
+        except MissingDependency as exc:
+            row = Row(source.name, fmt, job.spec.precision, SKIPPED, predicted_ms=predicted_ms,
+                      budget_ms=job.budget_ms, notes=[str(exc)])
+        row.counts_for_exit = gating
+        rows.append(row)
+    return rows

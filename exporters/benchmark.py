@@ -1,0 +1,343 @@
+"""Export, verify and time one model in one format: the row behind every line of `deployvit export`
+and `deployvit benchmark`.
+
+Timing goes through the codebase's one timing loop (`deployvit.latency.timing.time_callable`), so a
+measured latency here and a latency-table entry were timed the same way: latency is the median at
+batch 1, throughput is images/s at the largest batch the artifact accepts. The latency contract
+compares the *measured* batch-1 latency with the budget; the LUT prediction is printed beside it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
+from exporters import onnx as onnx_export
+from exporters import tensorrt as trt_export
+from exporters.onnx import BatchSpec, CastModel, ExportFailed, OnnxRunner
+from exporters.report import EXPORT_FAILED, REFERENCE, UNVERIFIED, VERIFIED, VERIFY_FAILED, Row
+from exporters.verify import Runner, Samples, Thresholds, verify
+
+FORMATS = ("torch", "compile", "onnx", "trt")
+_UNITS_MS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
+
+
+def parse_budget(text: str) -> float:
+    """'5ms', '5', '500us', '0.005s' -> milliseconds (a bare number is milliseconds)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|us|µs|s)?\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        raise DeployvitError(f"cannot read budget {text!r}: expected a positive time such as 5ms or 500us")
+    return float(match.group(1)) * _UNITS_MS[match.group(2) or "ms"]
+
+
+def parse_formats(text: str) -> list[str]:
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise DeployvitError(f"unknown format {unknown[0] if unknown else text!r} (choose from {', '.join(FORMATS)})")
+    return formats
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """The knobs shared by every format of one run."""
+
+    img_size: int
+    in_chans: int
+    precision: str
+    batch: BatchSpec
+    opset: int | None = None
+    dynamo: bool = True
+    device: str = "cpu"  # where torch and TensorRT run; onnxruntime uses CUDA only with onnxruntime-gpu
+    workspace_gb: float = 4.0
+    timing_cache: str | None = None
+    thresholds: Thresholds | None = None
+    warmup_s: float = 0.5
+    repeats: int = 100
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass
+class Timed:
+    latency_ms: float | None
+    latency_cv: float | None
+    throughput: float | None
+    throughput_batch: int
+    notes: list[str]
+
+
+def measure(runner: Runner, spec: ExportSpec, device: str) -> Timed:
+    """Batch-1 latency (when the artifact accepts batch 1) and throughput at the largest batch.
+    Timing-noise warnings become report notes instead of stderr chatter."""
+    from deployvit.latency.timing import time_callable
+
+    notes: list[str] = []
+
+    def timed(batch: int):
+        x = torch.randn(batch, spec.in_chans, spec.img_size, spec.img_size, device=device)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            t = time_callable(lambda: runner(x), device=device, warmup_s=spec.warmup_s, repeats=spec.repeats,
+                              label=f"batch {batch}")
+        notes.extend(str(w.message) for w in caught if issubclass(w.category, RuntimeWarning))
+        return t
+
+    bs1 = timed(1) if spec.batch.min == 1 else None
+    big = timed(spec.batch.max) if spec.batch.max > 1 or bs1 is None else bs1
+    return Timed(
+        latency_ms=None if bs1 is None else bs1.median_us / 1e3,
+        latency_cv=None if bs1 is None else bs1.cv,
+        throughput=spec.batch.max / (big.median_us / 1e6),
+        throughput_batch=spec.batch.max,
+        notes=notes,
+    )
+
+
+def reference_runner(model: nn.Module, device: str) -> Runner:
+    """The fp32 PyTorch model: the ground truth every artifact is compared with (TF32 off on CUDA,
+    so "fp32" means fp32)."""
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    model = model.float().eval().to(device)
+    return lambda x: model(x.to(device))
+
+
+def torch_runner(model: nn.Module, precision: str, device: str, compile: bool = False) -> Runner:
+    """Eager (or torch.compile'd) PyTorch in `precision`, float32 in and out like the ONNX graph."""
+    net = copy.deepcopy(model).float().eval()
+    if precision != "fp32":
+        net = CastModel(net, onnx_export.TORCH_DTYPES[precision]).eval()
+    net = net.to(device)
+    if compile:
+        net = torch.compile(net)
+    return lambda x: net(x.to(device))
+
+
+def _export_trt(model: nn.Module, spec: ExportSpec, out_dir: Path, stem: str) -> tuple[Runner, Path, list[str]]:
+    trt = trt_export.import_tensorrt()
+    trt_export.require_cuda()
+    plan = trt_export.plan_build(trt_export.trt_major(trt.__version__), spec.precision)
+    onnx_path = onnx_export.export_onnx(
+        model, out_dir / f"{stem}.onnx", img_size=spec.img_size, in_chans=spec.in_chans, precision=plan.onnx_precision,
+        opset=spec.opset, dynamic_batch=(spec.batch.min, spec.batch.opt, spec.batch.max), dynamo=spec.dynamo,
+        metadata=spec.metadata,
+    )
+    engine = out_dir / f"{stem}.engine"
+    sidecar = trt_export.build_engine(
+        onnx_path, engine, precision=spec.precision, batch_range=(spec.batch.min, spec.batch.opt, spec.batch.max),
+        workspace_gb=spec.workspace_gb, timing_cache=spec.timing_cache, graph_precision=plan.onnx_precision,
+    )
+    how = "strongly typed" if plan.strongly_typed else f"builder flags {','.join(plan.flags) or 'none'}"
+    notes = [f"TensorRT {sidecar['tensorrt']} ({how}) from {plan.onnx_precision} ONNX {onnx_path.name}"]
+    return trt_export.TrtRunner(engine), engine, notes
+
+
+def _onnx_device(device: str) -> str:
+    """onnxruntime on CUDA only when onnxruntime-gpu provides the CUDA provider."""
+    if device != "cuda":
+        return "cpu"
+    import onnxruntime
+
+    return "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
+
+
+def run_format(
+    fmt: str,
+    model: nn.Module,
+    model_name: str,
+    spec: ExportSpec,
+    samples: Samples,
+    out_dir: Path,
+    *,
+    stem: str = "model",
+    reference: Runner | None = None,
+    predicted_ms: float | None = None,
+    budget_ms: float | None = None,
+) -> Row:
+    """Export (when the format has an artifact), verify against the fp32 reference, time, and fill
+    one report row. A missing package raises MissingDependency (the caller decides: exit 2 for
+    `export`, a skipped row for `benchmark`); an exporter failure becomes an "export failed" row."""
+    if fmt not in FORMATS:
+        raise DeployvitError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    row = Row(model_name, fmt, spec.precision, status=VERIFIED, predicted_ms=predicted_ms, budget_ms=budget_ms)
+    reference = reference or reference_runner(model, spec.device)
+    runner: Callable | None = None
+    device = spec.device
+    try:
+        if fmt == "torch":
+            runner = torch_runner(model, spec.precision, device)
+            row.runtime = f"PyTorch eager ({device})"
+            if spec.precision == "fp32":
+                row.status = REFERENCE
+        elif fmt == "compile":
+            runner = torch_runner(model, spec.precision, device, compile=True)
+            row.runtime = f"torch.compile default mode ({device})"
+            runner(samples.images[:1])  # compile now, so a compiler failure is an export failure
+        elif fmt == "onnx":
+            path = onnx_export.export_onnx(
+                model, out_dir / f"{stem}.onnx", img_size=spec.img_size, in_chans=spec.in_chans,
+                precision=spec.precision, opset=spec.opset,
+                dynamic_batch=(spec.batch.min, spec.batch.opt, spec.batch.max), dynamo=spec.dynamo,
+                metadata=spec.metadata,
+            )
+            row.path, row.size_mb = str(path), onnx_export.file_size(path) / 2**20
+            device = _onnx_device(spec.device)
+            if device != spec.device:
+                row.notes.append("onnxruntime has no CUDA provider here (needs onnxruntime-gpu): ran on CPU")
+            runner = OnnxRunner(path, device)
+            row.runtime = f"onnxruntime {runner.session.get_providers()[0]}"
+        else:
+            runner, path, notes = _export_trt(model, spec, out_dir, stem)
+            row.path, row.size_mb = str(path), path.stat().st_size / 2**20
+            row.runtime, row.notes = "TensorRT", row.notes + notes
+    except MissingDependency:
+        raise
+    except ExportFailed as exc:
+        row.status, row.notes = EXPORT_FAILED, row.notes + [str(exc)]
+        return row
+    except CheckFailed as exc:  # exported, but nothing here can run it (e.g. bf16 on onnxruntime CPU)
+        row.status, row.notes = UNVERIFIED, row.notes + [str(exc)]
+        return row
+    except DeployvitError:
+        raise
+    except Exception as exc:  # torch.compile / TensorRT failures come in many types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        row.status, row.notes = EXPORT_FAILED, row.notes + [f"{fmt}: {first}"]
+        return row
+
+    if row.status != REFERENCE:
+        thresholds = spec.thresholds or Thresholds.for_precision(spec.precision)
+        row.verification = verify(reference, runner, samples, max_batch=spec.batch.max,
+                                  precision=spec.precision, thresholds=thresholds)
+        row.status = VERIFIED if row.verification.passed else VERIFY_FAILED
+    timed = measure(runner, spec, device)
+    row.latency_ms, row.latency_cv = timed.latency_ms, timed.latency_cv
+    row.throughput, row.throughput_batch = timed.throughput, timed.throughput_batch
+    row.notes.extend(timed.notes)
+    return row
+
+
+def predicted_latency_ms(table_path: str | None, arch) -> tuple[float | None, list[str]]:
+    """The LUT prediction for `arch` in ms (None without a table), and any compatibility notes."""
+    if table_path is None or arch is None:
+        return None, []
+    from deployvit.latency.table import LatencyTable
+
+    table = LatencyTable.load(table_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        us = table.predict(arch)
+    return us / 1e3, [str(w.message) for w in caught]
+
+
+# --- the models to export ---------------------------------------------------------------------------
+
+
+@dataclass
+class SourceModel:
+    """A float32 model ready to export, with what the report says about it."""
+
+    name: str
+    model: nn.Module
+    img_size: int
+    in_chans: int
+    arch: Any = None  # deployvit Arch, None for timm models
+    info: dict[str, Any] | None = None
+
+
+def load_weights(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """State dict and metadata of a `.safetensors` file (what `retrain` writes) or a torch
+    checkpoint (`.pt`/`.pth`: a state dict, or a dict holding one under `model`/`state_dict`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DeployvitError(f"checkpoint not found: {p}")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="pt") as fh:
+                return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # safetensors / pickle errors: the file is not a checkpoint
+        raise DeployvitError(f"cannot read checkpoint {p}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DeployvitError(f"{p} holds no state dict of tensors")
+    return state, {}
+
+
+def apply_weights(model: nn.Module, state: dict[str, torch.Tensor], checkpoint: str, target: str) -> None:
+    """Load `state` strictly; any missing/unexpected key or shape mismatch is one line naming it."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected else
+                f"{shapes[0]} has shape {tuple(state[shapes[0]].shape)}, {target} needs {tuple(own[shapes[0]].shape)}")
+        counts = f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} mis-shaped)"
+        raise DeployvitError(f"checkpoint {checkpoint} does not match {target}: {what} {counts}")
+    model.load_state_dict(state)
+
+
+def load_arch_model(arch_path: str | None, checkpoint: str | None) -> SourceModel:
+    """The standalone ViT of `arch_path` (or of the arch stored in a `retrain` checkpoint) with the
+    checkpoint's weights; random weights without a checkpoint (fine for latency, said in the report)."""
+    from deployvit.arch import Arch, load_arch
+    from deployvit.counting import count_flops, count_params
+    from deployvit.models import build_model
+
+    state, meta = load_weights(checkpoint) if checkpoint else ({}, {})
+    stored = Arch.from_dict(json.loads(meta["arch"])) if "arch" in meta else None
+    if arch_path is None and stored is None:
+        raise DeployvitError("give --arch ARCH.json (the checkpoint does not record its arch)")
+    arch = load_arch(arch_path) if arch_path else stored
+    if stored is not None and stored.key != arch.key:
+        raise DeployvitError(f"checkpoint {checkpoint} was saved for another arch ({stored.summary()}), not {arch.summary()}")
+    model = build_model(arch).eval()
+    if checkpoint:
+        apply_weights(model, state, checkpoint, f"arch {Path(arch_path).name if arch_path else arch.space}")
+    name = Path(arch_path).name.removesuffix(".json").removesuffix(".arch") if arch_path else Path(checkpoint).stem
+    info = {"arch": arch.to_dict(), "params": count_params(arch), "flops": count_flops(arch),
+            "checkpoint": checkpoint or "none: random weights (latency is meaningful, accuracy is not)"}
+    return SourceModel(name, model, arch.img_size, arch.in_chans, arch, info)
+
+
+def load_timm_model(name: str, checkpoint: str | None = None, *, img_size: int | None = None,
+                    num_classes: int | None = None) -> SourceModel:
+    """A timm model created with pretrained=False (never downloads), at `img_size`/`num_classes`
+    when given and the model family accepts them (to compare with an arch at the same input)."""
+    import timm
+
+    kwargs: dict[str, Any] = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    try:
+        try:
+            model = timm.create_model(name, pretrained=False, **kwargs)
+        except TypeError:  # families without an img_size argument (CNNs) take any input size
+            model = timm.create_model(name, pretrained=False, **{k: v for k, v in kwargs.items() if k != "img_size"})
+    except RuntimeError as exc:
+        raise DeployvitError(f"timm model {name!r}: {str(exc).splitlines()[0]}") from None
+    model.eval()
+    if checkpoint:
+        apply_weights(model, load_weights(checkpoint)[0], checkpoint, f"timm model {name}")
+    in_chans, _, default_size = model.pretrained_cfg.get("input_size", (3, 224, 224))
+    size = img_size or default_size
+    params = sum(p.numel() for p in model.parameters())
+    info = {"timm_model": name, "params": params, "checkpoint": checkpoint or "none: random weights (pretrained=False)"}
+    return SourceModel(name, model, size, in_chans, None, info)

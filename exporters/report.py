@@ -1,0 +1,209 @@
+"""What an export or benchmark found, three ways: `report.json` (machines), `report.md` (people),
+and a printed table in the Ultralytics `yolo benchmark` style (REFERENCES.md section 6) with the
+latency contract beside it: measured latency next to the LUT prediction and the budget."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deployvit import __version__, io
+from exporters.verify import Verification
+
+REPORT_FORMAT = "deployvit.export-report/1"
+
+VERIFIED = "exported and verified"
+VERIFY_FAILED = "exported but verification failed"
+UNVERIFIED = "exported, not verified"
+EXPORT_FAILED = "export failed"
+SKIPPED = "skipped"
+REFERENCE = "reference"
+STATUSES = (VERIFIED, VERIFY_FAILED, UNVERIFIED, EXPORT_FAILED, SKIPPED, REFERENCE)
+PASSING = (VERIFIED, REFERENCE)
+
+COLUMNS = ("Format", "Status", "Size (MB)", "Top-1", "Agreement", "Max |diff|", "Latency ms (bs1)",
+           "Throughput img/s", "Predicted ms", "Budget")
+
+
+@dataclass
+class Row:
+    """One artifact (or one skipped format) of one model."""
+
+    model: str  # arch name / timm model name: several models share a benchmark table
+    format: str  # torch | compile | onnx | trt
+    precision: str
+    status: str
+    runtime: str = ""  # what actually ran it, e.g. "onnxruntime CPUExecutionProvider"
+    path: str | None = None
+    size_mb: float | None = None
+    verification: Verification | None = None
+    latency_ms: float | None = None  # median at batch 1
+    latency_cv: float | None = None
+    throughput: float | None = None  # images/s at `throughput_batch`
+    throughput_batch: int | None = None
+    predicted_ms: float | None = None  # LUT prediction (batch 1)
+    budget_ms: float | None = None
+    notes: list[str] = field(default_factory=list)
+    counts_for_exit: bool = True  # False for timm baselines: compared, never gating
+
+    @property
+    def contract(self) -> str | None:
+        """MET / NOT MET when a budget is set: met only when the *measured* latency is within it."""
+        if self.budget_ms is None or self.status == SKIPPED:
+            return None
+        return "MET" if self.latency_ms is not None and self.latency_ms <= self.budget_ms else "NOT MET"
+
+    @property
+    def passed(self) -> bool:
+        return self.status in PASSING
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "format": self.format,
+            "precision": self.precision,
+            "status": self.status,
+            "runtime": self.runtime,
+            "path": self.path,
+            "size_mb": self.size_mb,
+            "verification": self.verification.to_dict() if self.verification else None,
+            "latency_ms_bs1": self.latency_ms,
+            "latency_cv": self.latency_cv,
+            "throughput_img_s": self.throughput,
+            "throughput_batch": self.throughput_batch,
+            "predicted_ms": self.predicted_ms,
+            "budget_ms": self.budget_ms,
+            "contract": self.contract,
+            "notes": self.notes,
+        }
+
+    def cells(self) -> tuple[str, ...]:
+        m = self.verification.worst if self.verification and self.verification.checks else None
+        top1 = f"{m.top1:.2f}" if m is not None and m.top1 is not None else "-"
+        budget = "-" if self.budget_ms is None else f"{self.budget_ms:g} {self.contract}"
+        return (
+            f"{self.model} {self.format} {self.precision}",
+            self.status,
+            _num(self.size_mb, "{:.2f}"),
+            top1,
+            "-" if m is None else f"{m.agreement:.2%}",
+            "-" if m is None else f"{m.max_abs_diff:.2e}",
+            _num(self.latency_ms, "{:.3f}"),
+            _num(self.throughput, "{:.1f}"),
+            _num(self.predicted_ms, "{:.3f}"),
+            budget,
+        )
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def format_table(rows: list[Row]) -> str:
+    """Fixed-width text table, one line per row (what the CLI prints)."""
+    body = [COLUMNS] + [r.cells() for r in rows]
+    widths = [max(len(line[i]) for line in body) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in body]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, Any]:
+    """Versions and device: a timing means nothing without them (DESIGN.md section 4)."""
+    import onnx
+    import onnxruntime
+    import timm
+
+    env = {
+        "deployvit": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    }
+    try:
+        import tensorrt
+
+        env["tensorrt"] = tensorrt.__version__
+    except ImportError:
+        env["tensorrt"] = None
+    return env
+
+
+@dataclass
+class Report:
+    """Everything `report.json` / `report.md` hold for one export or benchmark run."""
+
+    command: str
+    models: dict[str, dict[str, Any]]  # model name -> arch / timm name, params, FLOPs, checkpoint
+    data: str
+    rows: list[Row]
+    settings: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": REPORT_FORMAT,
+            "command": self.command,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "environment": environment(),
+            "settings": self.settings,
+            "models": self.models,
+            "data": self.data,
+            "rows": [r.to_dict() for r in self.rows],
+            "notes": self.notes,
+        }
+
+    def markdown(self) -> str:
+        lines = [f"# deployvit {self.command} report", ""]
+        header = "| " + " | ".join(c.replace("|", "\\|") for c in COLUMNS) + " |"
+        lines += [header, "|" + "---|" * len(COLUMNS)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r.cells()) + " |" for r in self.rows]
+        lines += ["", f"Verification data: {self.data}", ""]
+        for r in self.rows:
+            lines.append(f"## {r.model} {r.format} {r.precision}: {r.status}")
+            if r.runtime:
+                lines.append(f"- runtime: {r.runtime}")
+            if r.path:
+                lines.append(f"- file: `{r.path}`")
+            if r.verification:
+                t = r.verification.thresholds
+                lines.append(f"- thresholds: {', '.join(f'{k} {v:g}' for k, v in vars(t).items() if v is not None)}")
+                for m in r.verification.checks:
+                    top1 = "" if m.top1 is None else f", top-1 {m.top1:.2f}% (reference {m.top1_reference:.2f}%)"
+                    lines.append(
+                        f"- batch {m.batch_size} ({m.samples} images): max |diff| {m.max_abs_diff:.3e}, "
+                        f"cosine {m.cosine:.6f}, agreement {m.agreement:.2%}{top1}"
+                    )
+                lines += [f"- FAILED: {f}" for f in r.verification.failed]
+            if r.latency_ms is not None:
+                lines.append(f"- latency bs1: {r.latency_ms:.3f} ms median (cv {r.latency_cv:.1%})")
+            if r.throughput is not None:
+                lines.append(f"- throughput: {r.throughput:.1f} img/s at batch {r.throughput_batch}")
+            if r.budget_ms is not None:
+                pred = "no table" if r.predicted_ms is None else f"{r.predicted_ms:.3f} ms"
+                lines.append(f"- latency contract: measured {_num(r.latency_ms, '{:.3f}')} ms, predicted {pred}, "
+                             f"budget {r.budget_ms:g} ms: **{r.contract}**")
+            lines += [f"- note: {n}" for n in r.notes]
+            lines.append("")
+        lines += [f"- {n}" for n in self.notes]
+        env = environment()
+        lines += ["", "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items() if v is not None), ""]
+        return "\n".join(lines)
+
+    def write(self, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+        out = Path(out_dir)
+        io.write_json(out / "report.json", self.to_dict())
+        io.write_text(out / "report.md", self.markdown())
+        return out / "report.json", out / "report.md"

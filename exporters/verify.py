@@ -1,0 +1,204 @@
+"""Does an exported artifact compute what the PyTorch model computes? Hard gates, not warnings.
+
+Reference = the PyTorch model in fp32. The artifact and the reference see the same images (`--data`,
+or a fixed seeded synthetic set, said in the report) twice: one image at a time (batch 1) and in
+chunks of the largest batch the artifact accepts, because dynamic-batch bugs show up at only one of
+the two. Metrics: max |logit diff|, cosine similarity (the worst sample), top-1 agreement, and top-1
+accuracy of both when labels exist. Thresholds default to DESIGN.md section 5 and can be overridden;
+a miss is CheckFailed (exit 1), unlike Optimum's `--atol`, which only warns.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable
+
+import torch
+
+from deployvit.errors import CheckFailed, DeployvitError
+
+Runner = Callable[[torch.Tensor], torch.Tensor]  # float32 images [B, C, H, W] -> logits [B, classes]
+
+SYNTHETIC_SEED = 0
+BATCH1_SAMPLES = 16  # images checked one at a time: enough to catch a batch-1 specialisation bug
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pass conditions; None disables a check. Agreement is a fraction, accuracy drop in points."""
+
+    max_abs_diff: float | None = None
+    min_cosine: float | None = None
+    min_agreement: float | None = None
+    max_top1_drop: float | None = None
+
+    @classmethod
+    def for_precision(cls, precision: str, **overrides: float | None) -> "Thresholds":
+        """DESIGN.md section 5 defaults for `precision`, with `overrides` (None keeps the default)."""
+        if precision == "fp32":
+            base = cls(max_abs_diff=1e-3, min_cosine=0.9999, min_agreement=None, max_top1_drop=None)
+        elif precision in ("fp16", "bf16"):
+            base = cls(max_abs_diff=None, min_cosine=0.999, min_agreement=0.995, max_top1_drop=0.3)
+        else:
+            raise DeployvitError(f"unknown precision {precision!r}")
+        unknown = set(overrides) - set(asdict(base))
+        if unknown:
+            raise DeployvitError(f"unknown threshold {sorted(unknown)[0]!r}")
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass
+class Samples:
+    """The verification inputs: normalised images, labels when the data set has them, and a
+    sentence saying where they came from (the report prints it)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def synthetic_samples(n: int, img_size: int, in_chans: int = 3, seed: int = SYNTHETIC_SEED) -> Samples:
+    """Seeded standard-normal images (roughly what normalised photos look like to the model)."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, in_chans, img_size, img_size, generator=gen)
+    return Samples(images, None, f"synthetic: {n} seeded N(0,1) images (seed {seed}), no labels")
+
+
+def data_samples(data: str, img_size: int, in_chans: int = 3, limit: int = 256) -> Samples:
+    """The first `limit` images of the `val` split of `data` (digits, CIFAR folder or ImageFolder
+    root), resized and normalised as for evaluation."""
+    from deployvit.train.augment import build_transform, get_aug
+    from deployvit.train.data import SplitDataset, open_data
+
+    source = open_data(data)
+    split = source.val
+    if len(split) == 0:
+        raise DeployvitError(f"{data}: the val split is empty")
+    if in_chans != 3:
+        raise DeployvitError(f"--data gives RGB images, but the model takes {in_chans} channels")
+    native = source.kind in ("digits", "cifar10", "cifar100")
+    transform = build_transform(get_aug("none"), img_size, source.mean, source.std, False, source.hflip, native)
+    dataset = SplitDataset(split, transform, indices=range(min(limit, len(split))))
+    images, labels = zip(*(dataset[i] for i in range(len(dataset))))
+    return Samples(torch.stack(images), torch.tensor(labels), f"{source.kind} {data}: first {len(dataset)} val images")
+
+
+@dataclass
+class Metrics:
+    """Artifact vs reference on one batch size."""
+
+    batch_size: int
+    samples: int
+    max_abs_diff: float
+    cosine: float  # worst sample
+    agreement: float  # fraction of samples with the same top-1 class
+    top1_reference: float | None = None  # percent, when labels exist
+    top1: float | None = None
+
+    @property
+    def top1_drop(self) -> float | None:
+        return None if self.top1 is None else self.top1_reference - self.top1
+
+
+def compare(reference: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> Metrics:
+    """Metrics of `logits` against `reference` logits (both [N, classes]), in float64."""
+    ref, out = reference.double().cpu(), logits.double().cpu()
+    if ref.shape != out.shape:
+        raise CheckFailed(f"artifact returned logits of shape {tuple(out.shape)}, expected {tuple(ref.shape)}")
+    finite = bool(torch.isfinite(out).all())
+    cos = torch.nn.functional.cosine_similarity(ref, out, dim=1, eps=1e-12)
+    metrics = Metrics(
+        batch_size=batch_size,
+        samples=len(ref),
+        max_abs_diff=float((ref - out).abs().max()) if finite else math.inf,
+        cosine=float(cos.min()) if finite else -1.0,
+        agreement=float((ref.argmax(1) == out.argmax(1)).double().mean()),
+    )
+    if labels is not None:
+        metrics.top1_reference = float((ref.argmax(1) == labels).double().mean() * 100)
+        metrics.top1 = float((out.argmax(1) == labels).double().mean() * 100)
+    return metrics
+
+
+def failures(metrics: Metrics, thresholds: Thresholds) -> list[str]:
+    """One line per missed threshold (empty when the metrics pass)."""
+    out, t, b = [], thresholds, f"batch {metrics.batch_size}"
+    if t.max_abs_diff is not None and not metrics.max_abs_diff < t.max_abs_diff:
+        out.append(f"{b}: max |diff| {metrics.max_abs_diff:.3g} >= {t.max_abs_diff:g}")
+    if t.min_cosine is not None and not metrics.cosine >= t.min_cosine:
+        out.append(f"{b}: cosine {metrics.cosine:.6f} < {t.min_cosine:g}")
+    if t.min_agreement is not None and not metrics.agreement >= t.min_agreement:
+        out.append(f"{b}: top-1 agreement {metrics.agreement:.2%} < {t.min_agreement:.2%}")
+    drop = metrics.top1_drop
+    if t.max_top1_drop is not None and drop is not None and not drop <= t.max_top1_drop:
+        out.append(f"{b}: top-1 drop {drop:.2f} points > {t.max_top1_drop:g}")
+    return out
+
+
+@dataclass
+class Verification:
+    """The verdict on one artifact: metrics at batch 1 and at the largest batch, and what failed."""
+
+    precision: str
+    thresholds: Thresholds
+    source: str
+    checks: list[Metrics] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and not self.failed
+
+    @property
+    def worst(self) -> Metrics:
+        """The largest-batch check (covers every sample): what the summary table shows."""
+        return self.checks[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "precision": self.precision,
+            "data": self.source,
+            "thresholds": asdict(self.thresholds),
+            "checks": [{**asdict(m), "top1_drop": m.top1_drop} for m in self.checks],
+            "failed": self.failed,
+        }
+
+    def raise_if_failed(self, what: str) -> None:
+        if not self.passed:
+            raise CheckFailed(f"{what} failed verification: {'; '.join(self.failed) or 'no checks ran'}")
+
+
+def run_batched(fn: Runner, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """`fn` over `images` in chunks of `batch_size`, logits gathered on the CPU in float32."""
+    with torch.no_grad():
+        return torch.cat([fn(images[i : i + batch_size]).float().cpu() for i in range(0, len(images), batch_size)])
+
+
+def verify(
+    reference: Runner,
+    artifact: Runner,
+    samples: Samples,
+    *,
+    max_batch: int,
+    precision: str,
+    thresholds: Thresholds | None = None,
+) -> Verification:
+    """Compare `artifact` with `reference` at batch 1 and at `max_batch`; never raises on a miss
+    (the caller decides: `raise_if_failed` for the CLI, a status string in the benchmark table)."""
+    thresholds = thresholds or Thresholds.for_precision(precision)
+    result = Verification(precision, thresholds, samples.source)
+    ref_logits = run_batched(reference, samples.images, max_batch)
+    sizes = [1, max_batch] if max_batch > 1 else [1]
+    for bs in sizes:
+        n = min(len(samples), BATCH1_SAMPLES) if bs == 1 and max_batch > 1 else len(samples)
+        # accuracy only over the whole set: on a 16-image subset one flip moves it 6 points
+        labels = samples.labels if n == len(samples) else None
+        metrics = compare(ref_logits[:n], run_batched(artifact, samples.images[:n], bs), labels, bs)
+        result.checks.append(metrics)
+        result.failed.extend(failures(metrics, thresholds))
+    return result
