@@ -256,6 +256,27 @@ PRESETS: dict[str, SearchSpace] = {
 }
 
 
+# Uniform (every layer alike) published models; each is a baseline wherever it is a member of a space.
+_REFERENCE_MODELS = {
+    "DeiT-Ti": (192, 12, 3, 4.0, 64),
+    "DeiT-S": (384, 12, 6, 4.0, 64),
+    "DeiT-B": (768, 12, 12, 4.0, 64),
+}
+
+
+def reference_archs(space: SearchSpace) -> dict[str, Arch]:
+    """Published models that are members of `space` (DeiT-Ti lies in autoformer-tiny, DeiT-S in
+    autoformer-small): the baselines marked on search plots."""
+    found = {}
+    if space.multi_stage:
+        return found
+    for name, (embed, depth, heads, ratio, head_dim) in _REFERENCE_MODELS.items():
+        arch = space.make_arch([Stage(embed, head_dim, tuple(Layer(heads, ratio) for _ in range(depth)))])
+        if space.contains(arch):
+            found[name] = arch
+    return found
+
+
 def get_space(name_or_path: str | os.PathLike) -> SearchSpace:
     """A preset by name, or a user space from a YAML/JSON file."""
     key = str(name_or_path)

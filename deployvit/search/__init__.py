@@ -1,0 +1,1 @@
+"""Constrained architecture search: budgets, vectorised metrics, scores, evolution, Pareto outputs."""

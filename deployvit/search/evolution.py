@@ -1,0 +1,230 @@
+"""Evolutionary search (AutoFormer's loop, valid across depths) and a random-search baseline, both
+under constraints, both resumable bit for bit from an atomic state file.
+
+Several latency budgets share one population: each budget keeps its own top-k parents and its own
+share of the children, every child must satisfy the loosest budget, and each budget's winner is the
+best evaluated arch that satisfies it. Candidates that violate a constraint are rejected before
+scoring (bounded retries), and an arch is scored at most once (canonical `Arch.key`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from deployvit import io
+from deployvit.arch import Arch
+from deployvit.errors import DeployvitError
+from deployvit.search.budgets import METRICS, Constraints
+from deployvit.search.predictor import MetricModel
+from deployvit.search.scores import Score
+from deployvit.spaces import SearchSpace
+
+
+@dataclass
+class EvolutionConfig:
+    """AutoFormer's defaults (evolution.py of microsoft/Cream)."""
+
+    method: str = "evolution"  # or "random": same number of evaluations, uniform samples
+    population: int = 50
+    generations: int = 20
+    parents: int = 10
+    mutations: int = 25
+    crossovers: int = 25
+    layer_prob: float = 0.2
+    stage_prob: float = 0.4
+    max_tries: int = 200  # rejected draws allowed per wanted candidate
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in ("evolution", "random"):
+            raise DeployvitError(f"unknown search method {self.method!r} (evolution, random)")
+        for name in ("population", "parents", "max_tries"):
+            if getattr(self, name) < 1:
+                raise DeployvitError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("generations", "mutations", "crossovers"):
+            if getattr(self, name) < 0:
+                raise DeployvitError(f"{name} must not be negative, got {getattr(self, name)}")
+        for name in ("layer_prob", "stage_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise DeployvitError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+    @property
+    def evaluations(self) -> int:
+        return self.population + self.generations * (self.mutations + self.crossovers)
+
+
+@dataclass
+class Candidate:
+    arch: Arch
+    score: float
+    metrics: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch.to_dict(), "score": self.score, "metrics": self.metrics}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Candidate":
+        return cls(Arch.from_dict(data["arch"]), data["score"], data["metrics"])
+
+
+@dataclass
+class SearchState:
+    """Everything needed to continue a search exactly where it stopped."""
+
+    config: dict
+    constraints: dict
+    score: str
+    space_hash: str
+    generation: int = -1  # last completed generation; -1: initial population not done
+    rng: dict = field(default_factory=dict)
+    evaluated: dict[str, Candidate] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "format": "deployvit.search_state/1",
+            **{k: v for k, v in asdict(self).items() if k != "evaluated"},
+            "evaluated": [c.to_dict() for c in self.evaluated.values()],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchState":
+        evaluated = [Candidate.from_dict(c) for c in data["evaluated"]]
+        fields = {k: data[k] for k in ("config", "constraints", "score", "space_hash", "generation", "rng")}
+        return cls(**fields, evaluated={c.arch.key: c for c in evaluated})
+
+
+class Evolution:
+    def __init__(
+        self,
+        space: SearchSpace,
+        model: MetricModel,
+        constraints: Constraints,
+        score: Score,
+        config: EvolutionConfig,
+        state_path: str | os.PathLike | None = None,
+        on_generation: Callable[[int, "Evolution"], None] | None = None,
+    ):
+        self.space, self.model, self.constraints, self.score, self.config = space, model, constraints, score, config
+        self.state_path, self.on_generation = state_path, on_generation
+        self.state = SearchState(asdict(config), constraints.to_dict(), score.name, space.hash())
+        self.rng = np.random.default_rng(config.seed)
+
+    # --- state ------------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Continue from `state_path`; refuse a state written for other settings."""
+        data = io.read_json(self.state_path, what="search state")
+        try:
+            saved = SearchState.from_dict(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DeployvitError(f"corrupt search state {self.state_path}: {exc}") from None
+        for name in ("config", "constraints", "score", "space_hash"):
+            if getattr(saved, name) != getattr(self.state, name):
+                raise DeployvitError(f"cannot resume {self.state_path}: it was started with another {name.replace('_', ' ')}")
+        self.state = saved
+        self.rng.bit_generator.state = saved.rng
+
+    def _checkpoint(self, generation: int) -> None:
+        self.state.generation = generation
+        self.state.rng = self.rng.bit_generator.state
+        if self.state_path is not None:
+            io.write_json(self.state_path, self.state.to_dict())
+
+    # --- constraints ------------------------------------------------------------------------------
+
+    def metrics(self, arch: Arch) -> dict[str, float]:
+        return self.model.metrics_of(arch)
+
+    def feasible(self, metrics: dict[str, float], latency_budget: float | None = None) -> bool:
+        for metric in METRICS:
+            if metric not in metrics:
+                continue
+            lo = self.constraints.lower(metric)
+            hi = latency_budget if metric == "latency" and latency_budget is not None else self.constraints.upper(metric)
+            if (lo is not None and metrics[metric] < lo) or (hi is not None and metrics[metric] > hi):
+                return False
+        return True
+
+    def _draw(self, make: Callable[[], Arch], budget: float | None, pending: dict[str, tuple[Arch, dict]]) -> tuple[Arch, dict] | None:
+        """A new feasible arch from `make`, or None after max_tries rejections."""
+        for _ in range(self.config.max_tries):
+            arch = make()
+            if arch.key in self.state.evaluated or arch.key in pending:
+                continue
+            metrics = self.metrics(arch)
+            if self.feasible(metrics, budget):
+                return arch, metrics
+        return None
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def best(self, budget: float | None, k: int = 1) -> list[Candidate]:
+        """Top-k evaluated candidates within `budget` (ties broken by key, for determinism)."""
+        fits = [c for c in self.state.evaluated.values() if self.feasible(c.metrics, budget)]
+        return sorted(fits, key=lambda c: (-c.score, c.arch.key))[:k]
+
+    def _evaluate(self, pending: dict[str, tuple[Arch, dict]]) -> None:
+        for key, (arch, metrics) in pending.items():
+            self.state.evaluated[key] = Candidate(arch, float(self.score(arch)), metrics)
+
+    def _initial_population(self) -> dict[str, tuple[Arch, dict]]:
+        pending: dict[str, tuple[Arch, dict]] = {}
+        for _ in range(self.config.population):
+            drawn = self._draw(lambda: self.space.sample(self.rng), None, pending)
+            if drawn is None:
+                break
+            pending[drawn[0].key] = drawn
+        if not pending:
+            drawn = self._draw(self.space.min_arch, None, pending)
+            if drawn is not None:
+                pending[drawn[0].key] = drawn
+        return pending
+
+    def _children(self) -> dict[str, tuple[Arch, dict]]:
+        budgets = self.constraints.budgets()
+        parents = {b: self.best(b, self.config.parents) for b in budgets}
+        pending: dict[str, tuple[Arch, dict]] = {}
+        plan = [("mutate", i) for i in range(self.config.mutations)] + [("cross", i) for i in range(self.config.crossovers)]
+        for kind, i in plan:
+            budget = budgets[i % len(budgets)]
+            pool = parents[budget] or next(p for p in parents.values() if p)
+            pick = lambda: pool[int(self.rng.integers(len(pool)))].arch  # noqa: E731
+            if kind == "mutate":
+                make = lambda: self.space.mutate(pick(), self.rng, self.config.layer_prob, self.config.stage_prob)  # noqa: E731
+            else:
+                make = lambda: self.space.crossover(pick(), pick(), self.rng)  # noqa: E731
+            drawn = self._draw(make, budget, pending)
+            if drawn is not None:
+                pending[drawn[0].key] = drawn
+        return pending
+
+    def _random_batch(self) -> dict[str, tuple[Arch, dict]]:
+        pending: dict[str, tuple[Arch, dict]] = {}
+        for _ in range(self.config.mutations + self.config.crossovers):
+            drawn = self._draw(lambda: self.space.sample(self.rng), None, pending)
+            if drawn is not None:
+                pending[drawn[0].key] = drawn
+        return pending
+
+    def run(self) -> dict[float | None, Candidate | None]:
+        """Run (or finish) the search; returns the winner of each budget."""
+        if self.state.generation < 0:
+            pending = self._initial_population()
+            if not pending:
+                raise DeployvitError(
+                    f"no arch of space {self.space.name!r} satisfies the constraints after {self.config.max_tries} tries"
+                )
+            self._evaluate(pending)
+            self._checkpoint(0)
+            if self.on_generation:
+                self.on_generation(0, self)
+        for generation in range(self.state.generation + 1, self.config.generations + 1):
+            self._evaluate(self._children() if self.config.method == "evolution" else self._random_batch())
+            self._checkpoint(generation)
+            if self.on_generation:
+                self.on_generation(generation, self)
+        return {b: next(iter(self.best(b)), None) for b in self.constraints.budgets()}

@@ -1,0 +1,174 @@
+"""Search internals: budgets, vectorised metrics, the DSS indicator, evolution determinism and resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deployvit.counting import count_flops, count_params
+from deployvit.errors import DeployvitError
+from deployvit.search.budgets import Constraints, parse_amount, parse_amounts
+from deployvit.search.evolution import Evolution, EvolutionConfig
+from deployvit.search.pareto import pareto_front
+from deployvit.search.predictor import MetricModel
+from deployvit.search.scores import DSSScore
+from deployvit.spaces import PRESETS, get_space
+
+SMALL = dict(population=8, generations=3, parents=3, mutations=4, crossovers=4)
+
+
+def test_parse_amounts():
+    assert parse_amount("5ms", "latency") == 5000.0
+    assert parse_amount("250us", "latency") == 250.0
+    assert parse_amount("1.5G", "flops") == 1.5e9
+    assert parse_amount("6M", "params") == 6e6
+    assert parse_amounts("5ms, 2ms,3ms", "latency") == [2000.0, 3000.0, 5000.0]
+    for bad, metric, needle in [("5", "latency", "unknown unit"), ("5 parsecs", "latency", "unknown unit"),
+                                ("-1ms", "latency", "expected a number"), ("0ms", "latency", "positive"),
+                                ("1.5X", "flops", "unknown unit"), ("fast", "latency", "expected a number")]:
+        with pytest.raises(DeployvitError, match=needle):
+            parse_amount(bad, metric)
+    with pytest.raises(DeployvitError, match="is not below"):
+        Constraints(max_flops=1e9, min_flops=2e9)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_vectorised_metrics_equal_per_arch_counts(name):
+    space = get_space(name)
+    model = MetricModel(space)
+    rng = np.random.default_rng(0)
+    archs = [space.sample(rng) for _ in range(100)] + [space.min_arch(), space.max_arch()]
+    out = model.predict(model.encode(archs))
+    assert list(out["params"]) == [count_params(a) for a in archs]
+    assert list(out["flops"]) == [count_flops(a) for a in archs]
+    assert model.range("params") == (count_params(space.min_arch()), count_params(space.max_arch()))
+    lo, hi = model.range("flops")
+    assert lo <= out["flops"].min() and hi >= out["flops"].max()
+
+
+def _independent_dss(space, arch, seed=0):
+    """The TF-TAS formula written out directly: SVD nuclear norms, per-matrix q/k/v, no caching."""
+    torch.manual_seed(seed)
+    from deployvit.supernet import Supernet
+
+    supernet = Supernet(space).eval()
+    with torch.no_grad():
+        for p in supernet.parameters():
+            p.abs_()
+    x = torch.randn(1, 3, space.img_size, space.img_size, generator=torch.Generator().manual_seed(seed))
+    model = supernet.extract(arch).eval()
+    model(x).sum().backward()
+    nuc = lambda m: torch.linalg.matrix_norm(m.detach().double(), ord="nuc").item()  # noqa: E731
+    total, qkv_terms = 0.0, 0.0
+    for stage in model.stages:
+        for block in stage:
+            w, g = block.attn.qkv.weight, block.attn.qkv.weight.grad
+            a = w.shape[0] // 3
+            for i in range(3):
+                term = nuc(g[i * a:(i + 1) * a]) * nuc(w[i * a:(i + 1) * a])
+                total += term
+                qkv_terms += term
+            total += nuc(block.attn.proj.weight.grad) * nuc(block.attn.proj.weight)
+            for fc in (block.mlp.fc1, block.mlp.fc2):
+                total += (fc.weight.grad * fc.weight).abs().sum().item()
+    total += (model.head.fc.weight.grad * model.head.fc.weight).abs().sum().item()
+    return total, qkv_terms
+
+
+@pytest.mark.parametrize("name", ["test", "test-resnas"])
+def test_dss_matches_an_independent_computation(name):
+    space = get_space(name)
+    score = DSSScore(space, seed=0)
+    rng = np.random.default_rng(5)
+    for arch in [space.sample(rng) for _ in range(3)]:
+        expected, qkv_terms = _independent_dss(space, arch)
+        assert score(arch) == pytest.approx(expected, rel=1e-6)
+        assert qkv_terms > 0  # the paper's q/k/v terms are present (the public code's vanish)
+    assert score(space.max_arch()) > score(space.min_arch())
+
+
+def _evolution(space, constraints, state_path=None, **overrides):
+    config = EvolutionConfig(**{**SMALL, **overrides})
+    return Evolution(space, MetricModel(space), constraints, DSSScore(space, seed=config.seed), config, state_path)
+
+
+def test_same_seed_same_result_and_resume_is_identical(tmp_path):
+    space = get_space("test")
+    constraints = Constraints(max_flops=MetricModel(space).range("flops")[1] * 0.6)
+    uninterrupted = _evolution(space, constraints)
+    full = uninterrupted.run()
+    again = _evolution(space, constraints).run()
+    assert full[None].arch == again[None].arch
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(generation, evo):
+        if generation == 2:
+            raise Killed
+
+    state = tmp_path / "search_state.json"
+    interrupted = _evolution(space, constraints, state)
+    interrupted.on_generation = kill_after_two
+    with pytest.raises(Killed):
+        interrupted.run()
+    resumed = _evolution(space, constraints, state)
+    resumed.resume()
+    assert resumed.state.generation == 2
+    result = resumed.run()
+    assert result[None].arch == full[None].arch
+    assert list(resumed.state.evaluated) == list(uninterrupted.state.evaluated)
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    space = get_space("test")
+    state = tmp_path / "s.json"
+    _evolution(space, Constraints(), state, generations=1).run()
+    other = _evolution(space, Constraints(max_params=1e9), state, generations=1)
+    with pytest.raises(DeployvitError, match="another constraints"):
+        other.resume()
+    state.write_text("{not json")
+    with pytest.raises(DeployvitError, match="malformed search state"):
+        _evolution(space, Constraints(), state, generations=1).resume()
+
+
+@settings(max_examples=12, deadline=None)
+@given(flops_frac=st.floats(0.05, 1.0), params_frac=st.floats(0.05, 1.0), seed=st.integers(0, 1000))
+def test_every_returned_arch_satisfies_every_constraint(flops_frac, params_frac, seed):
+    space = get_space("test")
+    model = MetricModel(space)
+    (f_lo, f_hi), (p_lo, p_hi) = model.range("flops"), model.range("params")
+    constraints = Constraints(max_flops=f_lo + flops_frac * (f_hi - f_lo), max_params=p_lo + params_frac * (p_hi - p_lo))
+    evo = _evolution(space, constraints, seed=seed, generations=2)
+    try:
+        winner = evo.run()[None]
+    except DeployvitError as exc:
+        assert "satisfies the constraints" in str(exc)
+        return
+    for cand in evo.state.evaluated.values():
+        assert cand.metrics["flops"] <= constraints.max_flops and cand.metrics["params"] <= constraints.max_params
+        assert count_flops(cand.arch) == cand.metrics["flops"]
+    assert winner.score == max(c.score for c in evo.state.evaluated.values())
+
+
+def test_random_search_uses_the_same_number_of_evaluations():
+    space = get_space("autoformer-tiny")
+    config = EvolutionConfig(**SMALL)
+    assert config.evaluations == 8 + 3 * 8
+    evo = _evolution(space.with_overrides(img_size=32), Constraints(), method="random")
+    evo.run()
+    assert len(evo.state.evaluated) == config.evaluations
+
+
+def test_pareto_front_is_non_dominated():
+    space = get_space("test")
+    evo = _evolution(space, Constraints())
+    evo.run()
+    cands = list(evo.state.evaluated.values())
+    front = pareto_front(cands, "flops")
+    for f in front:
+        assert not any(c.score > f.score and c.metrics["flops"] <= f.metrics["flops"] for c in cands)
+    assert [f.metrics["flops"] for f in front] == sorted(f.metrics["flops"] for f in front)
