@@ -30,6 +30,11 @@ def _register_commands() -> None:
 
     cli.add_command(export_cmd.export)
     cli.add_command(export_cmd.benchmark)
+    from deployvit.commands import train as train_cmd
+
+    cli.add_command(train_cmd.train_supernet_cmd)
+    cli.add_command(train_cmd.retrain_cmd)
+    cli.add_command(train_cmd.evaluate_cmd)
 
 
 _register_commands()

@@ -1,0 +1,213 @@
+"""`deployvit train-supernet`, `retrain` and `evaluate` (thin: parse, set up, call deployvit.train).
+
+All three run under torchrun unchanged: `torchrun --nproc-per-node N -m deployvit train-supernet ...`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import click
+
+from deployvit.errors import DeployvitError
+
+
+def _recipe_options(defaults: dict):
+    """The recipe flags shared by train-supernet and retrain (defaults differ per command)."""
+
+    def decorate(fn):
+        opts = [
+            click.option("--data", required=True, help="'digits', a CIFAR-10/100 python folder, or an ImageFolder root (train/, val/)."),
+            click.option("--out", type=click.Path(file_okay=False), default=defaults["out"], show_default=True, help="Run directory."),
+            click.option("--epochs", type=int, default=defaults["epochs"], show_default=True),
+            click.option("--batch-size", type=int, default=64, show_default=True, help="Per rank."),
+            click.option("--opt", default="adamw", show_default=True, help="timm optimizer name."),
+            click.option("--lr", type=float, default=defaults["lr"], show_default=True),
+            click.option("--min-lr", type=float, default=1e-5, show_default=True),
+            click.option("--warmup-epochs", type=int, default=defaults["warmup"], show_default=True),
+            click.option("--weight-decay", type=float, default=0.05, show_default=True),
+            click.option("--clip-grad", type=float, default=0.0, show_default=True, help="Max grad norm (0: off)."),
+            click.option("--ema-decay", type=float, default=0.0, show_default=True, help="Model EMA decay (0: off)."),
+            click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True, help="Mixed precision (CUDA)."),
+            click.option("--drop-path", type=float, default=defaults["drop_path"], show_default=True),
+            click.option("--aug", default=defaults["aug"], show_default=True, help="Augmentation preset: deit, vitas-weak, light, none."),
+            click.option("--mixup", type=float, default=None, help="Override the preset's mixup alpha."),
+            click.option("--cutmix", type=float, default=None, help="Override the preset's CutMix alpha."),
+            click.option("--smoothing", type=float, default=None, help="Override the preset's label smoothing."),
+            click.option("--reprob", type=float, default=None, help="Override the preset's random-erasing probability."),
+            click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--ckpt-every", type=int, default=0, show_default=True, help="Also checkpoint every K steps (0: per epoch only)."),
+            click.option("--num-workers", type=int, default=0, show_default=True, help="DataLoader workers per rank."),
+            click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
+            click.option("--deterministic", is_flag=True, help="torch deterministic algorithms (exact resume on CPU)."),
+            click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.pt."),
+            click.option("--log-every", type=int, default=50, show_default=True, help="Print every N steps (0: epochs only)."),
+        ]
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+
+    return decorate
+
+
+def _recipe(kw: dict):
+    from deployvit.train.augment import get_aug
+    from deployvit.train.loop import Recipe
+
+    aug = get_aug(kw["aug"], mixup=kw["mixup"], cutmix=kw["cutmix"], smoothing=kw["smoothing"], re_prob=kw["reprob"])
+    recipe = Recipe(
+        epochs=kw["epochs"], batch_size=kw["batch_size"], opt=kw["opt"], lr=kw["lr"], min_lr=kw["min_lr"],
+        warmup_epochs=kw["warmup_epochs"], weight_decay=kw["weight_decay"], clip_grad=kw["clip_grad"],
+        ema_decay=kw["ema_decay"], amp=kw["amp"], drop_path=kw["drop_path"], seed=kw["seed"], aug=aug,
+    )
+    recipe.validate()
+    return recipe
+
+
+def _run(fn):
+    """Join torchrun's process group (if any) around a command; only rank 0 prints."""
+
+    @functools.wraps(fn)
+    def wrapper(**kw):
+        from deployvit.train.distributed import init_distributed, shutdown
+        from deployvit.train.loop import RunOptions
+
+        info = init_distributed(kw["device"])
+        log = (lambda msg: click.echo(msg, err=True)) if info.is_main else (lambda msg: None)
+        opts = RunOptions(Path(kw["out"]), kw["resume"], kw["ckpt_every"], kw["num_workers"], kw["deterministic"], log, kw["log_every"])
+        if opts.num_workers < 0 or opts.log_every < 0:
+            raise DeployvitError("--num-workers and --log-every must be >= 0")
+        try:
+            fn(kw, info, opts)
+        finally:
+            shutdown(info)
+
+    return wrapper
+
+
+@click.command("train-supernet")
+@click.option("--space", "space_name", required=True, help="Space preset or file (class count follows the data).")
+@click.option("--sampler", default="uniform", show_default=True, help="uniform, sandwich, multi-arch or focus.")
+@click.option("--sandwich-random", type=int, default=2, show_default=True, help="sandwich: random subnets per step.")
+@click.option("--groups", type=int, default=4, show_default=True, help="multi-arch: subnets per batch (>= 16 images each).")
+@click.option("--unlock-epochs", type=int, default=5, show_default=True, help="multi-arch: epochs to unlock all widths.")
+@click.option("--focus-budgets", default=None, help="focus: comma-separated normalised FLOPs budgets in [0,1] (default uniform).")
+@click.option("--focus-epsilon", type=float, default=None, help="focus: initial share of uniform draws (0.5).")
+@click.option("--focus-update-every", type=int, default=None, help="focus: steps between sampler updates (10).")
+@click.option("--cyclic", is_flag=True, help="ViTAS-style cyclic weight sharing of the embedding channels.")
+@click.option("--identity-shift", is_flag=True, help="ViTAS-style identity shifting of skipped layers.")
+@click.option("--held-out-per-class", type=int, default=25, show_default=True, help="Train images per class kept for search scoring.")
+@_recipe_options({"out": "runs/supernet", "epochs": 100, "lr": 1e-3, "warmup": 5, "drop_path": 0.1, "aug": "deit"})
+@_run
+def train_supernet_cmd(kw, info, opts) -> None:
+    """Train the weight-sharing supernet of --space on --data with a subnet --sampler."""
+    from deployvit.spaces import get_space
+    from deployvit.supernet import Supernet
+    from deployvit.train.data import held_out_split, open_data
+    from deployvit.train.samplers import make_sampler
+    from deployvit.train.setup import fit_space, seed_init
+    from deployvit.train.supernet_train import train_supernet
+
+    recipe = _recipe(kw)
+    source = open_data(kw["data"])
+    space = fit_space(get_space(kw["space_name"]), source)
+    held = held_out_split(source, kw["held_out_per_class"])
+    steps = len(held.train) // max(recipe.batch_size * info.world_size, 1) * recipe.epochs
+    budgets = None
+    if kw["focus_budgets"]:
+        try:
+            budgets = [float(b) for b in kw["focus_budgets"].split(",")]
+        except ValueError:
+            raise DeployvitError(f"--focus-budgets: expected numbers like 0.25,0.5, got {kw['focus_budgets']!r}") from None
+    sampler = make_sampler(
+        kw["sampler"], space, recipe.seed, total_steps=steps, sandwich_random=kw["sandwich_random"], groups=kw["groups"],
+        unlock_epochs=kw["unlock_epochs"], focus_budgets=budgets, focus_epsilon=kw["focus_epsilon"],
+        focus_update_every=kw["focus_update_every"],
+    )
+    seed_init(recipe.seed)
+    supernet = Supernet(space, cyclic=kw["cyclic"], identity_shift=kw["identity_shift"], drop_path_rate=recipe.drop_path)
+    history = train_supernet(supernet, source, held, sampler, recipe, opts, info)
+    opts.log(f"supernet saved to {opts.out / 'last.pt'} ({len(history)} epochs)")
+
+
+@click.command("retrain")
+@click.option("--arch", "arch_file", required=True, type=click.Path(dir_okay=False), help="Arch JSON to train.")
+@click.option("--init", "init", default="scratch", show_default=True, help="'scratch' or a supernet checkpoint (last.pt) to inherit weights from.")
+@_recipe_options({"out": "runs/retrain", "epochs": 100, "lr": 5e-4, "warmup": 5, "drop_path": 0.1, "aug": "deit"})
+@_run
+def retrain_cmd(kw, info, opts) -> None:
+    """Train the standalone model of --arch (from inherited supernet weights or from scratch)."""
+    from deployvit.arch import load_arch
+    from deployvit.models import build_model
+    from deployvit.train.checkpoint import load_supernet
+    from deployvit.train.data import open_data
+    from deployvit.train.retrain import retrain
+    from deployvit.train.setup import seed_init
+
+    recipe = _recipe(kw)
+    arch = load_arch(kw["arch_file"])
+    source = open_data(kw["data"])
+    seed_init(recipe.seed)
+    if kw["init"] == "scratch":
+        model = build_model(arch, recipe.drop_path)
+    else:
+        supernet, _ = load_supernet(kw["init"])
+        supernet.space.validate(arch)
+        model = supernet.extract(arch, drop_path_rate=recipe.drop_path)
+    result = retrain(model, source, recipe, kw["init"], opts, info)
+    last = result["history"][-1] if result["history"] else {}
+    opts.log(f"val top1 {result['initial']['val_top1']:.2f} -> {last.get('val_top1', float('nan')):.2f}; "
+             f"model saved to {opts.out / 'checkpoint.safetensors'}")
+
+
+@click.command("evaluate")
+@click.option("--model", "model_file", type=click.Path(dir_okay=False), help="checkpoint.safetensors written by retrain.")
+@click.option("--supernet", "supernet_file", type=click.Path(dir_okay=False), help="Supernet checkpoint (last.pt / checkpoint.pt); needs --arch.")
+@click.option("--arch", "arch_file", type=click.Path(dir_okay=False), help="Arch JSON to evaluate with inherited supernet weights.")
+@click.option("--data", required=True, help="'digits', a CIFAR folder or an ImageFolder root.")
+@click.option("--split", type=click.Choice(["val", "held-out", "train"]), default="val", show_default=True,
+              help="held-out: the supernet run's recorded held-out images.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result as JSON.")
+def evaluate_cmd(model_file, supernet_file, arch_file, data, split, batch_size, device, json_out) -> None:
+    """Top-1 / top-5 accuracy of a retrained model, or of an arch with inherited supernet weights."""
+    from deployvit import io
+    from deployvit.arch import load_arch
+    from deployvit.train.augment import get_aug
+    from deployvit.train.checkpoint import load_model, load_supernet
+    from deployvit.train.data import held_out_from_ids, open_data
+    from deployvit.train.distributed import pick_device
+    from deployvit.train.evaluate import eval_loader, evaluate_accuracy
+    from deployvit.train.setup import eval_dataset, transforms_for
+
+    if (model_file is None) == (supernet_file is None):
+        raise DeployvitError("give either --model checkpoint.safetensors or --supernet CKPT --arch A.json")
+    held_ids = None
+    if model_file is not None:
+        if arch_file is not None:
+            raise DeployvitError("--arch goes with --supernet; a --model checkpoint carries its own arch")
+        model, arch = load_model(model_file)
+    else:
+        if arch_file is None:
+            raise DeployvitError("--supernet needs --arch A.json")
+        supernet, meta = load_supernet(supernet_file)
+        arch = load_arch(arch_file)
+        supernet.space.validate(arch)
+        supernet.set_arch(arch)
+        model, held_ids = supernet, meta["held_out"]["ids"]
+    if split == "held-out" and held_ids is None:
+        raise DeployvitError("--split held-out needs --supernet (the held-out images are recorded in its checkpoint)")
+    source = open_data(data)
+    if source.num_classes != arch.num_classes:
+        raise DeployvitError(f"arch has {arch.num_classes} classes but {data} has {source.num_classes}")
+    held = held_out_from_ids(source, held_ids) if split == "held-out" else None
+    dataset = eval_dataset(source, split, transforms_for(source, get_aug("none"), arch.img_size).eval, held)
+    dev = pick_device(device)
+    model.to(dev)
+    result = {**evaluate_accuracy(model, eval_loader(dataset, batch_size), dev), "split": split, "arch": arch.to_dict()}
+    click.echo(f"top1 {result['top1']:.2f}  top5 {result['top5']:.2f}  ({result['n']} images, {split})")
+    if json_out:
+        io.write_json(json_out, result)

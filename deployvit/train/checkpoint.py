@@ -1,0 +1,122 @@
+"""Checkpoints: the resumable training state (`checkpoint.pt`), the trained supernet (`last.pt`) and
+the retrained standalone model (`checkpoint.safetensors`).
+
+Every file goes through `deployvit.io` (temp file + rename), so a kill -9 at any moment leaves the
+previous checkpoint intact. Files are read with `torch.load(weights_only=True)`: checkpoints hold only
+tensors and plain Python data (RNG states included), never pickled objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deployvit import io
+from deployvit.arch import Arch
+from deployvit.errors import DeployvitError
+
+FORMAT = "deployvit.train/1"
+
+
+def capture_rng() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": gauss},
+        "torch": torch.random.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.random.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x):
+    """random.setstate needs tuples; a loaded checkpoint may give lists."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    io.save_torch(path, {"format": FORMAT, **state})
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A deployvit training checkpoint; missing, corrupt or foreign files are one-line errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise DeployvitError(f"checkpoint not found: {p}")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated / foreign files
+        raise DeployvitError(f"cannot read checkpoint {p}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise DeployvitError(f"{p} is not a deployvit training checkpoint")
+    return state
+
+
+def load_supernet(path: str | os.PathLike, prefer_ema: bool = True):
+    """(Supernet with trained weights, meta) from `checkpoint.pt` or `last.pt` of `train-supernet`.
+
+    meta: the supernet config, sampler name, recipe, progress, data source and the held-out image ids
+    (what search's `supernet` score evaluates on)."""
+    from deployvit.supernet import Supernet
+
+    state = read_checkpoint(path)
+    if state.get("kind") != "supernet":
+        raise DeployvitError(f"{path} is a {state.get('kind')} checkpoint, not a supernet checkpoint")
+    supernet = Supernet.from_config(state["meta"]["supernet"])
+    weights = state["ema"] if prefer_ema and state.get("ema") is not None else state["model"]
+    supernet.load_state_dict(weights)
+    meta = dict(state["meta"], progress=state.get("progress"), recipe=state.get("recipe"),
+                sampler=(state.get("sampler") or {}).get("name"), used_ema=weights is state.get("ema"))
+    return supernet.eval(), meta
+
+
+def save_model(path: str | os.PathLike, model: torch.nn.Module, arch: Arch, extra: dict[str, str] | None = None) -> None:
+    """The standalone model as safetensors, its arch JSON in the metadata (exporters read it back)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with io.atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"arch": arch.key, **(extra or {})})
+
+
+def load_model(path: str | os.PathLike):
+    """(ViT, arch) from `checkpoint.safetensors` written by `retrain`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    from deployvit.models import build_model
+
+    p = Path(path)
+    if not p.is_file():
+        raise DeployvitError(f"model checkpoint not found: {p}")
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        tensors = load_file(str(p))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DeployvitError(f"cannot read model checkpoint {p}: {exc}") from None
+    if "arch" not in meta:
+        raise DeployvitError(f"{p} has no arch metadata (not written by deployvit retrain)")
+    arch = Arch.from_dict(json.loads(meta["arch"]))
+    model = build_model(arch)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise DeployvitError(f"{p}: weights do not match its arch: {str(exc).splitlines()[0]}") from None
+    return model.eval(), arch

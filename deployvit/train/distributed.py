@@ -1,0 +1,143 @@
+"""Running under torchrun: ranks, per-rank data shards, gradient averaging, rank-0-only writes.
+
+`torchrun --nproc-per-node N -m deployvit train-supernet ...` sets RANK / WORLD_SIZE / LOCAL_RANK;
+`init_distributed` joins the process group (NCCL on CUDA, gloo on CPU). Gradients are averaged with
+one all-reduce per step over a flat buffer after all of the step's backward passes. That is data
+parallelism with the same semantics as torch's DistributedDataParallel, but it also holds for
+sandwich and multi-arch steps (several forwards per optimizer step, different parameters used per
+subnet), which DDP's reducer does not support without find_unused_parameters tricks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from deployvit.errors import DeployvitError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto` (CUDA when available), `cpu` or `cuda`; CUDA without a GPU is bad input."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise DeployvitError("--device cuda: no CUDA GPU is available (use --device cpu)")
+        return torch.device("cuda", local_rank)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise DeployvitError(f"unknown device {name!r} (auto, cpu, cuda)")
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join torchrun's process group when WORLD_SIZE > 1; otherwise a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local)
+    if world > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+    return DistInfo(rank, world, local, dev)
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def broadcast_module(module: torch.nn.Module, info: DistInfo) -> None:
+    """Make every rank start from rank 0's parameters and buffers."""
+    if info.distributed:
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter], info: DistInfo) -> None:
+    """Mean of the gradients over ranks, one collective on a flat buffer; a parameter no subnet used
+    on some rank contributes zeros there (all ranks run the same subnets, so this is rare)."""
+    if not info.distributed:
+        return
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= info.world_size
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        offset += n
+
+
+def all_ranks_sum(value: float, info: DistInfo) -> float:
+    """Sum a number over ranks (loss checks, accuracy counts): every rank gets the same result."""
+    if not info.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=info.device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's Python object on every rank."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@dataclass(frozen=True)
+class EpochBatches:
+    """The batches of one rank in one epoch: a seeded permutation per epoch, cut into global batches of
+    batch_size x world_size, of which this rank takes its slice; the tail that does not fill a global
+    batch is dropped, so every rank runs the same number of steps. A pure function of (seed, epoch),
+    which is what makes a mid-epoch resume start at exactly the next batch."""
+
+    num_items: int
+    batch_size: int
+    info: DistInfo
+    seed: int
+    shuffle: bool = True
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_items // (self.batch_size * self.info.world_size)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> list[list[int]]:
+        order = (
+            np.random.default_rng([self.seed, epoch]).permutation(self.num_items)
+            if self.shuffle
+            else np.arange(self.num_items)
+        )
+        b, w, r = self.batch_size, self.info.world_size, self.info.rank
+        return [order[(s * w + r) * b : (s * w + r + 1) * b].tolist() for s in range(start_step, self.steps_per_epoch)]

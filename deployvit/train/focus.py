@@ -1,0 +1,249 @@
+"""deployvit's implementation of the idea of FocusFormer (arXiv 2208.10861): a learned architecture
+sampler conditioned on a resource budget, trained alongside the supernet, that moves probability to
+accurate archs just under each budget (the Pareto front). Design in REFERENCES.md section 7; the
+paper's code is not public, so this is not a reproduction.
+
+Resource: analytic FLOPs (`count_flops`). A budget is normalised to b in [0, 1], its position between
+the space's smallest and largest arch. The policy is a small MLP b -> independent logits for every
+decision (per stage: embed dim, depth, and per layer heads and MLP ratio). A layer's decisions count
+in the log-probability only when the layer exists (depth), so equal archs have one probability.
+
+During training (`FocusArchSampler`): each step draws b (from `budgets`, or uniform) and an arch from
+the policy, or with probability epsilon (decaying from `epsilon` to `epsilon_min`) a uniform arch, so
+the whole space keeps training. Every `update_every` steps the policy is updated with REINFORCE on
+`policy_batch` fresh draws: reward = held-out minibatch accuracy, minus `penalty` + `penalty_slope` x
+(normalised overshoot) when the arch exceeds its budget (so any arch over budget scores below the
+in-budget ones of similar accuracy), a moving-average baseline and an entropy bonus.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from deployvit.arch import Arch, Layer, Stage
+from deployvit.counting import count_flops
+from deployvit.errors import DeployvitError
+from deployvit.spaces import SearchSpace, space_from_dict
+from deployvit.train.samplers import ArchSampler, Score, StepPlan
+
+
+@dataclass(frozen=True)
+class Decision:
+    stage: int
+    kind: str  # "embed_dim" | "depth" | "num_heads" | "mlp_ratio"
+    layer: int  # -1 for stage-level decisions
+    choices: tuple
+
+
+def decisions(space: SearchSpace) -> list[Decision]:
+    out = []
+    for si, s in enumerate(space.stages):
+        out.append(Decision(si, "embed_dim", -1, tuple(s.embed_dims)))
+        out.append(Decision(si, "depth", -1, tuple(s.depths)))
+        for li in range(s.max_depth):
+            out.append(Decision(si, "num_heads", li, tuple(s.num_heads)))
+            out.append(Decision(si, "mlp_ratio", li, tuple(s.mlp_ratios)))
+    return out
+
+
+class FocusPolicy(nn.Module):
+    """Budget-conditioned architecture distribution over a space."""
+
+    def __init__(self, space: SearchSpace, hidden: int = 64):
+        super().__init__()
+        self.space, self.hidden = space, hidden
+        self.decisions = decisions(space)
+        self.sizes = [len(d.choices) for d in self.decisions]
+        self.body = nn.Sequential(nn.Linear(1, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh())
+        self.out = nn.Linear(hidden, sum(self.sizes))
+        nn.init.zeros_(self.out.weight)  # start uniform: every arch equally likely
+        nn.init.zeros_(self.out.bias)
+        self.flops_min, self.flops_max = count_flops(space.min_arch()), count_flops(space.max_arch())
+
+    # --- resources ---------------------------------------------------------------------------------
+
+    def position(self, arch: Arch) -> float:
+        """Normalised resource of `arch` in [0, 1]."""
+        return (count_flops(arch) - self.flops_min) / max(self.flops_max - self.flops_min, 1)
+
+    def budget_position(self, flops: float) -> float:
+        """Normalised position of a FLOPs budget (clipped to [0, 1])."""
+        return float(np.clip((flops - self.flops_min) / max(self.flops_max - self.flops_min, 1), 0.0, 1.0))
+
+    # --- the distribution ---------------------------------------------------------------------------
+
+    def logits(self, b: torch.Tensor) -> list[torch.Tensor]:
+        """Per-decision logits for a batch of budgets b [N] -> list of [N, choices]."""
+        return list(self.out(self.body(b.float().view(-1, 1) * 2 - 1)).split(self.sizes, dim=-1))
+
+    def _decode(self, picks: Sequence[int]) -> tuple[Arch, list[bool]]:
+        """Arch of one choice per decision, and which decisions it actually uses."""
+        chosen = {(d.stage, d.kind, d.layer): d.choices[p] for d, p in zip(self.decisions, picks)}
+        stages = []
+        for si, s in enumerate(self.space.stages):
+            depth = chosen[(si, "depth", -1)]
+            layers = tuple(Layer(chosen[(si, "num_heads", li)], chosen[(si, "mlp_ratio", li)]) for li in range(depth))
+            stages.append(Stage(chosen[(si, "embed_dim", -1)], s.head_dim, layers))
+        used = [d.layer < chosen[(d.stage, "depth", -1)] for d in self.decisions]
+        return self.space.make_arch(stages), used
+
+    def sample(self, b: float, generator: torch.Generator) -> tuple[Arch, torch.Tensor, torch.Tensor]:
+        """One arch for budget b with its log-probability and entropy (differentiable)."""
+        logits = self.logits(torch.tensor([b]))
+        picks = [int(torch.multinomial(l.softmax(-1)[0].detach(), 1, generator=generator)) for l in logits]
+        arch, used = self._decode(picks)
+        logp = sum(l.log_softmax(-1)[0, p] for l, p, u in zip(logits, picks, used) if u)
+        ent = sum(-(l.softmax(-1) * l.log_softmax(-1)).sum() for l, u in zip(logits, used) if u)
+        return arch, logp, ent
+
+    @torch.no_grad()
+    def propose(self, b: float, k: int, seed: int = 0) -> list[Arch]:
+        """k draws for normalised budget b (duplicates removed, order kept)."""
+        gen = torch.Generator().manual_seed(seed)
+        seen: dict[str, Arch] = {}
+        for _ in range(k):
+            arch = self.sample(b, gen)[0]
+            seen.setdefault(arch.key, arch)
+        return list(seen.values())
+
+    def config(self) -> dict[str, Any]:
+        return {"space": self.space.to_dict(), "hidden": self.hidden}
+
+
+def specialise(policy: FocusPolicy, budget_flops: float, score: Score, k: int = 50, seed: int = 0) -> Arch | None:
+    """FocusFormer's deployment step: draw k archs for the budget, keep those within it, return the
+    best by `score` (e.g. supernet held-out accuracy); None when no draw fits the budget."""
+    b = policy.budget_position(budget_flops)
+    fitting = [a for a in policy.propose(b, k, seed) if count_flops(a) <= budget_flops]
+    return max(fitting, key=score) if fitting else None
+
+
+@dataclass(frozen=True)
+class FocusOptions:
+    budgets: tuple[float, ...] = ()  # normalised budgets to focus on; empty: uniform in [0, 1]
+    epsilon: float = 0.5  # share of uniform draws at the start ...
+    epsilon_min: float = 0.1  # ... decaying linearly to this by the end of training
+    update_every: int = 10
+    policy_batch: int = 8
+    lr: float = 0.01
+    penalty: float = 0.5
+    penalty_slope: float = 2.0
+    entropy: float = 0.01
+    baseline_momentum: float = 0.9
+    hidden: int = 64
+
+
+class FocusArchSampler(ArchSampler):
+    name = "focus"
+
+    def __init__(self, space: SearchSpace, seed: int, total_steps: int = 1, **options):
+        super().__init__(space, seed)
+        known = {f"focus_{k}": k for k in FocusOptions.__dataclass_fields__}
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise DeployvitError(f"unknown focus sampler option {unknown[0]!r}")
+        self.opts = FocusOptions(**{known[k]: (tuple(v) if k == "focus_budgets" else v) for k, v in options.items()})
+        for b in self.opts.budgets:
+            if not 0.0 <= b <= 1.0:
+                raise DeployvitError(f"focus budgets are normalised positions in [0, 1], got {b}")
+        if self.opts.update_every < 1 or self.opts.policy_batch < 1:
+            raise DeployvitError("focus update interval and policy batch must be >= 1")
+        self.total_steps = max(total_steps, 1)
+        torch_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)  # the policy's init is part of the shared seed, identical on every rank
+        self.policy = FocusPolicy(space, self.opts.hidden)
+        torch.random.set_rng_state(torch_state)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.opts.lr)
+        self.baseline: float | None = None
+
+    def _budget(self, rng: np.random.Generator) -> float:
+        if self.opts.budgets:
+            return float(self.opts.budgets[int(rng.integers(len(self.opts.budgets)))])
+        return float(rng.random())
+
+    def epsilon(self, step: int) -> float:
+        frac = min(step / self.total_steps, 1.0)
+        return self.opts.epsilon + (self.opts.epsilon_min - self.opts.epsilon) * frac
+
+    def plan(self, step: int, epoch: int, batch_size: int) -> StepPlan:
+        rng = self.rng(step)
+        b = self._budget(rng)
+        if rng.random() < self.epsilon(step):
+            return StepPlan((self.space.sample(rng),))
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        with torch.no_grad():
+            return StepPlan((self.policy.sample(b, gen)[0],))
+
+    def after_step(self, step: int, score: Score, sync: Callable) -> dict[str, float]:
+        """REINFORCE update every `update_every` steps; `sync(policy)` makes all ranks agree."""
+        if (step + 1) % self.opts.update_every:
+            return {}
+        rng = np.random.default_rng([self.seed, step, 0xF0C5])
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        logps, ents, rewards = [], [], []
+        for _ in range(self.opts.policy_batch):
+            b = self._budget(rng)
+            arch, logp, ent = self.policy.sample(b, gen)
+            over = self.policy.position(arch) - b
+            penalty = self.opts.penalty + self.opts.penalty_slope * over if over > 0 else 0.0
+            rewards.append(score(arch) - penalty)
+            logps.append(logp)
+            ents.append(ent)
+        r = torch.tensor(rewards)
+        if self.baseline is None:
+            self.baseline = float(r.mean())
+        adv = r - self.baseline
+        loss = -(adv * torch.stack(logps)).mean() - self.opts.entropy * torch.stack(ents).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        m = self.opts.baseline_momentum
+        self.baseline = m * self.baseline + (1 - m) * float(r.mean())
+        sync(self.policy)
+        return {"focus_reward": float(r.mean()), "focus_baseline": self.baseline}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "options": asdict(self.opts),
+            "policy": self.policy.state_dict(),
+            "policy_config": self.policy.config(),
+            "optimizer": self.optimizer.state_dict(),
+            "baseline": self.baseline,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        plain = lambda d: {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in d.items()}  # noqa: E731
+        if plain(state["options"]) != plain(asdict(self.opts)):
+            raise DeployvitError("cannot resume: the checkpoint's focus sampler options differ from this run's")
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.baseline = state["baseline"]
+
+
+def policy_from_state(state: dict[str, Any]) -> FocusPolicy:
+    """Rebuild a trained policy from a sampler state dict (as stored in checkpoints)."""
+    cfg = state["policy_config"]
+    policy = FocusPolicy(space_from_dict(cfg["space"], allow_preset_name=True), cfg["hidden"])
+    policy.load_state_dict(state["policy"])
+    return policy.eval()
+
+
+def load_sampler(path: str | os.PathLike) -> FocusPolicy:
+    """The trained FocusFormer-style policy of a supernet checkpoint (`search --score sampler`)."""
+    from deployvit.train.checkpoint import read_checkpoint
+
+    state = read_checkpoint(path)
+    sampler = state.get("sampler") or {}
+    if sampler.get("name") != "focus":
+        raise DeployvitError(
+            f"{path}: supernet was trained with sampler {sampler.get('name')!r}; a learned sampler needs --sampler focus"
+        )
+    return policy_from_state(sampler)

@@ -1,0 +1,298 @@
+"""The training engine shared by `train-supernet` and `retrain`: one recipe (timm optimizer, cosine
+schedule with warm-up, AMP on CUDA, gradient clipping, optional EMA), one loop, one checkpoint format.
+
+What a run trains is a `Task` (the supernet with a subnet sampler, or a standalone model); the loop
+owns everything else. Reproducibility and resume: the batch order is a pure function of (seed, epoch)
+and every step reseeds the global RNGs from (seed, step, rank) before fetching its batch, so
+augmentation, mixup, drop path and subnet sampling of step s are the same whether or not the run was
+killed before s. With `num_workers=0` and `--deterministic` on CPU a resumed run therefore ends with the
+weights of an uninterrupted one; with worker processes the batches are reproducible but the
+augmentation draws of a resumed epoch differ (workers are seeded per epoch segment).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from deployvit import io
+from deployvit.errors import CheckFailed, DeployvitError
+from deployvit.train.augment import AugConfig, build_loss, build_mixup
+from deployvit.train.checkpoint import capture_rng, read_checkpoint, restore_rng, save_checkpoint
+from deployvit.train.data import SplitDataset
+from deployvit.train.distributed import DistInfo, EpochBatches, all_ranks_sum, average_gradients, broadcast_module
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingDiverged(CheckFailed):
+    """Loss became NaN/inf: training stopped, the last good checkpoint is kept (exit 1)."""
+
+
+@dataclass
+class Recipe:
+    """Everything that determines the trained weights (stored in the checkpoint; a resume must match)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    opt: str = "adamw"
+    lr: float = 5e-4
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
+    warmup_epochs: int = 1
+    weight_decay: float = 0.05
+    clip_grad: float = 0.0  # max gradient norm; 0 = off
+    ema_decay: float = 0.0  # 0 = no EMA
+    amp: str = "off"  # off | bf16 | fp16 (CUDA only)
+    drop_path: float = 0.1
+    seed: int = 0
+    aug: AugConfig = field(default_factory=AugConfig)
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise DeployvitError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise DeployvitError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0 or self.min_lr < 0 or self.weight_decay < 0:
+            raise DeployvitError(f"--lr must be > 0 and --min-lr, --weight-decay >= 0 (got {self.lr}, {self.min_lr}, {self.weight_decay})")
+        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs and self.epochs > 1:
+            raise DeployvitError(f"--warmup-epochs must be in [0, epochs) (got {self.warmup_epochs} of {self.epochs})")
+        if self.clip_grad < 0 or not 0 <= self.ema_decay < 1 or not 0 <= self.drop_path < 1:
+            raise DeployvitError("--clip-grad must be >= 0, --ema-decay and --drop-path in [0, 1)")
+        if self.amp not in ("off", *AMP_DTYPES):
+            raise DeployvitError(f"--amp must be off, bf16 or fp16, got {self.amp!r}")
+        if self.aug.train_aug and self.aug.mixes and self.batch_size % 2:
+            raise DeployvitError(f"mixup/CutMix need an even --batch-size, got {self.batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+        data = dict(data)
+        aug = data.pop("aug", {})
+        aug["scale"] = tuple(aug.get("scale", (0.08, 1.0)))
+        return cls(**data, aug=AugConfig(**aug))
+
+
+@dataclass
+class RunOptions:
+    """How a run executes (may change on resume without changing the result)."""
+
+    out: Path
+    resume: bool = False
+    ckpt_every: int = 0  # also checkpoint every K optimizer steps; 0 = once per epoch
+    num_workers: int = 0
+    deterministic: bool = False
+    log: Callable[[str], None] = print
+    log_every: int = 50
+
+
+class Task(Protocol):
+    """What a run trains; the loop calls these in order every step / epoch."""
+
+    kind: str
+    model: nn.Module
+    train_set: SplitDataset
+    meta: dict[str, Any]
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, step: int, epoch: int, loss_fn: nn.Module,
+                   autocast: Callable[[], ContextManager], backward: Callable[[torch.Tensor], None]) -> float: ...
+
+    def after_step(self, step: int, info: DistInfo) -> dict[str, float]: ...
+
+    def evaluate(self, model: nn.Module, info: DistInfo) -> dict[str, float]: ...
+
+    def check_resume(self, meta: dict[str, Any]) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def finish(self, out: Path, model: nn.Module, state: dict[str, Any]) -> None: ...
+
+
+def seed_step(seed: int, step: int, rank: int) -> None:
+    """Reseed python, numpy and torch for one step: the step's randomness no longer depends on history."""
+    a, b = np.random.SeedSequence([seed, step, rank]).generate_state(2)
+    random.seed(int(a))
+    np.random.seed(int(b))
+    torch.manual_seed(int(a) << 32 | int(b))
+
+
+def _next_batch(it):
+    """Next batch; a DeployvitError raised in a loader worker comes back as one line."""
+    try:
+        return next(it)
+    except DeployvitError:
+        raise
+    except Exception as exc:
+        text = str(exc)
+        marker = "DeployvitError: "
+        if marker in text:
+            raise DeployvitError(text.rsplit(marker, 1)[1].strip().splitlines()[0]) from None
+        raise
+
+
+def _check_resumable(saved: dict[str, Any], recipe: Recipe, kind: str, path: Path) -> None:
+    if saved.get("kind") != kind:
+        raise DeployvitError(f"{path} is a {saved.get('kind')} checkpoint, cannot resume {kind} training from it")
+    old = Recipe.from_dict(saved["recipe"])
+    for f in fields(Recipe):
+        if getattr(old, f.name) != getattr(recipe, f.name):
+            raise DeployvitError(
+                f"cannot resume {path}: --{f.name.replace('_', '-')} was {getattr(old, f.name)!r}, now {getattr(recipe, f.name)!r}"
+            )
+
+
+def fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[dict[str, Any]]:
+    """Train `task` with `recipe`; returns the per-epoch metrics. Only rank 0 writes files."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3
+
+    recipe.validate()
+    if opts.ckpt_every < 0:
+        raise DeployvitError(f"--ckpt-every must be >= 0, got {opts.ckpt_every}")
+    if recipe.amp != "off" and info.device.type != "cuda":
+        raise DeployvitError(f"--amp {recipe.amp} needs a CUDA device (running on {info.device.type})")
+    if opts.deterministic:
+        torch.use_deterministic_algorithms(True)
+    device = info.device
+    n_train = len(task.train_set)
+    batches = EpochBatches(n_train, recipe.batch_size, info, recipe.seed)
+    if batches.steps_per_epoch == 0:
+        raise DeployvitError(
+            f"batch size {recipe.batch_size} x {info.world_size} rank(s) is larger than the {n_train} training images"
+        )
+    steps = batches.steps_per_epoch
+    ckpt_path, out = opts.out / "checkpoint.pt", opts.out
+
+    model = task.model.to(device)
+    broadcast_module(model, info)
+    optimizer = create_optimizer_v2(model, recipe.opt, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, "cosine", num_epochs=recipe.epochs, warmup_epochs=recipe.warmup_epochs,
+        min_lr=recipe.min_lr, warmup_lr=recipe.warmup_lr, step_on_epochs=False, updates_per_epoch=steps,
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=recipe.amp == "fp16")
+    ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay > 0 else None
+    mixup, loss_fn = build_mixup(recipe.aug, task.meta["num_classes"]), build_loss(recipe.aug).to(device)
+    amp_dtype = AMP_DTYPES.get(recipe.amp)
+
+    def autocast() -> ContextManager:
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+    def backward(loss: torch.Tensor) -> None:
+        scaler.scale(loss).backward()
+
+    epoch, start_step, history = 0, 0, []
+    if opts.resume:
+        saved = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
+        if saved is None:
+            raise DeployvitError(f"--resume: no checkpoint to resume in {out} (checkpoint.pt not found)")
+        _check_resumable(saved, recipe, task.kind, ckpt_path)
+        task.check_resume(saved["meta"])
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        if ema is not None:
+            ema.module.load_state_dict(saved["ema"])
+        task.load_state_dict(saved["sampler"])
+        restore_rng(saved["rng"][min(info.rank, len(saved["rng"]) - 1)])
+        epoch, start_step = saved["progress"]["epoch"], saved["progress"]["step"]
+        history = list(saved["history"])
+        opts.log(f"resumed {ckpt_path} at epoch {epoch} step {start_step}")
+    elif ckpt_path.exists():
+        raise DeployvitError(f"{out} already holds a training run (checkpoint.pt); pass --resume or choose another --out")
+
+    def state(epoch_: int, step_: int) -> dict[str, Any]:
+        rng = [capture_rng()]
+        return {
+            "kind": task.kind,
+            "meta": task.meta,
+            "recipe": recipe.to_dict(),
+            "progress": {"epoch": epoch_, "step": step_, "global_step": epoch_ * steps + step_, "steps_per_epoch": steps},
+            "model": model.state_dict(),
+            "ema": ema.module.state_dict() if ema is not None else None,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "sampler": task.state_dict(),
+            "rng": rng,
+            "history": history,
+        }
+
+    def save(epoch_: int, step_: int) -> None:
+        if info.is_main:
+            save_checkpoint(ckpt_path, state(epoch_, step_))
+
+    model.train()
+    while epoch < recipe.epochs:
+        t0, loss_sum, loss_n, extra = time.perf_counter(), 0.0, 0, {}
+        gen = torch.Generator().manual_seed(recipe.seed * 1_000_003 + epoch * 1009 + start_step)
+        loader = torch.utils.data.DataLoader(
+            task.train_set, batch_sampler=batches.epoch(epoch, start_step), num_workers=opts.num_workers,
+            pin_memory=device.type == "cuda", generator=gen,
+        )
+        it = iter(loader)
+        for step in range(start_step, steps):
+            gstep = epoch * steps + step
+            seed_step(recipe.seed, gstep, info.rank)
+            x, y = _next_batch(it)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if mixup is not None:
+                x, y = mixup(x, y)
+            scheduler.step_update(num_updates=gstep)
+            loss = task.train_step(x, y, gstep, epoch, loss_fn, autocast, backward)
+            if all_ranks_sum(0.0 if math.isfinite(loss) else 1.0, info):
+                raise TrainingDiverged(
+                    f"loss is {loss} at epoch {epoch} step {step}: training stopped; last good checkpoint "
+                    f"{ckpt_path if ckpt_path.exists() else '(none yet)'} kept (try a lower --lr or --clip-grad 1)"
+                )
+            average_gradients(model.parameters(), info)
+            if recipe.clip_grad > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(model, step=gstep)
+            extra.update(task.after_step(gstep, info))
+            loss_sum, loss_n = loss_sum + loss, loss_n + 1
+            if info.is_main and opts.log_every and (gstep + 1) % opts.log_every == 0:
+                opts.log(f"epoch {epoch + 1} step {step + 1}/{steps} loss {loss:.4f} lr {optimizer.param_groups[0]['lr']:.2e}")
+            if opts.ckpt_every and (gstep + 1) % opts.ckpt_every == 0 and step + 1 < steps:
+                save(epoch, step + 1)
+        train_loss = all_ranks_sum(loss_sum, info) / max(all_ranks_sum(loss_n, info), 1)
+        metrics = task.evaluate(ema.module if ema is not None else model, info)
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"],
+               **metrics, **extra, "seconds": time.perf_counter() - t0}
+        history.append(row)
+        if info.is_main:
+            opts.log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+            io.write_text(out / "metrics.jsonl", "".join(_json_line(r) for r in history))
+        epoch, start_step = epoch + 1, 0
+        save(epoch, 0)
+    if info.is_main:
+        task.finish(out, ema.module if ema is not None else model, state(epoch, 0))
+    return history
+
+
+def _json_line(row: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(row) + "\n"

@@ -1,0 +1,144 @@
+"""Which subnets a supernet training step trains (`--sampler`).
+
+Every sampler draws from `numpy.random.default_rng([seed, step])`: a pure function of the shared seed
+and the global step, so all ranks train the same subnets without communicating, and a resumed run
+draws exactly what the uninterrupted run would have drawn.
+
+- `uniform` (AutoFormer): one uniformly random subnet per step.
+- `sandwich` (BigNAS-style): largest + smallest + k random subnets per step, each on the whole batch;
+  the losses are averaged, so the learning rate means the same as for `uniform`.
+- `multi-arch` (ViT-ResNAS, REFERENCES.md section 7): the batch is split into G groups of >= 16
+  images, one subnet per group, the G losses summed (weighted by group size) into one backward;
+  width choices (embed dims, heads, MLP ratios) are unlocked gradually, largest first, over the
+  first `unlock_epochs` epochs.
+- `focus` (FocusFormer idea): see `deployvit.train.focus`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import numpy as np
+
+from deployvit.arch import Arch
+from deployvit.errors import DeployvitError
+from deployvit.spaces import SearchSpace
+
+MIN_GROUP = 16  # ViT-ResNAS: each subnet needs enough images for a meaningful gradient
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The subnets of one step. split: each arch gets its own slice of the batch (multi-arch);
+    otherwise each arch sees the whole batch and the gradients accumulate."""
+
+    archs: tuple[Arch, ...]
+    split: bool = False
+
+
+Score = Callable[[Arch], float]  # held-out minibatch accuracy of an arch under the current weights
+
+
+class ArchSampler:
+    """Base: a seeded, stateless sampler; stateful ones (focus) override the state methods."""
+
+    name = ""
+
+    def __init__(self, space: SearchSpace, seed: int):
+        self.space, self.seed = space, seed
+
+    def rng(self, step: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, step, 0x5A])
+
+    def plan(self, step: int, epoch: int, batch_size: int) -> StepPlan:
+        raise NotImplementedError
+
+    def after_step(self, step: int, score: Score, sync: Callable) -> dict[str, float]:
+        """Hook after the optimizer step (the focus sampler learns here); returns log values."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("name") != self.name:
+            raise DeployvitError(f"checkpoint was trained with sampler {state.get('name')!r}, not {self.name!r}")
+
+
+class UniformSampler(ArchSampler):
+    name = "uniform"
+
+    def plan(self, step: int, epoch: int, batch_size: int) -> StepPlan:
+        return StepPlan((self.space.sample(self.rng(step)),))
+
+
+class SandwichSampler(ArchSampler):
+    name = "sandwich"
+
+    def __init__(self, space: SearchSpace, seed: int, num_random: int = 2):
+        super().__init__(space, seed)
+        if num_random < 0:
+            raise DeployvitError(f"--sandwich-random must be >= 0, got {num_random}")
+        self.num_random = num_random
+
+    def plan(self, step: int, epoch: int, batch_size: int) -> StepPlan:
+        rng = self.rng(step)
+        randoms = tuple(self.space.sample(rng) for _ in range(self.num_random))
+        return StepPlan((self.space.max_arch(), self.space.min_arch()) + randoms)
+
+
+def unlocked_space(space: SearchSpace, fraction: float) -> SearchSpace:
+    """The space with only the largest ceil(fraction * K) of each width choice (embed dim, heads, MLP
+    ratio) per stage; depths untouched. fraction 1 is the whole space."""
+
+    def top(values: tuple) -> tuple:
+        k = max(1, math.ceil(fraction * len(values)))
+        return tuple(sorted(values)[-k:])
+
+    stages = tuple(
+        replace(s, embed_dims=top(s.embed_dims), num_heads=top(s.num_heads), mlp_ratios=top(s.mlp_ratios))
+        for s in space.stages
+    )
+    return replace(space, stages=stages)
+
+
+class MultiArchSampler(ArchSampler):
+    name = "multi-arch"
+
+    def __init__(self, space: SearchSpace, seed: int, groups: int = 4, unlock_epochs: int = 5):
+        super().__init__(space, seed)
+        if groups < 1 or unlock_epochs < 0:
+            raise DeployvitError(f"--groups must be >= 1 and --unlock-epochs >= 0 (got {groups}, {unlock_epochs})")
+        self.groups, self.unlock_epochs = groups, unlock_epochs
+
+    def space_at(self, epoch: int) -> SearchSpace:
+        if epoch >= self.unlock_epochs:
+            return self.space
+        return unlocked_space(self.space, (epoch + 1) / (self.unlock_epochs + 1))
+
+    def plan(self, step: int, epoch: int, batch_size: int) -> StepPlan:
+        rng, space = self.rng(step), self.space_at(epoch)
+        groups = max(1, min(self.groups, batch_size // MIN_GROUP))
+        return StepPlan(tuple(space.sample(rng) for _ in range(groups)), split=True)
+
+
+SAMPLERS = ("uniform", "sandwich", "multi-arch", "focus")
+
+
+def make_sampler(name: str, space: SearchSpace, seed: int, total_steps: int = 1, **options) -> ArchSampler:
+    """The sampler `name` with its options (unused options of other samplers are ignored);
+    `total_steps` of the run sets the focus sampler's epsilon decay."""
+    if name == "uniform":
+        return UniformSampler(space, seed)
+    if name == "sandwich":
+        return SandwichSampler(space, seed, options.get("sandwich_random", 2))
+    if name == "multi-arch":
+        return MultiArchSampler(space, seed, options.get("groups", 4), options.get("unlock_epochs", 5))
+    if name == "focus":
+        from deployvit.train.focus import FocusArchSampler
+
+        focus = {k: v for k, v in options.items() if k.startswith("focus_") and v is not None}
+        return FocusArchSampler(space, seed, total_steps, **focus)
+    raise DeployvitError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
