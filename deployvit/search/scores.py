@@ -27,11 +27,24 @@ class Score(Protocol):
     def __call__(self, arch: Arch) -> float: ...
 
 
-def nuclear_norm(m: torch.Tensor) -> float:
-    """Sum of singular values via the eigenvalues of the smaller Gram matrix (float64)."""
+def _gram(m: torch.Tensor) -> torch.Tensor:
     m = m.detach().double()
-    gram = m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
-    return float(torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().sum())
+    return m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
+
+
+def nuclear_norms(matrices: list[torch.Tensor]) -> list[float]:
+    """Sums of singular values, via the eigenvalues of each smaller Gram matrix (float64); matrices
+    whose Grams share a shape go through one batched eigensolver call."""
+    grams = [_gram(m) for m in matrices]
+    out = [0.0] * len(grams)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, g in enumerate(grams):
+        by_shape.setdefault(tuple(g.shape), []).append(i)
+    for idx in by_shape.values():
+        eig = torch.linalg.eigvalsh(torch.stack([grams[i] for i in idx]))
+        for i, value in zip(idx, eig.clamp_min(0).sqrt().sum(-1).tolist()):
+            out[i] = value
+    return out
 
 
 def saliency(weight: torch.Tensor) -> float:
@@ -51,23 +64,24 @@ class DSSScore:
                 p.abs_()
         self.x = torch.randn(batch_size, space.in_chans, space.img_size, space.img_size, generator=generator)
         self._weight_nuc: dict[tuple, float] = {}
-        self.space = space
 
     def __call__(self, arch: Arch) -> float:
         model = self.supernet.extract(arch).eval()
         model(self.x).sum().backward()
         positions = [(si, li) for si, layers in enumerate(self.supernet.layer_indices(arch)) for li in layers]
         blocks = [b for stage in model.stages for b in stage]
+        keys, weights, grads = [], [], []
         score = 0.0
         for (si, li), block in zip(positions, blocks):
             qkv, proj = block.attn.qkv.weight, block.attn.proj.weight
-            for name, w, g in [
-                *((n, w, g) for n, w, g in zip("qkv", qkv.chunk(3), qkv.grad.chunk(3))),
-                ("proj", proj, proj.grad),
-            ]:
-                key = (si, li, name, tuple(w.shape))
-                if key not in self._weight_nuc:
-                    self._weight_nuc[key] = nuclear_norm(w)
-                score += nuclear_norm(g) * self._weight_nuc[key]
+            for name, w, g in (*zip("qkv", qkv.chunk(3), qkv.grad.chunk(3)), ("proj", proj, proj.grad)):
+                keys.append((si, li, name, tuple(w.shape)))
+                weights.append(w)
+                grads.append(g)
             score += saliency(block.mlp.fc1.weight) + saliency(block.mlp.fc2.weight)
+        missing = [i for i, k in enumerate(keys) if k not in self._weight_nuc]
+        for i, value in zip(missing, nuclear_norms([weights[i] for i in missing])):
+            self._weight_nuc[keys[i]] = value
+        for key, grad_nuc in zip(keys, nuclear_norms(grads)):
+            score += grad_nuc * self._weight_nuc[key]
         return score + saliency(model.head.fc.weight)
