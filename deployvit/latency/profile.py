@@ -1,0 +1,256 @@
+"""`deployvit profile`: build a calibrated, validated latency table for one space on this machine.
+
+1. every distinct part of the space (`parts.space_parts`) is built alone (`models.build_part`) and
+   timed; 2. K whole archs (`models.build_model`; the smallest, the largest and random ones) are
+   timed end to end and an affine calibration is fitted to their part sums; 3. N other random archs
+   are timed to validate the calibrated prediction (MAPE, p95, within 5/10%, Kendall tau).
+Parts and whole models go through the same `measure` (same runtime, precision, batch, warm-up and
+repeats), which is what makes a sum of parts comparable with a whole model.
+
+Each measurement is appended to `<out>.progress.json` (atomically), so a killed profile resumes
+where it stopped; the table is written (atomically) only when everything is measured.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from deployvit import __version__, io
+from deployvit.arch import Arch
+from deployvit.errors import DeployvitError
+from deployvit.latency.devices import check_label, machine_facts
+from deployvit.latency.runtimes import build_runner, check_runtime, runtime_version
+from deployvit.latency.stats import error_stats, fit_affine
+from deployvit.latency.table import LatencyTable
+from deployvit.latency.timing import CV_WARN_CPU, CV_WARN_CUDA, Timing, time_callable
+from deployvit.models import build_model, build_part
+from deployvit.parts import space_parts
+from deployvit.spaces import SearchSpace
+
+PROGRESS_FORMAT = "deployvit.profile_progress/1"
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How every part and whole model of one table is timed (stored in the table's metadata)."""
+
+    runtime: str
+    precision: str
+    batch_size: int
+    warmup_s: float = 0.5
+    repeats: int = 50
+    threads: int | None = None  # torch (and onnxruntime) CPU threads; None = library default
+
+    def validate(self, device: str) -> None:
+        if self.batch_size < 1:
+            raise DeployvitError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.repeats < 1 or self.warmup_s < 0:
+            raise DeployvitError(f"repeats must be >= 1 and warm-up >= 0 s (got {self.repeats}, {self.warmup_s})")
+        if self.threads is not None and self.threads < 1:
+            raise DeployvitError(f"threads must be >= 1, got {self.threads}")
+        check_runtime(self.runtime, device, self.precision)
+
+    @classmethod
+    def from_metadata(cls, meta: dict) -> "MeasureSettings":
+        """The settings a table was measured with, to time an arch the same way (`--measure`)."""
+        s = meta.get("settings", {})
+        return cls(meta["runtime"], meta["precision"], meta["batch_size"], s.get("warmup_s", 0.5), s.get("repeats", 50), s.get("threads"))
+
+
+def apply_threads(settings: MeasureSettings, device: str) -> None:
+    """torch's CPU thread count is process-wide: set it once before timing on the CPU."""
+    if device == "cpu" and settings.threads:
+        torch.set_num_threads(settings.threads)
+
+
+def measure(module: torch.nn.Module, input_shape: tuple[int, ...], settings: MeasureSettings, device: str, label: str = "") -> Timing:
+    """Time one module (a part or a whole model) exactly as every table entry is timed."""
+    run = build_runner(module, input_shape, runtime=settings.runtime, device=device, precision=settings.precision, threads=settings.threads)
+    return time_callable(run, device=device, warmup_s=settings.warmup_s, repeats=settings.repeats, label=label)
+
+
+def measure_arch(arch: Arch, settings: MeasureSettings, device: str) -> Timing:
+    torch.manual_seed(0)
+    shape = (settings.batch_size, arch.in_chans, arch.img_size, arch.img_size)
+    return measure(build_model(arch), shape, settings, device, label="whole model")
+
+
+def distinct_archs(space: SearchSpace, n: int, rng: np.random.Generator, exclude: set[str], first: list[Arch] = ()) -> list[Arch]:
+    """`n` distinct archs (starting with `first`) whose keys are not in `exclude`."""
+    out: list[Arch] = []
+    seen = set(exclude)
+    candidates = list(first)
+    tries = 0
+    while len(out) < n:
+        if candidates:
+            arch = candidates.pop(0)
+        else:
+            tries += 1
+            if tries > 100 * n + 100:
+                raise DeployvitError(f"space {space.name} has too few distinct archs for {n} more")
+            arch = space.sample(rng)
+        if arch.key not in seen:
+            seen.add(arch.key)
+            out.append(arch)
+    return out
+
+
+def progress_path(out: Path) -> Path:
+    return out.with_name(out.name + ".progress.json")
+
+
+def profile(
+    space: SearchSpace,
+    *,
+    label: str,
+    settings: MeasureSettings,
+    out: str | Path,
+    calib_archs: int = 10,
+    val_archs: int = 50,
+    seed: int = 0,
+    force: bool = False,
+    echo: Callable[[str], None] = print,
+) -> LatencyTable:
+    """Profile `space` into the table at `out` (see the module docstring); returns the table."""
+    out = Path(out)
+    device, name = check_label(label, force)
+    settings.validate(device)
+    if calib_archs < 2 or val_archs < 2:
+        raise DeployvitError(f"need at least 2 calibration and 2 validation archs (got {calib_archs}, {val_archs})")
+    if out.is_dir():
+        raise DeployvitError(f"output {out} is a directory; give a .json file path")
+    if out.exists() and not force:
+        raise DeployvitError(f"{out} exists; pass --force to overwrite it")
+    apply_threads(settings, device)
+
+    key = {
+        "space": space.name,
+        "space_hash": space.hash(),
+        "device_label": label,
+        "device_name": name,
+        "settings": asdict(settings),
+        "calib_archs": calib_archs,
+        "val_archs": val_archs,
+        "seed": seed,
+    }
+    ppath = progress_path(out)
+    state = _load_progress(ppath, key, echo)
+    io.write_json(ppath, state)  # fails here (exit 2) on an unwritable output, before any timing
+
+    rng = np.random.default_rng(seed)
+    calib = distinct_archs(space, calib_archs, rng, set(), [space.min_arch(), space.max_arch()])
+    val = distinct_archs(space, val_archs, np.random.default_rng(seed + 1), {a.key for a in calib})
+    parts = space_parts(space)
+    jobs = [("entries", p.key, lambda p=p: measure(_seeded(build_part, p), p.input_shape(settings.batch_size), settings, device, p.key)) for p in parts]
+    jobs += [(group, a.key, lambda a=a: measure_arch(a, settings, device)) for group, archs in (("calib", calib), ("val", val)) for a in archs]
+
+    todo = [j for j in jobs if j[1] not in state[j[0]]]
+    if len(todo) < len(jobs):
+        echo(f"resuming {ppath.name}: {len(jobs) - len(todo)} of {len(jobs)} measurements already done")
+    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"profile {space.name} {settings.runtime} b{settings.batch_size}", unit="timing", dynamic_ncols=True) as bar:
+        for group, k, job in todo:
+            with warnings.catch_warnings():  # noise is summarised in the report, not printed per timing
+                warnings.simplefilter("ignore", RuntimeWarning)
+                timing = job()
+            state[group][k] = timing.to_dict()
+            io.write_json(ppath, state)
+            bar.update(1)
+
+    table = _build_table(space, label, device, settings, state, calib, val, calib_archs, val_archs, seed)
+    table.save(out)
+    ppath.unlink(missing_ok=True)
+    echo(report(table))
+    return table
+
+
+def _seeded(build: Callable, part) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build(part)
+
+
+def _load_progress(path: Path, key: dict, echo: Callable[[str], None]) -> dict:
+    fresh = {"format": PROGRESS_FORMAT, "key": key, "entries": {}, "calib": {}, "val": {}}
+    if not path.exists():
+        return fresh
+    try:
+        state = io.read_json(path, "profile progress file")
+    except DeployvitError as exc:
+        echo(f"ignoring unreadable progress file ({exc}); starting over")
+        return fresh
+    if not isinstance(state, dict) or state.get("format") != PROGRESS_FORMAT or state.get("key") != key:
+        echo(f"{path.name} is from a profile with other settings; starting over")
+        return fresh
+    if not all(isinstance(state.get(g), dict) for g in ("entries", "calib", "val")):
+        return fresh
+    return state
+
+
+def _build_table(space, label, device, settings, state, calib, val, calib_archs, val_archs, seed) -> LatencyTable:
+    entries = state["entries"]
+    table = LatencyTable(metadata={}, entries=entries)
+    calib_sums = [table.sum_us(a) for a in calib]
+    calib_meas = [state["calib"][a.key]["median_us"] for a in calib]
+    table.scale, table.bias = fit_affine(calib_sums, calib_meas)
+    val_sums = [table.sum_us(a) for a in val]
+    val_meas = [state["val"][a.key]["median_us"] for a in val]
+    val_pred = [table.scale * s + table.bias for s in val_sums]
+    table.calibration = {
+        "method": "least squares measured_us = scale * sum(part median_us) + bias",
+        "archs": [
+            {"arch": a.to_dict(), "sum_us": s, "measured_us": m, "cv": state["calib"][a.key]["cv"]}
+            for a, s, m in zip(calib, calib_sums, calib_meas)
+        ],
+    }
+    table.validation = {
+        "calibrated": error_stats(val_pred, val_meas).to_dict(),
+        "uncalibrated": error_stats(val_sums, val_meas).to_dict(),
+        "archs": [
+            {"arch": a.to_dict(), "sum_us": s, "predicted_us": p, "measured_us": m, "cv": state["val"][a.key]["cv"]}
+            for a, s, p, m in zip(val, val_sums, val_pred, val_meas)
+        ],
+    }
+    facts = machine_facts(device)
+    table.metadata = {
+        "device_label": label,
+        **facts,
+        "runtime": settings.runtime,
+        "runtime_version": runtime_version(settings.runtime),
+        "precision": settings.precision,
+        "batch_size": settings.batch_size,
+        "img_size": space.img_size,
+        "space": space.name,
+        "space_hash": space.hash(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "deployvit": __version__,
+        "torch_threads": torch.get_num_threads() if device == "cpu" else None,
+        "settings": {**asdict(settings), "calib_archs": calib_archs, "val_archs": val_archs, "seed": seed, "timer": "cuda events" if device == "cuda" else "perf_counter"},
+        "num_entries": len(entries),
+    }
+    return table
+
+
+def report(table: LatencyTable) -> str:
+    """A few lines: what was measured, the calibration, validation quality and timing noise."""
+    cal, raw = table.validation["calibrated"], table.validation["uncalibrated"]
+    lines = [
+        f"wrote {table.path}: {table.describe()}",
+        f"  {len(table.entries)} part entries; calibration: predict = {table.scale:.4f} x sum + {table.bias:.1f} us "
+        f"(fitted on {len(table.calibration['archs'])} whole archs)",
+        f"  validation on {cal['n']} held-out archs: MAPE {cal['mape']:.2f}%, p95 {cal['p95_abs_pct']:.2f}%, "
+        f"within 5% {cal['within_5']:.0%}, within 10% {cal['within_10']:.0%}, Kendall tau {cal['kendall_tau']:.3f}",
+        f"  uncalibrated block sums: MAPE {raw['mape']:.2f}%, within 5% {raw['within_5']:.0%}, within 10% {raw['within_10']:.0%}",
+    ]
+    limit = CV_WARN_CUDA if table.metadata["device_type"] == "cuda" else CV_WARN_CPU
+    timings = list(table.entries.values()) + table.calibration["archs"] + table.validation["archs"]
+    noisy = sum(t["cv"] > limit for t in timings)
+    if noisy:
+        lines.append(f"  note: {noisy} of {len(timings)} timings had a coefficient of variation above {limit:.1%}")
+    return "\n".join(lines)
