@@ -217,7 +217,8 @@ def run_format(
 
     if row.status != REFERENCE:
         thresholds = spec.thresholds or Thresholds.for_precision(spec.precision)
-        row.verification = verify(reference, runner, samples, max_batch=spec.batch.max,
+        sizes = (1 if spec.batch.min == 1 else spec.batch.min, spec.batch.max)
+        row.verification = verify(reference, runner, samples, batch_sizes=sizes,
                                   precision=spec.precision, thresholds=thresholds)
         row.status = VERIFIED if row.verification.passed else VERIFY_FAILED
     timed = measure(runner, spec, device)

@@ -141,8 +141,7 @@ def export_onnx(
         raise DeployvitError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         raw = work / path.name
-        _run_exporter(net, example, raw, opset, dynamo, batch)
-        proto = onnx.load(str(raw), load_external_data=False)
+        proto = _run_exporter(net, example, raw, opset, dynamo, batch)
         if precision != "fp32":
             make_low_precision_safe(proto, ONNX_DTYPES[precision])
         _set_metadata(proto, meta)
@@ -160,7 +159,10 @@ def _writable_parent(path: Path) -> Path:
     return path.parent
 
 
-def _run_exporter(net: nn.Module, example: torch.Tensor, raw: Path, opset: int, dynamo: bool, batch: BatchSpec) -> None:
+def _run_exporter(net: nn.Module, example: torch.Tensor, raw: Path, opset: int, dynamo: bool, batch: BatchSpec) -> onnx.ModelProto:
+    """Run the exporter; the graph comes back in memory when it fits in one protobuf, else it is
+    saved to `raw` (weights beside it in `raw.data`) and returned without its weights."""
+    big = sum(t.numel() * t.element_size() for t in net.state_dict().values()) >= PROTOBUF_LIMIT
     names = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
     which = "dynamo" if dynamo else "legacy"
     try:
@@ -169,10 +171,13 @@ def _run_exporter(net: nn.Module, example: torch.Tensor, raw: Path, opset: int, 
             if dynamo:
                 dims = ({0: torch.export.Dim("batch", min=batch.min, max=batch.max)},) if batch.dynamic else None
                 program = torch.onnx.export(net, (example,), dynamo=True, verbose=False, dynamic_shapes=dims, **names)
-                program.save(raw)  # external data only when the weights exceed 2 GB
+                if not big:
+                    return program.model_proto
+                program.save(raw, external_data=True)
             else:
                 axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if batch.dynamic else None
                 torch.onnx.export(net, (example,), str(raw), dynamo=False, dynamic_axes=axes, **names)
+            return onnx.load(str(raw), load_external_data=False)
     except DeployvitError:
         raise
     except Exception as exc:  # the exporters raise many types; the user needs the first line
@@ -268,15 +273,16 @@ def _install(proto: onnx.ModelProto, raw: Path, path: Path) -> None:
             onnx.save(proto, str(tmp))
         return
     onnx.save(proto, str(raw))  # weights stay in raw's `.data` file, referenced by relative name
-    _check(str(raw))
+    _check(str(raw), full=False)  # by path: the checker streams > 2 GB models; shape inference cannot
     for data in data_files:
         os.replace(raw.parent / data, path.parent / data)
     os.replace(raw, path)
 
 
-def _check(model: onnx.ModelProto | str) -> None:
+def _check(model: onnx.ModelProto | str, full: bool = True) -> None:
+    """onnx.checker; `full` adds strict shape inference (needs the weights in memory)."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(model, full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise ExportFailed(f"exported ONNX graph failed onnx.checker: {first}") from None

@@ -84,7 +84,7 @@ class Row:
         }
 
     def cells(self) -> tuple[str, ...]:
-        m = self.verification.worst if self.verification and self.verification.checks else None
+        m = self.verification.summary if self.verification else None
         top1 = f"{m.top1:.2f}" if m is not None and m.top1 is not None else "-"
         budget = "-" if self.budget_ms is None else f"{self.budget_ms:g} {self.contract}"
         return (

@@ -54,6 +54,7 @@ def _common_options(fn: Callable) -> Callable:
         click.option("--checkpoint", type=click.Path(dir_okay=False),
                      help="Weights: checkpoint.safetensors from retrain, or a .pt state dict. Default: random weights."),
         click.option("--timm-model", help="Export a timm model (pretrained=False, never downloads) instead of --arch."),
+        click.option("--img-size", type=click.IntRange(min=1), help="Input size of a --timm-model (default: its own)."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True),
         click.option("--batch-size", type=int, help="Static batch size (default: dynamic batch 1,8,32)."),
         click.option("--dynamic-batch", help="Dynamic batch MIN,OPT,MAX (OPT: the size TensorRT tunes for)."),
@@ -141,13 +142,18 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
 
     if opts["arch_path"] and opts["timm_model"]:
         raise DeployvitError("give either --arch or --timm-model, not both")
+    if opts["img_size"] and not opts["timm_model"]:
+        raise DeployvitError("--img-size applies to --timm-model only (an arch fixes its own input size)")
     if opts["timm_model"]:
-        source = load_timm_model(opts["timm_model"], opts["checkpoint"])
+        source = load_timm_model(opts["timm_model"], opts["checkpoint"], img_size=opts["img_size"])
     elif opts["arch_path"] or opts["checkpoint"]:
         source = load_arch_model(opts["arch_path"], opts["checkpoint"])
     else:
         raise DeployvitError("give --arch ARCH.json (with --checkpoint) or --timm-model NAME")
     samples = _samples(opts["data"], source, opts["samples"])
+    if len(samples) < batch.max:
+        raise DeployvitError(f"verification needs at least {batch.max} images (the largest batch), got {len(samples)}: "
+                             "raise --samples or lower the batch")
     predicted_ms, notes = predicted_latency_ms(opts["table"], source.arch)
     if opts["table"] and source.arch is None:
         notes.append("--table ignored: a latency table predicts deployvit archs, not timm models")
