@@ -228,17 +228,37 @@ def run_format(
     return row
 
 
-def predicted_latency_ms(table_path: str | None, arch) -> tuple[float | None, list[str]]:
-    """The LUT prediction for `arch` in ms (None without a table), and any compatibility notes."""
-    if table_path is None or arch is None:
-        return None, []
-    from deployvit.latency.table import LatencyTable
+def predicted_latency_ms(table_path: str | None, arch, precision: str) -> tuple[float | None, list[str]]:
+    """The LUT prediction for `arch` in ms and notes on what it is (and why to distrust it).
 
-    table = LatencyTable.load(table_path)
+    Without `table_path` the table shipped for the arch's space is used when there is one. A table
+    only predicts what it measured (device, runtime, precision, batch): mismatches become notes."""
+    if arch is None:
+        return None, []
+    from deployvit.latency.table import LatencyTable, default_table
+
+    chosen = table_path
+    if chosen is None:
+        try:
+            chosen = str(default_table(arch.space))
+        except DeployvitError:
+            return None, [f"no latency table for space {arch.space!r}: no predicted latency (pass --table)"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        us = table.predict(arch)
-    return us / 1e3, [str(w.message) for w in caught]
+        try:
+            table = LatencyTable.load(chosen)
+            us = table.predict(arch)
+        except DeployvitError as exc:
+            if table_path is not None:  # the user's table must fit; a shipped default may not
+                raise
+            return None, [f"shipped table {chosen} cannot predict this arch: {exc}"]
+    notes = [f"predicted latency from {chosen}: {table.describe()}"]
+    meta = table.metadata
+    if meta["batch_size"] != 1:
+        notes.append(f"the table predicts batch {meta['batch_size']}, the measured latency is batch 1")
+    if meta["precision"] != precision:
+        notes.append(f"the table was measured at {meta['precision']}, this artifact is {precision}")
+    return us / 1e3, notes + [str(w.message) for w in caught]
 
 
 # --- the models to export ---------------------------------------------------------------------------

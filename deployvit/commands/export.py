@@ -64,7 +64,8 @@ def _common_options(fn: Callable) -> Callable:
         click.option("--samples", type=click.IntRange(min=1), default=128, show_default=True,
                      help="Images to verify on (synthetic seeded images without --data)."),
         click.option("--budget", help="Latency budget at batch 1, e.g. 5ms or 800us: NOT MET is exit 1."),
-        click.option("--table", type=click.Path(dir_okay=False), help="Latency table (LUT) for the predicted latency."),
+        click.option("--table", type=click.Path(dir_okay=False),
+                     help="Latency table (LUT) for the predicted latency (default: the one shipped for the arch's space)."),
         click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: beside --arch)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--workspace", type=float, default=4.0, show_default=True, help="TensorRT workspace (GB)."),
@@ -154,7 +155,7 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
     if len(samples) < batch.max:
         raise DeployvitError(f"verification needs at least {batch.max} images (the largest batch), got {len(samples)}: "
                              "raise --samples or lower the batch")
-    predicted_ms, notes = predicted_latency_ms(opts["table"], source.arch)
+    predicted_ms, notes = predicted_latency_ms(opts["table"], source.arch, precision)
     if opts["table"] and source.arch is None:
         notes.append("--table ignored: a latency table predicts deployvit archs, not timm models")
     out = Path(opts["out"]) if opts["out"] else _default_out(opts)
