@@ -166,6 +166,7 @@ def build_engine(
         "tensorrt": trt.__version__,
         **_cuda_facts(),
         **asdict(plan),
+        "flags": list(plan.flags),
         "input": inp.name,
         "profile": {"min": list(shapes[0]), "opt": list(shapes[1]), "max": list(shapes[2])},
         "workspace_gb": workspace_gb,

@@ -1,0 +1,252 @@
+"""TensorRT path. Everything decided without TensorRT (build plan per major version, graph-precision
+check, optimisation profile, missing-package errors) is tested here on CPU. `build_engine`'s calls
+into TensorRT are checked against a recording stand-in of the `tensorrt` module, because TensorRT
+cannot be installed on this CPU-only machine; building and running a real engine are GPU tests
+that skip with the reason. NOTE: the real TensorRT path has not been run in this project's CI."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
+from deployvit.models import build_model
+from deployvit.spaces import get_space
+from exporters import tensorrt as trt_export
+from exporters.onnx import export_onnx
+from exporters.tensorrt import BuildPlan, check_graph_precision, plan_build, profile_shapes
+from tests.conftest import assert_one_line_error, run_cli
+
+
+@pytest.mark.parametrize(
+    "major, precision, expected",
+    [
+        (10, "fp32", BuildPlan(10, "fp32", "fp32", False, ())),
+        (10, "fp16", BuildPlan(10, "fp16", "fp32", False, ("FP16",))),
+        (10, "bf16", BuildPlan(10, "bf16", "fp32", False, ("BF16",))),
+        (11, "fp32", BuildPlan(11, "fp32", "fp32", True, ())),
+        (11, "fp16", BuildPlan(11, "fp16", "fp16", True, ())),
+        (11, "bf16", BuildPlan(11, "bf16", "bf16", True, ())),
+    ],
+)
+def test_build_plan_per_major_version(major, precision, expected):
+    assert plan_build(major, precision) == expected
+
+
+def test_strongly_typed_build_refuses_an_fp32_graph_for_an_fp16_engine():
+    """TensorRT 11 would silently build an fp32 engine from an fp32 graph."""
+    with pytest.raises(DeployvitError, match="needs a fp16 ONNX graph, got fp32"):
+        check_graph_precision(plan_build(11, "fp16"), "fp32")
+    check_graph_precision(plan_build(10, "fp16"), "fp32")  # TensorRT 10: flag path on an fp32 graph
+
+
+def test_unsupported_majors_are_missing_dependencies():
+    for major in (8, 9, 12):
+        with pytest.raises(MissingDependency, match="need 10.x or 11.x"):
+            plan_build(major, "fp16")
+
+
+def test_profile_shapes():
+    assert profile_shapes((-1, 3, 224, 224), (1, 8, 32)) == ((1, 3, 224, 224), (8, 3, 224, 224), (32, 3, 224, 224))
+    with pytest.raises(DeployvitError, match="min <= opt <= max"):
+        profile_shapes((-1, 3, 32, 32), (4, 2, 8))
+    with pytest.raises(DeployvitError, match="static C, H, W"):
+        profile_shapes((-1, 3, -1, 32), (1, 1, 1))
+
+
+def test_missing_tensorrt_is_missing_dependency_with_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` raise ImportError
+    with pytest.raises(MissingDependency, match="pip install tensorrt"):
+        trt_export.import_tensorrt()
+
+
+def test_old_tensorrt_is_refused(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.6.1"))
+    with pytest.raises(MissingDependency, match="8.6.1 is not supported"):
+        trt_export.import_tensorrt()
+
+
+def test_cli_export_trt_without_tensorrt_is_exit_2_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    arch_path = tmp_path / "a.arch.json"
+    get_space("test").min_arch().save(arch_path)
+    out = tmp_path / "out"
+    result = run_cli("export", "--arch", str(arch_path), "--format", "trt", "--out", str(out))
+    assert_one_line_error(result, "tensorrt is not installed", "pip install tensorrt")
+    assert not out.exists()
+
+
+# --- build_engine's calls, against a recording stand-in (no TensorRT on this machine) --------------
+
+
+class _Recorder:
+    """Stands in for the few TensorRT objects build_engine touches, recording every call."""
+
+    def __init__(self, major: int, parse_ok: bool = True, build_ok: bool = True):
+        self.calls: list[tuple] = []
+        rec = self
+        self.module = types.SimpleNamespace(
+            __version__=f"{major}.4.0",
+            Logger=type("Logger", (), {"WARNING": 2, "__init__": lambda s, level=None: None}),
+            NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=1),
+            MemoryPoolType=types.SimpleNamespace(WORKSPACE="WORKSPACE"),
+            BuilderFlag=types.SimpleNamespace(FP16="FP16", BF16="BF16"),
+        )
+
+        class Input:
+            name, shape = "input", (-1, 3, 32, 32)
+
+        class Network:
+            def get_input(self, i):
+                return Input()
+
+        class Parser:
+            num_errors = 0 if parse_ok else 1
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                rec.calls.append(("parse_from_file", path))
+                return parse_ok
+
+            def get_error(self, i):
+                return "Unsupported ONNX op: Foo"
+
+        class Cache:
+            def serialize(self):
+                return b"timing-cache"
+
+        class Config:
+            builder_optimization_level = None
+
+            def set_memory_pool_limit(self, pool, size):
+                rec.calls.append(("workspace", pool, size))
+
+            def set_flag(self, flag):
+                rec.calls.append(("flag", flag))
+
+            def create_timing_cache(self, data):
+                rec.calls.append(("cache_in", data))
+                return Cache()
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                rec.calls.append(("set_cache", ignore_mismatch))
+
+            def get_timing_cache(self):
+                return Cache()
+
+            def add_optimization_profile(self, profile):
+                rec.calls.append(("profile", profile.shapes))
+
+        class Profile:
+            def set_shape(self, name, lo, opt, hi):
+                self.shapes = (name, lo, opt, hi)
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                rec.calls.append(("network_flags", flags))
+                return Network()
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                rec.calls.append(("opt_level", config.builder_optimization_level))
+                return b"engine-bytes" if build_ok else None
+
+        self.module.Builder, self.module.OnnxParser = Builder, Parser
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    def install(major: int, **kw) -> _Recorder:
+        rec = _Recorder(major, **kw)
+        monkeypatch.setitem(sys.modules, "tensorrt", rec.module)
+        monkeypatch.setattr(trt_export, "require_cuda", lambda: None)
+        monkeypatch.setattr(trt_export, "_cuda_facts", lambda: {"gpu": "none (stand-in)", "cuda": None})
+        return rec
+
+    return install
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory):
+    model = build_model(get_space("test").min_arch()).eval()
+    return export_onnx(model, tmp_path_factory.mktemp("trt") / "m.onnx", img_size=32, dynamic_batch=(1, 4, 8))
+
+
+@pytest.mark.parametrize("major, flags, network_flags", [(10, [("flag", "FP16")], 0), (11, [], 2)])
+def test_build_engine_calls(fake_trt, onnx_file, tmp_path, major, flags, network_flags):
+    rec = fake_trt(major)
+    cache = tmp_path / "timing.cache"
+    graph = "fp32" if major == 10 else "fp16"
+    sidecar = trt_export.build_engine(onnx_file, tmp_path / "m.engine", precision="fp16", batch_range=(1, 4, 8),
+                                      workspace_gb=2, timing_cache=cache, graph_precision=graph)
+    assert ("network_flags", network_flags) in rec.calls
+    assert [c for c in rec.calls if c[0] == "flag"] == flags
+    assert ("workspace", "WORKSPACE", 2 * 2**30) in rec.calls
+    assert ("profile", ("input", (1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32))) in rec.calls
+    assert ("opt_level", trt_export.OPTIMIZATION_LEVEL) in rec.calls
+    assert (tmp_path / "m.engine").read_bytes() == b"engine-bytes"
+    assert cache.read_bytes() == b"timing-cache"
+    on_disk = json.loads((tmp_path / "m.engine.json").read_text())
+    assert on_disk == sidecar
+    assert sidecar["strongly_typed"] == (major == 11) and sidecar["tensorrt"] == f"{major}.4.0"
+    assert sidecar["onnx_sha256"] == trt_export.sha256(onnx_file)
+    # a second build starts from the saved timing cache
+    trt_export.build_engine(onnx_file, tmp_path / "m.engine", precision="fp16", batch_range=(1, 4, 8),
+                            timing_cache=cache, graph_precision=graph)
+    assert ("cache_in", b"timing-cache") in rec.calls
+
+
+def test_build_engine_refuses_wrong_graph_precision_before_building(fake_trt, onnx_file, tmp_path):
+    rec = fake_trt(11)
+    with pytest.raises(DeployvitError, match="needs a fp16 ONNX graph"):
+        trt_export.build_engine(onnx_file, tmp_path / "m.engine", precision="fp16", batch_range=(1, 1, 1),
+                                graph_precision="fp32")
+    assert rec.calls == [] and not (tmp_path / "m.engine").exists()
+
+
+@pytest.mark.parametrize("kw, message", [({"parse_ok": False}, "could not parse.*Unsupported ONNX op"),
+                                         ({"build_ok": False}, "failed to build")])
+def test_build_failures_are_check_failures_and_write_nothing(fake_trt, onnx_file, tmp_path, kw, message):
+    fake_trt(10, **kw)
+    with pytest.raises(CheckFailed, match=message):
+        trt_export.build_engine(onnx_file, tmp_path / "m.engine", precision="fp32", batch_range=(1, 1, 1))
+    assert not (tmp_path / "m.engine").exists() and not (tmp_path / "m.engine.json").exists()
+
+
+# --- the real thing: needs TensorRT and a CUDA GPU ---------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_real_engine_builds_runs_and_verifies(precision, tmp_path):
+    trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install tensorrt)")
+    from exporters.verify import synthetic_samples, verify
+
+    plan = plan_build(trt_export.trt_major(trt.__version__), precision)
+    model = build_model(get_space("test").sample(np.random.default_rng(0))).eval()
+    onnx_path = export_onnx(model, tmp_path / "m.onnx", img_size=32, precision=plan.onnx_precision,
+                            dynamic_batch=(1, 4, 8))
+    trt_export.build_engine(onnx_path, tmp_path / "m.engine", precision=precision, batch_range=(1, 4, 8),
+                            timing_cache=tmp_path / "cache", graph_precision=plan.onnx_precision)
+    runner = trt_export.TrtRunner(tmp_path / "m.engine")
+    ref = model.cuda()
+    result = verify(lambda x: ref(x.cuda()), runner, synthetic_samples(16, 32), batch_sizes=(1, 8),
+                    precision=precision)
+    assert all(m.cosine >= 0.999 for m in result.checks), result.failed
+    out = runner(torch.randn(3, 3, 32, 32, device="cuda"))
+    assert out.shape == (3, 10) and out.dtype == torch.float32
