@@ -26,6 +26,9 @@ def _register_commands() -> None:
     from deployvit.commands import inspect as inspect_cmd
 
     cli.add_command(inspect_cmd.inspect)
+    from deployvit.commands import search as search_cmd
+
+    cli.add_command(search_cmd.search)
     from deployvit.commands import export as export_cmd
 
     cli.add_command(export_cmd.export)
@@ -35,6 +38,10 @@ def _register_commands() -> None:
     cli.add_command(train_cmd.train_supernet_cmd)
     cli.add_command(train_cmd.retrain_cmd)
     cli.add_command(train_cmd.evaluate_cmd)
+    from deployvit.commands import latency as latency_cmd, profile as profile_cmd
+
+    cli.add_command(profile_cmd.profile_cmd)
+    cli.add_command(latency_cmd.latency_cmd)
 
 
 _register_commands()

@@ -65,10 +65,15 @@ def check_label(label: str, force: bool = False) -> tuple[str, str]:
     name = device_name(device)
     if label not in KNOWN_LABELS or force:
         return device, name
-    if label != "cpu" and (device != "cuda" or not re.search(KNOWN_LABELS[label], name, re.IGNORECASE)):
+    if label != "cpu" and (device != "cuda" or not label_matches(label, name)):
         found = f"GPU {name!r}" if device == "cuda" else f"no CUDA GPU (CPU {name!r})"
         raise DeployvitError(f"device label {label!r} does not match this machine: found {found}; pass --force to profile anyway")
     return device, name
+
+
+def label_matches(label: str, name: str) -> bool:
+    """Whether a detected GPU name fits a known label (`a10` fits "NVIDIA A10G", not "NVIDIA A100")."""
+    return bool(re.search(KNOWN_LABELS[label], name, re.IGNORECASE))
 
 
 def machine_facts(device: str) -> dict[str, object]:

@@ -143,7 +143,10 @@ def profile(
     }
     ppath = progress_path(out)
     state = _load_progress(ppath, key, echo)
-    io.write_json(ppath, state)  # fails here (exit 2) on an unwritable output, before any timing
+    try:  # an unwritable output fails here (exit 2), before any timing
+        io.write_json(ppath, state)
+    except DeployvitError as exc:
+        raise DeployvitError(f"cannot write the table {out}: {str(exc).split(': ', 1)[-1]}") from None
 
     rng = np.random.default_rng(seed)
     calib = distinct_archs(space, calib_archs, rng, set(), [space.min_arch(), space.max_arch()])

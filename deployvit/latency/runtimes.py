@@ -40,20 +40,18 @@ def check_runtime(runtime: str, device: str, precision: str) -> None:
         raise DeployvitError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     if device not in ("cpu", "cuda"):
         raise DeployvitError(f"unknown device {device!r} (cpu or cuda)")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DeployvitError(f"runtime {runtime} on cuda needs a CUDA GPU and a CUDA build of torch; none found")
-    if runtime in CUDA_ONLY and device != "cuda":
-        raise DeployvitError(f"runtime {runtime} needs a CUDA GPU (this run is on {device}); use eager, compile or onnxruntime")
-    if runtime == "onnxruntime":
+    if runtime == "onnxruntime":  # what to install comes first: it is true on any machine
         ort = _import_onnxruntime()
-        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise MissingDependency(
-                "onnxruntime has no CUDA provider: pip uninstall onnxruntime && pip install onnxruntime-gpu"
-            )
     if runtime == "tensorrt":
         from exporters.tensorrt import import_tensorrt
 
         import_tensorrt()
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeployvitError(f"runtime {runtime} on cuda needs a CUDA GPU and a CUDA build of torch; none found")
+    if runtime in CUDA_ONLY and device != "cuda":
+        raise DeployvitError(f"runtime {runtime} needs a CUDA GPU (this run is on {device}); use eager, compile or onnxruntime")
+    if runtime == "onnxruntime" and device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise MissingDependency("onnxruntime has no CUDA provider: pip uninstall onnxruntime && pip install onnxruntime-gpu")
 
 
 def runtime_version(runtime: str) -> str:

@@ -1,0 +1,49 @@
+"""`deployvit profile`: measure a calibrated, validated latency table per batch size on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from deployvit.errors import DeployvitError
+from deployvit.latency.profile import MeasureSettings, profile
+from deployvit.latency.table import table_filename
+from deployvit.spaces import get_space
+
+
+def output_paths(out: str | None, label: str, space: str, runtime: str, precision: str, batches: tuple[int, ...]) -> list[Path]:
+    """One table path per batch size: `--out` as given (with `{batch}` filled in when several batch
+    sizes are profiled), else `latency_tables/<label>/<space>-<runtime>-<precision>-b<batch>.json`."""
+    if out is None:
+        return [Path("latency_tables") / label / table_filename(space, runtime, precision, b) for b in batches]
+    if len(batches) > 1 and "{batch}" not in out:
+        raise DeployvitError("several --batch-size values need '{batch}' in --out (e.g. --out tables/tiny-b{batch}.json)")
+    return [Path(out.replace("{batch}", str(b))) for b in batches]
+
+
+@click.command("profile")
+@click.option("--device", "label", required=True, help="Device label (a100, h100, h200, l4, t4, a10, rtx4090, orin, cpu, or your own name).")
+@click.option("--space", "space_name", required=True, help="Search space preset or YAML/JSON file.")
+@click.option("--runtime", required=True, help="eager, cudagraph, compile, onnxruntime or tensorrt.")
+@click.option("--precision", default="fp16", show_default=True, help="fp32, fp16 or bf16.")
+@click.option("--batch-size", "batches", type=int, multiple=True, required=True, help="Batch size; repeat for several tables.")
+@click.option("--out", help="Table path (default latency_tables/LABEL/SPACE-RUNTIME-PRECISION-bB.json); '{batch}' is replaced.")
+@click.option("--calib-archs", type=int, default=10, show_default=True, help="Whole archs timed to fit the calibration.")
+@click.option("--val-archs", type=int, default=50, show_default=True, help="Held-out archs timed to validate the table.")
+@click.option("--warmup", "warmup_s", type=float, default=0.5, show_default=True, help="Warm-up seconds before each timing.")
+@click.option("--repeats", type=int, default=50, show_default=True, help="Timed repeats per part and per arch.")
+@click.option("--threads", type=int, help="CPU threads for torch/onnxruntime (recorded; default: library default).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration/validation arch samples.")
+@click.option("--force", is_flag=True, help="Profile despite a device-label mismatch, and overwrite an existing table.")
+def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs, val_archs, warmup_s, repeats, threads, seed, force) -> None:
+    """Time every block shape of a space, calibrate on whole archs, validate on held-out archs, and
+    write the latency table (resumable: rerun the same command after an interruption)."""
+    space = get_space(space_name)
+    settings = [MeasureSettings(runtime, precision, b, warmup_s, repeats, threads) for b in batches]
+    paths = output_paths(out, label, space.name, runtime, precision, batches)
+    bad = [b for b in batches if b < 1]
+    if bad:  # checked for all sizes up front: a later bad size must not fail after hours of timing
+        raise DeployvitError(f"batch size must be >= 1, got {bad[0]}")
+    for s, path in zip(settings, paths):
+        profile(space, label=label, settings=s, out=path, calib_archs=calib_archs, val_archs=val_archs, seed=seed, force=force, echo=click.echo)

@@ -1,0 +1,172 @@
+"""`deployvit profile` end to end on the tiny `test` space (CPU, few repeats), resume after an
+interruption, and every bad input the issue lists: exit 2, one line, nothing half written."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import deployvit.latency.profile as profile_mod
+from deployvit.latency.table import LatencyTable
+from deployvit.parts import space_parts
+from deployvit.spaces import get_space
+
+from tests.conftest import assert_one_line_error, run_cli
+
+FAST = ["--warmup", "0", "--repeats", "3", "--calib-archs", "3", "--val-archs", "3", "--threads", "1"]
+
+
+def profile_args(out, *extra: str) -> list[str]:
+    return ["profile", "--device", "cpu", "--space", "test", "--runtime", "eager", "--precision", "fp32",
+            "--batch-size", "1", "--out", str(out), *FAST, *extra]
+
+
+def test_profile_end_to_end(tmp_path):
+    out = tmp_path / "t.json"
+    result = run_cli(*profile_args(out))
+    assert result.code == 0, result.err
+    assert "validation on 3 held-out archs" in result.out and "Kendall tau" in result.out
+    table = LatencyTable.load(out)
+    space = get_space("test")
+    assert set(table.entries) == {p.key for p in space_parts(space)}
+    meta = table.metadata
+    assert (meta["runtime"], meta["precision"], meta["batch_size"], meta["space_hash"]) == ("eager", "fp32", 1, space.hash())
+    assert meta["torch_threads"] == 1 and meta["settings"]["repeats"] == 3
+    assert len(table.calibration["archs"]) == 3 and len(table.validation["archs"]) == 3
+    calib_keys = {str(a["arch"]) for a in table.calibration["archs"]}
+    assert not calib_keys & {str(a["arch"]) for a in table.validation["archs"]}  # held out
+    for key in ("mape", "p95_abs_pct", "within_5", "within_10", "kendall_tau"):
+        assert key in table.validation["calibrated"]
+    # the stored prediction of each validation arch is what the table predicts now
+    from deployvit.arch import Arch
+
+    for row in table.validation["archs"]:
+        assert table.predict(Arch.from_dict(row["arch"])) == pytest.approx(row["predicted_us"])
+    assert not (tmp_path / "t.json.progress.json").exists()
+    assert table.predict(space.sample(np.random.default_rng(9))) > 0
+
+
+def test_profile_two_batch_sizes(tmp_path):
+    result = run_cli(*profile_args(tmp_path / "t-b{batch}.json", "--batch-size", "2"))
+    assert result.code == 0, result.err
+    b1 = LatencyTable.load(tmp_path / "t-b1.json")
+    b2 = LatencyTable.load(tmp_path / "t-b2.json")
+    assert (b1.metadata["batch_size"], b2.metadata["batch_size"]) == (1, 2)
+
+
+def test_resume_after_interruption(tmp_path, monkeypatch):
+    out = tmp_path / "t.json"
+    real = profile_mod.measure
+    calls = {"n": 0}
+
+    def dies_after_ten(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 10:
+            raise KeyboardInterrupt  # what Ctrl-C / a kill during a timing looks like
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(profile_mod, "measure", dies_after_ten)
+    with pytest.raises(KeyboardInterrupt):
+        profile_mod.profile(get_space("test"), label="cpu", settings=profile_mod.MeasureSettings("eager", "fp32", 1, 0.0, 2, 1),
+                            out=out, calib_archs=3, val_archs=3, echo=lambda s: None)
+    assert not out.exists()  # nothing half written
+    progress = profile_mod.io.read_json(out.with_name("t.json.progress.json"))
+    assert len(progress["entries"]) == 10
+
+    counted = {"n": 0}
+
+    def counting(*args, **kwargs):
+        counted["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(profile_mod, "measure", counting)
+    said = []
+    profile_mod.profile(get_space("test"), label="cpu", settings=profile_mod.MeasureSettings("eager", "fp32", 1, 0.0, 2, 1),
+                        out=out, calib_archs=3, val_archs=3, echo=said.append)
+    total = len(space_parts(get_space("test"))) + 3 + 3
+    assert counted["n"] == total - 10  # only what was missing was measured
+    assert any("resuming" in s and f"10 of {total}" in s for s in said)
+    table = LatencyTable.load(out)
+    assert table.entries["block:t17:e32:h1:d16:m64"] == progress["entries"]["block:t17:e32:h1:d16:m64"]
+
+
+def test_changed_settings_start_over(tmp_path):
+    out = tmp_path / "t.json"
+    stale = {"format": profile_mod.PROGRESS_FORMAT, "key": {"space": "other"}, "entries": {"x": {}}, "calib": {}, "val": {}}
+    profile_mod.io.write_json(out.with_name("t.json.progress.json"), stale)
+    result = run_cli(*profile_args(out))
+    assert result.code == 0, result.err
+    assert "starting over" in result.out
+
+
+def test_existing_table_needs_force(tmp_path):
+    out = tmp_path / "t.json"
+    out.write_text("keep me")
+    assert_one_line_error(run_cli(*profile_args(out)), "exists", "--force")
+    assert out.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    "swap,needles",
+    [
+        (("--runtime", "warp-drive"), ("unknown runtime", "warp-drive")),
+        (("--batch-size", "0"), ("batch size", ">= 1")),
+        (("--batch-size", "-3"), ("batch size", ">= 1")),
+        (("--device", "h100"), ("h100", "does not match", "--force")),
+        (("--precision", "fp8"), ("unknown precision",)),
+        (("--space", "no-such-space"), ("unknown space",)),
+    ],
+)
+def test_bad_input_exit_2(tmp_path, swap, needles):
+    args = profile_args(tmp_path / "t.json")
+    i = args.index(swap[0])
+    args[i + 1] = swap[1]
+    assert_one_line_error(run_cli(*args), *needles)
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a progress file
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks CPU-only refusals")
+@pytest.mark.parametrize("runtime", ["cudagraph", "tensorrt"])
+def test_gpu_runtimes_refused_on_cpu(tmp_path, runtime):
+    args = profile_args(tmp_path / "t.json")
+    args[args.index("--runtime") + 1] = runtime
+    result = run_cli(*args)
+    assert_one_line_error(result, runtime)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_runtime_not_installed(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    args = profile_args(tmp_path / "t.json")
+    args[args.index("--runtime") + 1] = "onnxruntime"
+    assert_one_line_error(run_cli(*args), "onnxruntime is not installed", "pip install onnxruntime")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tensorrt_not_installed_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    args = profile_args(tmp_path / "t.json")
+    args[args.index("--runtime") + 1] = "tensorrt"
+    assert_one_line_error(run_cli(*args), "tensorrt is not installed", "pip install tensorrt")
+
+
+def test_unwritable_output(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert_one_line_error(run_cli(*profile_args(blocker / "sub" / "t.json")), "cannot write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_several_batches_need_a_template(tmp_path):
+    assert_one_line_error(run_cli(*profile_args(tmp_path / "t.json", "--batch-size", "8")), "{batch}")
+
+
+def test_latency_measure_on_cpu(tmp_path):
+    out = tmp_path / "t.json"
+    assert run_cli(*profile_args(out)).code == 0
+    get_space("test").sample(np.random.default_rng(4)).save(tmp_path / "a.json")
+    result = run_cli("latency", str(tmp_path / "a.json"), "--table", str(out), "--measure")
+    assert result.code == 0, result.err
+    assert "predicted:" in result.out and "measured:" in result.out and "error:" in result.out
