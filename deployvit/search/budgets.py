@@ -51,6 +51,11 @@ def format_amount(value: float, metric: str) -> str:
     return f"{value / 1e9:.3g} G" if metric == "flops" else f"{value / 1e6:.3g} M"
 
 
+def budget_label(budget: float | None) -> str:
+    """File- and table-friendly name of a latency budget ("5ms", "500us"; "unconstrained")."""
+    return "unconstrained" if budget is None else format_amount(budget, "latency").replace(" ", "")
+
+
 METRICS = ("latency", "flops", "params")
 
 

@@ -167,7 +167,8 @@ class Evolution:
         fits = [c for c in self.state.evaluated.values() if self.feasible(c.metrics, budget)]
         return sorted(fits, key=lambda c: (-c.score, c.arch.key))[:k]
 
-    def _evaluate(self, pending: dict[str, tuple[Arch, dict]]) -> None:
+    def evaluate(self, pending: dict[str, tuple[Arch, dict]]) -> None:
+        """Score new candidates (each arch once) and remember them."""
         for key, (arch, metrics) in pending.items():
             self.state.evaluated[key] = Candidate(arch, float(self.score(arch)), metrics)
 
@@ -218,12 +219,12 @@ class Evolution:
                 raise DeployvitError(
                     f"no arch of space {self.space.name!r} satisfies the constraints after {self.config.max_tries} tries"
                 )
-            self._evaluate(pending)
+            self.evaluate(pending)
             self._checkpoint(0)
             if self.on_generation:
                 self.on_generation(0, self)
         for generation in range(self.state.generation + 1, self.config.generations + 1):
-            self._evaluate(self._children() if self.config.method == "evolution" else self._random_batch())
+            self.evaluate(self._children() if self.config.method == "evolution" else self._random_batch())
             self._checkpoint(generation)
             if self.on_generation:
                 self.on_generation(generation, self)

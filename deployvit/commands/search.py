@@ -1,0 +1,86 @@
+"""`deployvit search`: the best arch under latency / FLOPs / params budgets (thin: parse, run, print)."""
+
+from __future__ import annotations
+
+import click
+
+from deployvit.errors import DeployvitError
+from deployvit.search.budgets import Constraints, format_amount, parse_amount, parse_amounts
+from deployvit.search.evolution import EvolutionConfig
+from deployvit.search.run import SCORES, SearchRequest, SearchResult, run_search
+
+
+def _amount(value: str | None, metric: str) -> float | None:
+    return None if value is None else parse_amount(value, metric)
+
+
+@click.command()
+@click.option("--latency", help="Latency budget(s), e.g. 5ms or 2ms,3ms,5ms (one winner each).")
+@click.option("--flops", help="FLOPs (MACs) budget, e.g. 1.5G.")
+@click.option("--params", help="Parameter budget, e.g. 6M.")
+@click.option("--min-latency", help="Lower bound on latency (e.g. to fill a budget).")
+@click.option("--min-flops", help="Lower bound on FLOPs.")
+@click.option("--min-params", help="Lower bound on params.")
+@click.option("--space", "space_name", default="autoformer-tiny", show_default=True, help="Space name or YAML/JSON file.")
+@click.option("--table", type=click.Path(dir_okay=False), help="Latency table JSON (default: the shipped table for the space).")
+@click.option("--device", help="Pick the shipped table of this device label (with --runtime/--precision/--batch-size).")
+@click.option("--runtime", help="Runtime of the shipped table to pick (eager, cudagraph, compile, onnxruntime, tensorrt).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="Precision of the shipped table to pick.")
+@click.option("--batch-size", type=int, help="Batch size of the shipped table to pick.")
+@click.option("--score", type=click.Choice(SCORES), default="dss", show_default=True, help="Fitness: training-free DSS, supernet accuracy, or the trained FocusFormer sampler.")
+@click.option("--supernet", "supernet_ckpt", type=click.Path(dir_okay=False), help="Supernet checkpoint (--score supernet/sampler).")
+@click.option("--data", help="Training data (held-out split carved from it) for --score supernet/sampler; 'digits' is built in.")
+@click.option("--sampler-k", type=click.IntRange(min=1), default=64, show_default=True, help="Archs drawn from the sampler per budget (--score sampler).")
+@click.option("--method", type=click.Choice(["evolution", "random"]), default="evolution", show_default=True)
+@click.option("--population", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--generations", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--parents", type=click.IntRange(min=1), default=10, show_default=True, help="Top-k parents per budget.")
+@click.option("--mutations", type=click.IntRange(min=0), default=25, show_default=True)
+@click.option("--crossovers", type=click.IntRange(min=0), default=25, show_default=True)
+@click.option("--mutation-prob", type=click.FloatRange(0, 1), default=0.2, show_default=True, help="Per-layer mutation probability.")
+@click.option("--stage-mutation-prob", type=click.FloatRange(0, 1), default=0.4, show_default=True, help="Depth / embed dim mutation probability.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--measure-top", type=click.IntRange(min=0), default=0, help="Time the top-K candidates end to end here and pick the winner on the measured latency.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/search-<space>-<time>).")
+@click.option("--resume", is_flag=True, help="Continue the search in --out from its search_state.json.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def search(**opts) -> None:
+    """Find the highest-scoring arch under the budgets; writes best.arch.json, pareto.* and log.jsonl."""
+    if opts["batch_size"] is not None and opts["batch_size"] < 1:
+        raise DeployvitError(f"--batch-size must be at least 1, got {opts['batch_size']}")
+    constraints = Constraints(
+        max_latency=parse_amounts(opts["latency"], "latency") if opts["latency"] else [],
+        max_flops=_amount(opts["flops"], "flops"),
+        max_params=_amount(opts["params"], "params"),
+        min_latency=_amount(opts["min_latency"], "latency"),
+        min_flops=_amount(opts["min_flops"], "flops"),
+        min_params=_amount(opts["min_params"], "params"),
+    )
+    config = EvolutionConfig(
+        method=opts["method"], population=opts["population"], generations=opts["generations"],
+        parents=opts["parents"], mutations=opts["mutations"], crossovers=opts["crossovers"],
+        layer_prob=opts["mutation_prob"], stage_prob=opts["stage_mutation_prob"], seed=opts["seed"],
+    )
+    request = SearchRequest(
+        space=opts["space_name"], constraints=constraints, table=opts["table"], device=opts["device"],
+        runtime=opts["runtime"], precision=opts["precision"], batch_size=opts["batch_size"], score=opts["score"],
+        supernet=opts["supernet_ckpt"], data=opts["data"], sampler_k=opts["sampler_k"], config=config,
+        out=opts["out"], resume=opts["resume"], measure_top=opts["measure_top"],
+    )
+    result = run_search(request, echo=click.echo, progress=not opts["no_progress"])
+    print_summary(result)
+
+
+def print_summary(result: SearchResult) -> None:
+    click.echo(f"{'budget':>13}  {'score':>10}  {'latency':>10}  {'FLOPs':>8}  {'params':>8}  arch")
+    for label, cand in result.winners.items():
+        m = cand.metrics
+        latency = format_amount(m["latency"], "latency") if "latency" in m else "-"
+        click.echo(
+            f"{label:>13}  {cand.score:>10.4g}  {latency:>10}  {m['flops'] / 1e9:>7.3f}G  {m['params'] / 1e6:>7.3f}M  {cand.arch.summary()}"
+        )
+        for row in result.measured.get(label, []):
+            click.echo(f"{'':>13}  measured {row['measured_us'] / 1e3:.3f} ms vs predicted {row['predicted_us'] / 1e3:.3f} ms ({row['summary']})")
+    if not result.winners:
+        click.echo("no arch satisfied every budget")
+    click.echo(f"winner: {result.run_dir / 'best.arch.json'}; Pareto front: {result.run_dir / 'pareto.png'}, {result.run_dir / 'pareto.csv'}")

@@ -1,0 +1,43 @@
+"""`--measure-top K`: close the loop by timing the best candidates end to end on this machine, the
+same way the table's whole-model calibration archs were timed, and choosing on the measured number."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from deployvit.errors import DeployvitError
+from deployvit.search.budgets import budget_label
+
+if TYPE_CHECKING:
+    from deployvit.latency.table import LatencyTable
+    from deployvit.search.evolution import Candidate, Evolution
+
+
+def measure_top(evolution: "Evolution", table: "LatencyTable", k: int, echo: Callable[[str], None]):
+    """Per budget: time the top-k candidates (by score) here; the winner is the best-scoring one whose
+    measured latency meets the budget (None when none does). Returns (winners, measured rows)."""
+    from deployvit.latency.profile import MeasureSettings, apply_threads, measure_arch
+
+    settings = MeasureSettings.from_metadata(table.metadata)
+    device = table.metadata["device_type"]
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeployvitError(f"--measure-top: the table was measured on {table.metadata['device_name']} (cuda); this machine has no CUDA GPU")
+    apply_threads(settings, device)
+    cache: dict[str, float] = {}
+    winners: dict[float | None, "Candidate | None"] = {}
+    rows: dict[str, list[dict]] = {}
+    for budget in evolution.constraints.budgets():
+        label = budget_label(budget)
+        rows[label], winners[budget] = [], None
+        for cand in evolution.best(budget, k):
+            if cand.arch.key not in cache:
+                echo(f"measuring {cand.arch.summary()} ...")
+                cache[cand.arch.key] = measure_arch(cand.arch, settings, device).median_us
+            measured = cache[cand.arch.key]
+            rows[label].append({"arch": cand.arch.to_dict(), "summary": cand.arch.summary(), "score": cand.score,
+                                "predicted_us": cand.metrics["latency"], "measured_us": measured})
+            if winners[budget] is None and (budget is None or measured <= budget):
+                winners[budget] = cand
+    return winners, rows

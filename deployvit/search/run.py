@@ -1,0 +1,232 @@
+"""One search run, end to end: validate the request, pick the table and score, evolve, write the run
+directory (DESIGN.md section 3). `deployvit search` is a thin wrapper around `run_search`.
+
+Every check on the request happens before the run directory is created, so bad input leaves nothing
+behind; `best.arch.json` is written last, so a directory without it is visibly unfinished (and
+`--resume` continues it from `search_state.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from deployvit import io
+from deployvit.errors import DeployvitError
+from deployvit.search.budgets import METRICS, Constraints, budget_label, format_amount
+from deployvit.search.evolution import Candidate, Evolution, EvolutionConfig
+from deployvit.search.pareto import pareto_front, plot_pareto, write_pareto
+from deployvit.search.predictor import MetricModel
+from deployvit.search.scores import DSSScore, Score
+from deployvit.spaces import SearchSpace, get_space, reference_archs
+
+SCORES = ("dss", "supernet", "sampler")
+
+
+@dataclass
+class SearchRequest:
+    space: str = "autoformer-tiny"
+    constraints: Constraints = field(default_factory=Constraints)
+    table: str | None = None          # explicit latency table path
+    device: str | None = None         # or: shipped table for device/runtime/precision/batch
+    runtime: str | None = None
+    precision: str | None = None
+    batch_size: int | None = None
+    score: str = "dss"
+    supernet: str | None = None
+    data: str | None = None
+    sampler_k: int = 64
+    config: EvolutionConfig = field(default_factory=EvolutionConfig)
+    out: str | None = None
+    resume: bool = False
+    measure_top: int = 0
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    winners: dict[str, Candidate]
+    table: str | None
+    notes: list[str]
+    measured: dict[str, list[dict]] = field(default_factory=dict)
+
+
+def check_budgets(model: MetricModel, constraints: Constraints) -> list[str]:
+    """Refuse budgets no arch meets (naming the space's smallest value); explain budgets that admit
+    every arch. Returns the explanatory notes."""
+    notes = []
+    for metric in METRICS:
+        hi, lo = constraints.upper(metric), constraints.lower(metric)
+        if (hi is None and lo is None) or metric not in model.metrics:
+            continue
+        smallest, largest = model.range(metric)
+        span = f"{model.space.name} spans {format_amount(smallest, metric)} - {format_amount(largest, metric)}"
+        tightest = min(constraints.max_latency) if metric == "latency" and constraints.max_latency else hi
+        if tightest is not None and tightest < smallest:
+            raise DeployvitError(
+                f"--{metric} {format_amount(tightest, metric)} is infeasible: the smallest achievable {metric} in {span.split(' spans ')[0]} is {format_amount(smallest, metric)} ({span})"
+            )
+        if lo is not None and lo > largest:
+            raise DeployvitError(f"--min-{metric} {format_amount(lo, metric)} is infeasible: the largest achievable is {format_amount(largest, metric)} ({span})")
+        if hi is not None and hi >= largest and lo is None:
+            notes.append(
+                f"{span}; --{metric} {format_amount(hi, metric)} admits every arch: the budget does not bind "
+                f"(try {_larger_space_hint(model.space.name)}or a tighter budget)"
+            )
+    return notes
+
+
+def _larger_space_hint(name: str) -> str:
+    ladder = ["autoformer-tiny", "autoformer-small", "autoformer-base"]
+    if name in ladder[:-1]:
+        return f"--space {ladder[ladder.index(name) + 1]}, "
+    return "a larger space, "
+
+
+def space_and_score(request: SearchRequest) -> tuple[SearchSpace, Score]:
+    """The search space and the score. With a supernet the space is the one it was trained on (the
+    preset of the same name, possibly with another class count or image size)."""
+    if request.score not in SCORES:
+        raise DeployvitError(f"unknown score {request.score!r} (choose from {', '.join(SCORES)})")
+    space = get_space(request.space)
+    if request.score == "dss":
+        return space, DSSScore(space, seed=request.config.seed)
+    from deployvit.search.supernet_score import load_supernet_for_search, supernet_accuracy
+
+    if request.supernet is None:
+        raise DeployvitError(f"--score {request.score} needs --supernet CHECKPOINT and --data DIR")
+    supernet, meta = load_supernet_for_search(request.supernet, space.name)
+    return supernet.space, supernet_accuracy(request, supernet, meta)
+
+
+def _append_log(path: Path, entry: dict) -> None:
+    previous = path.read_text() if path.exists() else ""
+    io.write_text(path, previous + json.dumps(entry) + "\n")
+
+
+def run_search(request: SearchRequest, echo: Callable[[str], None] = print, progress: bool = True) -> SearchResult:
+    space, score = space_and_score(request)
+    from deployvit.search.tables import resolve_table
+
+    table, table_desc = resolve_table(request, space)
+    if table_desc:
+        echo(table_desc)
+    model = MetricModel(space, table)
+    notes = check_budgets(model, request.constraints)
+    for note in notes:
+        echo(f"note: {note}")
+    run_dir = Path(request.out or f"runs/search-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    state_path = run_dir / "search_state.json"
+    if request.resume and not state_path.exists():
+        raise DeployvitError(f"--resume: no search state in {run_dir}")
+    if not request.resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise DeployvitError(f"run directory {run_dir} is not empty (use --resume to continue it, or another --out)")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DeployvitError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
+    log_path = run_dir / "log.jsonl"
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=request.config.generations + 1, desc=f"search {space.name}", unit="gen", leave=False)
+
+    def on_generation(generation: int, evo: Evolution) -> None:
+        best = {budget_label(b): (c[0].score if c else None) for b, c in ((b, evo.best(b)) for b in request.constraints.budgets())}
+        _append_log(log_path, {"generation": generation, "evaluated": len(evo.state.evaluated), "best_score": best})
+        if bar is not None:
+            bar.n = generation + 1
+            bar.refresh()
+
+    evolution = Evolution(space, model, request.constraints, score, request.config, state_path, on_generation)
+    if request.resume:
+        evolution.resume()
+        if bar is not None:
+            bar.n = evolution.state.generation + 1
+    if request.score == "sampler":
+        winners_by_budget = _specialise(request, evolution)
+    else:
+        winners_by_budget = evolution.run()
+    if bar is not None:
+        bar.close()
+
+    evaluated = list(evolution.state.evaluated.values())
+    measured = {}
+    if request.measure_top:
+        from deployvit.search.measure import measure_top
+
+        winners_by_budget, measured = measure_top(evolution, table, request.measure_top, echo)
+    winners = {budget_label(b): c for b, c in winners_by_budget.items() if c is not None}
+    summary = _correlations(evaluated, score.name)
+    _append_log(log_path, {"final": True, "winners": {k: c.to_dict() for k, c in winners.items()}, **summary, "measured": measured,
+                           "request": _request_dict(request)})
+    _write_outputs(run_dir, evolution, evaluated, winners, score.name, space, model, request)
+    return SearchResult(run_dir, winners, table_desc, notes, measured)
+
+
+def _specialise(request: SearchRequest, evolution: Evolution) -> dict:
+    """FocusFormer deployment: per budget, k archs from the trained sampler, keep those within every
+    constraint, score them on the supernet, best wins (no evolution). The sampler is conditioned on a
+    normalised FLOPs budget; a latency budget is mapped to the same position in the space's latency
+    range (the two are monotone-related within a space; feasibility is still checked on latency)."""
+    from deployvit.search.supernet_score import sampler_proposals
+
+    model, constraints = evolution.model, evolution.constraints
+    winners = {}
+    for i, budget in enumerate(constraints.budgets()):
+        metric, target = ("latency", budget) if budget is not None else ("flops", constraints.upper("flops"))
+        lo, hi = model.range(metric)
+        position = 1.0 if target is None else min(max((target - lo) / max(hi - lo, 1e-12), 0.0), 1.0)
+        pending = {}
+        for arch in sampler_proposals(request, model.space, position, request.config.seed + i):
+            metrics = evolution.metrics(arch)
+            if arch.key not in evolution.state.evaluated and evolution.feasible(metrics, budget):
+                pending[arch.key] = (arch, metrics)
+        evolution.evaluate(pending)
+        winners[budget] = next(iter(evolution.best(budget)), None)
+    return winners
+
+
+def _correlations(evaluated: list[Candidate], score_name: str) -> dict:
+    """Kendall tau of the score with params and FLOPs over everything evaluated: DSS mostly tracks
+    model size (REFERENCES.md section 3), and users should see how much."""
+    from scipy.stats import kendalltau
+
+    if len(evaluated) < 3:
+        return {}
+    scores = [c.score for c in evaluated]
+    return {
+        f"kendall_tau_{score_name}_vs_params": float(kendalltau(scores, [c.metrics["params"] for c in evaluated]).statistic),
+        f"kendall_tau_{score_name}_vs_flops": float(kendalltau(scores, [c.metrics["flops"] for c in evaluated]).statistic),
+    }
+
+
+def _request_dict(request: SearchRequest) -> dict:
+    data = asdict(request)
+    data["constraints"] = request.constraints.to_dict()
+    return data
+
+
+def _write_outputs(run_dir, evolution, evaluated, winners, score_name, space, model, request) -> None:
+    cost = "latency" if "latency" in model.metrics else "flops"
+    front = pareto_front(evaluated, cost)
+    write_pareto(run_dir, front)
+    baselines = {}
+    for name, arch in reference_archs(space).items():
+        baselines[name] = (arch, float(evolution.score(arch)), model.metrics_of(arch))
+    plot_pareto(
+        run_dir / "pareto.png", evaluated, front, cost, score_name, request.constraints.budgets(), baselines,
+        f"{space.name}: {len(evaluated)} archs evaluated ({request.config.method}, seed {request.config.seed})",
+    )
+    labels = list(winners)
+    for label, cand in winners.items():
+        if len(labels) > 1:
+            cand.arch.save(run_dir / f"best-{label}.arch.json")
+    if winners:
+        # best.arch.json last: its presence marks a finished run (the loosest budget's winner).
+        winners[labels[-1]].arch.save(run_dir / "best.arch.json")
