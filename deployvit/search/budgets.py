@@ -45,10 +45,15 @@ def _example(metric: str) -> str:
     return {"latency": "5ms or 500us", "flops": "1.5G", "params": "6M"}[metric]
 
 
+def _short(x: float) -> str:
+    """Three significant digits without exponent notation (5000, 0.479, 12.3)."""
+    return f"{x:.0f}" if abs(x) >= 1000 else f"{float(f'{x:.3g}'):g}"
+
+
 def format_amount(value: float, metric: str) -> str:
     if metric == "latency":
-        return f"{value / 1e3:.3g} ms" if value >= 100 else f"{value:.3g} us"
-    return f"{value / 1e9:.3g} G" if metric == "flops" else f"{value / 1e6:.3g} M"
+        return f"{_short(value / 1e3)} ms" if value >= 100 else f"{_short(value)} us"
+    return f"{_short(value / 1e9)} G" if metric == "flops" else f"{_short(value / 1e6)} M"
 
 
 def budget_label(budget: float | None) -> str:

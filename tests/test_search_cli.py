@@ -1,0 +1,182 @@
+"""`deployvit search` end to end on the tiny `test` space with its shipped CPU table."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from deployvit.arch import load_arch
+from deployvit.latency.table import LatencyTable, default_table
+from deployvit.search.budgets import budget_label, parse_amount
+from tests.conftest import assert_one_line_error, run_cli
+
+TINY = ["--space", "test", "--population", "8", "--generations", "3", "--parents", "3", "--mutations", "4",
+        "--crossovers", "4", "--no-progress"]
+
+
+def _table() -> LatencyTable:
+    return LatencyTable.load(default_table("test"), warn=False)
+
+
+def _mid_budget() -> str:
+    """A latency budget inside the test space's range on its shipped table (so it binds)."""
+    from deployvit.search.predictor import MetricModel
+    from deployvit.spaces import get_space
+
+    lo, hi = MetricModel(get_space("test"), _table()).range("latency")
+    return f"{(lo + 0.5 * (hi - lo)):.1f}us"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("search") / "run"
+    result = run_cli("search", "--latency", _mid_budget(), "--out", str(out), *TINY)
+    assert result.code == 0, result.err
+    return out, result
+
+
+def test_search_writes_the_run_directory_and_respects_the_budget(finished_run):
+    out, result = finished_run
+    budget = _mid_budget()
+    assert result.out.splitlines()[0].startswith("latency table: ") and "eager" in result.out.splitlines()[0]
+    for name in ("best.arch.json", "pareto.json", "pareto.csv", "pareto.png", "search_state.json", "log.jsonl"):
+        assert (out / name).is_file(), name
+    winner = load_arch(out / "best.arch.json")
+    assert _table().predict(winner) <= parse_amount(budget, "latency") + 1e-6
+    log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["final"] and "kendall_tau_dss_vs_params" in log[-1]
+    front = json.loads((out / "pareto.json").read_text())
+    assert front and all(r["latency"] <= parse_amount(budget, "latency") + 1e-6 for r in front)
+
+
+def test_same_seed_gives_identical_winner(finished_run, tmp_path):
+    first, _ = finished_run
+    assert run_cli("search", "--latency", _mid_budget(), "--out", str(tmp_path / "again"), *TINY).code == 0
+    assert (first / "best.arch.json").read_text() == (tmp_path / "again/best.arch.json").read_text()
+
+
+def test_multi_budget_gives_one_winner_per_budget(tmp_path):
+    from deployvit.search.predictor import MetricModel
+    from deployvit.spaces import get_space
+
+    lo, hi = MetricModel(get_space("test"), _table()).range("latency")
+    budgets = [lo + f * (hi - lo) for f in (0.3, 0.6, 0.9)]
+    text = ",".join(f"{b:.1f}us" for b in budgets)
+    out = tmp_path / "multi"
+    result = run_cli("search", "--latency", text, "--out", str(out), *TINY)
+    assert result.code == 0, result.err
+    files = sorted(out.glob("best-*.arch.json"))
+    assert len(files) == 3
+    for budget in (parse_amount(t, "latency") for t in text.split(",")):
+        label = budget_label(budget)
+        assert _table().predict(load_arch(out / f"best-{label}.arch.json")) <= budget + 1e-6
+    assert (out / "best.arch.json").read_text() == (out / f"best-{label}.arch.json").read_text()  # loosest
+
+
+def test_killed_search_resumes_to_the_same_result(tmp_path):
+    budget = _mid_budget()
+    args = ["search", "--latency", budget, "--space", "test", "--population", "6", "--generations", "8",
+            "--parents", "3", "--mutations", "3", "--crossovers", "3", "--no-progress"]
+    assert run_cli(*args, "--out", str(tmp_path / "whole")).code == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "deployvit", *args, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / "search_state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if state.exists() and json.loads(state.read_text())["generation"] >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "best.arch.json").exists(), "killed too late to test resume"
+    result = run_cli(*args, "--out", str(killed), "--resume")
+    assert result.code == 0, result.err
+    assert (killed / "best.arch.json").read_text() == (tmp_path / "whole/best.arch.json").read_text()
+
+
+def test_non_binding_budget_is_said_plainly(tmp_path):
+    result = run_cli("search", "--latency", "5s", "--out", str(tmp_path / "r"), *TINY)
+    assert result.code == 0
+    assert "admits every arch: the budget does not bind" in result.out and "test spans" in result.out
+
+
+def test_measure_top_times_candidates_here(tmp_path):
+    out = tmp_path / "m"
+    result = run_cli("search", "--latency", "5s", "--measure-top", "2", "--out", str(out), *TINY)
+    assert result.code == 0, result.err
+    assert "measured" in result.out and "predicted" in result.out
+    final = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    rows = next(iter(final["measured"].values()))
+    assert len(rows) == 2 and all(r["measured_us"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--latency", "5 parsecs"], "unknown unit"),
+        (["--latency", "0ms"], "must be positive"),
+        (["--latency", "-3ms"], "expected a number"),
+        (["--flops", "2M", "--min-flops", "3M"], "is not below"),
+        (["--latency", "1us"], "is infeasible: the smallest achievable latency"),
+        (["--params", "10"], "is infeasible: the smallest achievable params"),
+        (["--latency", "5ms", "--table", "/nonexistent/table.json"], "latency table not found"),
+        (["--latency", "5ms", "--device", "a100"], "no shipped latency table a100/"),
+        (["--score", "supernet"], "needs --supernet"),
+        (["--score", "supernet", "--supernet", "/nonexistent.pt", "--data", "digits"], "checkpoint not found"),
+        (["--batch-size", "0", "--latency", "5ms", "--device", "cpu"], "--batch-size must be at least 1"),
+        (["--population", "0"], "--population"),
+    ],
+)
+def test_bad_input_exit_2_and_no_run_directory(tmp_path, args, needle):
+    out = tmp_path / "never"
+    result = run_cli("search", "--space", "test", "--out", str(out), "--no-progress", *args)
+    assert_one_line_error(result, needle)
+    assert not out.exists()
+
+
+def test_table_for_another_space_is_refused(tmp_path):
+    table = default_table("test")
+    out = tmp_path / "never"
+    result = run_cli("search", "--space", "autoformer-tiny", "--latency", "5ms", "--table", str(table), "--out", str(out))
+    assert_one_line_error(result, "profiled for space 'test', not 'autoformer-tiny'")
+    assert not out.exists()
+
+
+def test_corrupt_table_is_refused(tmp_path):
+    bad = tmp_path / "t.json"
+    bad.write_text(json.dumps({"format": "deployvit.latency_table/1", "metadata": {}}))
+    result = run_cli("search", "--space", "test", "--latency", "5ms", "--table", str(bad), "--out", str(tmp_path / "x"))
+    assert_one_line_error(result, "malformed latency table")
+
+
+def test_existing_run_directory_needs_resume(tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "something").write_text("x")
+    assert_one_line_error(run_cli("search", "--space", "test", "--out", str(out)), "is not empty")
+    assert_one_line_error(run_cli("search", "--space", "test", "--out", str(tmp_path / "new"), "--resume"), "no search state")
+
+
+def test_default_command_resolves_the_shipped_table_and_dss(tmp_path, monkeypatch):
+    """`deployvit search --latency 5ms` with its defaults (space autoformer-tiny, shipped table, DSS,
+    seed 0); the evolution is shortened here only to keep the suite fast."""
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("search", "--latency", "5ms", "--population", "2", "--generations", "1", "--mutations", "1",
+                     "--crossovers", "1", "--no-progress")
+    first = result.out.splitlines()[0] if result.out else result.err
+    assert "latency table: " in first or "infeasible" in result.err, result.err
+    if result.code == 0:
+        assert "autoformer-tiny" in first
+        runs = list((tmp_path / "runs").glob("search-autoformer-tiny-*/best.arch.json"))
+        assert len(runs) == 1
+    else:
+        assert_one_line_error(result, "smallest achievable latency in autoformer-tiny")
+        assert not (tmp_path / "runs").exists()
