@@ -80,14 +80,22 @@ def broadcast_module(module: torch.nn.Module, info: DistInfo) -> None:
 
 
 def average_gradients(params: Iterable[torch.nn.Parameter], info: DistInfo) -> None:
-    """Mean of the gradients over ranks, one collective on a flat buffer; a parameter no subnet used
-    on some rank contributes zeros there (all ranks run the same subnets, so this is rare)."""
+    """Mean of the gradients over ranks, one collective on a flat buffer.
+
+    A parameter that no rank used this step (a layer the subnet skips) keeps grad None, exactly as in
+    a single process, so the optimizer leaves it alone (zero-filled grads would still move it through
+    momentum and weight decay). One that only some ranks used counts zeros on the others."""
     if not info.distributed:
         return
     params = [p for p in params if p.requires_grad]
+    used = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=info.device)
+    dist.all_reduce(used)
+    params = [p for p, u in zip(params, used.tolist()) if u > 0]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
+    if not params:
+        return
     flat = torch.cat([p.grad.reshape(-1) for p in params])
     dist.all_reduce(flat)
     flat /= info.world_size

@@ -143,9 +143,11 @@ def _next_batch(it):
         raise
 
 
-def _check_resumable(saved: dict[str, Any], recipe: Recipe, kind: str, path: Path) -> None:
+def _check_resumable(saved: dict[str, Any], recipe: Recipe, kind: str, path: Path, check_task: Callable[[], None]) -> None:
+    """Kind, then what is trained (space, arch, data), then the recipe: the first difference is the error."""
     if saved.get("kind") != kind:
         raise DeployvitError(f"{path} is a {saved.get('kind')} checkpoint, cannot resume {kind} training from it")
+    check_task()
     old = Recipe.from_dict(saved["recipe"])
     for f in fields(Recipe):
         if getattr(old, f.name) != getattr(recipe, f.name):
@@ -202,8 +204,7 @@ def fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[di
         saved = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
         if saved is None:
             raise DeployvitError(f"--resume: no checkpoint to resume in {out} (checkpoint.pt not found)")
-        _check_resumable(saved, recipe, task.kind, ckpt_path)
-        task.check_resume(saved["meta"])
+        _check_resumable(saved, recipe, task.kind, ckpt_path, lambda: task.check_resume(saved["meta"]))
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
