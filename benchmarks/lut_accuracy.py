@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def evaluate(path: Path, n: int, seed: int, repeats: int | None) -> dict:
     archs = distinct_archs(space, n, np.random.default_rng(seed), used)
     settings = MeasureSettings.from_metadata(meta)
     if repeats:
-        settings = MeasureSettings(settings.runtime, settings.precision, settings.batch_size, settings.warmup_s, repeats, settings.threads)
+        settings = replace(settings, repeats=repeats)
     device = meta["device_type"]
     apply_threads(settings, device)
     sums, predicted, measured, cvs = [], [], [], []
@@ -75,6 +76,7 @@ def evaluate(path: Path, n: int, seed: int, repeats: int | None) -> dict:
         "batch_size": meta["batch_size"],
         "repeats": settings.repeats,
         "threads": settings.threads,
+        "clock": settings.clock,
         "calibrated": error_stats(predicted, measured).to_dict(),
         "uncalibrated": error_stats(sums, measured).to_dict(),
         "table_validation": table.validation.get("calibrated"),

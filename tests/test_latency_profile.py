@@ -159,6 +159,21 @@ def test_unwritable_output(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
+def test_cpu_clock_needs_one_thread(tmp_path):
+    args = profile_args(tmp_path / "t.json", "--clock", "cpu")
+    args[args.index("--threads") + 1] = "2"
+    assert_one_line_error(run_cli(*args), "--clock cpu", "--threads 1")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cpu_clock_is_recorded(tmp_path):
+    out = tmp_path / "t.json"
+    assert run_cli(*profile_args(out, "--clock", "cpu")).code == 0
+    table = LatencyTable.load(out)
+    assert table.metadata["settings"]["clock"] == "cpu" and table.metadata["settings"]["timer"] == "process_time"
+    assert "process CPU time" in table.describe()
+
+
 def test_several_batches_need_a_template(tmp_path):
     assert_one_line_error(run_cli(*profile_args(tmp_path / "t.json", "--batch-size", "8")), "{batch}")
 

@@ -81,3 +81,21 @@ def test_cuda_events_time_gpu_work():
     x = torch.randn(1024, 1024, device="cuda")
     t = time_callable(lambda: x @ x, device="cuda", warmup_s=0.1, repeats=20)
     assert t.median_us > 0 and t.repeats == 20
+
+
+def test_cpu_clock_counts_work_not_waiting():
+    import time
+
+    wall = time_callable(lambda: time.sleep(0.003), device="cpu", warmup_s=0.0, repeats=3, cv_warn=float("inf"))
+    cpu = time_callable(lambda: time.sleep(0.003), device="cpu", warmup_s=0.0, repeats=3, cv_warn=float("inf"), clock="cpu")
+    assert wall.median_us >= 3000.0
+    assert cpu.median_us < 1000.0  # a sleeping process uses (almost) no CPU time
+
+
+def test_clock_arguments():
+    with pytest.raises(DeployvitError, match="unknown clock"):
+        time_callable(lambda: None, device="cpu", warmup_s=0.0, repeats=2, clock="sundial")
+    if not torch.cuda.is_available():
+        return
+    with pytest.raises(DeployvitError, match="CUDA events"):
+        time_callable(lambda: None, device="cuda", warmup_s=0.0, repeats=2, clock="cpu")

@@ -49,6 +49,6 @@ def latency_cmd(arch_file: str, table_path: str | None, measure: bool) -> None:
     error = (predicted - timing.median_us) / timing.median_us * 100
     click.echo(
         f"measured:  {timing.median_us / 1e3:.3f} ms median (p90 {timing.p90_us / 1e3:.3f} ms, cv {timing.cv:.1%}, "
-        f"{timing.repeats} repeats) on {device_name(device)}, {settings.runtime} {settings.precision} batch {settings.batch_size}"
+        f"{timing.repeats} repeats, {settings.clock} clock) on {device_name(device)}, {settings.runtime} {settings.precision} batch {settings.batch_size}"
     )
     click.echo(f"error:     {error:+.1f}% (prediction vs measurement)")

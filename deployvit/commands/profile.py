@@ -34,13 +34,15 @@ def output_paths(out: str | None, label: str, space: str, runtime: str, precisio
 @click.option("--warmup", "warmup_s", type=float, default=0.5, show_default=True, help="Warm-up seconds before each timing.")
 @click.option("--repeats", type=int, default=50, show_default=True, help="Timed repeats per part and per arch.")
 @click.option("--threads", type=int, help="CPU threads for torch/onnxruntime (recorded; default: library default).")
+@click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
+              help="CPU only: 'cpu' times process CPU time (needs --threads 1), immune to other jobs on a shared machine.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration/validation arch samples.")
 @click.option("--force", is_flag=True, help="Profile despite a device-label mismatch, and overwrite an existing table.")
-def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs, val_archs, warmup_s, repeats, threads, seed, force) -> None:
+def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs, val_archs, warmup_s, repeats, threads, clock, seed, force) -> None:
     """Time every block shape of a space, calibrate on whole archs, validate on held-out archs, and
     write the latency table (resumable: rerun the same command after an interruption)."""
     space = get_space(space_name)
-    settings = [MeasureSettings(runtime, precision, b, warmup_s, repeats, threads) for b in batches]
+    settings = [MeasureSettings(runtime, precision, b, warmup_s, repeats, threads, clock) for b in batches]
     paths = output_paths(out, label, space.name, runtime, precision, batches)
     bad = [b for b in batches if b < 1]
     if bad:  # checked for all sizes up front: a later bad size must not fail after hours of timing

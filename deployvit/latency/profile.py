@@ -48,6 +48,7 @@ class MeasureSettings:
     warmup_s: float = 0.5
     repeats: int = 50
     threads: int | None = None  # torch (and onnxruntime) CPU threads; None = library default
+    clock: str = "wall"  # "cpu": process CPU time, for single-threaded CPU tables on a shared machine
 
     def validate(self, device: str) -> None:
         if self.batch_size < 1:
@@ -56,13 +57,15 @@ class MeasureSettings:
             raise DeployvitError(f"repeats must be >= 1 and warm-up >= 0 s (got {self.repeats}, {self.warmup_s})")
         if self.threads is not None and self.threads < 1:
             raise DeployvitError(f"threads must be >= 1, got {self.threads}")
+        if self.clock == "cpu" and (device != "cpu" or self.threads != 1):
+            raise DeployvitError("--clock cpu measures one thread's CPU time: use it on the CPU with --threads 1")
         check_runtime(self.runtime, device, self.precision)
 
     @classmethod
     def from_metadata(cls, meta: dict) -> "MeasureSettings":
         """The settings a table was measured with, to time an arch the same way (`--measure`)."""
         s = meta.get("settings", {})
-        return cls(meta["runtime"], meta["precision"], meta["batch_size"], s.get("warmup_s", 0.5), s.get("repeats", 50), s.get("threads"))
+        return cls(meta["runtime"], meta["precision"], meta["batch_size"], s.get("warmup_s", 0.5), s.get("repeats", 50), s.get("threads"), s.get("clock", "wall"))
 
 
 def apply_threads(settings: MeasureSettings, device: str) -> None:
@@ -74,7 +77,7 @@ def apply_threads(settings: MeasureSettings, device: str) -> None:
 def measure(module: torch.nn.Module, input_shape: tuple[int, ...], settings: MeasureSettings, device: str, label: str = "") -> Timing:
     """Time one module (a part or a whole model) exactly as every table entry is timed."""
     run = build_runner(module, input_shape, runtime=settings.runtime, device=device, precision=settings.precision, threads=settings.threads)
-    return time_callable(run, device=device, warmup_s=settings.warmup_s, repeats=settings.repeats, label=label)
+    return time_callable(run, device=device, warmup_s=settings.warmup_s, repeats=settings.repeats, label=label, clock=settings.clock)
 
 
 def measure_arch(arch: Arch, settings: MeasureSettings, device: str) -> Timing:
@@ -234,7 +237,7 @@ def _build_table(space, label, device, settings, state, calib, val, calib_archs,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "deployvit": __version__,
         "torch_threads": torch.get_num_threads() if device == "cpu" else None,
-        "settings": {**asdict(settings), "calib_archs": calib_archs, "val_archs": val_archs, "seed": seed, "timer": "cuda events" if device == "cuda" else "perf_counter"},
+        "settings": {**asdict(settings), "calib_archs": calib_archs, "val_archs": val_archs, "seed": seed, "timer": "cuda events" if device == "cuda" else ("perf_counter" if settings.clock == "wall" else "process_time")},
         "num_entries": len(entries),
     }
     return table

@@ -131,7 +131,8 @@ class LatencyTable:
 
     def describe(self) -> str:
         m = self.metadata
-        return f"{m['device_label']} ({m['device_name']}) {m['runtime']} {m['precision']} batch {m['batch_size']}, space {m['space']}"
+        clock = " (process CPU time)" if m.get("settings", {}).get("clock") == "cpu" else ""
+        return f"{m['device_label']} ({m['device_name']}) {m['runtime']} {m['precision']} batch {m['batch_size']}{clock}, space {m['space']}"
 
     def _name(self) -> str:
         return str(self.path) if self.path else "(in memory)"
