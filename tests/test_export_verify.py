@@ -4,6 +4,7 @@ a correct fp16 export of a trained model passes, a deliberately broken export fa
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import numpy as np
@@ -17,11 +18,13 @@ from exporters.onnx import OnnxRunner, export_onnx
 from exporters.verify import Samples, Thresholds, compare, data_samples, failures, synthetic_samples, verify
 
 
+@functools.lru_cache(maxsize=None)  # shared with the CLI tests: train once per session
 def train_briefly(steps: int = 60, seed: int = 0):
     """A `test-resnas` model trained for a few steps on the digits train split (about 80% val top-1).
 
     Random weights give near-tied logits, where fp16 rounding legitimately flips the top-1 of a few
-    images; a trained model has the margins real deployments have, so the fp16 gates mean something."""
+    images; a trained model has the margins real deployments have, so the fp16 gates mean something.
+    Callers must not modify the returned model (it is cached)."""
     from deployvit.train.augment import build_transform, get_aug
     from deployvit.train.data import SplitDataset, open_data
 
@@ -34,12 +37,17 @@ def train_briefly(steps: int = 60, seed: int = 0):
     model = build_model(arch)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (64,), generator=gen)
-        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny steps: a second thread only adds barrier waits on a busy machine
+    try:
+        for _ in range(steps):
+            idx = torch.randint(0, len(x), (64,), generator=gen)
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
     return arch, model.eval()
 
 
