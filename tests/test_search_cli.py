@@ -11,11 +11,19 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from deployvit.arch import load_arch
 from deployvit.latency.table import LatencyTable, default_table
 from deployvit.search.budgets import budget_label, parse_amount
 from tests.conftest import assert_one_line_error, run_cli
+
+@pytest.fixture(autouse=True)
+def _one_thread(_two_threads):
+    """Tiny models run faster on one thread (and much faster when other jobs share the cores)."""
+    torch.set_num_threads(1)
+    yield
+
 
 TINY = ["--space", "test", "--population", "8", "--generations", "3", "--parents", "3", "--mutations", "4",
         "--crossovers", "4", "--no-progress"]

@@ -17,6 +17,13 @@ from deployvit.search.predictor import MetricModel
 from deployvit.search.scores import DSSScore
 from deployvit.spaces import PRESETS, get_space
 
+@pytest.fixture(autouse=True)
+def _one_thread(_two_threads):
+    """Tiny models run faster on one thread (and much faster when other jobs share the cores)."""
+    torch.set_num_threads(1)
+    yield
+
+
 SMALL = dict(population=8, generations=3, parents=3, mutations=4, crossovers=4)
 
 

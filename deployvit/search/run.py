@@ -164,6 +164,7 @@ def run_search(request: SearchRequest, echo: Callable[[str], None] = print, prog
     winners = {budget_label(b): c for b, c in winners_by_budget.items() if c is not None}
     summary = _correlations(evaluated, score.name)
     _append_log(log_path, {"final": True, "winners": {k: c.to_dict() for k, c in winners.items()}, **summary, "measured": measured,
+                           "held_out_images": len(getattr(score, "held_out_ids", [])) or None,
                            "request": _request_dict(request)})
     _write_outputs(run_dir, evolution, evaluated, winners, score.name, space, model, request)
     return SearchResult(run_dir, winners, table_desc, notes, measured)
