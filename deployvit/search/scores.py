@@ -52,6 +52,9 @@ def saliency(weight: torch.Tensor) -> float:
     return float((weight.grad * weight.detach()).abs().sum())
 
 
+_SCORED = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight", "head.fc.weight")
+
+
 class DSSScore:
     name = "dss"
 
@@ -67,6 +70,8 @@ class DSSScore:
 
     def __call__(self, arch: Arch) -> float:
         model = self.supernet.extract(arch).eval()
+        for name, param in model.named_parameters():  # only the scored weights need dR/dW
+            param.requires_grad_(name.endswith(_SCORED))
         model(self.x).sum().backward()
         positions = [(si, li) for si, layers in enumerate(self.supernet.layer_indices(arch)) for li in layers]
         blocks = [b for stage in model.stages for b in stage]
