@@ -5,7 +5,10 @@
    timed end to end and an affine calibration is fitted to their part sums; 3. N other random archs
    are timed to validate the calibrated prediction (MAPE, p95, within 5/10%, Kendall tau).
 Parts and whole models go through the same `measure` (same runtime, precision, batch, warm-up and
-repeats), which is what makes a sum of parts comparable with a whole model.
+repeats), which is what makes a sum of parts comparable with a whole model, and all measurements are
+made in one shuffled order, so a drift of the machine during the profile cannot bias the calibration
+against the validation (seen on a shared CPU: calibration archs timed under load, validation archs
+after it, and a calibration that made predictions worse).
 
 Each measurement is appended to `<out>.progress.json` (atomically), so a killed profile resumes
 where it stopped; the table is written (atomically) only when everything is measured.
@@ -158,6 +161,9 @@ def profile(
     jobs = [("entries", p.key, lambda p=p: measure(_seeded(build_part, p), p.input_shape(settings.batch_size), settings, device, p.key)) for p in parts]
     jobs += [(group, a.key, lambda a=a: measure_arch(a, settings, device)) for group, archs in (("calib", calib), ("val", val)) for a in archs]
 
+    # measured in a seeded random order: a slow drift of the machine (clocks, thermals, neighbours'
+    # load) then affects parts, calibration and validation archs alike instead of biasing the fit
+    jobs = [jobs[i] for i in np.random.default_rng(seed + 2).permutation(len(jobs))]
     todo = [j for j in jobs if j[1] not in state[j[0]]]
     if len(todo) < len(jobs):
         echo(f"resuming {ppath.name}: {len(jobs) - len(todo)} of {len(jobs)} measurements already done")
