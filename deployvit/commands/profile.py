@@ -35,7 +35,7 @@ def output_paths(out: str | None, label: str, space: str, runtime: str, precisio
 @click.option("--repeats", type=int, default=50, show_default=True, help="Timed repeats per part and per arch.")
 @click.option("--threads", type=int, help="CPU threads for torch/onnxruntime (recorded; default: library default).")
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
-              help="CPU only: 'cpu' times process CPU time (needs --threads 1), immune to other jobs on a shared machine.")
+              help="CPU only: 'cpu' times process CPU time (needs --threads 1), far less sensitive to other jobs on a shared machine.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration/validation arch samples.")
 @click.option("--force", is_flag=True, help="Profile despite a device-label mismatch, and overwrite an existing table.")
 def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs, val_archs, warmup_s, repeats, threads, clock, seed, force) -> None:

@@ -11,8 +11,9 @@ coefficient of variation says how much to trust it.
 `clock="cpu"` (CPU device only) times with the process's CPU time instead of the wall clock. On a
 machine shared with other jobs the wall-clock latency of a single-threaded run depends on how much of
 the CPU the neighbours take (measured here: one block 3.5 ms alone, 17 ms wall under load, 4.6 ms of
-CPU time); CPU time is what the run itself costs, and equals its wall latency on an idle machine.
-It sums over threads, so it means latency only for single-threaded runs (`profile` enforces that).
+CPU time); CPU time is what the run itself costs, and equals its wall latency on an idle machine
+(shared caches and memory bandwidth still couple it to the neighbours, a few percent). It sums over
+threads, so it means latency only for single-threaded runs (`profile` enforces that).
 """
 
 from __future__ import annotations
