@@ -5,8 +5,8 @@ latency contract beside it: measured latency next to the LUT prediction and the 
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -114,24 +114,18 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def environment() -> dict[str, Any]:
-    """Versions and device: a timing means nothing without them (DESIGN.md section 4)."""
+def environment(device: str) -> dict[str, Any]:
+    """Machine facts (the same ones latency tables record) and package versions: a timing means
+    nothing without them (DESIGN.md section 4)."""
     import onnx
     import onnxruntime
     import timm
 
-    env = {
-        "deployvit": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-    }
+    from deployvit.latency.devices import machine_facts
+
+    env = {**machine_facts(device), "deployvit": __version__, "timm": timm.__version__, "onnx": onnx.__version__,
+           "onnxruntime": onnxruntime.__version__, "onnxruntime_providers": onnxruntime.get_available_providers(),
+           "torch_threads": torch.get_num_threads()}
     try:
         import tensorrt
 
@@ -152,12 +146,16 @@ class Report:
     settings: dict[str, Any]
     notes: list[str] = field(default_factory=list)
 
+    @cached_property
+    def environment(self) -> dict[str, Any]:
+        return environment(self.settings.get("device", "cpu"))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": REPORT_FORMAT,
             "command": self.command,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "environment": environment(),
+            "environment": self.environment,
             "settings": self.settings,
             "models": self.models,
             "data": self.data,
@@ -198,7 +196,7 @@ class Report:
             lines += [f"- note: {n}" for n in r.notes]
             lines.append("")
         lines += [f"- {n}" for n in self.notes]
-        env = environment()
+        env = self.environment
         lines += ["", "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items() if v is not None), ""]
         return "\n".join(lines)
 

@@ -189,3 +189,13 @@ def test_unknown_timm_model_and_benchmark_format(arch_file, tmp_path):
                                   "--out", str(tmp_path / "b")), "unknown format 'xyz'")
     assert_one_line_error(run_cli("export"), "give --arch")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_nothing_here_can_run_is_exit_1_not_a_pass(arch_file, tmp_path):
+    """bf16 ONNX: onnxruntime CPU has no bf16 kernels, so the artifact is kept but not called verified."""
+    out = tmp_path / "out"
+    result = run_cli("export", "--arch", str(arch_file), "--out", str(out), "--precision", "bf16", *FAST)
+    assert result.code == 1 and "exported, not verified" in result.err and "bf16" in result.err
+    row = _report(out)["rows"][0]
+    assert row["status"] == "exported, not verified" and row["verification"] is None
+    assert (out / "model.onnx").is_file()
