@@ -35,7 +35,7 @@ from deployvit.latency.stats import error_stats, fit_affine
 from deployvit.latency.table import LatencyTable
 from deployvit.latency.timing import CV_WARN_CPU, CV_WARN_CUDA, Timing, time_callable
 from deployvit.models import build_model, build_part
-from deployvit.parts import space_parts
+from deployvit.parts import Part, space_parts
 from deployvit.spaces import SearchSpace
 
 PROGRESS_FORMAT = "deployvit.profile_progress/1"
@@ -83,7 +83,14 @@ def measure(module: torch.nn.Module, input_shape: tuple[int, ...], settings: Mea
     return time_callable(run, device=device, warmup_s=settings.warmup_s, repeats=settings.repeats, label=label, clock=settings.clock)
 
 
+def measure_part(part: Part, settings: MeasureSettings, device: str) -> Timing:
+    """One table entry: the part's own module (the class the whole model uses), timed alone."""
+    torch.manual_seed(0)  # weights do not change the latency, but a fixed seed makes runs repeatable
+    return measure(build_part(part), part.input_shape(settings.batch_size), settings, device, label=part.key)
+
+
 def measure_arch(arch: Arch, settings: MeasureSettings, device: str) -> Timing:
+    """One whole model, end to end, timed exactly like the parts."""
     torch.manual_seed(0)
     shape = (settings.batch_size, arch.in_chans, arch.img_size, arch.img_size)
     return measure(build_model(arch), shape, settings, device, label="whole model")
@@ -158,7 +165,7 @@ def profile(
     calib = distinct_archs(space, calib_archs, rng, set(), [space.min_arch(), space.max_arch()])
     val = distinct_archs(space, val_archs, np.random.default_rng(seed + 1), {a.key for a in calib})
     parts = space_parts(space)
-    jobs = [("entries", p.key, lambda p=p: measure(_seeded(build_part, p), p.input_shape(settings.batch_size), settings, device, p.key)) for p in parts]
+    jobs = [("entries", p.key, lambda p=p: measure_part(p, settings, device)) for p in parts]
     jobs += [(group, a.key, lambda a=a: measure_arch(a, settings, device)) for group, archs in (("calib", calib), ("val", val)) for a in archs]
 
     # measured in a seeded random order: a slow drift of the machine (clocks, thermals, neighbours'
@@ -181,11 +188,6 @@ def profile(
     ppath.unlink(missing_ok=True)
     echo(report(table))
     return table
-
-
-def _seeded(build: Callable, part) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return build(part)
 
 
 def _load_progress(path: Path, key: dict, echo: Callable[[str], None]) -> dict:
