@@ -97,6 +97,8 @@ def test_bad_inputs_exit_2_with_one_line(supernet_run, tmp_path):
     assert_one_line_error(run_cli("train-supernet", *TINY[2:], "--space", "test-resnas", "--sampler", "focus", "--epochs", "2", "--ema-decay", "0.9",
                                   "--out", str(supernet_run), "--resume"), "space")
     assert_one_line_error(train(supernet_run, "--epochs", "2"), "--resume")
+    assert_one_line_error(train(tmp_path / "x", "--epochs", "1", "--amp", "bf16", "--device", "cpu"), "CUDA")
+    assert_one_line_error(train(tmp_path / "x", "--epochs", "2", "--warmup-epochs", "5"), "--warmup-epochs")
     (tmp_path / "junk.pt").write_bytes(b"junk")
     assert_one_line_error(run_cli("evaluate", "--supernet", str(tmp_path / "junk.pt"), "--arch", str(tmp_path / "other.json"),
                                   "--data", "digits"), "checkpoint")
@@ -143,3 +145,23 @@ def test_kill_9_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
         for name, tensor in a[key].items():
             torch.testing.assert_close(tensor, b[key][name], rtol=1e-5, atol=1e-6, msg=f"{key}.{name}")
     assert a["history"][-1]["val_top1_max"] == pytest.approx(b["history"][-1]["val_top1_max"])
+
+
+def test_undecodable_image_stops_training_with_one_line(tmp_path):
+    from tests.test_train_data import make_image_folder
+
+    root = make_image_folder(tmp_path / "data", per_class=6)
+    (root / "train" / "dog" / "3.png").write_bytes(b"\x89PNG broken")
+    r = run_cli("train-supernet", "--space", "test", "--data", str(root), "--epochs", "1", "--batch-size", "4",
+                "--held-out-per-class", "0", "--aug", "none", "--warmup-epochs", "0", "--out", str(tmp_path / "run"))
+    assert_one_line_error(r, "cannot decode image", "3.png")
+
+
+@pytest.mark.gpu
+def test_amp_bf16_supernet_training_on_cuda(tmp_path):
+    r = train(tmp_path, "--epochs", "1", "--amp", "bf16", "--device", "cuda", "--sampler", "sandwich", "--clip-grad", "1")
+    assert r.code == 0, r.err
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["train_loss"] == row["train_loss"] and row["val_top1_max"] > 0  # finite, evaluated
+    supernet, _ = load_supernet(tmp_path / "last.pt")
+    assert all(torch.isfinite(p).all() for p in supernet.parameters())

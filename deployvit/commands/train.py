@@ -26,7 +26,7 @@ def _recipe_options(defaults: dict):
             click.option("--opt", default="adamw", show_default=True, help="timm optimizer name."),
             click.option("--lr", type=float, default=defaults["lr"], show_default=True),
             click.option("--min-lr", type=float, default=1e-5, show_default=True),
-            click.option("--warmup-epochs", type=int, default=defaults["warmup"], show_default=True),
+            click.option("--warmup-epochs", type=int, default=None, help="Linear warm-up epochs (default: epochs // 10, at most 5)."),
             click.option("--weight-decay", type=float, default=0.05, show_default=True),
             click.option("--clip-grad", type=float, default=0.0, show_default=True, help="Max grad norm (0: off)."),
             click.option("--ema-decay", type=float, default=0.0, show_default=True, help="Model EMA decay (0: off)."),
@@ -59,7 +59,7 @@ def _recipe(kw: dict):
     aug = get_aug(kw["aug"], mixup=kw["mixup"], cutmix=kw["cutmix"], smoothing=kw["smoothing"], re_prob=kw["reprob"])
     recipe = Recipe(
         epochs=kw["epochs"], batch_size=kw["batch_size"], opt=kw["opt"], lr=kw["lr"], min_lr=kw["min_lr"],
-        warmup_epochs=kw["warmup_epochs"], weight_decay=kw["weight_decay"], clip_grad=kw["clip_grad"],
+        warmup_epochs=min(5, kw["epochs"] // 10) if kw["warmup_epochs"] is None else kw["warmup_epochs"], weight_decay=kw["weight_decay"], clip_grad=kw["clip_grad"],
         ema_decay=kw["ema_decay"], amp=kw["amp"], drop_path=kw["drop_path"], seed=kw["seed"], aug=aug,
     )
     recipe.validate()
@@ -99,7 +99,7 @@ def _run(fn):
 @click.option("--cyclic", is_flag=True, help="ViTAS-style cyclic weight sharing of the embedding channels.")
 @click.option("--identity-shift", is_flag=True, help="ViTAS-style identity shifting of skipped layers.")
 @click.option("--held-out-per-class", type=int, default=25, show_default=True, help="Train images per class kept for search scoring.")
-@_recipe_options({"out": "runs/supernet", "epochs": 100, "lr": 1e-3, "warmup": 5, "drop_path": 0.1, "aug": "deit"})
+@_recipe_options({"out": "runs/supernet", "epochs": 100, "lr": 1e-3, "drop_path": 0.1, "aug": "deit"})
 @_run
 def train_supernet_cmd(kw, info, opts) -> None:
     """Train the weight-sharing supernet of --space on --data with a subnet --sampler."""
@@ -135,7 +135,7 @@ def train_supernet_cmd(kw, info, opts) -> None:
 @click.command("retrain")
 @click.option("--arch", "arch_file", required=True, type=click.Path(dir_okay=False), help="Arch JSON to train.")
 @click.option("--init", "init", default="scratch", show_default=True, help="'scratch' or a supernet checkpoint (last.pt) to inherit weights from.")
-@_recipe_options({"out": "runs/retrain", "epochs": 100, "lr": 5e-4, "warmup": 5, "drop_path": 0.1, "aug": "deit"})
+@_recipe_options({"out": "runs/retrain", "epochs": 100, "lr": 5e-4, "drop_path": 0.1, "aug": "deit"})
 @_run
 def retrain_cmd(kw, info, opts) -> None:
     """Train the standalone model of --arch (from inherited supernet weights or from scratch)."""

@@ -64,8 +64,8 @@ class Recipe:
             raise DeployvitError(f"--batch-size must be >= 1, got {self.batch_size}")
         if not self.lr > 0 or self.min_lr < 0 or self.weight_decay < 0:
             raise DeployvitError(f"--lr must be > 0 and --min-lr, --weight-decay >= 0 (got {self.lr}, {self.min_lr}, {self.weight_decay})")
-        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs and self.epochs > 1:
-            raise DeployvitError(f"--warmup-epochs must be in [0, epochs) (got {self.warmup_epochs} of {self.epochs})")
+        if self.warmup_epochs < 0 or (self.warmup_epochs and self.warmup_epochs >= self.epochs):
+            raise DeployvitError(f"--warmup-epochs {self.warmup_epochs} must be 0 or smaller than --epochs {self.epochs}")
         if self.clip_grad < 0 or not 0 <= self.ema_decay < 1 or not 0 <= self.drop_path < 1:
             raise DeployvitError("--clip-grad must be >= 0, --ema-decay and --drop-path in [0, 1)")
         if self.amp not in ("off", *AMP_DTYPES):
