@@ -13,6 +13,7 @@ augmentation draws of a resumed epoch differ (workers are seeded per epoch segme
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import time
@@ -158,17 +159,24 @@ def _check_resumable(saved: dict[str, Any], recipe: Recipe, kind: str, path: Pat
 
 def fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[dict[str, Any]]:
     """Train `task` with `recipe`; returns the per-epoch metrics. Only rank 0 writes files."""
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-    from timm.utils import ModelEmaV3
-
     recipe.validate()
     if opts.ckpt_every < 0:
         raise DeployvitError(f"--ckpt-every must be >= 0, got {opts.ckpt_every}")
     if recipe.amp != "off" and info.device.type != "cuda":
         raise DeployvitError(f"--amp {recipe.amp} needs a CUDA device (running on {info.device.type})")
-    if opts.deterministic:
-        torch.use_deterministic_algorithms(True)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(opts.deterministic or was_deterministic)
+    try:
+        return _fit(task, recipe, opts, info)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[dict[str, Any]]:
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3
+
     device = info.device
     n_train = len(task.train_set)
     batches = EpochBatches(n_train, recipe.batch_size, info, recipe.seed)
@@ -212,7 +220,7 @@ def fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[di
         if ema is not None:
             ema.module.load_state_dict(saved["ema"])
         task.load_state_dict(saved["sampler"])
-        restore_rng(saved["rng"][min(info.rank, len(saved["rng"]) - 1)])
+        restore_rng(saved["rng"])  # rank 0's; every step reseeds from (seed, step, rank) anyway
         epoch, start_step = saved["progress"]["epoch"], saved["progress"]["step"]
         history = list(saved["history"])
         opts.log(f"resumed {ckpt_path} at epoch {epoch} step {start_step}")
@@ -220,7 +228,6 @@ def fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[di
         raise DeployvitError(f"{out} already holds a training run (checkpoint.pt); pass --resume or choose another --out")
 
     def state(epoch_: int, step_: int) -> dict[str, Any]:
-        rng = [capture_rng()]
         return {
             "kind": task.kind,
             "meta": task.meta,
@@ -232,7 +239,7 @@ def fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[di
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
             "sampler": task.state_dict(),
-            "rng": rng,
+            "rng": capture_rng(),
             "history": history,
         }
 
@@ -285,15 +292,9 @@ def fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[di
         history.append(row)
         if info.is_main:
             opts.log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-            io.write_text(out / "metrics.jsonl", "".join(_json_line(r) for r in history))
+            io.write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         epoch, start_step = epoch + 1, 0
         save(epoch, 0)
     if info.is_main:
         task.finish(out, ema.module if ema is not None else model, state(epoch, 0))
     return history
-
-
-def _json_line(row: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(row) + "\n"
