@@ -27,8 +27,8 @@ from deployvit.supernet import Supernet
 FULL = os.environ.get("DEPLOYVIT_FULL_CHECK") == "1"
 N_COUNT = 200                       # params via meta-device modules: cheap, always the full 200
 N_FVCORE = 200 if FULL else 3
-N_SUPERNET = 200 if FULL else 12
-N_ONNX = 200 if FULL else 1
+N_SUPERNET = 200 if FULL else 4
+N_ONNX = 200 if FULL else 0  # CI: tests/test_export_onnx.py exports a random arch of every preset
 SPACES = list(PRESETS)
 
 
@@ -82,6 +82,8 @@ def test_extracted_model_exports_to_onnx(name, tmp_path):
     import onnx
     import onnxruntime as ort
 
+    if not N_ONNX:
+        pytest.skip("CI exports one random arch per preset in tests/test_export_onnx.py; DEPLOYVIT_FULL_CHECK=1 exports 200 extracted ones")
     space = _small(get_space(name))
     supernet = Supernet(space, cyclic=True).eval()
     for i, arch in enumerate(_archs(space, N_ONNX, seed=4)):
