@@ -115,7 +115,16 @@ def run_search(request: SearchRequest, echo: Callable[[str], None] = print, prog
     if table_desc:
         echo(table_desc)
     model = MetricModel(space, table)
-    notes = check_budgets(model, request.constraints)
+    try:
+        notes = check_budgets(model, request.constraints)
+    except DeployvitError as exc:
+        chosen = request.table or any(p is not None for p in (request.device, request.runtime, request.precision, request.batch_size))
+        if table is None or chosen or table.metadata["device_type"] != "cpu":
+            raise
+        raise DeployvitError(
+            f"{exc}; that is the shipped CPU table, used because no GPU table is shipped for {space.name}: "
+            f"measure your GPU with `deployvit profile --device <label> --space {space.name} ...` and pass --table"
+        ) from None
     for note in notes:
         echo(f"note: {note}")
     run_dir = Path(request.out or f"runs/search-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
