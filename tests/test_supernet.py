@@ -132,3 +132,13 @@ def test_drop_path_is_active_only_in_training():
     assert not torch.allclose(*train_outs)
     supernet.eval()
     assert torch.equal(supernet(x), supernet(x))
+
+
+def test_extracted_model_uses_fused_attention_and_timm_layers():
+    from timm.layers import Attention, Mlp
+
+    space = get_space("test-resnas")
+    model = Supernet(space).extract(space.max_arch())
+    blocks = [b for stage in model.stages for b in stage]
+    assert blocks and all(isinstance(b.attn, Attention) and b.attn.fused_attn for b in blocks)
+    assert all(isinstance(b.mlp, Mlp) for b in blocks)
