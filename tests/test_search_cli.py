@@ -126,6 +126,20 @@ def test_measure_top_times_candidates_here(tmp_path):
     assert len(rows) == 2 and all(r["measured_us"] > 0 for r in rows)
 
 
+def test_measure_top_fails_when_no_candidate_meets_the_budget_here(tmp_path):
+    """A table from a (pretend) 1000x faster machine: every candidate fits on paper, none when timed."""
+    data = json.loads(default_table("test").read_text())
+    data["calibration"]["scale"] *= 1e-3
+    data["calibration"]["bias"] *= 1e-3
+    fast = tmp_path / "fast.json"
+    fast.write_text(json.dumps(data))
+    out = tmp_path / "m"
+    result = run_cli("search", "--latency", "2us", "--table", str(fast), "--measure-top", "1", "--out", str(out), *TINY)
+    assert result.code == 1, result.err
+    assert "no candidate met budget 2us when timed on this machine" in result.err
+    assert "measured" in result.out and not (out / "best.arch.json").exists()
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [

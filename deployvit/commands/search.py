@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from deployvit.errors import DeployvitError
+from deployvit.errors import CheckFailed, DeployvitError
 from deployvit.search.budgets import Constraints, format_amount, parse_amount, parse_amounts
 from deployvit.search.evolution import EvolutionConfig
 from deployvit.search.run import SCORES, SearchRequest, SearchResult, run_search
@@ -69,6 +69,8 @@ def search(**opts) -> None:
     )
     result = run_search(request, echo=click.echo, progress=not opts["no_progress"])
     print_summary(result)
+    if result.failure:
+        raise CheckFailed(result.failure)
 
 
 def print_summary(result: SearchResult) -> None:
@@ -79,8 +81,8 @@ def print_summary(result: SearchResult) -> None:
         click.echo(
             f"{label:>13}  {cand.score:>10.4g}  {latency:>10}  {m['flops'] / 1e9:>7.3f}G  {m['params'] / 1e6:>7.3f}M  {cand.arch.summary()}"
         )
-        for row in result.measured.get(label, []):
-            click.echo(f"{'':>13}  measured {row['measured_us'] / 1e3:.3f} ms vs predicted {row['predicted_us'] / 1e3:.3f} ms ({row['summary']})")
-    if not result.winners:
-        click.echo("no arch satisfied every budget")
-    click.echo(f"winner: {result.run_dir / 'best.arch.json'}; Pareto front: {result.run_dir / 'pareto.png'}, {result.run_dir / 'pareto.csv'}")
+    for label, rows in result.measured.items():
+        for row in rows:
+            click.echo(f"{label:>13}  measured {row['measured_us'] / 1e3:.3f} ms vs predicted {row['predicted_us'] / 1e3:.3f} ms ({row['summary']})")
+    if result.winners:
+        click.echo(f"winner: {result.run_dir / 'best.arch.json'}; Pareto front: {result.run_dir / 'pareto.png'}, {result.run_dir / 'pareto.csv'}")

@@ -52,6 +52,7 @@ class SearchResult:
     table: str | None
     notes: list[str]
     measured: dict[str, list[dict]] = field(default_factory=dict)
+    failure: str | None = None  # a budget no candidate met (exit 1 in the CLI)
 
 
 def check_budgets(model: MetricModel, constraints: Constraints) -> list[str]:
@@ -86,20 +87,28 @@ def _larger_space_hint(name: str) -> str:
     return "a larger space, "
 
 
-def space_and_score(request: SearchRequest) -> tuple[SearchSpace, Score]:
-    """The search space and the score. With a supernet the space is the one it was trained on (the
-    preset of the same name, possibly with another class count or image size)."""
+def resolve_space(request: SearchRequest) -> tuple[SearchSpace, tuple | None]:
+    """The search space, and (supernet, meta) when the score needs one. With a supernet the space is
+    the one it was trained on (the preset of that name, possibly with another class count or size)."""
     if request.score not in SCORES:
         raise DeployvitError(f"unknown score {request.score!r} (choose from {', '.join(SCORES)})")
     space = get_space(request.space)
     if request.score == "dss":
-        return space, DSSScore(space, seed=request.config.seed)
-    from deployvit.search.supernet_score import load_supernet_for_search, supernet_accuracy
+        return space, None
+    from deployvit.search.supernet_score import load_supernet_for_search
 
     if request.supernet is None:
         raise DeployvitError(f"--score {request.score} needs --supernet CHECKPOINT and --data DIR")
     supernet, meta = load_supernet_for_search(request.supernet, space.name)
-    return supernet.space, supernet_accuracy(request, supernet, meta)
+    return supernet.space, (supernet, meta)
+
+
+def make_score(request: SearchRequest, space: SearchSpace, trained: tuple | None) -> Score:
+    if trained is None:
+        return DSSScore(space, seed=request.config.seed)
+    from deployvit.search.supernet_score import supernet_accuracy
+
+    return supernet_accuracy(request, *trained)
 
 
 def _append_log(path: Path, entry: dict) -> None:
@@ -108,7 +117,7 @@ def _append_log(path: Path, entry: dict) -> None:
 
 
 def run_search(request: SearchRequest, echo: Callable[[str], None] = print, progress: bool = True) -> SearchResult:
-    space, score = space_and_score(request)
+    space, trained = resolve_space(request)
     from deployvit.search.tables import resolve_table
 
     table, table_desc = resolve_table(request, space)
@@ -133,6 +142,7 @@ def run_search(request: SearchRequest, echo: Callable[[str], None] = print, prog
         raise DeployvitError(f"--resume: no search state in {run_dir}")
     if not request.resume and run_dir.exists() and any(run_dir.iterdir()):
         raise DeployvitError(f"run directory {run_dir} is not empty (use --resume to continue it, or another --out)")
+    score = make_score(request, space, trained)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -176,7 +186,12 @@ def run_search(request: SearchRequest, echo: Callable[[str], None] = print, prog
                            "held_out_images": len(getattr(score, "held_out_ids", [])) or None,
                            "request": _request_dict(request)})
     _write_outputs(run_dir, evolution, evaluated, winners, score.name, space, model, request)
-    return SearchResult(run_dir, winners, table_desc, notes, measured)
+    result = SearchResult(run_dir, winners, table_desc, notes, measured)
+    unmet = [budget_label(b) for b, c in winners_by_budget.items() if c is None]
+    if unmet:
+        how = "timed on this machine" if request.measure_top else "drawn from the sampler"
+        result.failure = f"no candidate met budget {', '.join(unmet)} when {how} (see {log_path})"
+    return result
 
 
 def _specialise(request: SearchRequest, evolution: Evolution) -> dict:
