@@ -23,9 +23,6 @@ from exporters import tensorrt as trt_export
 from exporters.benchmark import (
     FORMATS,
     ExportSpec,
-    SourceModel,
-    load_arch_model,
-    load_timm_model,
     parse_budget,
     parse_formats,
     predicted_latency_ms,
@@ -34,6 +31,7 @@ from exporters.benchmark import (
 )
 from exporters.onnx import BF16_MIN_OPSET, MIN_OPSET, PRECISIONS, batch_spec, default_opset
 from exporters.report import SKIPPED, Report, Row, format_table
+from exporters.sources import SourceModel, load_arch_model, load_timm_model
 from exporters.verify import Samples, Thresholds, data_samples, synthetic_samples
 
 

@@ -1,0 +1,114 @@
+"""Where the model to export comes from: a deployvit arch (with a `retrain` checkpoint or random
+weights) or any timm model (pretrained=False: never downloads). Checkpoints are loaded strictly, so
+weights that do not match the arch are a one-line error (exit 2), not a silently half-loaded model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deployvit.errors import DeployvitError
+
+@dataclass
+class SourceModel:
+    """A float32 model ready to export, with what the report says about it."""
+
+    name: str
+    model: nn.Module
+    img_size: int
+    in_chans: int
+    arch: Any = None  # deployvit Arch, None for timm models
+    info: dict[str, Any] | None = None
+
+
+def load_weights(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """State dict and metadata of a `.safetensors` file (what `retrain` writes) or a torch
+    checkpoint (`.pt`/`.pth`: a state dict, or a dict holding one under `model`/`state_dict`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DeployvitError(f"checkpoint not found: {p}")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="pt") as fh:
+                return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # safetensors / pickle errors: the file is not a checkpoint
+        raise DeployvitError(f"cannot read checkpoint {p}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DeployvitError(f"{p} holds no state dict of tensors")
+    return state, {}
+
+
+def apply_weights(model: nn.Module, state: dict[str, torch.Tensor], checkpoint: str, target: str) -> None:
+    """Load `state` strictly; any missing/unexpected key or shape mismatch is one line naming it."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected else
+                f"{shapes[0]} has shape {tuple(state[shapes[0]].shape)}, {target} needs {tuple(own[shapes[0]].shape)}")
+        counts = f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} mis-shaped)"
+        raise DeployvitError(f"checkpoint {checkpoint} does not match {target}: {what} {counts}")
+    model.load_state_dict(state)
+
+
+def load_arch_model(arch_path: str | None, checkpoint: str | None) -> SourceModel:
+    """The standalone ViT of `arch_path` (or of the arch stored in a `retrain` checkpoint) with the
+    checkpoint's weights; random weights without a checkpoint (fine for latency, said in the report)."""
+    from deployvit.arch import Arch, load_arch
+    from deployvit.counting import count_flops, count_params
+    from deployvit.models import build_model
+
+    state, meta = load_weights(checkpoint) if checkpoint else ({}, {})
+    stored = Arch.from_dict(json.loads(meta["arch"])) if "arch" in meta else None
+    if arch_path is None and stored is None:
+        raise DeployvitError("give --arch ARCH.json (the checkpoint does not record its arch)")
+    arch = load_arch(arch_path) if arch_path else stored
+    if stored is not None and stored.key != arch.key:
+        raise DeployvitError(f"checkpoint {checkpoint} was saved for another arch ({stored.summary()}), not {arch.summary()}")
+    model = build_model(arch).eval()
+    if checkpoint:
+        apply_weights(model, state, checkpoint, f"arch {Path(arch_path).name if arch_path else arch.space}")
+    name = Path(arch_path).name.removesuffix(".json").removesuffix(".arch") if arch_path else Path(checkpoint).stem
+    info = {"arch": arch.to_dict(), "params": count_params(arch), "flops": count_flops(arch),
+            "checkpoint": checkpoint or "none: random weights (latency is meaningful, accuracy is not)"}
+    return SourceModel(name, model, arch.img_size, arch.in_chans, arch, info)
+
+
+def load_timm_model(name: str, checkpoint: str | None = None, *, img_size: int | None = None,
+                    num_classes: int | None = None) -> SourceModel:
+    """A timm model created with pretrained=False (never downloads), at `img_size`/`num_classes`
+    when given and the model family accepts them (to compare with an arch at the same input)."""
+    import timm
+
+    kwargs: dict[str, Any] = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    try:
+        try:
+            model = timm.create_model(name, pretrained=False, **kwargs)
+        except TypeError:  # families without an img_size argument (CNNs) take any input size
+            model = timm.create_model(name, pretrained=False, **{k: v for k, v in kwargs.items() if k != "img_size"})
+    except RuntimeError as exc:
+        raise DeployvitError(f"timm model {name!r}: {str(exc).splitlines()[0]}") from None
+    model.eval()
+    if checkpoint:
+        apply_weights(model, load_weights(checkpoint)[0], checkpoint, f"timm model {name}")
+    in_chans, _, default_size = model.pretrained_cfg.get("input_size", (3, 224, 224))
+    size = img_size or default_size
+    params = sum(p.numel() for p in model.parameters())
+    info = {"timm_model": name, "params": params, "checkpoint": checkpoint or "none: random weights (pretrained=False)"}
+    return SourceModel(name, model, size, in_chans, None, info)
