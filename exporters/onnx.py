@@ -90,6 +90,16 @@ def default_opset(precision: str) -> int:
     return BF16_MIN_OPSET if precision == "bf16" else DEFAULT_OPSET
 
 
+def check_opset(precision: str, opset: int | None) -> int:
+    """The opset to export `precision` with (the default when None); DeployvitError if too old."""
+    opset = default_opset(precision) if opset is None else opset
+    if opset < MIN_OPSET:
+        raise DeployvitError(f"opset {opset} is too old: need >= {MIN_OPSET} (one LayerNormalization node, fp16-safe)")
+    if precision == "bf16" and opset < BF16_MIN_OPSET:
+        raise DeployvitError(f"opset {opset} cannot hold a bf16 graph: need >= {BF16_MIN_OPSET} (bfloat16 Conv)")
+    return opset
+
+
 class CastModel(nn.Module):
     """Runs `model` in a low precision while taking and returning float32 tensors."""
 
@@ -122,11 +132,7 @@ def export_onnx(
     opset, exporter and batch are always stored, and a deployvit ViT's arch JSON too."""
     if precision not in PRECISIONS:
         raise DeployvitError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
-    opset = default_opset(precision) if opset is None else opset
-    if opset < MIN_OPSET:
-        raise DeployvitError(f"opset {opset} is too old: need >= {MIN_OPSET} (one LayerNormalization node, fp16-safe)")
-    if precision == "bf16" and opset < BF16_MIN_OPSET:
-        raise DeployvitError(f"opset {opset} cannot hold a bf16 graph: need >= {BF16_MIN_OPSET} (bfloat16 Conv)")
+    opset = check_opset(precision, opset)
     batch = batch_spec(batch_size, dynamic_batch)
     path = Path(path)
     meta = _metadata(model, precision, opset, dynamo, batch, metadata)

@@ -152,7 +152,7 @@ def other_checkpoint(tmp_path_factory) -> Path:
     "args, needles",
     [
         (("--format", "xyz"), ("'xyz' is not one of",)),
-        (("--opset", "16"), ("--opset 16", ">= 17")),
+        (("--opset", "16"), ("opset 16", ">= 17")),
         (("--dynamic-batch", "8,4,2"), ("8,4,2", "min <= opt <= max")),
         (("--dynamic-batch", "8,4"), ("MIN,OPT,MAX",)),
         (("--data", "{tmp}/no-such-dir"), ("data not found",)),

@@ -29,7 +29,7 @@ from exporters.benchmark import (
     reference_runner,
     run_format,
 )
-from exporters.onnx import BF16_MIN_OPSET, MIN_OPSET, PRECISIONS, batch_spec, default_opset
+from exporters.onnx import BF16_MIN_OPSET, DEFAULT_OPSET, MIN_OPSET, PRECISIONS, batch_spec, check_opset
 from exporters.report import SKIPPED, Report, Row, format_table
 from exporters.sources import SourceModel, load_arch_model, load_timm_model
 from exporters.verify import Samples, Thresholds, data_samples, synthetic_samples
@@ -56,7 +56,7 @@ def _common_options(fn: Callable) -> Callable:
         click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True),
         click.option("--batch-size", type=int, help="Static batch size (default: dynamic batch 1,8,32)."),
         click.option("--dynamic-batch", help="Dynamic batch MIN,OPT,MAX (OPT: the size TensorRT tunes for)."),
-        click.option("--opset", type=int, help=f"ONNX opset, >= {MIN_OPSET} (default 20; {BF16_MIN_OPSET} for bf16)."),
+        click.option("--opset", type=int, help=f"ONNX opset, >= {MIN_OPSET} (default {DEFAULT_OPSET}; {BF16_MIN_OPSET} for bf16)."),
         click.option("--legacy-exporter", is_flag=True, help="Use the TorchScript ONNX exporter instead of dynamo."),
         click.option("--data", help="Verify on the val split of: digits, a CIFAR folder or an ImageFolder root."),
         click.option("--samples", type=click.IntRange(min=1), default=128, show_default=True,
@@ -118,11 +118,7 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
     """Validate every input, cheapest first; raise before anything is written."""
     precision = opts["precision"]
     batch = batch_spec(opts["batch_size"], _batch_range(opts["dynamic_batch"]))
-    opset = opts["opset"]
-    if opset is not None and opset < MIN_OPSET:
-        raise DeployvitError(f"--opset {opset} is too old: need >= {MIN_OPSET} (one LayerNormalization node, fp16-safe)")
-    if precision == "bf16" and (opset or default_opset(precision)) < BF16_MIN_OPSET:
-        raise DeployvitError(f"--opset {opset} cannot hold a bf16 graph: need >= {BF16_MIN_OPSET}")
+    opset = check_opset(precision, opts["opset"])
     budget_ms = parse_budget(opts["budget"]) if opts["budget"] is not None else None
     thresholds = Thresholds.for_precision(
         precision, max_abs_diff=opts["max_abs_diff"], min_cosine=opts["min_cosine"],
@@ -131,11 +127,9 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
     if opts["workspace"] <= 0:
         raise DeployvitError(f"--workspace must be > 0 GB, got {opts['workspace']}")
     device = _device(opts["device"])
-    if opts["data"] is not None and opts["data"] != "digits" and not Path(opts["data"]).exists():
-        raise DeployvitError(f"data not found: {opts['data']}")
     if opts["table"] is not None and not Path(opts["table"]).is_file():
         raise DeployvitError(f"latency table not found: {opts['table']}")
-    if "trt" in formats and formats == ["trt"]:
+    if formats == ["trt"]:
         trt_export.import_tensorrt()  # export --format trt: a missing TensorRT is exit 2, up front
         trt_export.require_cuda()
 
@@ -149,7 +143,7 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
         source = load_arch_model(opts["arch_path"], opts["checkpoint"])
     else:
         raise DeployvitError("give --arch ARCH.json (with --checkpoint) or --timm-model NAME")
-    samples = _samples(opts["data"], source, opts["samples"])
+    samples = _samples(opts["data"], source, opts["samples"])  # also validates --data
     if len(samples) < batch.max:
         raise DeployvitError(f"verification needs at least {batch.max} images (the largest batch), got {len(samples)}: "
                              "raise --samples or lower the batch")
@@ -177,14 +171,14 @@ def _default_out(opts: dict[str, Any]) -> Path:
 
 def _settings(job: Job, formats: list[str]) -> dict[str, Any]:
     s = job.spec
-    return {"formats": formats, "precision": s.precision, "batch": str(s.batch), "opset": s.opset or default_opset(s.precision),
+    return {"formats": formats, "precision": s.precision, "batch": str(s.batch), "opset": s.opset,
             "exporter": "dynamo" if s.dynamo else "legacy", "device": s.device, "samples": len(job.samples),
             "budget_ms": job.budget_ms, "table": job.opts["table"], "warmup_s": s.warmup_s, "repeats": s.repeats}
 
 
-def finish(command: str, job: Job, rows: list[Row], formats: list[str], models: dict[str, Any], notes: list[str]) -> None:
+def finish(command: str, job: Job, rows: list[Row], formats: list[str], models: dict[str, Any]) -> None:
     """Write the report, print the table, and turn failures into exit 1."""
-    report = Report(command, models, job.samples.source, rows, _settings(job, formats), job.notes + notes)
+    report = Report(command, models, job.samples.source, rows, _settings(job, formats), job.notes)
     json_path, md_path = report.write(job.out)
     click.echo(format_table(rows))
     click.echo(f"\nreport: {json_path} and {md_path.name}")
@@ -209,7 +203,7 @@ def export(fmt: str, **opts: Any) -> None:
     job = prepare(opts, [fmt])
     row = run_format(fmt, job.source.model, job.source.name, job.spec, job.samples, job.out,
                      predicted_ms=job.predicted_ms, budget_ms=job.budget_ms)
-    finish("export", job, [row], [fmt], {job.source.name: job.source.info}, [])
+    finish("export", job, [row], [fmt], {job.source.name: job.source.info})
 
 
 @click.command()
@@ -235,7 +229,7 @@ def benchmark(formats: str, baselines: str, **opts: Any) -> None:
         samples = _samples(opts["data"], base, opts["samples"])
         rows += _benchmark_model(Job(base, spec, samples, job.out, job.budget_ms, None, [], opts),
                                  base, samples, fmts, name, None, gating=False)
-    finish("benchmark", job, rows, fmts, models, [])
+    finish("benchmark", job, rows, fmts, models)
 
 
 def _benchmark_model(job: Job, source: SourceModel, samples: Samples, fmts: list[str], stem: str,
