@@ -227,21 +227,41 @@ def run_format(
     return row
 
 
-def predicted_latency_ms(table_path: str | None, arch, precision: str) -> tuple[float | None, list[str]]:
-    """The LUT prediction for `arch` in ms and notes on what it is (and why to distrust it).
+#: the latency-table runtime that times each export format the same way
+TABLE_RUNTIME = {"torch": "eager", "compile": "compile", "onnx": "onnxruntime", "trt": "tensorrt"}
 
-    Without `table_path` the table shipped for the arch's space is used when there is one. A table
-    only predicts what it measured (device, runtime, precision, batch): mismatches become notes."""
+
+def shipped_table_for(arch, fmt: str, precision: str, device: str) -> tuple[str | None, list[str]]:
+    """The shipped table measured like `fmt` runs here (this device, its runtime, `precision`,
+    batch 1), else the space's default table with a note saying what differs."""
+    from deployvit.latency.devices import KNOWN_LABELS, device_name, label_matches
+    from deployvit.latency.table import default_table, shipped_tables_dir, table_filename
+
+    here = device_name(device)
+    labels = ["cpu"] if device == "cpu" else [l for l in KNOWN_LABELS if l != "cpu" and label_matches(l, here)]
+    runtime = TABLE_RUNTIME[fmt]
+    for label in labels:
+        path = shipped_tables_dir() / label / table_filename(arch.space, runtime, precision, 1)
+        if path.is_file():
+            return str(path), []
+    try:
+        fallback = default_table(arch.space)
+    except DeployvitError:
+        return None, [f"no latency table for space {arch.space!r}: no predicted latency (pass --table)"]
+    return str(fallback), [f"no shipped {runtime} {precision} batch-1 table for {here}: prediction from another setting"]
+
+
+def predicted_latency_ms(table_path: str | None, arch, fmt: str, precision: str, device: str) -> tuple[float | None, list[str]]:
+    """The LUT prediction for `arch` exported as `fmt`, in ms, and notes on what it is (and why to
+    distrust it). Without `table_path`, a shipped table is chosen by `shipped_table_for`. A table only
+    predicts what it measured (device, runtime, precision, batch): mismatches become notes."""
     if arch is None:
         return None, []
-    from deployvit.latency.table import LatencyTable, default_table
+    from deployvit.latency.table import LatencyTable
 
-    chosen = table_path
+    chosen, notes = (table_path, []) if table_path else shipped_table_for(arch, fmt, precision, device)
     if chosen is None:
-        try:
-            chosen = str(default_table(arch.space))
-        except DeployvitError:
-            return None, [f"no latency table for space {arch.space!r}: no predicted latency (pass --table)"]
+        return None, notes
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -250,9 +270,11 @@ def predicted_latency_ms(table_path: str | None, arch, precision: str) -> tuple[
         except DeployvitError as exc:
             if table_path is not None:  # the user's table must fit; a shipped default may not
                 raise
-            return None, [f"shipped table {chosen} cannot predict this arch: {exc}"]
-    notes = [f"predicted latency from {chosen}: {table.describe()}"]
+            return None, notes + [f"shipped table {chosen} cannot predict this arch: {exc}"]
+    notes.append(f"predicted latency from {chosen}: {table.describe()}")
     meta = table.metadata
+    if meta["runtime"] != TABLE_RUNTIME[fmt]:
+        notes.append(f"the table was measured with {meta['runtime']}, this artifact runs in {TABLE_RUNTIME[fmt]}")
     if meta["batch_size"] != 1:
         notes.append(f"the table predicts batch {meta['batch_size']}, the measured latency is batch 1")
     if meta["precision"] != precision:

@@ -44,6 +44,31 @@ def table_file(arch_file, tmp_path_factory) -> Path:
     return path
 
 
+def test_prediction_comes_from_the_table_measured_like_the_format(arch_file, table_file, tmp_path, monkeypatch):
+    """Without --table: the shipped table of this device for the format's runtime, else the space's
+    default with a note; the runtime mismatch is said."""
+    import deployvit.latency.table as table_mod
+    from deployvit.arch import load_arch
+    from exporters.benchmark import predicted_latency_ms
+
+    shipped = tmp_path / "tables" / "cpu"
+    shipped.mkdir(parents=True)
+    eager = LatencyTable.load(table_file, warn=False)
+    eager.save(shipped / "test-eager-fp32-b1.json")
+    ort = LatencyTable({**eager.metadata, "runtime": "onnxruntime"}, eager.entries, scale=1.0, bias=0.0)
+    ort.save(shipped / "test-onnxruntime-fp32-b1.json")
+    monkeypatch.setattr(table_mod, "shipped_tables_dir", lambda: tmp_path / "tables")
+    arch = load_arch(arch_file)
+    parts = len(arch_parts(arch))
+    onnx_ms, notes = predicted_latency_ms(None, arch, "onnx", "fp32", "cpu")
+    assert onnx_ms == pytest.approx(parts * 100.0 / 1e3) and "test-onnxruntime-fp32-b1.json" in notes[0]
+    torch_ms, _ = predicted_latency_ms(None, arch, "torch", "fp32", "cpu")
+    assert torch_ms == pytest.approx((2 * parts * 100.0 + 50.0) / 1e3)
+    compile_ms, notes = predicted_latency_ms(None, arch, "compile", "fp32", "cpu")
+    assert compile_ms == torch_ms  # no compile table: the default (eager) one, said twice
+    assert any("no shipped compile" in n for n in notes) and any("measured with eager" in n for n in notes)
+
+
 def _report(out: Path) -> dict:
     return json.loads((out / "report.json").read_text())
 

@@ -32,7 +32,7 @@ from exporters.benchmark import (
 from exporters.onnx import BF16_MIN_OPSET, DEFAULT_OPSET, MIN_OPSET, PRECISIONS, batch_spec, check_opset
 from exporters.report import SKIPPED, Report, Row, format_table
 from exporters.sources import SourceModel, load_arch_model, load_timm_model
-from exporters.verify import Samples, Thresholds, data_samples, synthetic_samples
+from exporters.verify import Runner, Samples, Thresholds, data_samples, synthetic_samples
 
 
 def _batch_range(text: str | None) -> tuple[int, int, int] | None:
@@ -87,7 +87,6 @@ class Job:
     samples: Samples
     out: Path
     budget_ms: float | None
-    predicted_ms: float | None
     notes: list[str]
     opts: dict[str, Any]
 
@@ -147,9 +146,9 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
     if len(samples) < batch.max:
         raise DeployvitError(f"verification needs at least {batch.max} images (the largest batch), got {len(samples)}: "
                              "raise --samples or lower the batch")
-    predicted_ms, notes = predicted_latency_ms(opts["table"], source.arch, precision)
-    if opts["table"] and source.arch is None:
-        notes.append("--table ignored: a latency table predicts deployvit archs, not timm models")
+    if opts["table"]:  # a user's table must load and cover the arch: check it before any work
+        predicted_latency_ms(opts["table"], source.arch, formats[0], precision, device)
+    notes = ["--table ignored: a latency table predicts deployvit archs, not timm models"] if opts["table"] and source.arch is None else []
     out = Path(opts["out"]) if opts["out"] else _default_out(opts)
     check_writable(out)
     spec = ExportSpec(
@@ -158,7 +157,7 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
         timing_cache=opts["timing_cache"], thresholds=thresholds, warmup_s=opts["warmup"], repeats=opts["repeats"],
         metadata={"source": source.info},
     )
-    return Job(source, spec, samples, out, budget_ms, predicted_ms, notes, opts)
+    return Job(source, spec, samples, out, budget_ms, notes, opts)
 
 
 def _default_out(opts: dict[str, Any]) -> Path:
@@ -201,8 +200,7 @@ def export(fmt: str, **opts: Any) -> None:
     """Export a model to ONNX or TensorRT, verify it against PyTorch fp32, time it, and check the
     latency contract. Writes model.onnx / model.engine, report.json and report.md into --out."""
     job = prepare(opts, [fmt])
-    row = run_format(fmt, job.source.model, job.source.name, job.spec, job.samples, job.out,
-                     predicted_ms=job.predicted_ms, budget_ms=job.budget_ms)
+    row = _row(job, job.source, job.samples, fmt, "model", None)
     finish("export", job, [row], [fmt], {job.source.name: job.source.info})
 
 
@@ -220,29 +218,35 @@ def benchmark(formats: str, baselines: str, **opts: Any) -> None:
         job.out = job.out / "benchmark"
         check_writable(job.out)
     models = {job.source.name: job.source.info}
-    rows = _benchmark_model(job, job.source, job.samples, fmts, "model", job.predicted_ms, gating=True)
+    rows = _benchmark_model(job, job.source, job.samples, fmts, "model", gating=True)
     for name in [b.strip() for b in baselines.split(",") if b.strip()]:
         base = load_timm_model(name, img_size=job.source.img_size,
                                num_classes=job.source.arch.num_classes if job.source.arch else None)
         models[name] = base.info
         spec = replace(job.spec, img_size=base.img_size, in_chans=base.in_chans, metadata={"source": base.info})
         samples = _samples(opts["data"], base, opts["samples"])
-        rows += _benchmark_model(Job(base, spec, samples, job.out, job.budget_ms, None, [], opts),
-                                 base, samples, fmts, name, None, gating=False)
+        rows += _benchmark_model(Job(base, spec, samples, job.out, job.budget_ms, [], opts),
+                                 base, samples, fmts, name, gating=False)
     finish("benchmark", job, rows, fmts, models)
 
 
-def _benchmark_model(job: Job, source: SourceModel, samples: Samples, fmts: list[str], stem: str,
-                     predicted_ms: float | None, gating: bool) -> list[Row]:
+def _row(job: Job, source: SourceModel, samples: Samples, fmt: str, stem: str, reference: Runner | None) -> Row:
+    """One format of one model, with the LUT prediction for the way that format runs."""
+    predicted, notes = predicted_latency_ms(job.opts["table"], source.arch, fmt, job.spec.precision, job.spec.device)
+    row = run_format(fmt, source.model, source.name, job.spec, samples, job.out, stem=stem,
+                     reference=reference, predicted_ms=predicted, budget_ms=job.budget_ms)
+    row.notes.extend(notes)
+    return row
+
+
+def _benchmark_model(job: Job, source: SourceModel, samples: Samples, fmts: list[str], stem: str, gating: bool) -> list[Row]:
     rows = []
     reference = reference_runner(source.model, job.spec.device)
     for fmt in fmts:
         try:
-            row = run_format(fmt, source.model, source.name, job.spec, samples, job.out, stem=stem,
-                             reference=reference, predicted_ms=predicted_ms, budget_ms=job.budget_ms)
+            row = _row(job, source, samples, fmt, stem, reference)
         except MissingDependency as exc:
-            row = Row(source.name, fmt, job.spec.precision, SKIPPED, predicted_ms=predicted_ms,
-                      budget_ms=job.budget_ms, notes=[str(exc)])
+            row = Row(source.name, fmt, job.spec.precision, SKIPPED, budget_ms=job.budget_ms, notes=[str(exc)])
         row.counts_for_exit = gating
         rows.append(row)
     return rows
