@@ -126,10 +126,11 @@ def export_onnx(
 ) -> Path:
     """Export `model` (float32, any device) to a checked ONNX file at `path` and return the path.
 
-    Without `batch_size` or `dynamic_batch` the batch dim is dynamic (1..32). `opset` defaults to
-    20 (22 for bf16). `metadata` entries are
-    stored as `deployvit.<key>` metadata_props (non-strings as JSON); the deployvit version, precision,
-    opset, exporter and batch are always stored, and a deployvit ViT's arch JSON too."""
+    Without `batch_size` or `dynamic_batch` the batch dim is dynamic (1..32). `opset` defaults to 20
+    (22 for bf16). `metadata` entries are stored as `deployvit.<key>` metadata_props (non-strings as
+    JSON); the deployvit version, precision, opset, exporter and batch are always stored, and a
+    deployvit ViT's arch JSON too. The input is `input` [B, in_chans, img_size, img_size] float32 and
+    the output `logits` [B, classes] float32 at every precision."""
     if precision not in PRECISIONS:
         raise DeployvitError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     opset = check_opset(precision, opset)
