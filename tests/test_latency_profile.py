@@ -186,3 +186,37 @@ def test_latency_measure_on_cpu(tmp_path):
     result = run_cli("latency", str(tmp_path / "a.json"), "--table", str(out), "--measure")
     assert result.code == 0, result.err
     assert "predicted:" in result.out and "measured:" in result.out and "error:" in result.out
+
+
+def test_resume_after_sigkill(tmp_path):
+    """A real `kill -9` of a running `deployvit profile`: the rerun keeps what was measured."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "t.json"
+    progress = tmp_path / "t.json.progress.json"
+    args = profile_args(out)[1:]
+    args[args.index("--repeats") + 1] = "20"  # slow enough to be killed mid-way
+    cmd = [sys.executable, "-m", "deployvit", "profile", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    done = 0
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if progress.exists():
+            state = json.loads(progress.read_text())  # atomic writes: always whole JSON
+            done = sum(len(state[g]) for g in ("entries", "calib", "val"))
+            if done >= 5:
+                break
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        pytest.skip("the profile finished before it could be killed")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stdout
+    assert LatencyTable.load(out).validation["calibrated"]["n"] == 3
