@@ -183,3 +183,11 @@ def test_check_label_on_cpu():
     assert devices.check_label("h100", force=True)[0] == "cpu"
     with pytest.raises(DeployvitError, match="lower-case"):
         devices.check_label("H100 SXM!")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU-only refusal")
+def test_measure_gpu_table_without_gpu(tmp_path):
+    get_space("test").sample(np.random.default_rng(0)).save(tmp_path / "a.json")
+    make_table(device_type="cuda", device_name="NVIDIA H100", device_label="h100").save(tmp_path / "t.json")
+    result = run_cli("latency", str(tmp_path / "a.json"), "--table", str(tmp_path / "t.json"), "--measure")
+    assert result.code == 2 and "needs a CUDA GPU" in result.err and "Traceback" not in result.err
