@@ -38,7 +38,7 @@ def supernet_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("supernet")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    result = train(out, "--epochs", "2", "--sampler", "focus", "--focus-update-every", "5", "--ema-decay", "0.9")
+    result = train(out, "--epochs", "2", "--sampler", "focus", "--focus-update-every", "5", "--ema-decay", "0.9", "--cyclic")
     torch.set_num_threads(threads)
     assert result.code == 0, result.err
     return out
@@ -50,7 +50,7 @@ def test_train_supernet_writes_run_files(supernet_run):
     assert {"train_loss", "val_top1_max", "val_top1_min", "focus_reward"} <= set(rows[-1])
     supernet, meta = load_supernet(supernet_run / "last.pt")
     assert meta["sampler"] == "focus" and meta["used_ema"] and len(meta["held_out"]["ids"]) == 100
-    assert meta["progress"]["epoch"] == 2
+    assert meta["progress"]["epoch"] == 2 and supernet.cyclic and not supernet.identity_shift
     space = get_space("test")
     supernet.set_arch(space.min_arch())
     assert supernet(torch.randn(2, 3, 32, 32)).shape == (2, 10)
@@ -94,7 +94,7 @@ def test_bad_inputs_exit_2_with_one_line(supernet_run, tmp_path):
     get_space("test-resnas").min_arch().save(tmp_path / "other.json")
     assert_one_line_error(run_cli("retrain", "--arch", str(tmp_path / "other.json"), "--init", str(supernet_run / "last.pt"), *args), "space")
     # resuming a checkpoint of another space, and an existing run without --resume
-    assert_one_line_error(run_cli("train-supernet", *TINY[2:], "--space", "test-resnas", "--sampler", "focus", "--epochs", "2", "--ema-decay", "0.9",
+    assert_one_line_error(run_cli("train-supernet", *TINY[2:], "--space", "test-resnas", "--sampler", "focus", "--epochs", "2", "--ema-decay", "0.9", "--cyclic",
                                   "--out", str(supernet_run), "--resume"), "space")
     assert_one_line_error(train(supernet_run, "--epochs", "2"), "--resume")
     assert_one_line_error(train(tmp_path / "x", "--epochs", "1", "--amp", "bf16", "--device", "cpu"), "CUDA")
