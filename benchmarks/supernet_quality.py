@@ -12,6 +12,9 @@ sandwich therefore spends more compute per step):
    under the budget (oracle).
 3. The pick is then retrained from its inherited weights (`retrain --init supernet`) with the short
    recipe: inherited val top-1 vs retrained val top-1.
+4. For `focus`, the sampler's measurable property (REFERENCES.md section 7): for budgets at 25/50/75%
+   of the FLOPs range, archs drawn from the trained sampler vs uniform archs that satisfy the budget:
+   share of draws within budget, mean FLOPs / budget of those within, mean held-out top-1 of those.
 
 CPU fallback on `digits` with the `test` space; on a GPU the same defaults run, faster.
 
@@ -58,6 +61,24 @@ def distinct_archs(space, n: int, seed: int):
         arch = space.sample(rng)
         seen.setdefault(arch.key, arch)
     return list(seen.values())
+
+
+def focus_property(policy, space, score, draws: int, seed: int) -> list[dict]:
+    """Sampler draws vs uniform draws within each budget: closeness to the budget and score."""
+    rows, rng = [], np.random.default_rng(seed)
+    for b in (0.25, 0.5, 0.75):
+        budget = policy.flops_min + b * (policy.flops_max - policy.flops_min)
+        drawn = [a for a in (policy.propose(b, 1, seed + i)[0] for i in range(draws))]
+        fit = [a for a in drawn if count_flops(a) <= budget]
+        uniform = [a for a in (space.sample(rng) for _ in range(20 * draws)) if count_flops(a) <= budget][:draws]
+        summary = lambda archs: {  # noqa: E731
+            "n": len(archs),
+            "flops_over_budget": float(np.mean([count_flops(a) / budget for a in archs])) if archs else None,
+            "held_out_top1": float(np.mean([score(a) for a in archs])) if archs else None,
+        }
+        rows.append({"budget_position": b, "budget_flops": budget, "sampler_within_budget": len(fit) / draws,
+                     "sampler": summary(fit), "uniform": summary(uniform)})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             "inherited_held_out_top1": inherited_held,
             "inherited_val_top1": inherited_val,
         }
+        if name == "focus":
+            held_score = lambda a: (supernet.set_arch(a), evaluate_accuracy(supernet, held_loader, info.device)["top1"])[1]  # noqa: E731
+            row["focus_property"] = focus_property(sampler.policy, space, held_score, 30, args.seed)
+            for f in row["focus_property"]:
+                print(f"focus b={f['budget_position']}: {f['sampler_within_budget']:.0%} of draws within budget; "
+                      f"FLOPs/budget {f['sampler']['flops_over_budget']} vs uniform {f['uniform']['flops_over_budget']}; "
+                      f"held-out top1 {f['sampler']['held_out_top1']} vs uniform {f['uniform']['held_out_top1']}", file=sys.stderr)
         rows.append(row)
         print(f"{name}: tau {row['kendall_tau']:.3f}, max {row['val_top1_max']:.1f}%, min {row['val_top1_min']:.1f}%, "
               f"pick inherited {row['pick_inherited_val_top1']:.1f}% -> retrained {row['pick_retrained_val_top1']:.1f}%", file=sys.stderr)
