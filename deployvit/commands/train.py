@@ -6,7 +6,6 @@ All three run under torchrun unchanged: `torchrun --nproc-per-node N -m deployvi
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import click
