@@ -62,7 +62,13 @@ class ExportSpec:
     thresholds: Thresholds | None = None
     warmup_s: float = 0.5
     repeats: int = 100
+    clock: str = "wall"  # "cpu": single-thread process CPU time, as CPU latency tables on shared machines
     metadata: dict[str, Any] | None = None
+
+    @property
+    def threads(self) -> int | None:
+        """Threads for CPU timing: one under the process-CPU-time clock (it only measures work then)."""
+        return 1 if self.clock == "cpu" else None
 
 
 @dataclass
@@ -80,13 +86,19 @@ def measure(runner: Runner, spec: ExportSpec, device: str) -> Timed:
     from deployvit.latency.timing import time_callable
 
     notes: list[str] = []
+    clock = spec.clock if device == "cpu" else "wall"  # GPUs: CUDA events
 
     def timed(batch: int):
         x = torch.randn(batch, spec.in_chans, spec.img_size, spec.img_size, device=device)
+        threads = torch.get_num_threads()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
-            t = time_callable(lambda: runner(x), device=device, warmup_s=spec.warmup_s, repeats=spec.repeats,
-                              label=f"batch {batch}")
+            try:
+                torch.set_num_threads(spec.threads or threads)
+                t = time_callable(lambda: runner(x), device=device, warmup_s=spec.warmup_s, repeats=spec.repeats,
+                                  clock=clock, label=f"batch {batch}")
+            finally:
+                torch.set_num_threads(threads)
         notes.extend(str(w.message) for w in caught if issubclass(w.category, RuntimeWarning))
         return t
 
@@ -193,7 +205,7 @@ def run_format(
             device = _onnx_device(spec.device)
             if device != spec.device:
                 row.notes.append("onnxruntime has no CUDA provider here (needs onnxruntime-gpu): ran on CPU")
-            runner = OnnxRunner(path, device)
+            runner = OnnxRunner(path, device, threads=spec.threads)
             row.runtime = f"onnxruntime {runner.session.get_providers()[0]}"
         else:
             runner, path, notes = _export_trt(model, spec, out_dir, stem)
@@ -251,7 +263,8 @@ def shipped_table_for(arch, fmt: str, precision: str, device: str) -> tuple[str 
     return str(fallback), [f"no shipped {runtime} {precision} batch-1 table for {here}: prediction from another setting"]
 
 
-def predicted_latency_ms(table_path: str | None, arch, fmt: str, precision: str, device: str) -> tuple[float | None, list[str]]:
+def predicted_latency_ms(table_path: str | None, arch, fmt: str, precision: str, device: str,
+                         clock: str = "wall") -> tuple[float | None, list[str]]:
     """The LUT prediction for `arch` exported as `fmt`, in ms, and notes on what it is (and why to
     distrust it). Without `table_path`, a shipped table is chosen by `shipped_table_for`. A table only
     predicts what it measured (device, runtime, precision, batch): mismatches become notes."""
@@ -279,4 +292,8 @@ def predicted_latency_ms(table_path: str | None, arch, fmt: str, precision: str,
         notes.append(f"the table predicts batch {meta['batch_size']}, the measured latency is batch 1")
     if meta["precision"] != precision:
         notes.append(f"the table was measured at {meta['precision']}, this artifact is {precision}")
+    table_clock = (meta.get("settings") or {}).get("clock", "wall")
+    if device == "cpu" and table_clock != clock:
+        notes.append(f"the table was timed with the {table_clock} clock, this artifact with the {clock} clock"
+                     + (" (pass --clock cpu to time it the same way)" if table_clock == "cpu" else ""))
     return us / 1e3, notes + [str(w.message) for w in caught]

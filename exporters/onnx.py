@@ -320,7 +320,7 @@ class OnnxRunner:
     TF32 is off (onnxruntime enables it by default) so fp32 means fp32, and inputs/outputs are bound
     to torch CUDA buffers (IO binding), so timing measures the model, not host copies."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu"):
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -338,6 +338,8 @@ class OnnxRunner:
             raise DeployvitError(f"unknown onnxruntime device {device!r} (cpu or cuda)")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # errors only; failures surface as exceptions
+        if threads:
+            opts.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types (NOT_IMPLEMENTED, ...)

@@ -54,6 +54,7 @@ def test_prediction_comes_from_the_table_measured_like_the_format(arch_file, tab
     shipped = tmp_path / "tables" / "cpu"
     shipped.mkdir(parents=True)
     eager = LatencyTable.load(table_file, warn=False)
+    eager.metadata["settings"] = {"clock": "cpu", "threads": 1}
     eager.save(shipped / "test-eager-fp32-b1.json")
     ort = LatencyTable({**eager.metadata, "runtime": "onnxruntime"}, eager.entries, scale=1.0, bias=0.0)
     ort.save(shipped / "test-onnxruntime-fp32-b1.json")
@@ -62,8 +63,10 @@ def test_prediction_comes_from_the_table_measured_like_the_format(arch_file, tab
     parts = len(arch_parts(arch))
     onnx_ms, notes = predicted_latency_ms(None, arch, "onnx", "fp32", "cpu")
     assert onnx_ms == pytest.approx(parts * 100.0 / 1e3) and "test-onnxruntime-fp32-b1.json" in notes[0]
-    torch_ms, _ = predicted_latency_ms(None, arch, "torch", "fp32", "cpu")
+    torch_ms, notes = predicted_latency_ms(None, arch, "torch", "fp32", "cpu")
     assert torch_ms == pytest.approx((2 * parts * 100.0 + 50.0) / 1e3)
+    assert any("--clock cpu" in n for n in notes)  # the table used CPU time, this run the wall clock
+    assert not any("clock" in n for n in predicted_latency_ms(None, arch, "torch", "fp32", "cpu", "cpu")[1])
     compile_ms, notes = predicted_latency_ms(None, arch, "compile", "fp32", "cpu")
     assert compile_ms == torch_ms  # no compile table: the default (eager) one, said twice
     assert any("no shipped compile" in n for n in notes) and any("measured with eager" in n for n in notes)
@@ -105,10 +108,12 @@ def test_verification_miss_is_exit_1_with_a_report(arch_file, tmp_path):
 
 def test_budget_not_met_is_exit_1(arch_file, tmp_path):
     out = tmp_path / "out"
-    result = run_cli("export", "--arch", str(arch_file), "--out", str(out), "--budget", "1us", *FAST)
+    result = run_cli("export", "--arch", str(arch_file), "--out", str(out), "--budget", "1us", "--clock", "cpu", *FAST)
     assert result.code == 1 and "NOT MET" in result.err
-    row = _report(out)["rows"][0]
+    report = _report(out)
+    row = report["rows"][0]
     assert row["status"] == VERIFIED and row["contract"] == "NOT MET" and row["budget_ms"] == 0.001
+    assert report["settings"]["clock"] == "cpu" and report["settings"]["cpu_timing_threads"] == 1
 
 
 def test_fp16_export_of_a_retrained_checkpoint_on_digits(tmp_path):

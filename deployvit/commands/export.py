@@ -74,6 +74,9 @@ def _common_options(fn: Callable) -> Callable:
         click.option("--max-top1-drop", type=float, help="Override: max top-1 drop in points (0.3 fp16/bf16)."),
         click.option("--warmup", type=float, default=0.5, show_default=True, help="Timing warm-up seconds."),
         click.option("--repeats", type=click.IntRange(min=1), default=100, show_default=True, help="Timed repeats."),
+        click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
+                     help="CPU timing: wall clock, or single-thread process CPU time (as CPU latency tables "
+                          "profiled on a shared machine)."),
     ]
     return functools.reduce(lambda f, opt: opt(f), reversed(options), fn)
 
@@ -147,7 +150,7 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
         raise DeployvitError(f"verification needs at least {batch.max} images (the largest batch), got {len(samples)}: "
                              "raise --samples or lower the batch")
     if opts["table"]:  # a user's table must load and cover the arch: check it before any work
-        predicted_latency_ms(opts["table"], source.arch, formats[0], precision, device)
+        predicted_latency_ms(opts["table"], source.arch, formats[0], precision, device, opts["clock"])
     notes = ["--table ignored: a latency table predicts deployvit archs, not timm models"] if opts["table"] and source.arch is None else []
     out = Path(opts["out"]) if opts["out"] else _default_out(opts)
     check_writable(out)
@@ -155,6 +158,7 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
         img_size=source.img_size, in_chans=source.in_chans, precision=precision, batch=batch, opset=opset,
         dynamo=not opts["legacy_exporter"], device=device, workspace_gb=opts["workspace"],
         timing_cache=opts["timing_cache"], thresholds=thresholds, warmup_s=opts["warmup"], repeats=opts["repeats"],
+        clock=opts["clock"],
         metadata={"source": source.info},
     )
     return Job(source, spec, samples, out, budget_ms, notes, opts)
@@ -172,7 +176,8 @@ def _settings(job: Job, formats: list[str]) -> dict[str, Any]:
     s = job.spec
     return {"formats": formats, "precision": s.precision, "batch": str(s.batch), "opset": s.opset,
             "exporter": "dynamo" if s.dynamo else "legacy", "device": s.device, "samples": len(job.samples),
-            "budget_ms": job.budget_ms, "table": job.opts["table"], "warmup_s": s.warmup_s, "repeats": s.repeats}
+            "budget_ms": job.budget_ms, "table": job.opts["table"], "warmup_s": s.warmup_s, "repeats": s.repeats,
+            "clock": s.clock if s.device == "cpu" else "cuda events", "cpu_timing_threads": s.threads or torch.get_num_threads()}
 
 
 def finish(command: str, job: Job, rows: list[Row], formats: list[str], models: dict[str, Any]) -> None:
@@ -232,7 +237,8 @@ def benchmark(formats: str, baselines: str, **opts: Any) -> None:
 
 def _row(job: Job, source: SourceModel, samples: Samples, fmt: str, stem: str, reference: Runner | None) -> Row:
     """One format of one model, with the LUT prediction for the way that format runs."""
-    predicted, notes = predicted_latency_ms(job.opts["table"], source.arch, fmt, job.spec.precision, job.spec.device)
+    predicted, notes = predicted_latency_ms(job.opts["table"], source.arch, fmt, job.spec.precision, job.spec.device,
+                                            job.spec.clock)
     row = run_format(fmt, source.model, source.name, job.spec, samples, job.out, stem=stem,
                      reference=reference, predicted_ms=predicted, budget_ms=job.budget_ms)
     row.notes.extend(notes)
