@@ -80,10 +80,16 @@ def load_arch_model(arch_path: str | None, checkpoint: str | None) -> SourceMode
     model = build_model(arch).eval()
     if checkpoint:
         apply_weights(model, state, checkpoint, f"arch {Path(arch_path).name if arch_path else arch.space}")
-    name = Path(arch_path).name.removesuffix(".json").removesuffix(".arch") if arch_path else Path(checkpoint).stem
+    name = _run_name(Path(arch_path) if arch_path else Path(checkpoint))
     info = {"arch": arch.to_dict(), "params": count_params(arch), "flops": count_flops(arch),
             "checkpoint": checkpoint or "none: random weights (latency is meaningful, accuracy is not)"}
     return SourceModel(name, model, arch.img_size, arch.in_chans, arch, info)
+
+
+def _run_name(path: Path) -> str:
+    """`runs/x/best.arch.json` -> `x`, `tiny.arch.json` -> `tiny`: the name the report rows carry."""
+    stem = path.name.split(".")[0]
+    return path.resolve().parent.name if stem in ("arch", "best", "checkpoint") and path.resolve().parent.name else stem
 
 
 def load_timm_model(name: str, checkpoint: str | None = None, *, img_size: int | None = None,
