@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from deployvit.errors import CheckFailed, DeployvitError
+from deployvit.errors import DeployvitError
 from deployvit.models import build_model
 from deployvit.spaces import get_space
 from exporters.onnx import OnnxRunner, export_onnx
-from exporters.verify import Samples, Thresholds, compare, data_samples, failures, synthetic_samples, verify
+from exporters.verify import Thresholds, compare, data_samples, failures, synthetic_samples, verify
 
 
 @functools.lru_cache(maxsize=None)  # shared with the CLI tests: train once per session
@@ -125,9 +125,7 @@ def test_a_deliberately_broken_export_fails(trained, digits_val, tmp_path):
     path = export_onnx(broken, tmp_path / "bad.onnx", img_size=32, dynamic_batch=(1, 8, 32))
     result = verify(model, OnnxRunner(path), digits_val, batch_sizes=(1, 32), precision="fp32")
     assert not result.passed
-    assert any("max |diff|" in f for f in result.failed)
-    with pytest.raises(CheckFailed, match="failed verification"):
-        result.raise_if_failed("model.onnx")
+    assert any("max |diff|" in f for f in result.failed)  # a 1% weight change keeps cosine > 0.9999
 
 
 def test_an_artifact_that_crashes_fails_its_check(trained):
@@ -141,6 +139,13 @@ def test_an_artifact_that_crashes_fails_its_check(trained):
     result = verify(model, crashes_above_batch_one, synthetic_samples(16, 32), batch_sizes=(1, 8), precision="fp32")
     assert [m.batch_size for m in result.checks] == [1]
     assert result.failed == ["batch 8: the artifact failed to run: Got invalid dimensions for input: batch"]
+
+
+def test_wrong_logit_shape_fails_its_check(trained):
+    _, model = trained
+    result = verify(model, lambda x: model(x)[:, :5], synthetic_samples(8, 32), batch_sizes=(1, 8), precision="fp32")
+    assert not result.passed and result.checks == []
+    assert result.failed[0] == "batch 1: logits of shape (8, 5), expected (8, 10)"
 
 
 def test_static_batch_uses_whole_batches_only(trained):
@@ -171,8 +176,3 @@ def test_synthetic_samples_are_seeded_and_said_so():
 def test_missing_data_dir_is_bad_input(tmp_path):
     with pytest.raises(DeployvitError, match="data not found"):
         data_samples(str(tmp_path / "nope"), 32)
-
-
-def test_samples_type_round_trip():
-    s = Samples(torch.zeros(3, 3, 8, 8), torch.tensor([0, 1, 2]), "x")
-    assert len(s) == 3
