@@ -84,7 +84,8 @@ def data_samples(data: str, img_size: int, in_chans: int = 3, limit: int = 256) 
     transform = build_transform(get_aug("none"), img_size, source.mean, source.std, False, source.hflip, native)
     dataset = SplitDataset(split, transform, indices=range(min(limit, len(split))))
     images, labels = zip(*(dataset[i] for i in range(len(dataset))))
-    return Samples(torch.stack(images), torch.tensor(labels), f"{source.kind} {data}: first {len(dataset)} val images")
+    where = source.kind if str(data) == source.kind else f"{source.kind} {data}"
+    return Samples(torch.stack(images), torch.tensor(labels), f"{where}: first {len(dataset)} val images")
 
 
 @dataclass
