@@ -83,3 +83,17 @@ def test_arch_from_other_space_is_rejected():
     arch = get_space("test").min_arch()
     with pytest.raises(ArchError, match="belongs to space 'test', not 'autoformer-tiny'"):
         get_space("autoformer-tiny").validate(arch)
+
+
+def test_atomic_files_get_the_umask_mode_and_no_temp_is_left(tmp_path):
+    import os
+
+    from deployvit import io
+
+    io.write_json(tmp_path / "x.json", {"a": 1})
+    assert (os.stat(tmp_path / "x.json").st_mode & 0o777) == 0o666 & ~io._umask()
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(tmp_path / "y.json") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]

@@ -6,8 +6,10 @@ import click
 
 from deployvit.errors import CheckFailed, DeployvitError
 from deployvit.search.budgets import Constraints, format_amount, parse_amount, parse_amounts
+from deployvit.search import SCORES
 from deployvit.search.evolution import EvolutionConfig
-from deployvit.search.run import SCORES, SearchRequest, SearchResult, run_search
+
+DEFAULTS = EvolutionConfig()  # AutoFormer's settings, one place
 
 
 def _amount(value: str | None, metric: str) -> float | None:
@@ -32,13 +34,13 @@ def _amount(value: str | None, metric: str) -> float | None:
 @click.option("--data", help="Training data (held-out split carved from it) for --score supernet/sampler; 'digits' is built in.")
 @click.option("--sampler-k", type=click.IntRange(min=1), default=64, show_default=True, help="Archs drawn from the sampler per budget (--score sampler).")
 @click.option("--method", type=click.Choice(["evolution", "random"]), default="evolution", show_default=True)
-@click.option("--population", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--generations", type=click.IntRange(min=0), default=20, show_default=True)
-@click.option("--parents", type=click.IntRange(min=1), default=10, show_default=True, help="Top-k parents per budget.")
-@click.option("--mutations", type=click.IntRange(min=0), default=25, show_default=True)
-@click.option("--crossovers", type=click.IntRange(min=0), default=25, show_default=True)
-@click.option("--mutation-prob", type=click.FloatRange(0, 1), default=0.2, show_default=True, help="Per-layer mutation probability.")
-@click.option("--stage-mutation-prob", type=click.FloatRange(0, 1), default=0.4, show_default=True, help="Depth / embed dim mutation probability.")
+@click.option("--population", type=click.IntRange(min=1), default=DEFAULTS.population, show_default=True)
+@click.option("--generations", type=click.IntRange(min=0), default=DEFAULTS.generations, show_default=True)
+@click.option("--parents", type=click.IntRange(min=1), default=DEFAULTS.parents, show_default=True, help="Top-k parents per budget.")
+@click.option("--mutations", type=click.IntRange(min=0), default=DEFAULTS.mutations, show_default=True)
+@click.option("--crossovers", type=click.IntRange(min=0), default=DEFAULTS.crossovers, show_default=True)
+@click.option("--mutation-prob", type=click.FloatRange(0, 1), default=DEFAULTS.layer_prob, show_default=True, help="Per-layer mutation probability.")
+@click.option("--stage-mutation-prob", type=click.FloatRange(0, 1), default=DEFAULTS.stage_prob, show_default=True, help="Depth / embed dim mutation probability.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--measure-top", type=click.IntRange(min=0), default=0, help="Time the top-K candidates end to end here and pick the winner on the measured latency.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/search-<space>-<time>).")
@@ -46,6 +48,8 @@ def _amount(value: str | None, metric: str) -> float | None:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def search(**opts) -> None:
     """Find the highest-scoring arch under the budgets; writes best.arch.json, pareto.* and log.jsonl."""
+    from deployvit.search.run import SearchRequest, run_search  # heavy (torch): only when searching
+
     if opts["batch_size"] is not None and opts["batch_size"] < 1:
         raise DeployvitError(f"--batch-size must be at least 1, got {opts['batch_size']}")
     constraints = Constraints(
@@ -73,7 +77,8 @@ def search(**opts) -> None:
         raise CheckFailed(result.failure)
 
 
-def print_summary(result: SearchResult) -> None:
+def print_summary(result) -> None:
+    """The winners table (a `SearchResult`), measured rows, and where the files are."""
     click.echo(f"{'budget':>13}  {'score':>10}  {'latency':>10}  {'FLOPs':>8}  {'params':>8}  arch")
     for label, cand in result.winners.items():
         m = cand.metrics

@@ -1,1 +1,3 @@
 """Constrained architecture search: budgets, vectorised metrics, scores, evolution, Pareto outputs."""
+
+SCORES = ("dss", "supernet", "sampler")  # --score choices: training-free, inherited accuracy, FocusFormer sampler

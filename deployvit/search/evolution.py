@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -20,8 +20,10 @@ from deployvit.arch import Arch
 from deployvit.errors import DeployvitError
 from deployvit.search.budgets import METRICS, Constraints
 from deployvit.search.predictor import MetricModel
-from deployvit.search.scores import Score
 from deployvit.spaces import SearchSpace
+
+if TYPE_CHECKING:
+    from deployvit.search.scores import Score
 
 
 @dataclass
@@ -103,7 +105,7 @@ class Evolution:
         space: SearchSpace,
         model: MetricModel,
         constraints: Constraints,
-        score: Score,
+        score: "Score",
         config: EvolutionConfig,
         state_path: str | os.PathLike | None = None,
         on_generation: Callable[[int, "Evolution"], None] | None = None,

@@ -16,6 +16,7 @@ from typing import Callable
 
 from deployvit import io
 from deployvit.errors import DeployvitError
+from deployvit.search import SCORES
 from deployvit.search.budgets import METRICS, Constraints, budget_label, format_amount
 from deployvit.search.evolution import Candidate, Evolution, EvolutionConfig
 from deployvit.search.pareto import pareto_front, plot_pareto, write_pareto
@@ -23,7 +24,6 @@ from deployvit.search.predictor import MetricModel
 from deployvit.search.scores import DSSScore, Score
 from deployvit.spaces import SearchSpace, get_space, reference_archs
 
-SCORES = ("dss", "supernet", "sampler")
 
 
 @dataclass
