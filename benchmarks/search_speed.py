@@ -13,7 +13,6 @@ Prints a table and writes benchmarks/results/search_speed.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
