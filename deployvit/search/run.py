@@ -118,7 +118,7 @@ def _append_log(path: Path, entry: dict) -> None:
 
 def run_search(request: SearchRequest, echo: Callable[[str], None] = print, progress: bool = True) -> SearchResult:
     space, trained = resolve_space(request)
-    from deployvit.search.tables import resolve_table
+    from deployvit.search.tables import resolve_table, table_chosen
 
     table, table_desc = resolve_table(request, space)
     if table_desc:
@@ -127,8 +127,7 @@ def run_search(request: SearchRequest, echo: Callable[[str], None] = print, prog
     try:
         notes = check_budgets(model, request.constraints)
     except DeployvitError as exc:
-        chosen = request.table or any(p is not None for p in (request.device, request.runtime, request.precision, request.batch_size))
-        if table is None or chosen or table.metadata["device_type"] != "cpu":
+        if table is None or table_chosen(request) or table.metadata["device_type"] != "cpu":
             raise
         raise DeployvitError(
             f"{exc}; that is the shipped CPU table, used because no GPU table is shipped for {space.name}: "

@@ -32,15 +32,21 @@ def _shipped(request: "SearchRequest", space: SearchSpace) -> Path:
     return path
 
 
+def table_chosen(request: "SearchRequest") -> bool:
+    """Did the user pick the table (a path, or device/runtime/precision/batch), or is it the default?"""
+    return request.table is not None or any(
+        p is not None for p in (request.device, request.runtime, request.precision, request.batch_size)
+    )
+
+
 def resolve_table(request: "SearchRequest", space: SearchSpace) -> tuple["LatencyTable | None", str | None]:
     """(table, the line that names it and its device/runtime, plus any machine-mismatch warnings),
     or (None, None) when nothing needs latency."""
     from deployvit.latency.table import LatencyTable, default_table
 
-    picks = (request.device, request.runtime, request.precision, request.batch_size)
     if request.table is not None:
         path = Path(request.table)
-    elif any(p is not None for p in picks):
+    elif table_chosen(request):
         path = _shipped(request, space)
     elif request.constraints.uses_latency or request.measure_top:
         path = default_table(space.name)
