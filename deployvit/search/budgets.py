@@ -57,8 +57,9 @@ def format_amount(value: float, metric: str) -> str:
 
 
 def budget_label(budget: float | None) -> str:
-    """File- and table-friendly name of a latency budget ("5ms", "500us"; "unconstrained")."""
-    return "unconstrained" if budget is None else format_amount(budget, "latency").replace(" ", "")
+    """File- and table-friendly name of a latency budget ("5ms", "500us"); "no-latency" for the single
+    target of a search without a latency budget (FLOPs/params bounds may still apply)."""
+    return "no-latency" if budget is None else format_amount(budget, "latency").replace(" ", "")
 
 
 METRICS = ("latency", "flops", "params")
