@@ -86,9 +86,9 @@ def test_extracted_model_exports_to_onnx(name, tmp_path):
         pytest.skip("CI exports one random arch per preset in tests/test_export_onnx.py; DEPLOYVIT_FULL_CHECK=1 exports 200 extracted ones")
     space = _small(get_space(name))
     supernet = Supernet(space, cyclic=True).eval()
-    for i, arch in enumerate(_archs(space, N_ONNX, seed=4)):
+    path = tmp_path / "m.onnx"  # one file, overwritten: 200 base-size models would leave 40+ GB behind
+    for arch in _archs(space, N_ONNX, seed=4):
         model = supernet.extract(arch).eval()
-        path = tmp_path / f"m{i}.onnx"
         example = torch.randn(2, space.in_chans, space.img_size, space.img_size)
         torch.onnx.export(model, (example,), path, opset_version=18, dynamo=False, input_names=["x"],
                           output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
@@ -102,3 +102,5 @@ def test_extracted_model_exports_to_onnx(name, tmp_path):
             with torch.no_grad():
                 want = model(x).numpy()
             assert np.abs(got - want).max() < 1e-4, arch.summary()
+        del session
+        path.unlink()
