@@ -7,6 +7,7 @@ DESIGN.md section 3 (2 bad input / missing dependency, 1 a check failed), never 
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -15,36 +16,40 @@ from deployvit import __version__
 from deployvit.errors import DeployvitError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# name -> "module:attribute"; a command's module (torch, timm, onnx...) is imported only when that
+# command runs, so `deployvit search` and `deployvit --help` do not pay for the exporters.
+COMMANDS = {
+    "inspect": "deployvit.commands.inspect:inspect",
+    "search": "deployvit.commands.search:search",
+    "profile": "deployvit.commands.profile:profile_cmd",
+    "latency": "deployvit.commands.latency:latency_cmd",
+    "train-supernet": "deployvit.commands.train:train_supernet_cmd",
+    "retrain": "deployvit.commands.train:retrain_cmd",
+    "evaluate": "deployvit.commands.train:evaluate_cmd",
+    "export": "deployvit.commands.export:export",
+    "benchmark": "deployvit.commands.export:benchmark",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports each command's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        return getattr(importlib.import_module(module_name), attribute)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="deployvit")
 def cli() -> None:
     """Find the most accurate ViT that fits a latency budget on your GPU and runtime, train it,
     and ship it as a verified ONNX / TensorRT artifact."""
-
-
-def _register_commands() -> None:
-    from deployvit.commands import inspect as inspect_cmd
-
-    cli.add_command(inspect_cmd.inspect)
-    from deployvit.commands import search as search_cmd
-
-    cli.add_command(search_cmd.search)
-    from deployvit.commands import export as export_cmd
-
-    cli.add_command(export_cmd.export)
-    cli.add_command(export_cmd.benchmark)
-    from deployvit.commands import train as train_cmd
-
-    cli.add_command(train_cmd.train_supernet_cmd)
-    cli.add_command(train_cmd.retrain_cmd)
-    cli.add_command(train_cmd.evaluate_cmd)
-    from deployvit.commands import latency as latency_cmd, profile as profile_cmd
-
-    cli.add_command(profile_cmd.profile_cmd)
-    cli.add_command(latency_cmd.latency_cmd)
-
-
-_register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
