@@ -35,7 +35,8 @@ from deployvit.arch import Arch, Layer, Stage
 from deployvit.counting import count_flops
 from deployvit.errors import DeployvitError
 from deployvit.latency.devices import machine_facts
-from deployvit.latency.runtimes import DTYPES, build_runner
+from deployvit.latency.runtimes import build_runner
+from exporters.onnx import TORCH_DTYPES
 from deployvit.latency.timing import time_callable
 from deployvit.models import build_model
 from deployvit.spaces import get_space
@@ -114,11 +115,11 @@ def run(args: argparse.Namespace) -> dict:
         notes.append("no CUDA GPU on this machine: the fp16 GPU numbers (eager, compile, cudagraph and the onnxruntime "
                      "CUDA provider at batch 1 and 256) were not measured; run this script on a GPU machine, with "
                      "onnxruntime-gpu installed for the onnxruntime CUDA rows")
-        low = {k: matmul_peak_tflops("cpu", DTYPES[k], 5, clock, n=256) for k in ("fp16", "bf16")}
+        low = {k: matmul_peak_tflops("cpu", TORCH_DTYPES[k], 5, clock, n=256) for k in ("fp16", "bf16")}
         notes.append("no GPU here: measured on the CPU. Dense matmul on this CPU: "
                      + ", ".join(f"{k} {v:.4f} TFLOP/s" for k, v in low.items())
                      + (f"; fp16/bf16 are GPU deployment precisions, so the default here is {precision}" if not args.precision else ""))
-    peak_dtype = torch.bfloat16 if device == "cuda" else DTYPES[precision]
+    peak_dtype = torch.bfloat16 if device == "cuda" else TORCH_DTYPES[precision]
     peaks = {"torch": matmul_peak_tflops(device, peak_dtype, args.repeats, clock)}
     if device == "cpu" and precision == "fp32":
         peaks["onnxruntime"] = ort_matmul_tflops(1024, threads, clock, args.repeats)
@@ -189,7 +190,7 @@ def main() -> None:
     p.add_argument("--archs", default="autoformer-tiny,autoformer-small")
     p.add_argument("--runtimes", default="eager,compile,cudagraph,onnxruntime")
     p.add_argument("--batches", default="1,256")
-    p.add_argument("--precision", choices=sorted(DTYPES), help="default: fp16 on GPU, fp32 on CPU")
+    p.add_argument("--precision", choices=sorted(TORCH_DTYPES), help="default: fp16 on GPU, fp32 on CPU")
     p.add_argument("--device", default="auto", choices=["auto", "cpu"])
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--repeats", type=int, default=50)

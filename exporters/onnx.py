@@ -115,8 +115,9 @@ def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
     *,
-    img_size: int,
+    img_size: int | None = None,
     in_chans: int = 3,
+    input_shape: tuple[int, ...] | None = None,
     precision: str = "fp32",
     opset: int | None = None,
     batch_size: int | None = None,
@@ -130,10 +131,19 @@ def export_onnx(
     (22 for bf16). `metadata` entries are stored as `deployvit.<key>` metadata_props (non-strings as
     JSON); the deployvit version, precision, opset, exporter and batch are always stored, and a
     deployvit ViT's arch JSON too. The input is `input` [B, in_chans, img_size, img_size] float32 and
-    the output `logits` [B, classes] float32 at every precision."""
+    the output `logits` [B, classes] float32 at every precision.
+
+    `input_shape` instead of `img_size` exports any module (a latency-table part takes tokens, not
+    images) with exactly that static input shape, batch included."""
     if precision not in PRECISIONS:
         raise DeployvitError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     opset = check_opset(precision, opset)
+    if (img_size is None) == (input_shape is None):
+        raise DeployvitError("give the export either img_size or input_shape")
+    if input_shape is not None:
+        if batch_size is not None or dynamic_batch is not None:
+            raise DeployvitError("input_shape fixes the batch; do not also give a batch size or range")
+        batch_size = input_shape[0]
     batch = batch_spec(batch_size, dynamic_batch)
     path = Path(path)
     meta = _metadata(model, precision, opset, dynamo, batch, metadata)
@@ -141,7 +151,8 @@ def export_onnx(
     net = copy.deepcopy(model).float().eval().cpu()
     if precision != "fp32":
         net = CastModel(net, TORCH_DTYPES[precision]).eval()
-    example = torch.randn(batch.example, in_chans, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    shape = input_shape if input_shape is not None else (batch.example, in_chans, img_size, img_size)
+    example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     try:
         work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=_writable_parent(path)))
     except OSError as exc:
@@ -312,6 +323,15 @@ def _external_files(proto: onnx.ModelProto) -> set[str]:
     }
 
 
+def import_onnxruntime():
+    """The onnxruntime module, or a one-line MissingDependency saying what to install."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependency("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu for CUDA)") from None
+    return onnxruntime
+
+
 class OnnxRunner:
     """An onnxruntime session as `runner(images) -> logits` on torch tensors.
 
@@ -321,10 +341,7 @@ class OnnxRunner:
     to torch CUDA buffers (IO binding), so timing measures the model, not host copies."""
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise MissingDependency("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)") from None
+        ort = import_onnxruntime()
         self.device = device
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -147,12 +147,15 @@ def test_metadata_holds_version_and_user_entries(tiny, tmp_path):
         ({"dynamic_batch": (0, 1, 2)}, "need 1 <= min <= opt <= max"),
         ({"batch_size": 0}, "batch size must be >= 1"),
         ({"batch_size": 2, "dynamic_batch": (1, 2, 4)}, "not both"),
+        ({"input_shape": (1, 3, 32, 32)}, "either img_size or input_shape"),
+        ({"img_size": None}, "either img_size or input_shape"),
+        ({"img_size": None, "input_shape": (1, 3, 32, 32), "batch_size": 2}, "input_shape fixes the batch"),
     ],
 )
 def test_bad_requests_fail_before_writing(tiny, tmp_path, kwargs, message):
     _, model = tiny
     with pytest.raises(DeployvitError, match=message):
-        export_onnx(model, tmp_path / "m.onnx", img_size=32, **kwargs)
+        export_onnx(model, tmp_path / "m.onnx", **{"img_size": 32, **kwargs})
     assert list(tmp_path.iterdir()) == []
 
 

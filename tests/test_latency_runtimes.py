@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from deployvit.errors import DeployvitError
-from deployvit.latency.runtimes import build_runner, check_runtime, export_static
+from deployvit.latency.runtimes import build_runner, check_runtime
 from deployvit.latency.timing import time_callable
-from deployvit.models import build_model, build_part
+from deployvit.models import build_part
 from deployvit.parts import BlockPart
-from deployvit.spaces import get_space
+from exporters.onnx import export_onnx
 
 PART = BlockPart(tokens=17, embed_dim=32, num_heads=2, head_dim=16, mlp_hidden=64)
 
@@ -24,17 +24,19 @@ def test_eager_runner_runs_the_module():
     assert run().shape == (2, 17, 32)
 
 
-def test_onnx_export_computes_the_module(tmp_path):
+def test_a_part_exports_with_its_static_token_shape(tmp_path):
+    """Table parts take tokens, not images: `export_onnx(input_shape=...)` exports them as they are."""
     import onnxruntime as ort
 
     torch.manual_seed(0)
-    model = build_model(get_space("test").sample(np.random.default_rng(0))).eval()
-    path = export_static(model, (1, 3, 32, 32), tmp_path / "m.onnx", "fp32")
-    x = torch.randn(1, 3, 32, 32)
+    module = build_part(PART).eval()
+    path = export_onnx(module, tmp_path / "part.onnx", input_shape=PART.input_shape(2))
+    x = torch.randn(PART.input_shape(2))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert list(session.get_inputs()[0].shape) == list(PART.input_shape(2))
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
-        want = model(x).numpy()
+        want = module(x).numpy()
     assert np.abs(got - want).max() < 1e-4
 
 

@@ -6,9 +6,9 @@ end-to-end calibration measurements are produced the same way (DESIGN.md section
 - eager: the module as is. On a GPU at small batch this is launch bound and cannot rank archs.
 - cudagraph: the module captured once as a CUDA graph and replayed (no per-kernel launch cost).
 - compile: `torch.compile` (inductor, default mode, static shapes).
-- onnxruntime: exported to ONNX (static shape, float32 in/out, the model in `precision` inside the
-  graph), run with explicit providers; the active provider is checked because onnxruntime silently
-  falls back to the CPU when its CUDA provider cannot load. Inputs/outputs are bound once (IO binding).
+- onnxruntime: exported by `exporters.onnx.export_onnx` (static shape, float32 in/out, the model in
+  `precision` inside the graph) and run in `exporters.onnx.OnnxRunner`'s session (explicit, checked
+  providers), with inputs/outputs bound once (IO binding).
 - tensorrt: the same ONNX file built into an engine by `exporters.tensorrt` (TensorRT 10 or 11).
 """
 
@@ -23,11 +23,10 @@ import torch
 from torch import nn
 
 from deployvit.errors import DeployvitError, MissingDependency
+from exporters.onnx import PRECISIONS, TORCH_DTYPES, OnnxRunner, export_onnx, import_onnxruntime
 
 RUNTIMES = ("eager", "cudagraph", "compile", "onnxruntime", "tensorrt")
 CUDA_ONLY = ("cudagraph", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 Run = Callable[[], object]
 
@@ -41,7 +40,7 @@ def check_runtime(runtime: str, device: str, precision: str) -> None:
     if device not in ("cpu", "cuda"):
         raise DeployvitError(f"unknown device {device!r} (cpu or cuda)")
     if runtime == "onnxruntime":  # what to install comes first: it is true on any machine
-        ort = _import_onnxruntime()
+        ort = import_onnxruntime()
     if runtime == "tensorrt":
         from exporters.tensorrt import import_tensorrt
 
@@ -57,7 +56,7 @@ def check_runtime(runtime: str, device: str, precision: str) -> None:
 def runtime_version(runtime: str) -> str:
     """Version string of the software doing the work (recorded in table metadata)."""
     if runtime == "onnxruntime":
-        return _import_onnxruntime().__version__
+        return import_onnxruntime().__version__
     if runtime == "tensorrt":
         from exporters.tensorrt import import_tensorrt
 
@@ -82,7 +81,7 @@ def build_runner(
     module = module.eval()
     if runtime in ("onnxruntime", "tensorrt"):
         return _exported_runner(module, input_shape, runtime, device, precision, threads)
-    dtype = DTYPES[precision]
+    dtype = TORCH_DTYPES[precision]
     module = module.to(device=device, dtype=dtype)
     x = torch.randn(input_shape, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
     if runtime == "eager":
@@ -107,52 +106,16 @@ def _cuda_graph(module: nn.Module, x: torch.Tensor) -> Run:
     return graph.replay
 
 
-class _Float32IO(nn.Module):
-    """Run `inner` in `dtype` behind float32 input and output, like a deployed artifact (and like
-    `exporters.onnx.export_onnx`), so every exported graph takes and returns the same tensors."""
-
-    def __init__(self, inner: nn.Module, dtype: torch.dtype):
-        super().__init__()
-        self.inner, self.dtype = inner.to(dtype), dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x.to(self.dtype)).float()
-
-
-def export_static(module: nn.Module, input_shape: tuple[int, ...], path: Path, precision: str) -> Path:
-    """ONNX export with a static input shape (a table is per batch size) for any module, part or
-    whole model; fp16/bf16 graphs get `exporters.onnx.make_low_precision_safe`.
-
-    `exporters.onnx.export_onnx` is image-input only, so parts (token input) cannot go through it."""
-    import onnx
-
-    from exporters.onnx import ONNX_DTYPES, default_opset, make_low_precision_safe
-
-    net = _Float32IO(module.float().cpu().eval(), DTYPES[precision]).eval() if precision != "fp32" else module.float().cpu().eval()
-    example = torch.randn(input_shape, generator=torch.Generator().manual_seed(0))
-    try:
-        with torch.no_grad():
-            program = torch.onnx.export(net, (example,), dynamo=True, verbose=False, opset_version=default_opset(precision))
-    except Exception as exc:  # the exporter raises many types; one line is what the user needs
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DeployvitError(f"ONNX export for timing failed: {first}") from None
-    proto = program.model_proto
-    if precision != "fp32":
-        make_low_precision_safe(proto, ONNX_DTYPES[precision])
-    onnx.save(proto, str(path))
-    return path
-
-
 def _exported_runner(module: nn.Module, input_shape: tuple[int, ...], runtime: str, device: str, precision: str, threads: int | None) -> Run:
     with tempfile.TemporaryDirectory(prefix="deployvit-timing-") as work:
         onnx_path = Path(work) / "part.onnx"
         if runtime == "onnxruntime":
-            export_static(module, input_shape, onnx_path, precision)
+            export_onnx(module, onnx_path, input_shape=input_shape, precision=precision)
             return _onnxruntime_runner(onnx_path, input_shape, device, threads)
         from exporters.tensorrt import TrtRunner, build_engine, import_tensorrt, plan_build, trt_major
 
         plan = plan_build(trt_major(import_tensorrt().__version__), precision)
-        export_static(module, input_shape, onnx_path, plan.onnx_precision)
+        export_onnx(module, onnx_path, input_shape=input_shape, precision=plan.onnx_precision)
         engine = Path(work) / "part.engine"
         batch = input_shape[0]
         build_engine(onnx_path, engine, precision=precision, batch_range=(batch, batch, batch), graph_precision=plan.onnx_precision)
@@ -161,26 +124,10 @@ def _exported_runner(module: nn.Module, input_shape: tuple[int, ...], runtime: s
     return lambda: runner(x)
 
 
-def _import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingDependency("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu for CUDA)") from None
-    return onnxruntime
-
-
 def _onnxruntime_runner(path: Path, input_shape: tuple[int, ...], device: str, threads: int | None) -> Run:
-    """A session with explicit providers, checked, and IO bound once so a call times only the model."""
-    ort = _import_onnxruntime()
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    wanted = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
-    providers: list = [(wanted, {"use_tf32": 0}) if device == "cuda" else wanted]
-    session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-    if session.get_providers()[0] != wanted:
-        raise DeployvitError(f"onnxruntime fell back to {session.get_providers()[0]} instead of {wanted}; refusing to time the wrong device")
+    """`exporters.onnx.OnnxRunner`'s checked session, with input and output bound once (IO binding)
+    so a call times only the model."""
+    session = OnnxRunner(path, device, threads).session
     x = torch.randn(input_shape, generator=torch.Generator().manual_seed(0)).to(device)
     binding = session.io_binding()
     binding.bind_input(session.get_inputs()[0].name, device, 0, np.float32, tuple(x.shape), x.data_ptr())
