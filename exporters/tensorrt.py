@@ -13,7 +13,6 @@ NOTE: written against the TensorRT 10/11 Python API; not run in the project's CI
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -103,14 +102,6 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
     return Path(f"{engine_path}.json")
 
 
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def build_engine(
     onnx_path: str | os.PathLike,
     engine_path: str | os.PathLike,
@@ -173,7 +164,7 @@ def build_engine(
         "optimization_level": OPTIMIZATION_LEVEL,
         "timing_cache": str(timing_cache) if timing_cache else None,
         "onnx": str(onnx_path),
-        "onnx_sha256": sha256(onnx_path),
+        "onnx_sha256": io.sha256(onnx_path),
         "build_seconds": round(seconds, 2),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

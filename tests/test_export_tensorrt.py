@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from deployvit import io
 from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
 from deployvit.models import build_model
 from deployvit.spaces import get_space
@@ -204,7 +205,7 @@ def test_build_engine_calls(fake_trt, onnx_file, tmp_path, major, flags, network
     on_disk = json.loads((tmp_path / "m.engine.json").read_text())
     assert on_disk == sidecar
     assert sidecar["strongly_typed"] == (major == 11) and sidecar["tensorrt"] == f"{major}.4.0"
-    assert sidecar["onnx_sha256"] == trt_export.sha256(onnx_file)
+    assert sidecar["onnx_sha256"] == io.sha256(onnx_file)
     # a second build starts from the saved timing cache
     trt_export.build_engine(onnx_file, tmp_path / "m.engine", precision="fp16", batch_range=(1, 4, 8),
                             timing_cache=cache, graph_precision=graph)

@@ -15,6 +15,17 @@ from deployvit.spaces import get_space
 
 from tests.conftest import assert_one_line_error, run_cli
 
+def _foreign_gpu_label() -> str:
+    """A known GPU label that is not this machine (h100 is this machine on an H100)."""
+    import torch
+
+    from deployvit.latency.devices import device_name, label_matches
+
+    if not torch.cuda.is_available():
+        return "h100"
+    return next(label for label in ("h100", "a100", "t4") if not label_matches(label, device_name("cuda")))
+
+
 FAST = ["--warmup", "0", "--repeats", "3", "--calib-archs", "3", "--val-archs", "3", "--threads", "1"]
 
 
@@ -54,6 +65,13 @@ def test_profile_two_batch_sizes(tmp_path):
     b1 = LatencyTable.load(tmp_path / "t-b1.json")
     b2 = LatencyTable.load(tmp_path / "t-b2.json")
     assert (b1.metadata["batch_size"], b2.metadata["batch_size"]) == (1, 2)
+
+
+def test_every_table_is_checked_before_the_first_is_timed(tmp_path):
+    (tmp_path / "t-b2.json").write_text("keep me")
+    assert_one_line_error(run_cli(*profile_args(tmp_path / "t-b{batch}.json", "--batch-size", "2")), "t-b2.json exists")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t-b2.json"]  # b1 was not profiled first
+    assert_one_line_error(run_cli(*profile_args(tmp_path / "u-b{batch}.json", "--batch-size", "1")), "--batch-size given twice")
 
 
 def test_resume_after_interruption(tmp_path, monkeypatch):
@@ -115,7 +133,7 @@ def test_existing_table_needs_force(tmp_path):
         (("--runtime", "warp-drive"), ("unknown runtime", "warp-drive")),
         (("--batch-size", "0"), ("batch size", ">= 1")),
         (("--batch-size", "-3"), ("batch size", ">= 1")),
-        (("--device", "h100"), ("h100", "does not match", "--force")),
+        (("--device", _foreign_gpu_label()), ("does not match", "--force")),
         (("--precision", "fp8"), ("unknown precision",)),
         (("--space", "no-such-space"), ("unknown space",)),
     ],

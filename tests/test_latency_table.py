@@ -99,11 +99,21 @@ def _corrupt(data: dict, how: str):
         data["calibration"]["scale"] = float("nan")
     elif how == "no-calibration":
         data.pop("calibration")
+    elif how == "zero-batch":
+        data["metadata"]["batch_size"] = 0
+    elif how == "negative-scale":
+        data["calibration"]["scale"] = -1.0
+    elif how == "settings-not-object":
+        data["metadata"]["settings"] = "x"
+    elif how == "validation-stats-not-object":
+        data["validation"] = {"calibrated": [1]}
     return data
 
 
 @pytest.mark.parametrize(
-    "how", ["no-format", "no-metadata-key", "batch-not-int", "negative-entry", "empty-entries", "nan-scale", "no-calibration"]
+    "how",
+    ["no-format", "no-metadata-key", "batch-not-int", "negative-entry", "empty-entries", "nan-scale", "no-calibration",
+     "zero-batch", "negative-scale", "settings-not-object", "validation-stats-not-object"],
 )
 def test_malformed_table_is_rejected(tmp_path, how):
     path = tmp_path / "t.json"

@@ -138,6 +138,19 @@ def test_measure_top_fails_when_no_candidate_meets_the_budget_here(tmp_path):
     assert "measured" in result.out and not (out / "best.arch.json").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a CUDA GPU")
+def test_measure_top_with_a_gpu_table_fails_before_the_search_here(tmp_path):
+    data = json.loads(default_table("test").read_text())
+    data["metadata"].update(device_type="cuda", device_name="NVIDIA H100 80GB HBM3", device_label="h100")
+    data["metadata"]["settings"]["clock"] = "wall"
+    gpu = tmp_path / "gpu.json"
+    gpu.write_text(json.dumps(data))
+    out = tmp_path / "m"
+    result = run_cli("search", "--latency", "5s", "--table", str(gpu), "--measure-top", "1", "--out", str(out), *TINY)
+    assert_one_line_error(result, "cannot time archs like the table", "CUDA")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [

@@ -40,6 +40,10 @@ def test_parse_amounts():
             parse_amount(bad, metric)
     with pytest.raises(DeployvitError, match="is not below"):
         Constraints(max_flops=1e9, min_flops=2e9)
+    with pytest.raises(DeployvitError, match="--min-latency 0.4 ms is not below --latency 0.35 ms"):
+        Constraints(max_latency=[350.0, 600.0], min_latency=400.0)  # below the loosest budget, not the tightest
+    with pytest.raises(DeployvitError, match="both named '2ms'"):
+        Constraints(max_latency=parse_amounts("2.001ms,2.002ms", "latency"))
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -142,6 +146,33 @@ def test_resume_refuses_other_settings(tmp_path):
         _evolution(space, Constraints(), state, generations=1).resume()
 
 
+def test_resume_refuses_another_table_or_checkpoint(tmp_path):
+    space = get_space("test")
+    state = tmp_path / "s.json"
+    config = EvolutionConfig(**{**SMALL, "generations": 1})
+    Evolution(space, MetricModel(space), Constraints(), DSSScore(space), config, state, sources={"table": "aaa"}).run()
+    for sources, what in [({"table": "bbb"}, "another latency table"), ({}, "another latency table"),
+                          ({"table": "aaa", "supernet": "ccc"}, "another supernet checkpoint")]:
+        other = Evolution(space, MetricModel(space), Constraints(), DSSScore(space), config, state, sources=sources)
+        with pytest.raises(DeployvitError, match=what):
+            other.resume()
+    Evolution(space, MetricModel(space), Constraints(), DSSScore(space), config, state, sources={"table": "aaa"}).resume()
+
+
+@pytest.mark.parametrize("rng", [{}, "x", {"bit_generator": "PCG64"}])
+def test_corrupt_rng_in_search_state_is_one_line(tmp_path, rng):
+    import json
+
+    space = get_space("test")
+    state = tmp_path / "s.json"
+    _evolution(space, Constraints(), state, generations=1).run()
+    data = json.loads(state.read_text())
+    data["rng"] = rng
+    state.write_text(json.dumps(data))
+    with pytest.raises(DeployvitError, match="corrupt search state"):
+        _evolution(space, Constraints(), state, generations=1).resume()
+
+
 @settings(max_examples=12, deadline=None)
 @given(flops_frac=st.floats(0.05, 1.0), params_frac=st.floats(0.05, 1.0), seed=st.integers(0, 1000))
 def test_every_returned_arch_satisfies_every_constraint(flops_frac, params_frac, seed):
@@ -176,6 +207,11 @@ def test_pareto_front_is_non_dominated():
     evo.run()
     cands = list(evo.state.evaluated.values())
     front = pareto_front(cands, "flops")
+    assert front
     for f in front:
         assert not any(c.score > f.score and c.metrics["flops"] <= f.metrics["flops"] for c in cands)
     assert [f.metrics["flops"] for f in front] == sorted(f.metrics["flops"] for f in front)
+    on_front = {f.arch.key for f in front}
+    for c in cands:  # and it is complete: everything left out is dominated by (or ties) a front member
+        if c.arch.key not in on_front:
+            assert any(f.score >= c.score and f.metrics["flops"] <= c.metrics["flops"] for f in front), c.arch.summary()

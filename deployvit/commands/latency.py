@@ -7,9 +7,8 @@ import warnings
 import click
 
 from deployvit.arch import load_arch
-from deployvit.errors import DeployvitError
 from deployvit.latency.devices import device_name
-from deployvit.latency.profile import MeasureSettings, apply_threads, measure_arch
+from deployvit.latency.profile import apply_threads, measure_arch, table_settings
 from deployvit.latency.table import LatencyTable, LatencyTableWarning, default_table
 
 
@@ -33,13 +32,7 @@ def latency_cmd(arch_file: str, table_path: str | None, measure: bool) -> None:
     click.echo(f"predicted: {predicted / 1e3:.3f} ms{quality}")
     if not measure:
         return
-    device = table.metadata["device_type"]
-    settings = MeasureSettings.from_metadata(table.metadata)
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise DeployvitError(f"--measure needs a CUDA GPU for this {table.metadata['device_name']} table; none found here")
+    settings, device = table_settings(table.metadata)
     apply_threads(settings, device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from deployvit.errors import DeployvitError
-from deployvit.latency.profile import MeasureSettings, profile
+from deployvit.latency.profile import MeasureSettings, check_request, profile
 from deployvit.latency.table import table_filename
 from deployvit.spaces import get_space
 
@@ -44,8 +44,9 @@ def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs
     space = get_space(space_name)
     settings = [MeasureSettings(runtime, precision, b, warmup_s, repeats, threads, clock) for b in batches]
     paths = output_paths(out, label, space.name, runtime, precision, batches)
-    bad = [b for b in batches if b < 1]
-    if bad:  # checked for all sizes up front: a later bad size must not fail after hours of timing
-        raise DeployvitError(f"batch size must be >= 1, got {bad[0]}")
+    if len(set(batches)) < len(batches):
+        raise DeployvitError(f"--batch-size given twice: {sorted(batches)}")
+    for s, path in zip(settings, paths):  # every table checked before the first is timed
+        check_request(label, s, path, calib_archs, val_archs, force)
     for s, path in zip(settings, paths):
         profile(space, label=label, settings=s, out=path, calib_archs=calib_archs, val_archs=val_archs, seed=seed, force=force, echo=click.echo)

@@ -71,6 +71,32 @@ class MeasureSettings:
         return cls(meta["runtime"], meta["precision"], meta["batch_size"], s.get("warmup_s", 0.5), s.get("repeats", 50), s.get("threads"), s.get("clock", "wall"))
 
 
+def check_request(label: str, settings: MeasureSettings, out: Path, calib_archs: int, val_archs: int, force: bool) -> tuple[str, str]:
+    """Every check of a profile request that needs no timing; returns (device type, device name).
+    The CLI runs it for all batch sizes first: a bad later table must not fail after hours of timing."""
+    device, name = check_label(label, force)
+    settings.validate(device)
+    if calib_archs < 2 or val_archs < 2:
+        raise DeployvitError(f"need at least 2 calibration and 2 validation archs (got {calib_archs}, {val_archs})")
+    if out.is_dir():
+        raise DeployvitError(f"output {out} is a directory; give a .json file path")
+    if out.exists() and not force:
+        raise DeployvitError(f"{out} exists; pass --force to overwrite it")
+    return device, name
+
+
+def table_settings(meta: dict) -> tuple[MeasureSettings, str]:
+    """The settings and device a table was measured with, checked against this machine, so that an
+    arch can be timed the same way (`deployvit latency --measure`, `search --measure-top`)."""
+    settings = MeasureSettings.from_metadata(meta)
+    device = meta["device_type"]
+    try:
+        settings.validate(device)
+    except DeployvitError as exc:
+        raise DeployvitError(f"cannot time archs like the table ({meta['device_name']}, {meta['runtime']}) here: {exc}") from None
+    return settings, device
+
+
 def apply_threads(settings: MeasureSettings, device: str) -> None:
     """torch's CPU thread count is process-wide: set it once before timing on the CPU."""
     if device == "cpu" and settings.threads:
@@ -134,14 +160,7 @@ def profile(
 ) -> LatencyTable:
     """Profile `space` into the table at `out` (see the module docstring); returns the table."""
     out = Path(out)
-    device, name = check_label(label, force)
-    settings.validate(device)
-    if calib_archs < 2 or val_archs < 2:
-        raise DeployvitError(f"need at least 2 calibration and 2 validation archs (got {calib_archs}, {val_archs})")
-    if out.is_dir():
-        raise DeployvitError(f"output {out} is a directory; give a .json file path")
-    if out.exists() and not force:
-        raise DeployvitError(f"{out} exists; pass --force to overwrite it")
+    device, name = check_request(label, settings, out, calib_archs, val_archs, force)
     apply_threads(settings, device)
 
     key = {

@@ -102,8 +102,13 @@ def _cuda_graph(module: nn.Module, x: torch.Tensor) -> Run:
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.inference_mode(), torch.cuda.graph(graph):
-        graph_out = module(x)  # noqa: F841  (kept alive by the graph's memory pool)
-    return graph.replay
+        out = module(x)
+
+    def replay() -> torch.Tensor:
+        graph.replay()  # reads x and writes out in place: the closure keeps both alive
+        return out
+
+    return replay
 
 
 def _exported_runner(module: nn.Module, input_shape: tuple[int, ...], runtime: str, device: str, precision: str, threads: int | None) -> Run:

@@ -165,16 +165,20 @@ class LatencyTable:
         for key, typ in REQUIRED_METADATA.items():
             if not isinstance(meta.get(key), typ) or isinstance(meta.get(key), bool):
                 raise bad(f"metadata.{key} missing or not a {typ.__name__}")
+        if meta["batch_size"] < 1 or meta["img_size"] < 1:
+            raise bad("metadata.batch_size and metadata.img_size must be at least 1")
+        if not isinstance(meta.get("settings", {}), dict):
+            raise bad("metadata.settings must be an object")
         if not isinstance(entries, dict) or not entries:
             raise bad("'entries' must be a non-empty object")
         for key, entry in entries.items():
             if not isinstance(entry, dict) or not _positive(entry.get("median_us")):
                 raise bad(f"entry {key!r} needs a positive finite median_us")
-        if not isinstance(calib, dict) or not all(_finite(calib.get(k)) for k in ("scale", "bias")):
-            raise bad("calibration needs finite numbers 'scale' and 'bias'")
+        if not isinstance(calib, dict) or not _positive(calib.get("scale")) or not _finite(calib.get("bias")):
+            raise bad("calibration needs a positive finite 'scale' and a finite 'bias'")
         validation = data.get("validation", {})
-        if not isinstance(validation, dict):
-            raise bad("'validation' must be an object")
+        if not isinstance(validation, dict) or not all(isinstance(validation.get(k, {}), dict) for k in ("calibrated", "uncalibrated")):
+            raise bad("'validation' and its 'calibrated' / 'uncalibrated' statistics must be objects")
         rest = {k: v for k, v in calib.items() if k not in ("scale", "bias")}
         return cls(meta, entries, float(calib["scale"]), float(calib["bias"]), rest, validation)
 

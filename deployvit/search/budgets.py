@@ -80,11 +80,16 @@ class Constraints:
 
     def __post_init__(self) -> None:
         for metric in METRICS:
-            lo, hi = self.lower(metric), self.upper(metric)
+            lo = self.lower(metric)
+            hi = min(self.max_latency) if metric == "latency" and self.max_latency else self.upper(metric)
             if lo is not None and hi is not None and lo >= hi:
                 raise DeployvitError(
                     f"--min-{metric} {format_amount(lo, metric)} is not below --{metric} {format_amount(hi, metric)}"
                 )
+        labels = [budget_label(b) for b in self.max_latency]
+        for label in labels:
+            if labels.count(label) > 1:  # winners and files are named by label: one would overwrite the other
+                raise DeployvitError(f"--latency: two budgets are both named {label!r}; make them differ within three significant digits")
 
     def lower(self, metric: str) -> float | None:
         return getattr(self, f"min_{metric}")

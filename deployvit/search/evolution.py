@@ -81,6 +81,7 @@ class SearchState:
     constraints: dict
     score: str
     space_hash: str
+    sources: dict = field(default_factory=dict)  # content hashes of the latency table / supernet, the data path
     generation: int = -1  # last completed generation; -1: initial population not done
     rng: dict = field(default_factory=dict)
     evaluated: dict[str, Candidate] = field(default_factory=dict)
@@ -95,8 +96,11 @@ class SearchState:
     @classmethod
     def from_dict(cls, data: dict) -> "SearchState":
         evaluated = [Candidate.from_dict(c) for c in data["evaluated"]]
-        fields = {k: data[k] for k in ("config", "constraints", "score", "space_hash", "generation", "rng")}
+        fields = {k: data[k] for k in ("config", "constraints", "score", "space_hash", "sources", "generation", "rng")}
         return cls(**fields, evaluated={c.arch.key: c for c in evaluated})
+
+
+_SOURCE_NAMES = {"table": "latency table", "supernet": "supernet checkpoint", "data": "data directory"}
 
 
 class Evolution:
@@ -109,10 +113,13 @@ class Evolution:
         config: EvolutionConfig,
         state_path: str | os.PathLike | None = None,
         on_generation: Callable[[int, "Evolution"], None] | None = None,
+        sources: dict | None = None,
     ):
+        """`sources` identifies what the predictions and scores come from (see `SearchState.sources`):
+        a resume with another table or checkpoint would mix two of them in one population."""
         self.space, self.model, self.constraints, self.score, self.config = space, model, constraints, score, config
         self.state_path, self.on_generation = state_path, on_generation
-        self.state = SearchState(asdict(config), constraints.to_dict(), score.name, space.hash())
+        self.state = SearchState(asdict(config), constraints.to_dict(), score.name, space.hash(), dict(sources or {}))
         self.rng = np.random.default_rng(config.seed)
 
     # --- state ------------------------------------------------------------------------------------
@@ -122,15 +129,18 @@ class Evolution:
         data = io.read_json(self.state_path, what="search state")
         try:
             saved = SearchState.from_dict(data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DeployvitError(f"corrupt search state {self.state_path}: {exc}") from None
+            self.rng.bit_generator.state = saved.rng
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DeployvitError(f"corrupt search state {self.state_path}: {type(exc).__name__} {exc}") from None
         for name in ("config", "constraints", "score", "space_hash"):
             if getattr(saved, name) != getattr(self.state, name):
                 raise DeployvitError(f"cannot resume {self.state_path}: it was started with another {name.replace('_', ' ')}")
+        for source in sorted(set(saved.sources) | set(self.state.sources)):
+            if saved.sources.get(source) != self.state.sources.get(source):
+                raise DeployvitError(f"cannot resume {self.state_path}: it was started with another {_SOURCE_NAMES.get(source, source)}")
         self.state = saved
-        self.rng.bit_generator.state = saved.rng
 
-    def _checkpoint(self, generation: int) -> None:
+    def checkpoint(self, generation: int) -> None:
         self.state.generation = generation
         self.state.rng = self.rng.bit_generator.state
         if self.state_path is not None:
@@ -222,12 +232,12 @@ class Evolution:
                     f"no arch of space {self.space.name!r} satisfies the constraints after {self.config.max_tries} tries"
                 )
             self.evaluate(pending)
-            self._checkpoint(0)
+            self.checkpoint(0)
             if self.on_generation:
                 self.on_generation(0, self)
         for generation in range(self.state.generation + 1, self.config.generations + 1):
             self.evaluate(self._children() if self.config.method == "evolution" else self._random_batch())
-            self._checkpoint(generation)
+            self.checkpoint(generation)
             if self.on_generation:
                 self.on_generation(generation, self)
         return {b: next(iter(self.best(b)), None) for b in self.constraints.budgets()}

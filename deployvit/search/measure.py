@@ -5,9 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-import torch
-
-from deployvit.errors import DeployvitError
 from deployvit.search.budgets import budget_label
 
 if TYPE_CHECKING:
@@ -18,12 +15,9 @@ if TYPE_CHECKING:
 def measure_top(evolution: "Evolution", table: "LatencyTable", k: int, echo: Callable[[str], None]):
     """Per budget: time the top-k candidates (by score) here; the winner is the best-scoring one whose
     measured latency meets the budget (None when none does). Returns (winners, measured rows)."""
-    from deployvit.latency.profile import MeasureSettings, apply_threads, measure_arch
+    from deployvit.latency.profile import apply_threads, measure_arch, table_settings
 
-    settings = MeasureSettings.from_metadata(table.metadata)
-    device = table.metadata["device_type"]
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DeployvitError(f"--measure-top: the table was measured on {table.metadata['device_name']} (cuda); this machine has no CUDA GPU")
+    settings, device = table_settings(table.metadata)
     apply_threads(settings, device)
     cache: dict[str, float] = {}
     winners: dict[float | None, "Candidate | None"] = {}

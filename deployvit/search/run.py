@@ -9,6 +9,7 @@ behind; `best.arch.json` is written last, so a directory without it is visibly u
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -135,6 +136,10 @@ def run_search(request: SearchRequest, echo: Callable[[str], None] = print, prog
         ) from None
     for note in notes:
         echo(f"note: {note}")
+    if request.measure_top:  # this machine must be able to time like the table before anything runs
+        from deployvit.latency.profile import table_settings
+
+        table_settings(table.metadata)
     run_dir = Path(request.out or f"runs/search-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     state_path = run_dir / "search_state.json"
     if request.resume and not state_path.exists():
@@ -161,7 +166,7 @@ def run_search(request: SearchRequest, echo: Callable[[str], None] = print, prog
             bar.n = generation + 1
             bar.refresh()
 
-    evolution = Evolution(space, model, request.constraints, score, request.config, state_path, on_generation)
+    evolution = Evolution(space, model, request.constraints, score, request.config, state_path, on_generation, _sources(request, table))
     if request.resume:
         evolution.resume()
         if bar is not None:
@@ -188,9 +193,22 @@ def run_search(request: SearchRequest, echo: Callable[[str], None] = print, prog
     result = SearchResult(run_dir, winners, table_desc, notes, measured)
     unmet = [budget_label(b) for b, c in winners_by_budget.items() if c is None]
     if unmet:
-        how = "timed on this machine" if request.measure_top else "drawn from the sampler"
+        how = "timed on this machine" if request.measure_top else ("drawn from the sampler" if request.score == "sampler" else "searched")
         result.failure = f"no candidate met budget {', '.join(unmet)} when {how} (see {log_path})"
     return result
+
+
+def _sources(request: SearchRequest, table) -> dict[str, str]:
+    """What the run's predictions and scores come from, for `Evolution.resume` to compare: the
+    latency table's and the supernet checkpoint's content hashes, and the data directory."""
+    sources = {}
+    if table is not None and table.path is not None:
+        sources["table"] = io.sha256(table.path)
+    if request.supernet is not None:
+        sources["supernet"] = io.sha256(request.supernet)
+    if request.data is not None:
+        sources["data"] = str(Path(request.data).resolve())
+    return sources
 
 
 def _specialise(request: SearchRequest, evolution: Evolution) -> dict:
@@ -213,6 +231,7 @@ def _specialise(request: SearchRequest, evolution: Evolution) -> dict:
                 pending[arch.key] = (arch, metrics)
         evolution.evaluate(pending)
         winners[budget] = next(iter(evolution.best(budget)), None)
+    evolution.checkpoint(0)  # the run directory holds its state like any other search (DESIGN.md section 3)
     return winners
 
 
@@ -224,10 +243,11 @@ def _correlations(evaluated: list[Candidate], score_name: str) -> dict:
     if len(evaluated) < 3:
         return {}
     scores = [c.score for c in evaluated]
-    return {
-        f"kendall_tau_{score_name}_vs_params": float(kendalltau(scores, [c.metrics["params"] for c in evaluated]).statistic),
-        f"kendall_tau_{score_name}_vs_flops": float(kendalltau(scores, [c.metrics["flops"] for c in evaluated]).statistic),
-    }
+    out = {}
+    for metric in ("params", "flops"):
+        tau = float(kendalltau(scores, [c.metrics[metric] for c in evaluated]).statistic)
+        out[f"kendall_tau_{score_name}_vs_{metric}"] = tau if math.isfinite(tau) else None  # constant scores: undefined
+    return out
 
 
 def _request_dict(request: SearchRequest) -> dict:
