@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from deployvit.spaces import get_space
-from deployvit.train.checkpoint import load_model, load_supernet, read_checkpoint
+from deployvit.train.checkpoint import load_model, load_supernet, read_checkpoint, save_checkpoint
 from deployvit.train.focus import load_sampler
 from tests.conftest import assert_one_line_error, run_cli
 
@@ -99,6 +99,7 @@ def test_bad_inputs_exit_2_with_one_line(supernet_run, tmp_path):
     assert_one_line_error(train(supernet_run, "--epochs", "2"), "--resume")
     assert_one_line_error(train(tmp_path / "x", "--epochs", "1", "--amp", "bf16", "--device", "cpu"), "CUDA")
     assert_one_line_error(train(tmp_path / "x", "--epochs", "2", "--warmup-epochs", "5"), "--warmup-epochs")
+    assert_one_line_error(train(tmp_path / "x", "--epochs", "1", "--opt", "foo"), "unknown --opt 'foo'")
     (tmp_path / "junk.pt").write_bytes(b"junk")
     assert_one_line_error(run_cli("evaluate", "--supernet", str(tmp_path / "junk.pt"), "--arch", str(tmp_path / "other.json"),
                                   "--data", "digits"), "checkpoint")
@@ -112,6 +113,16 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path
     state = read_checkpoint(tmp_path / "checkpoint.pt")
     assert state["progress"]["global_step"] >= 1
     assert not (tmp_path / "last.pt").exists()
+
+
+def test_resume_with_another_world_size_is_refused(tmp_path):
+    """Another number of ranks changes the steps per epoch, so the step counter and the LR schedule
+    of the checkpoint would no longer line up."""
+    assert train(tmp_path, "--epochs", "1").code == 0
+    state = read_checkpoint(tmp_path / "checkpoint.pt")
+    state["progress"]["steps_per_epoch"] *= 2  # what a run on twice the ranks would have saved
+    save_checkpoint(tmp_path / "checkpoint.pt", {k: v for k, v in state.items() if k != "format"})
+    assert_one_line_error(train(tmp_path, "--epochs", "1", "--resume"), "steps per epoch", "world size")
 
 
 def _subprocess_train(out: Path, args: list[str]) -> subprocess.Popen:
@@ -145,15 +156,19 @@ def test_kill_9_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
         for name, tensor in a[key].items():
             torch.testing.assert_close(tensor, b[key][name], rtol=1e-5, atol=1e-6, msg=f"{key}.{name}")
     assert a["history"][-1]["val_top1_max"] == pytest.approx(b["history"][-1]["val_top1_max"])
+    # the interrupted epoch's logged loss covers its steps from before the kill too
+    assert [r["train_loss"] for r in a["history"]] == pytest.approx([r["train_loss"] for r in b["history"]], rel=1e-5)
 
 
-def test_undecodable_image_stops_training_with_one_line(tmp_path):
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_undecodable_image_stops_training_with_one_line(tmp_path, workers):
     from tests.test_train_data import make_image_folder
 
     root = make_image_folder(tmp_path / "data", per_class=6)
     (root / "train" / "dog" / "3.png").write_bytes(b"\x89PNG broken")
     r = run_cli("train-supernet", "--space", "test", "--data", str(root), "--epochs", "1", "--batch-size", "4",
-                "--held-out-per-class", "0", "--aug", "none", "--warmup-epochs", "0", "--out", str(tmp_path / "run"))
+                "--held-out-per-class", "0", "--aug", "none", "--warmup-epochs", "0", "--out", str(tmp_path / "run"),
+                "--num-workers", workers)
     assert_one_line_error(r, "cannot decode image", "3.png")
 
 

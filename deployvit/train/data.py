@@ -16,7 +16,7 @@ import pickle
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -275,3 +275,21 @@ class SplitDataset(torch.utils.data.Dataset):
         j = self.indices[i]
         img = self.split.load(j)
         return (self.transform(img) if self.transform else img), self.split.targets[j]
+
+
+def one_line_errors(loader: Iterable) -> Iterator:
+    """Iterate `loader`; a DeployvitError raised in a loader worker (an image that fails to decode)
+    comes back as its own one line: the DataLoader re-raises it with the worker's traceback inside
+    the message."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except Exception as exc:
+            marker = "DeployvitError: "
+            if marker in str(exc):
+                raise DeployvitError(str(exc).rsplit(marker, 1)[1].strip().splitlines()[0]) from None
+            raise
+        yield batch

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from deployvit.train.data import one_line_errors
 from deployvit.train.distributed import DistInfo, all_ranks_sum
 
 
@@ -28,7 +29,7 @@ def evaluate_accuracy(model: torch.nn.Module, loader, device: torch.device | str
     model.eval()
     correct1 = correct5 = total = 0.0
     try:
-        for x, y in loader:
+        for x, y in one_line_errors(loader):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits = model(x).float()
             k = min(5, logits.shape[-1])

@@ -29,7 +29,7 @@ from deployvit import io
 from deployvit.errors import CheckFailed, DeployvitError
 from deployvit.train.augment import AugConfig, build_loss, build_mixup
 from deployvit.train.checkpoint import capture_rng, read_checkpoint, restore_rng, save_checkpoint
-from deployvit.train.data import SplitDataset
+from deployvit.train.data import SplitDataset, one_line_errors
 from deployvit.train.distributed import DistInfo, EpochBatches, all_ranks_sum, average_gradients, broadcast_module
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -69,6 +69,8 @@ class Recipe:
             raise DeployvitError(f"--warmup-epochs {self.warmup_epochs} must be 0 or smaller than --epochs {self.epochs}")
         if self.clip_grad < 0 or not 0 <= self.ema_decay < 1 or not 0 <= self.drop_path < 1:
             raise DeployvitError("--clip-grad must be >= 0, --ema-decay and --drop-path in [0, 1)")
+        if not _is_timm_optimizer(self.opt):
+            raise DeployvitError(f"unknown --opt {self.opt!r}: use a timm optimizer name (adamw, sgd, lamb, ...; timm.optim.list_optimizers())")
         if self.amp not in ("off", *AMP_DTYPES):
             raise DeployvitError(f"--amp must be off, bf16 or fp16, got {self.amp!r}")
         if self.aug.train_aug and self.aug.mixes and self.batch_size % 2:
@@ -122,26 +124,24 @@ class Task(Protocol):
     def finish(self, out: Path, model: nn.Module, state: dict[str, Any]) -> None: ...
 
 
+def _is_timm_optimizer(name: str) -> bool:
+    """Whether `create_optimizer_v2` knows `name` (optionally with timm's `lookahead_` prefix)."""
+    from timm.optim import get_optimizer_info
+
+    base = name.lower().removeprefix("lookahead_")
+    try:
+        get_optimizer_info(base)
+    except ValueError:
+        return False
+    return True
+
+
 def seed_step(seed: int, step: int, rank: int) -> None:
     """Reseed python, numpy and torch for one step: the step's randomness no longer depends on history."""
     a, b = np.random.SeedSequence([seed, step, rank]).generate_state(2)
     random.seed(int(a))
     np.random.seed(int(b))
     torch.manual_seed(int(a) << 32 | int(b))
-
-
-def _next_batch(it):
-    """Next batch; a DeployvitError raised in a loader worker comes back as one line."""
-    try:
-        return next(it)
-    except DeployvitError:
-        raise
-    except Exception as exc:
-        text = str(exc)
-        marker = "DeployvitError: "
-        if marker in text:
-            raise DeployvitError(text.rsplit(marker, 1)[1].strip().splitlines()[0]) from None
-        raise
 
 
 def _check_resumable(saved: dict[str, Any], recipe: Recipe, kind: str, path: Path, check_task: Callable[[], None]) -> None:
@@ -208,6 +208,7 @@ def _fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[d
         scaler.scale(loss).backward()
 
     epoch, start_step, history = 0, 0, []
+    so_far: dict[str, Any] = {"loss_sum": 0.0, "loss_n": 0, "extra": {}}  # the epoch's running loss, all ranks
     if opts.resume:
         saved = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
         if saved is None:
@@ -221,18 +222,26 @@ def _fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[d
             ema.module.load_state_dict(saved["ema"])
         task.load_state_dict(saved["sampler"])
         restore_rng(saved["rng"])  # rank 0's; every step reseeds from (seed, step, rank) anyway
-        epoch, start_step = saved["progress"]["epoch"], saved["progress"]["step"]
+        progress = saved["progress"]
+        if progress["steps_per_epoch"] != steps:
+            raise DeployvitError(
+                f"cannot resume {ckpt_path}: it ran {progress['steps_per_epoch']} steps per epoch, this run has {steps} "
+                f"(another number of ranks?); resume with the world size it was started with"
+            )
+        epoch, start_step, so_far = progress["epoch"], progress["step"], progress["epoch_so_far"]
         history = list(saved["history"])
         opts.log(f"resumed {ckpt_path} at epoch {epoch} step {start_step}")
     elif ckpt_path.exists():
         raise DeployvitError(f"{out} already holds a training run (checkpoint.pt); pass --resume or choose another --out")
 
-    def state(epoch_: int, step_: int) -> dict[str, Any]:
+    def state(epoch_: int, step_: int, partial: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`partial`: the epoch's running loss over all ranks and its extra stats, for a mid-epoch save."""
         return {
             "kind": task.kind,
             "meta": task.meta,
             "recipe": recipe.to_dict(),
-            "progress": {"epoch": epoch_, "step": step_, "global_step": epoch_ * steps + step_, "steps_per_epoch": steps},
+            "progress": {"epoch": epoch_, "step": step_, "global_step": epoch_ * steps + step_, "steps_per_epoch": steps,
+                         "epoch_so_far": partial or {"loss_sum": 0.0, "loss_n": 0, "extra": {}}},
             "model": model.state_dict(),
             "ema": ema.module.state_dict() if ema is not None else None,
             "optimizer": optimizer.state_dict(),
@@ -243,23 +252,25 @@ def _fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[d
             "history": history,
         }
 
-    def save(epoch_: int, step_: int) -> None:
+    def save(epoch_: int, step_: int, partial: dict[str, Any] | None = None) -> None:
         if info.is_main:
-            save_checkpoint(ckpt_path, state(epoch_, step_))
+            save_checkpoint(ckpt_path, state(epoch_, step_, partial))
 
     model.train()
     while epoch < recipe.epochs:
-        t0, loss_sum, loss_n, extra = time.perf_counter(), 0.0, 0, {}
+        t0, extra = time.perf_counter(), dict(so_far["extra"])
+        loss_sum, loss_n = (so_far["loss_sum"], so_far["loss_n"]) if info.is_main else (0.0, 0)
+        so_far = {"loss_sum": 0.0, "loss_n": 0, "extra": {}}
         gen = torch.Generator().manual_seed(recipe.seed * 1_000_003 + epoch * 1009 + start_step)
         loader = torch.utils.data.DataLoader(
             task.train_set, batch_sampler=batches.epoch(epoch, start_step), num_workers=opts.num_workers,
             pin_memory=device.type == "cuda", generator=gen,
         )
-        it = iter(loader)
+        it = one_line_errors(loader)
         for step in range(start_step, steps):
             gstep = epoch * steps + step
             seed_step(recipe.seed, gstep, info.rank)
-            x, y = _next_batch(it)
+            x, y = next(it)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if mixup is not None:
                 x, y = mixup(x, y)
@@ -284,7 +295,8 @@ def _fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[d
             if info.is_main and opts.log_every and (gstep + 1) % opts.log_every == 0:
                 opts.log(f"epoch {epoch + 1} step {step + 1}/{steps} loss {loss:.4f} lr {optimizer.param_groups[0]['lr']:.2e}")
             if opts.ckpt_every and (gstep + 1) % opts.ckpt_every == 0 and step + 1 < steps:
-                save(epoch, step + 1)
+                partial = {"loss_sum": all_ranks_sum(loss_sum, info), "loss_n": int(all_ranks_sum(loss_n, info)), "extra": extra}
+                save(epoch, step + 1, partial)
         train_loss = all_ranks_sum(loss_sum, info) / max(all_ranks_sum(loss_n, info), 1)
         metrics = task.evaluate(ema.module if ema is not None else model, info)
         row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"],
