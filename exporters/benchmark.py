@@ -138,8 +138,8 @@ def _export_trt(model: nn.Module, spec: ExportSpec, out_dir: Path, stem: str) ->
     trt = trt_export.import_tensorrt()
     trt_export.require_cuda()
     plan = trt_export.plan_build(trt_export.trt_major(trt.__version__), spec.precision)
-    onnx_path = onnx_export.export_onnx(
-        model, out_dir / f"{stem}.onnx", img_size=spec.img_size, in_chans=spec.in_chans, precision=plan.onnx_precision,
+    onnx_path = onnx_export.export_onnx(  # its own name: an `onnx` row of the same run owns {stem}.onnx
+        model, out_dir / f"{stem}.trt.onnx", img_size=spec.img_size, in_chans=spec.in_chans, precision=plan.onnx_precision,
         opset=spec.opset, dynamic_batch=(spec.batch.min, spec.batch.opt, spec.batch.max), dynamo=spec.dynamo,
         metadata=spec.metadata,
     )
@@ -157,9 +157,7 @@ def _onnx_device(device: str) -> str:
     """onnxruntime on CUDA only when onnxruntime-gpu provides the CUDA provider."""
     if device != "cuda":
         return "cpu"
-    import onnxruntime
-
-    return "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
+    return "cuda" if "CUDAExecutionProvider" in onnx_export.import_onnxruntime().get_available_providers() else "cpu"
 
 
 def run_format(

@@ -221,12 +221,7 @@ def make_low_precision_safe(proto: onnx.ModelProto, dtype: int) -> None:
         nodes.append(node)
         nodes.append(onnx.helper.make_node("Cast", [down], [dst], name=f"{node.name}_from_fp32", to=dtype))
     del proto.graph.node[:]
-    proto.graph.node.extend(nodes)
-    # value_info recorded the Softmax output as low precision; drop stale entries for renamed tensors
-    stale = {n.output[0] for n in nodes if n.op_type == "Softmax"}
-    kept = [v for v in proto.graph.value_info if v.name not in stale]
-    del proto.graph.value_info[:]
-    proto.graph.value_info.extend(kept)
+    proto.graph.node.extend(nodes)  # value_info stays right: src and dst keep their low-precision types
 
 
 def _set_int_attr(node: onnx.NodeProto, name: str, value: int) -> None:

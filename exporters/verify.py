@@ -14,6 +14,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from deployvit.errors import CheckFailed, DeployvitError
@@ -69,10 +70,12 @@ def synthetic_samples(n: int, img_size: int, in_chans: int = 3, seed: int = SYNT
 
 
 def data_samples(data: str, img_size: int, in_chans: int = 3, limit: int = 256) -> Samples:
-    """The first `limit` images of the `val` split of `data` (digits, CIFAR folder or ImageFolder
-    root), resized and normalised as for evaluation."""
-    from deployvit.train.augment import build_transform, get_aug
+    """`limit` images evenly spaced through the `val` split of `data` (digits, CIFAR folder or
+    ImageFolder root; an ImageFolder split is ordered by class, so its first images would be a few
+    classes only), preprocessed exactly as `deployvit evaluate` does."""
+    from deployvit.train.augment import get_aug
     from deployvit.train.data import SplitDataset, open_data
+    from deployvit.train.setup import transforms_for
 
     source = open_data(data)
     split = source.val
@@ -80,12 +83,12 @@ def data_samples(data: str, img_size: int, in_chans: int = 3, limit: int = 256) 
         raise DeployvitError(f"{data}: the val split is empty")
     if in_chans != 3:
         raise DeployvitError(f"--data gives RGB images, but the model takes {in_chans} channels")
-    native = source.kind in ("digits", "cifar10", "cifar100")
-    transform = build_transform(get_aug("none"), img_size, source.mean, source.std, False, source.hflip, native)
-    dataset = SplitDataset(split, transform, indices=range(min(limit, len(split))))
+    transform = transforms_for(source, get_aug("none"), img_size).eval
+    picked = np.unique(np.linspace(0, len(split) - 1, num=min(limit, len(split))).round().astype(int))
+    dataset = SplitDataset(split, transform, indices=picked.tolist())
     images, labels = zip(*(dataset[i] for i in range(len(dataset))))
     where = source.kind if str(data) == source.kind else f"{source.kind} {data}"
-    return Samples(torch.stack(images), torch.tensor(labels), f"{where}: first {len(dataset)} val images")
+    return Samples(torch.stack(images), torch.tensor(labels), f"{where}: {len(dataset)} val images, evenly spaced")
 
 
 @dataclass

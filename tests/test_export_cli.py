@@ -221,6 +221,14 @@ def test_unknown_timm_model_and_benchmark_format(arch_file, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_unknown_baseline_is_refused_before_the_model_is_exported(arch_file, tmp_path):
+    out = tmp_path / "b"
+    result = run_cli("benchmark", "--arch", str(arch_file), "--formats", "onnx", "--baselines", "no_such_net",
+                     "--out", str(out), *FAST)
+    assert_one_line_error(result, "no_such_net")
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 def test_an_export_nothing_here_can_run_is_exit_1_not_a_pass(arch_file, tmp_path):
     """bf16 ONNX: onnxruntime CPU has no bf16 kernels, so the artifact is kept but not called verified."""
     out = tmp_path / "out"

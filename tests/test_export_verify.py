@@ -176,3 +176,12 @@ def test_synthetic_samples_are_seeded_and_said_so():
 def test_missing_data_dir_is_bad_input(tmp_path):
     with pytest.raises(DeployvitError, match="data not found"):
         data_samples(str(tmp_path / "nope"), 32)
+
+
+def test_data_samples_cover_every_class_of_a_class_ordered_folder(tmp_path):
+    from tests.test_train_data import make_image_folder
+
+    root = make_image_folder(tmp_path / "data", classes=("a", "b", "c", "d"), per_class=5)
+    samples = data_samples(str(root), 32, limit=4)  # the first 4 images would all be class "a"
+    assert sorted(samples.labels.tolist()) == [0, 1, 2, 3]
+    assert samples.images.shape == (4, 3, 32, 32) and "evenly spaced" in samples.source

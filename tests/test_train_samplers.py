@@ -82,8 +82,10 @@ def test_focus_sampler_learns_to_sit_just_under_the_budget():
     clone = policy_from_state(state)
     assert [a.key for a in clone.propose(b, 20, 3)] == [a.key for a in policy.propose(b, 20, 3)]
     other = make_sampler("focus", SPACE, 0, **options)
+    assert [a.key for a in other.policy.propose(b, 20, 3)] != [a.key for a in policy.propose(b, 20, 3)]  # untrained
     other.load_state_dict(state)
-    assert other.plan(7, 0, 64) == sampler.plan(7, 0, 64)
+    assert [a.key for a in other.policy.propose(b, 20, 3)] == [a.key for a in policy.propose(b, 20, 3)]
+    assert [other.plan(s, 0, 64) for s in range(20)] == [sampler.plan(s, 0, 64) for s in range(20)]
 
 
 def test_sampler_errors():

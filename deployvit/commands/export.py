@@ -222,16 +222,16 @@ def benchmark(formats: str, baselines: str, **opts: Any) -> None:
     if not opts["out"]:
         job.out = job.out / "benchmark"
         check_writable(job.out)
-    models = {job.source.name: job.source.info}
-    rows = _benchmark_model(job, job.source, job.samples, fmts, "model", gating=True)
+    base_jobs = []  # every baseline is loaded before anything is exported: a typo is exit 2, up front
     for name in [b.strip() for b in baselines.split(",") if b.strip()]:
         base = load_timm_model(name, img_size=job.source.img_size,
                                num_classes=job.source.arch.num_classes if job.source.arch else None)
-        models[name] = base.info
         spec = replace(job.spec, img_size=base.img_size, in_chans=base.in_chans, metadata={"source": base.info})
-        samples = _samples(opts["data"], base, opts["samples"])
-        rows += _benchmark_model(Job(base, spec, samples, job.out, job.budget_ms, [], opts),
-                                 base, samples, fmts, name, gating=False)
+        base_jobs.append((name, Job(base, spec, _samples(opts["data"], base, opts["samples"]), job.out, job.budget_ms, [], opts)))
+    models = {job.source.name: job.source.info, **{name: b.source.info for name, b in base_jobs}}
+    rows = _benchmark_model(job, job.source, job.samples, fmts, "model", gating=True)
+    for name, base_job in base_jobs:
+        rows += _benchmark_model(base_job, base_job.source, base_job.samples, fmts, name, gating=False)
     finish("benchmark", job, rows, fmts, models)
 
 

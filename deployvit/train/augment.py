@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
-import torch
 from torch import nn
 
 from deployvit.errors import DeployvitError
@@ -101,8 +100,3 @@ def build_loss(cfg: AugConfig) -> nn.Module:
     if cfg.train_aug and cfg.smoothing > 0:
         return LabelSmoothingCrossEntropy(cfg.smoothing)
     return nn.CrossEntropyLoss()
-
-
-def hard_labels(targets: torch.Tensor) -> torch.Tensor:
-    """Class indices of (possibly soft, mixed) targets: for logging training accuracy."""
-    return targets.argmax(-1) if targets.ndim == 2 else targets

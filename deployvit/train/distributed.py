@@ -67,16 +67,15 @@ def shutdown(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def barrier(info: DistInfo) -> None:
-    if info.distributed:
-        dist.barrier()
-
-
 def broadcast_module(module: torch.nn.Module, info: DistInfo) -> None:
-    """Make every rank start from rank 0's parameters and buffers."""
+    """Make every rank hold rank 0's parameters and buffers. Tensors travel on the rank's device:
+    NCCL cannot send CPU tensors, and the FocusFormer policy lives on the CPU beside a GPU supernet."""
     if info.distributed:
         for t in list(module.parameters()) + list(module.buffers()):
-            dist.broadcast(t.data, src=0)
+            buf = t.data.to(info.device)
+            dist.broadcast(buf, src=0)
+            if buf.data_ptr() != t.data.data_ptr():
+                t.data.copy_(buf)
 
 
 def average_gradients(params: Iterable[torch.nn.Parameter], info: DistInfo) -> None:
@@ -113,15 +112,6 @@ def all_ranks_sum(value: float, info: DistInfo) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
     return float(t.item())
-
-
-def broadcast_object(obj, info: DistInfo):
-    """Rank 0's Python object on every rank."""
-    if not info.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 @dataclass(frozen=True)
