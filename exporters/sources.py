@@ -4,15 +4,14 @@ weights that do not match the arch are a one-line error (exit 2), not a silently
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from deployvit.errors import DeployvitError
+from deployvit.train.checkpoint import apply_weights, read_weights, stored_arch
 
 @dataclass
 class SourceModel:
@@ -26,52 +25,15 @@ class SourceModel:
     info: dict[str, Any] | None = None
 
 
-def load_weights(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """State dict and metadata of a `.safetensors` file (what `retrain` writes) or a torch
-    checkpoint (`.pt`/`.pth`: a state dict, or a dict holding one under `model`/`state_dict`)."""
-    p = Path(path)
-    if not p.is_file():
-        raise DeployvitError(f"checkpoint not found: {p}")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(p), framework="pt") as fh:
-                return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # safetensors / pickle errors: the file is not a checkpoint
-        raise DeployvitError(f"cannot read checkpoint {p}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DeployvitError(f"{p} holds no state dict of tensors")
-    return state, {}
-
-
-def apply_weights(model: nn.Module, state: dict[str, torch.Tensor], checkpoint: str, target: str) -> None:
-    """Load `state` strictly; any missing/unexpected key or shape mismatch is one line naming it."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shapes:
-        what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected else
-                f"{shapes[0]} has shape {tuple(state[shapes[0]].shape)}, {target} needs {tuple(own[shapes[0]].shape)}")
-        counts = f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} mis-shaped)"
-        raise DeployvitError(f"checkpoint {checkpoint} does not match {target}: {what} {counts}")
-    model.load_state_dict(state)
-
-
 def load_arch_model(arch_path: str | None, checkpoint: str | None) -> SourceModel:
     """The standalone ViT of `arch_path` (or of the arch stored in a `retrain` checkpoint) with the
     checkpoint's weights; random weights without a checkpoint (fine for latency, said in the report)."""
-    from deployvit.arch import Arch, load_arch
+    from deployvit.arch import load_arch
     from deployvit.counting import count_flops, count_params
     from deployvit.models import build_model
 
-    state, meta = load_weights(checkpoint) if checkpoint else ({}, {})
-    stored = Arch.from_dict(json.loads(meta["arch"])) if "arch" in meta else None
+    state, meta = read_weights(checkpoint) if checkpoint else ({}, {})
+    stored = stored_arch(meta, checkpoint)
     if arch_path is None and stored is None:
         raise DeployvitError("give --arch ARCH.json (the checkpoint does not record its arch)")
     arch = load_arch(arch_path) if arch_path else stored
@@ -112,7 +74,7 @@ def load_timm_model(name: str, checkpoint: str | None = None, *, img_size: int |
         raise DeployvitError(f"timm model {name!r}: {str(exc).splitlines()[0]}") from None
     model.eval()
     if checkpoint:
-        apply_weights(model, load_weights(checkpoint)[0], checkpoint, f"timm model {name}")
+        apply_weights(model, read_weights(checkpoint)[0], checkpoint, f"timm model {name}")
     in_chans, _, default_size = model.pretrained_cfg.get("input_size", (3, 224, 224))
     size = img_size or default_size
     params = sum(p.numel() for p in model.parameters())

@@ -237,3 +237,13 @@ def test_an_export_nothing_here_can_run_is_exit_1_not_a_pass(arch_file, tmp_path
     row = _report(out)["rows"][0]
     assert row["status"] == "exported, not verified" and row["verification"] is None
     assert (out / "model.onnx").is_file()
+
+
+def test_checkpoint_with_corrupt_arch_metadata_is_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "checkpoint.safetensors"
+    save_file({"w": torch.zeros(1)}, str(bad), metadata={"arch": "{not json"})
+    out = tmp_path / "out"
+    assert_one_line_error(run_cli("export", "--checkpoint", str(bad), "--out", str(out)), "arch metadata is not valid JSON")
+    assert not out.exists()

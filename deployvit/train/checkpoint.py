@@ -95,28 +95,61 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, arch: Arch, extr
         save_file(tensors, str(tmp), metadata={"arch": arch.key, **(extra or {})})
 
 
-def load_model(path: str | os.PathLike):
-    """(ViT, arch) from `checkpoint.safetensors` written by `retrain`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
-    from deployvit.models import build_model
-
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """State dict and metadata of a `.safetensors` file (what `retrain` writes) or a torch checkpoint
+    (`.pt`/`.pth`: a state dict, or a dict holding one under `model`/`state_dict`)."""
     p = Path(path)
     if not p.is_file():
-        raise DeployvitError(f"model checkpoint not found: {p}")
+        raise DeployvitError(f"checkpoint not found: {p}")
     try:
-        with safe_open(str(p), framework="pt") as fh:
-            meta = fh.metadata() or {}
-        tensors = load_file(str(p))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise DeployvitError(f"cannot read model checkpoint {p}: {exc}") from None
+        if p.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="pt") as fh:
+                return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # safetensors / pickle errors: the file is not a checkpoint
+        raise DeployvitError(f"cannot read checkpoint {p}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DeployvitError(f"{p} holds no state dict of tensors")
+    return state, {}
+
+
+def stored_arch(meta: dict[str, str], path: str | os.PathLike) -> Arch | None:
+    """The arch a `retrain` checkpoint records in its metadata (None when it records none)."""
     if "arch" not in meta:
-        raise DeployvitError(f"{p} has no arch metadata (not written by deployvit retrain)")
-    arch = Arch.from_dict(json.loads(meta["arch"]))
-    model = build_model(arch)
+        return None
     try:
-        model.load_state_dict(tensors)
-    except RuntimeError as exc:
-        raise DeployvitError(f"{p}: weights do not match its arch: {str(exc).splitlines()[0]}") from None
+        return Arch.from_dict(json.loads(meta["arch"]))
+    except json.JSONDecodeError as exc:
+        raise DeployvitError(f"{path}: its arch metadata is not valid JSON ({exc.msg})") from None
+
+
+def apply_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], checkpoint: str | os.PathLike, target: str) -> None:
+    """Load `state` strictly; any missing/unexpected key or shape mismatch is one line naming it."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected else
+                f"{shapes[0]} has shape {tuple(state[shapes[0]].shape)}, {target} needs {tuple(own[shapes[0]].shape)}")
+        counts = f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} mis-shaped)"
+        raise DeployvitError(f"checkpoint {checkpoint} does not match {target}: {what} {counts}")
+    model.load_state_dict(state)
+
+
+def load_model(path: str | os.PathLike):
+    """(ViT, arch) from `checkpoint.safetensors` written by `retrain`."""
+    from deployvit.models import build_model
+
+    state, meta = read_weights(path)
+    arch = stored_arch(meta, path)
+    if arch is None:
+        raise DeployvitError(f"{path} has no arch metadata (not written by deployvit retrain)")
+    model = build_model(arch)
+    apply_weights(model, state, path, "its arch")
     return model.eval(), arch
