@@ -8,6 +8,7 @@ rename.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -20,7 +21,10 @@ from deployvit.errors import DeployvitError
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success rename it over `path`, on error remove it."""
+    """Yield a temp path beside `path`; on success rename it over `path`, on error remove it.
+
+    A kill -9 mid-write leaves its temp file behind (a checkpoint's worth of bytes); the next
+    successful write of the same path removes such leftovers (one writer per path is assumed)."""
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +42,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def _umask() -> int:

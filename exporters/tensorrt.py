@@ -112,7 +112,7 @@ def build_engine(
     timing_cache: str | os.PathLike | None = None,
     graph_precision: str | None = None,
 ) -> dict[str, Any]:
-    """Build a serialized engine from `onnx_path`, write it and its JSON sidecar atomically, update
+    """Build a serialized engine from `onnx_path`, write it and then its JSON sidecar atomically, update
     `timing_cache` (reused across builds: a rebuild then skips kernel timing), return the sidecar."""
     trt = import_tensorrt()
     require_cuda()
@@ -148,6 +148,9 @@ def build_engine(
     seconds = time.perf_counter() - start
     if serialized is None:
         raise CheckFailed(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
+    # the sidecar describes one engine: drop the old one first, so a kill between the two writes leaves
+    # an engine without a sidecar, never a new engine beside the old engine's sidecar
+    sidecar_path(engine_path).unlink(missing_ok=True)
     io.write_bytes(engine_path, bytes(serialized))
     if timing_cache:
         io.write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
@@ -165,6 +168,7 @@ def build_engine(
         "timing_cache": str(timing_cache) if timing_cache else None,
         "onnx": str(onnx_path),
         "onnx_sha256": io.sha256(onnx_path),
+        "engine_sha256": io.sha256(engine_path),
         "build_seconds": round(seconds, 2),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -206,6 +206,7 @@ def test_build_engine_calls(fake_trt, onnx_file, tmp_path, major, flags, network
     assert on_disk == sidecar
     assert sidecar["strongly_typed"] == (major == 11) and sidecar["tensorrt"] == f"{major}.4.0"
     assert sidecar["onnx_sha256"] == io.sha256(onnx_file)
+    assert sidecar["engine_sha256"] == io.sha256(tmp_path / "m.engine")
     # a second build starts from the saved timing cache
     trt_export.build_engine(onnx_file, tmp_path / "m.engine", precision="fp16", batch_range=(1, 4, 8),
                             timing_cache=cache, graph_precision=graph)
