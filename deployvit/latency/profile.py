@@ -169,6 +169,7 @@ def profile(
         "device_label": label,
         "device_name": name,
         "settings": asdict(settings),
+        "software": {"torch": torch.__version__, settings.runtime: runtime_version(settings.runtime)},  # no mixed versions
         "calib_archs": calib_archs,
         "val_archs": val_archs,
         "seed": seed,

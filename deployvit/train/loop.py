@@ -261,7 +261,8 @@ def _fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[d
         t0, extra = time.perf_counter(), dict(so_far["extra"])
         loss_sum, loss_n = (so_far["loss_sum"], so_far["loss_n"]) if info.is_main else (0.0, 0)
         so_far = {"loss_sum": 0.0, "loss_n": 0, "extra": {}}
-        gen = torch.Generator().manual_seed(recipe.seed * 1_000_003 + epoch * 1009 + start_step)
+        # seeds the loader workers' RNGs: per rank too, or every rank would draw the same augmentations
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([recipe.seed, epoch, start_step, info.rank]).generate_state(1)[0]))
         loader = torch.utils.data.DataLoader(
             task.train_set, batch_sampler=batches.epoch(epoch, start_step), num_workers=opts.num_workers,
             pin_memory=device.type == "cuda", generator=gen,
