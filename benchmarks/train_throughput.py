@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['standalone_img_s']:>17.1f} {r['time_ratio']:>6.3f} {'yes' if r['meets_goal'] else 'NO':>6}")
     result = {
         "benchmark": "train_throughput", "goal_time_ratio": GOAL,
+        "command": " ".join(["python benchmarks/train_throughput.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": dev_name,
         "torch": torch.__version__, "threads": args.threads, "space": space.name, "batch_size": batch, "amp": args.amp,
         "repeats": args.repeats, "rounds": args.rounds,
