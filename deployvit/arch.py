@@ -10,6 +10,7 @@ field, so a typo in a hand-edited file never silently becomes a default.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -48,6 +49,16 @@ class Stage:
         return len(self.layers)
 
 
+def stage_grid(img_size: int, patch_size: int, stage: int) -> int:
+    """Token grid side of a stage: the patch grid, halved by each residual spatial reduction before it."""
+    return (img_size // patch_size) >> stage
+
+
+def stage_tokens(img_size: int, patch_size: int, stage: int) -> int:
+    """Tokens a block of a stage sees: its grid plus the class token."""
+    return stage_grid(img_size, patch_size, stage) ** 2 + 1
+
+
 def mlp_hidden(embed_dim: int, mlp_ratio: float) -> int:
     """MLP hidden width; the one rounding rule shared by models, counting and latency keys."""
     return int(round(embed_dim * mlp_ratio))
@@ -78,11 +89,6 @@ class Arch:
     @property
     def layers(self) -> tuple[Layer, ...]:
         return tuple(layer for s in self.stages for layer in s.layers)
-
-    @property
-    def grid_size(self) -> int:
-        """Patch grid side of the first stage."""
-        return self.img_size // self.patch_size
 
     @cached_property
     def key(self) -> str:
@@ -174,8 +180,8 @@ def _int(value: Any, where: str, minimum: int = 1) -> int:
 def _ratio(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ArchError(f"{where}: expected a number, got {json.dumps(value)}")
-    if not value > 0:
-        raise ArchError(f"{where}: must be > 0, got {value}")
+    if not 0 < value < math.inf:
+        raise ArchError(f"{where}: must be a finite number > 0, got {value}")
     return float(value)
 
 

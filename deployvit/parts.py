@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
-from deployvit.arch import Arch, mlp_hidden
+from deployvit.arch import Arch, mlp_hidden, stage_grid, stage_tokens
 
 if TYPE_CHECKING:
     from deployvit.spaces import SearchSpace
@@ -100,31 +100,24 @@ class HeadPart:
 Part = Union[StemPart, BlockPart, ReductionPart, HeadPart]
 
 
-def stage_tokens(arch_or_space, stage: int) -> int:
-    """Tokens seen by blocks of `stage`: the halved grid plus the class token."""
-    grid = (arch_or_space.img_size // arch_or_space.patch_size) >> stage
-    return grid * grid + 1
-
-
 def arch_parts(arch: Arch) -> list[Part]:
     """The parts of `arch` in execution order."""
-    grid0 = arch.img_size // arch.patch_size
     parts: list[Part] = [StemPart(arch.img_size, arch.patch_size, arch.in_chans, arch.stages[0].embed_dim)]
     for si, stage in enumerate(arch.stages):
         if si > 0:
-            parts.append(ReductionPart(grid0 >> (si - 1), arch.stages[si - 1].embed_dim, stage.embed_dim))
-        tokens = stage_tokens(arch, si)
+            grid_in = stage_grid(arch.img_size, arch.patch_size, si - 1)
+            parts.append(ReductionPart(grid_in, arch.stages[si - 1].embed_dim, stage.embed_dim))
+        tokens = stage_tokens(arch.img_size, arch.patch_size, si)
         for layer in stage.layers:
             parts.append(
                 BlockPart(tokens, stage.embed_dim, layer.num_heads, stage.head_dim, mlp_hidden(stage.embed_dim, layer.mlp_ratio))
             )
-    parts.append(HeadPart(stage_tokens(arch, len(arch.stages) - 1), arch.stages[-1].embed_dim, arch.num_classes))
+    parts.append(HeadPart(stage_tokens(arch.img_size, arch.patch_size, len(arch.stages) - 1), arch.stages[-1].embed_dim, arch.num_classes))
     return parts
 
 
 def space_parts(space: "SearchSpace") -> list[Part]:
     """Every distinct part any arch of `space` can contain (what a latency table must time), sorted by key."""
-    grid0 = space.img_size // space.patch_size
     found: set[Part] = {StemPart(space.img_size, space.patch_size, space.in_chans, e) for e in space.stages[0].embed_dims}
     for si, s in enumerate(space.stages):
         tokens = space.tokens(si)
@@ -135,7 +128,7 @@ def space_parts(space: "SearchSpace") -> list[Part]:
         if si > 0:
             for e_in in space.stages[si - 1].embed_dims:
                 for e_out in s.embed_dims:
-                    found.add(ReductionPart(grid0 >> (si - 1), e_in, e_out))
+                    found.add(ReductionPart(space.grid(si - 1), e_in, e_out))
     last = len(space.stages) - 1
     found |= {HeadPart(space.tokens(last), e, space.num_classes) for e in space.stages[last].embed_dims}
     return sorted(found, key=lambda p: p.key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from deployvit.arch import Arch, ArchError, Layer, Stage, mlp_hidden
+from deployvit.arch import DEFAULT_HEAD_DIM, Arch, ArchError, Layer, Stage, mlp_hidden, stage_grid, stage_tokens
 from deployvit.errors import DeployvitError
 
 
@@ -71,12 +72,10 @@ class SearchSpace:
         return len(self.stages) > 1
 
     def grid(self, stage: int) -> int:
-        """Token grid side of a stage: each residual spatial reduction halves it."""
-        return (self.img_size // self.patch_size) >> stage
+        return stage_grid(self.img_size, self.patch_size, stage)
 
     def tokens(self, stage: int) -> int:
-        """Tokens a block of this stage sees: the grid plus the class token."""
-        return self.grid(stage) ** 2 + 1
+        return stage_tokens(self.img_size, self.patch_size, stage)
 
     # --- (de)serialisation ---------------------------------------------------------------------------
 
@@ -122,7 +121,8 @@ class SearchSpace:
             _check_choice(stage.embed_dim, choices.embed_dims, f"{prefix}embed_dim", self.name)
             _check_choice(stage.depth, choices.depths, f"{prefix}depth", self.name)
             if stage.head_dim != choices.head_dim:
-                raise ArchError(f"{prefix}head_dim: {stage.head_dim} does not match space {self.name!r} ({choices.head_dim})")
+                omitted = f" (an arch without head_dim means {DEFAULT_HEAD_DIM})" if stage.head_dim == DEFAULT_HEAD_DIM else ""
+                raise ArchError(f"{prefix}head_dim: {stage.head_dim} does not match space {self.name!r} ({choices.head_dim}){omitted}")
             for li, layer in enumerate(stage.layers):
                 _check_choice(layer.num_heads, choices.num_heads, f"{prefix}layers[{li}].num_heads", self.name)
                 _check_choice(layer.mlp_ratio, choices.mlp_ratios, f"{prefix}layers[{li}].mlp_ratio", self.name)
@@ -206,13 +206,10 @@ class SearchSpace:
 
 
 def _check_choice(value, allowed: Sequence, field: str, space: str) -> None:
-    if not any(_same(value, a) for a in allowed):
+    """Exact membership: a near-equal ratio would give an equal arch a second key (search dedupes by key)."""
+    if value not in allowed:
         shown = ", ".join(f"{a:g}" if isinstance(a, float) else str(a) for a in allowed)
-        raise ArchError(f"{field}: {value:g} is not in space {space!r} (allowed: {shown})")
-
-
-def _same(a, b) -> bool:
-    return abs(float(a) - float(b)) < 1e-9
+        raise ArchError(f"{field}: {value!r} is not in space {space!r} (allowed: {shown})")
 
 
 # --- presets ---------------------------------------------------------------------------------------
@@ -320,11 +317,13 @@ def space_from_dict(data: Any, allow_preset_name: bool = False) -> SearchSpace:
     if not isinstance(data, dict):
         raise DeployvitError("space: expected a mapping")
     data = dict(data)
-    if "stages" not in data:
+    single = "stages" not in data  # the stage keys at top level
+    if single:
         data["stages"] = [{k: data.pop(k) for k in list(data) if k in _STAGE_SPACE_KEYS}]
     unknown = sorted(set(data) - _SPACE_KEYS)
     if unknown:
-        raise DeployvitError(f"space: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(_SPACE_KEYS | _STAGE_SPACE_KEYS))})")
+        allowed = _SPACE_KEYS | (_STAGE_SPACE_KEYS if single else set())
+        raise DeployvitError(f"space: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
     for key in ("name", "img_size", "patch_size", "num_classes"):
         if key not in data:
             raise DeployvitError(f"space: missing key {key!r}")
@@ -332,8 +331,10 @@ def space_from_dict(data: Any, allow_preset_name: bool = False) -> SearchSpace:
         raise DeployvitError("space.name: expected a non-empty string")
     if data["name"] in PRESETS and not allow_preset_name:
         raise DeployvitError(f"space.name: {data['name']!r} is a preset name; choose another name")
+    if not isinstance(data["stages"], list):
+        raise DeployvitError(f"space.stages: expected a list of stage mappings, got {json.dumps(data['stages'])}")
     stages = []
-    for i, raw in enumerate(data["stages"] or []):
+    for i, raw in enumerate(data["stages"]):
         where = f"stages[{i}]"
         if not isinstance(raw, dict):
             raise DeployvitError(f"{where}: expected a mapping")
@@ -349,17 +350,17 @@ def space_from_dict(data: Any, allow_preset_name: bool = False) -> SearchSpace:
                 depths=_int_choices(raw["depth"], f"{where}.depth"),
                 num_heads=_int_choices(raw["num_heads"], f"{where}.num_heads"),
                 mlp_ratios=tuple(float(r) for r in _num_choices(raw["mlp_ratio"], f"{where}.mlp_ratio")),
-                head_dim=_int_choices(raw.get("head_dim", 64), f"{where}.head_dim")[0],
+                head_dim=_one_int(raw.get("head_dim", DEFAULT_HEAD_DIM), f"{where}.head_dim"),
             )
         )
     if not stages:
         raise DeployvitError("space.stages: expected at least one stage")
     space = SearchSpace(
         name=data["name"],
-        img_size=_int_choices(data["img_size"], "img_size")[0],
-        patch_size=_int_choices(data["patch_size"], "patch_size")[0],
-        in_chans=_int_choices(data.get("in_chans", 3), "in_chans")[0],
-        num_classes=_int_choices(data["num_classes"], "num_classes")[0],
+        img_size=_one_int(data["img_size"], "img_size"),
+        patch_size=_one_int(data["patch_size"], "patch_size"),
+        in_chans=_one_int(data.get("in_chans", 3), "in_chans"),
+        num_classes=_one_int(data["num_classes"], "num_classes"),
         stages=tuple(stages),
     )
     _check_geometry(space)
@@ -368,9 +369,16 @@ def space_from_dict(data: Any, allow_preset_name: bool = False) -> SearchSpace:
 
 def _num_choices(value: Any, where: str) -> tuple:
     values = value if isinstance(value, list) else [value]
-    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in values):
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf for v in values):
         raise DeployvitError(f"{where}: expected a positive number or a non-empty list of them, got {value!r}")
     return tuple(sorted(set(values)))
+
+
+def _one_int(value: Any, where: str) -> int:
+    """A field with one value, not a choice: a list is refused, not silently cut to its smallest."""
+    if isinstance(value, list):
+        raise DeployvitError(f"{where}: expected one positive integer, got a list {value!r}")
+    return _int_choices(value, where)[0]
 
 
 def _int_choices(value: Any, where: str) -> tuple[int, ...]:

@@ -20,6 +20,15 @@ def test_inspect_json_for_a_file(tmp_path):
     assert data["depth"] == 14 and data["embed_dim"] == 240
 
 
+def test_inspect_accepts_an_arch_at_its_own_class_count_and_resolution(tmp_path):
+    """What a supernet trained on CIFAR-10 / digits produces: a preset's choices, 10 classes, 32 px."""
+    arch = get_space("autoformer-tiny").with_overrides(img_size=32, num_classes=10).min_arch()
+    arch.save(tmp_path / "a.json")
+    result = run_cli("inspect", str(tmp_path / "a.json"), "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["params"] == count_params(arch)
+
+
 def test_inspect_samples_are_seeded():
     first = run_cli("inspect", "--space", "resnas-small", "--sample", "3", "--seed", "5", "--json")
     again = run_cli("inspect", "--space", "resnas-small", "--sample", "3", "--seed", "5", "--json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import timm
+import torch
 
 from deployvit.arch import Layer, Stage
 from deployvit.counting import count_flops, count_params, fvcore_flops
@@ -38,4 +39,11 @@ def test_deit_tiny_fvcore_agrees_exactly_and_needs_the_attention_handle():
     assert fvcore_flops(model, 224) == count_flops(arch)
     # LayerNorm adds ~0.4% under fvcore's default handles; still within 1%.
     assert 0 < fvcore_flops(model, 224, count_norms=True) / count_flops(arch) - 1 < 0.01
+    # without the handle fvcore misses attention's two token products (2 N^2 d per layer)
+    from fvcore.nn import FlopCountAnalysis
+
+    plain = FlopCountAnalysis(model.eval(), torch.randn(1, 3, 224, 224))
+    plain.unsupported_ops_warnings(False)
+    missed = count_flops(arch) - sum(n for op, n in plain.by_operator().items() if op != "layer_norm")
+    assert missed == 12 * 2 * 197 * 197 * 192
 

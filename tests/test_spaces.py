@@ -19,9 +19,13 @@ ALL = list(PRESETS)
 def test_presets_match_references():
     tiny, small, base = (get_space(f"autoformer-{n}").stages[0] for n in ("tiny", "small", "base"))
     assert (tiny.embed_dims, tiny.depths, tiny.num_heads, tiny.mlp_ratios) == ((192, 216, 240), (12, 13, 14), (3, 4), (3.0, 3.5, 4.0))
-    assert (small.embed_dims, small.num_heads) == ((320, 384, 448), (5, 6, 7))
-    assert (base.embed_dims, base.depths, base.num_heads) == ((528, 576, 624), (14, 15, 16), (8, 9, 10))
+    assert (small.embed_dims, small.depths, small.num_heads, small.mlp_ratios) == ((320, 384, 448), (12, 13, 14), (5, 6, 7), (3.0, 3.5, 4.0))
+    assert (base.embed_dims, base.depths, base.num_heads, base.mlp_ratios) == ((528, 576, 624), (14, 15, 16), (8, 9, 10), (3.0, 3.5, 4.0))
+    assert all(s.head_dim == 64 for s in (tiny, small, base))
     resnas = get_space("resnas-small")
+    first = (200, 220, 240, 280, 320)
+    assert [s.embed_dims for s in resnas.stages] == [first, tuple(2 * e for e in first), tuple(4 * e for e in first)]
+    assert all(s.num_heads == (5, 6, 7, 8) for s in resnas.stages)  # attention width 160-256 at head dim 32
     assert [resnas.grid(i) for i in range(3)] == [16, 8, 4]
     assert [s.head_dim for s in resnas.stages] == [32, 48, 64]
     assert all(len(s.mlp_ratios) == 7 and s.depths == (4, 5, 6, 7) for s in resnas.stages)
@@ -112,6 +116,12 @@ def test_user_space_file(tmp_path):
         ("name: test\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nembed_dim: [32]\ndepth: [2]\nnum_heads: [1]\nmlp_ratio: [2]\n", "preset name"),
         ("name: x\nimg_size: 60\npatch_size: 16\nnum_classes: 5\nembed_dim: [32]\ndepth: [2]\nnum_heads: [1]\nmlp_ratio: [2]\n", "not a multiple"),
         ("name: x\n  img_size: [\n", "malformed space file"),
+        ("name: x\nimg_size: [64, 128]\npatch_size: 16\nnum_classes: 5\nembed_dim: [32]\ndepth: [2]\nnum_heads: [1]\nmlp_ratio: [2]\n", "img_size: expected one positive integer"),
+        ("name: x\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nembed_dim: [32]\ndepth: [2]\nnum_heads: [1]\nmlp_ratio: [.inf]\n", "mlp_ratio: expected a positive number"),
+        ("name: x\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nembed_dim: [32]\ndepth: [2]\nnum_heads: [1]\nmlp_ratio: [.nan]\n", "mlp_ratio: expected a positive number"),
+        ("name: x\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nstages: 5\n", "stages: expected a list"),
+        ("name: x\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nstages: {a: 1}\n", "stages: expected a list"),
+        ("name: x\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nhead_dim: 16\nstages: []\n", r"allowed: img_size, in_chans, name, num_classes, patch_size, stages\)"),
     ],
 )
 def test_bad_space_files(tmp_path, text, needle):

@@ -142,3 +142,28 @@ def test_extracted_model_uses_fused_attention_and_timm_layers():
     blocks = [b for stage in model.stages for b in stage]
     assert blocks and all(isinstance(b.attn, Attention) and b.attn.fused_attn for b in blocks)
     assert all(isinstance(b.mlp, Mlp) for b in blocks)
+
+
+@pytest.mark.parametrize("cyclic", [False, True], ids=["prefix", "cyclic"])
+def test_extracted_weights_are_the_documented_slices(cyclic):
+    """Independent of `sliced()`: the extracted model's weights are the supernet's token-embedding
+    window (leading or cyclic) and leading q/k/v, head and MLP rows, indexed here by hand."""
+    space = get_space("test")
+    supernet = Supernet(space, cyclic=cyclic)
+    middle = sorted(space.stages[0].embed_dims)[1]  # its cyclic window starts past channel 0
+    arch = next(a for a in (space.sample(np.random.default_rng(seed)) for seed in range(100)) if a.embed_dim == middle)
+    model = supernet.extract(arch)
+    ch = torch.tensor(channel_windows(space.stages[0].embed_dims, cyclic)[arch.embed_dim])
+    assert cyclic == (ch.tolist() != list(range(arch.embed_dim)))
+    stem = supernet.stem
+    assert torch.equal(model.stem.patch_embed.proj.weight, stem.proj_weight[ch])
+    assert torch.equal(model.stem.pos_embed, stem.pos_embed[:, :, ch])
+    for layer, block, sblock in zip(arch.layers, model.stages[0], supernet.stages[0]):
+        attn, hidden = layer.num_heads * arch.stages[0].head_dim, int(round(arch.embed_dim * layer.mlp_ratio))
+        want_qkv = torch.cat([sblock.qkv_weight[i, :attn][:, ch] for i in range(3)])  # q, k, v: leading rows each
+        assert torch.equal(block.attn.qkv.weight, want_qkv)
+        assert torch.equal(block.attn.proj.weight, sblock.proj_weight[ch][:, :attn])
+        assert torch.equal(block.mlp.fc1.weight, sblock.fc1_weight[:hidden][:, ch])
+        assert torch.equal(block.mlp.fc2.weight, sblock.fc2_weight[ch][:, :hidden])
+        assert torch.equal(block.norm1.weight, sblock.norm1.weight[ch])
+    assert torch.equal(model.head.fc.weight, supernet.head.fc_weight[:, ch])

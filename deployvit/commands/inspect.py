@@ -37,7 +37,8 @@ def inspect(arch_file: str | None, space_name: str | None, sample: int | None, s
         raise DeployvitError("give either ARCH_FILE or --space NAME --sample N")
     if arch_file is not None:
         arch = load_arch(arch_file)
-        get_space(space_name or arch.space).validate(arch)
+        # resolution and class count are the deployment's (a supernet trained on CIFAR-10 has 10 classes)
+        get_space(space_name or arch.space).with_overrides(img_size=arch.img_size, num_classes=arch.num_classes).validate(arch)
         archs = [arch]
     else:
         if space_name is None:
