@@ -7,8 +7,6 @@ import warnings
 import click
 
 from deployvit.arch import load_arch
-from deployvit.latency.devices import device_name
-from deployvit.latency.profile import apply_threads, measure_arch, table_settings
 from deployvit.latency.table import LatencyTable, LatencyTableWarning, default_table
 
 
@@ -32,6 +30,9 @@ def latency_cmd(arch_file: str, table_path: str | None, measure: bool) -> None:
     click.echo(f"predicted: {predicted / 1e3:.3f} ms{quality}")
     if not measure:
         return
+    from deployvit.latency.devices import device_name  # torch: only when measuring
+    from deployvit.latency.profile import apply_threads, measure_arch, table_settings
+
     settings, device = table_settings(table.metadata)
     apply_threads(settings, device)
     with warnings.catch_warnings(record=True) as caught:

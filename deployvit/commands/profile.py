@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from deployvit.errors import DeployvitError
-from deployvit.latency.profile import MeasureSettings, check_request, profile
 from deployvit.latency.table import table_filename
 from deployvit.spaces import get_space
 
@@ -41,6 +40,8 @@ def output_paths(out: str | None, label: str, space: str, runtime: str, precisio
 def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs, val_archs, warmup_s, repeats, threads, clock, seed, force) -> None:
     """Time every block shape of a space, calibrate on whole archs, validate on held-out archs, and
     write the latency table (resumable: rerun the same command after an interruption)."""
+    from deployvit.latency.profile import MeasureSettings, check_request, profile  # torch and timm: only when it runs
+
     space = get_space(space_name)
     settings = [MeasureSettings(runtime, precision, b, warmup_s, repeats, threads, clock) for b in batches]
     paths = output_paths(out, label, space.name, runtime, precision, batches)
