@@ -16,8 +16,8 @@ from deployvit import __version__
 from deployvit.errors import DeployvitError
 
 
-# name -> "module:attribute"; a command's module (torch, timm, onnx...) is imported only when that
-# command runs, so `deployvit search` and `deployvit --help` do not pay for the exporters.
+# name -> "module:attribute"; a command's module is imported only when that command is used, so
+# `deployvit search` does not pay for the exporters (`deployvit --help` lists, so imports, them all).
 COMMANDS = {
     "inspect": "deployvit.commands.inspect:inspect",
     "search": "deployvit.commands.search:search",

@@ -64,6 +64,9 @@ class ExportSpec:
     repeats: int = 100
     clock: str = "wall"  # "cpu": single-thread process CPU time, as CPU latency tables on shared machines
     metadata: dict[str, Any] | None = None
+    # the ONNX graph a TensorRT engine is built from: `model.onnx` for `export` (DESIGN.md section 3);
+    # `benchmark` names it `<stem>.trt.onnx`, so it never replaces the verified graph of its onnx row
+    trt_onnx_suffix: str = ".onnx"
 
     @property
     def threads(self) -> int | None:
@@ -138,8 +141,8 @@ def _export_trt(model: nn.Module, spec: ExportSpec, out_dir: Path, stem: str) ->
     trt = trt_export.import_tensorrt()
     trt_export.require_cuda()
     plan = trt_export.plan_build(trt_export.trt_major(trt.__version__), spec.precision)
-    onnx_path = onnx_export.export_onnx(  # its own name: an `onnx` row of the same run owns {stem}.onnx
-        model, out_dir / f"{stem}.trt.onnx", img_size=spec.img_size, in_chans=spec.in_chans, precision=plan.onnx_precision,
+    onnx_path = onnx_export.export_onnx(
+        model, out_dir / f"{stem}{spec.trt_onnx_suffix}", img_size=spec.img_size, in_chans=spec.in_chans, precision=plan.onnx_precision,
         opset=spec.opset, dynamic_batch=(spec.batch.min, spec.batch.opt, spec.batch.max), dynamo=spec.dynamo,
         metadata=spec.metadata,
     )

@@ -105,7 +105,9 @@ def test_atomic_files_get_the_umask_mode_and_no_temp_is_left(tmp_path):
 def test_a_successful_write_removes_temp_files_a_killed_write_left(tmp_path):
     from deployvit import io
 
-    (tmp_path / ".ckpt.pt.abc123.tmp").write_bytes(b"x" * 100)  # what kill -9 during a save leaves
-    (tmp_path / ".other.pt.def456.tmp").write_bytes(b"y")  # another file's leftover: not ours to remove
+    (tmp_path / ".ckpt.pt.k3j9x_a2.tmp").write_bytes(b"x" * 100)  # what kill -9 during a save leaves
+    others = [".other.pt.ab12cd34.tmp", ".ckpt.pt.json.ab12cd34.tmp"]  # other paths' leftovers (one shares our prefix)
+    for name in others:
+        (tmp_path / name).write_bytes(b"y")
     io.write_bytes(tmp_path / "ckpt.pt", b"new")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.def456.tmp", "ckpt.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*others, "ckpt.pt"])

@@ -60,3 +60,9 @@ def test_fit_affine_needs_two_distinct_sums():
         fit_affine([5.0, 5.0], [1.0, 2.0])
     with pytest.raises(DeployvitError):
         fit_affine([5.0], [1.0])
+
+
+def test_fit_affine_refuses_a_non_positive_slope():
+    """A table must rank archs by size; a slope <= 0 is noise, and a loaded table would refuse it."""
+    with pytest.raises(DeployvitError, match="slope"):
+        fit_affine([1.0, 2.0, 3.0], [3.0, 2.0, 1.0])

@@ -157,6 +157,14 @@ def test_resume_refuses_another_table_or_checkpoint(tmp_path):
         with pytest.raises(DeployvitError, match=what):
             other.resume()
     Evolution(space, MetricModel(space), Constraints(), DSSScore(space), config, state, sources={"table": "aaa"}).resume()
+    import json  # a state from before sources were recorded resumes, and records them from then on
+
+    data = json.loads(state.read_text())
+    del data["sources"]
+    state.write_text(json.dumps(data))
+    older = Evolution(space, MetricModel(space), Constraints(), DSSScore(space), config, state, sources={"table": "bbb"})
+    older.resume()
+    assert older.state.sources == {"table": "bbb"}
 
 
 @pytest.mark.parametrize("rng", [{}, "x", {"bit_generator": "PCG64"}])

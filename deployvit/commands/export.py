@@ -219,6 +219,7 @@ def benchmark(formats: str, baselines: str, **opts: Any) -> None:
     when a format of the model fails, or when --budget is met by none of them."""
     fmts = parse_formats(formats)
     job = prepare(opts, fmts)
+    job.spec = replace(job.spec, trt_onnx_suffix=".trt.onnx")
     if not opts["out"]:
         job.out = job.out / "benchmark"
         check_writable(job.out)

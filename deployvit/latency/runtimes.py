@@ -104,9 +104,11 @@ def _cuda_graph(module: nn.Module, x: torch.Tensor) -> Run:
     with torch.inference_mode(), torch.cuda.graph(graph):
         out = module(x)
 
+    static = (x, out)  # the graph reads x's memory and writes out's: the closure keeps both alive
+
     def replay() -> torch.Tensor:
-        graph.replay()  # reads x and writes out in place: the closure keeps both alive
-        return out
+        graph.replay()
+        return static[1]
 
     return replay
 

@@ -77,4 +77,9 @@ def fit_affine(sums: Sequence[float], measured: Sequence[float]) -> tuple[float,
     if x.size < 2 or np.ptp(x) == 0:
         raise DeployvitError("calibration needs at least 2 archs with different block sums")
     scale, bias = np.polyfit(x, y, 1)
+    if not scale > 0:  # bigger archs measured faster: noise swamped the calibration, and a table must rank
+        raise DeployvitError(
+            f"calibration fit has slope {scale:.3g} <= 0: the whole-model timings are too noisy to calibrate; "
+            "rerun with more --repeats / --calib-archs on a quieter machine (the timings so far are kept)"
+        )
     return float(scale), float(bias)

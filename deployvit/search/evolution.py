@@ -81,7 +81,8 @@ class SearchState:
     constraints: dict
     score: str
     space_hash: str
-    sources: dict = field(default_factory=dict)  # content hashes of the latency table / supernet, the data path
+    # content hashes of the latency table / supernet, the data path; None in a state from before they were recorded
+    sources: dict | None = field(default_factory=dict)
     generation: int = -1  # last completed generation; -1: initial population not done
     rng: dict = field(default_factory=dict)
     evaluated: dict[str, Candidate] = field(default_factory=dict)
@@ -96,7 +97,8 @@ class SearchState:
     @classmethod
     def from_dict(cls, data: dict) -> "SearchState":
         evaluated = [Candidate.from_dict(c) for c in data["evaluated"]]
-        fields = {k: data[k] for k in ("config", "constraints", "score", "space_hash", "sources", "generation", "rng")}
+        fields = {k: data[k] for k in ("config", "constraints", "score", "space_hash", "generation", "rng")}
+        fields["sources"] = data.get("sources")
         return cls(**fields, evaluated={c.arch.key: c for c in evaluated})
 
 
@@ -135,9 +137,11 @@ class Evolution:
         for name in ("config", "constraints", "score", "space_hash"):
             if getattr(saved, name) != getattr(self.state, name):
                 raise DeployvitError(f"cannot resume {self.state_path}: it was started with another {name.replace('_', ' ')}")
-        for source in sorted(set(saved.sources) | set(self.state.sources)):
-            if saved.sources.get(source) != self.state.sources.get(source):
-                raise DeployvitError(f"cannot resume {self.state_path}: it was started with another {_SOURCE_NAMES.get(source, source)}")
+        if saved.sources is not None:  # an older state recorded none: nothing to compare
+            for source in sorted(set(saved.sources) | set(self.state.sources)):
+                if saved.sources.get(source) != self.state.sources.get(source):
+                    raise DeployvitError(f"cannot resume {self.state_path}: it was started with another {_SOURCE_NAMES.get(source, source)}")
+        saved.sources = self.state.sources
         self.state = saved
 
     def checkpoint(self, generation: int) -> None:

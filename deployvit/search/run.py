@@ -206,8 +206,10 @@ def _sources(request: SearchRequest, table) -> dict[str, str]:
         sources["table"] = io.sha256(table.path)
     if request.supernet is not None:
         sources["supernet"] = io.sha256(request.supernet)
-    if request.data is not None:
-        sources["data"] = str(Path(request.data).resolve())
+    if request.data is not None:  # a built-in name as given, a folder as an absolute path
+        from deployvit.train.data import BUILTIN_DATA
+
+        sources["data"] = request.data if request.data in BUILTIN_DATA else str(Path(request.data).expanduser().resolve())
     return sources
 
 

@@ -126,6 +126,8 @@ def stored_arch(meta: dict[str, str], path: str | os.PathLike) -> Arch | None:
         return Arch.from_dict(json.loads(meta["arch"]))
     except json.JSONDecodeError as exc:
         raise DeployvitError(f"{path}: its arch metadata is not valid JSON ({exc.msg})") from None
+    except DeployvitError as exc:
+        raise DeployvitError(f"{path}: its arch metadata is not a valid arch: {exc}") from None
 
 
 def apply_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], checkpoint: str | os.PathLike, target: str) -> None:

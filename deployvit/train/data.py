@@ -71,6 +71,9 @@ class Source:
 # --- sources --------------------------------------------------------------------------------------
 
 
+BUILTIN_DATA = ("digits",)  # data names that are not paths
+
+
 def open_data(data: str | os.PathLike) -> Source:
     """`digits`, a CIFAR python-batch folder, or an ImageFolder root with `train/` and `val/`."""
     text = str(data)

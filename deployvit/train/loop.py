@@ -228,7 +228,8 @@ def _fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[d
                 f"cannot resume {ckpt_path}: it ran {progress['steps_per_epoch']} steps per epoch, this run has {steps} "
                 f"(another number of ranks?); resume with the world size it was started with"
             )
-        epoch, start_step, so_far = progress["epoch"], progress["step"], progress["epoch_so_far"]
+        epoch, start_step = progress["epoch"], progress["step"]
+        so_far = progress.get("epoch_so_far", so_far)  # absent in checkpoints from before it was saved
         history = list(saved["history"])
         opts.log(f"resumed {ckpt_path} at epoch {epoch} step {start_step}")
     elif ckpt_path.exists():
