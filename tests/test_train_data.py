@@ -119,3 +119,13 @@ def test_vitas_weak_preset_and_losses():
     x = tf.train(source.train.load(0))
     assert x.shape == (3, 32, 32)
     assert torch.equal(tf.eval(source.train.load(0)), tf.eval(source.train.load(0)))
+
+
+def test_deit_randaugment_survives_its_strongest_posterize():
+    """The DeiT recipe's RandAugment (`-inc1`, mstd 0.5) reaches magnitude 10, where timm posterizes
+    to 0 bits; Pillow 13 raises on that (hence `pillow<13`), which killed training at random steps."""
+    from timm.data.auto_augment import AugmentOp
+
+    img = open_data("digits").train.load(0)
+    out = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)(img)
+    assert np.asarray(out).max() == 0  # 0 bits kept: black, as RandAugment intends
