@@ -154,7 +154,7 @@ def run_search(request: SearchRequest, echo: Callable[[str], None] = print, prog
     log_path = run_dir / "log.jsonl"
 
     bar = None
-    if progress:
+    if progress and request.score != "sampler":  # the sampler proposes archs once: no generations to count
         from tqdm import tqdm
 
         bar = tqdm(total=request.config.generations + 1, desc=f"search {space.name}", unit="gen", leave=False)
