@@ -209,6 +209,14 @@ def test_random_search_uses_the_same_number_of_evaluations():
     assert len(evo.state.evaluated) == config.evaluations
 
 
+def test_a_converged_population_still_spends_its_evaluation_budget():
+    """With one parent every crossover reproduces it (already scored): each is replaced by a mutation."""
+    space = get_space("test")
+    evo = _evolution(space, Constraints(), parents=1)
+    evo.run()
+    assert len(evo.state.evaluated) == EvolutionConfig(**{**SMALL, "parents": 1}).evaluations
+
+
 def test_pareto_front_is_non_dominated():
     space = get_space("test")
     evo = _evolution(space, Constraints())
