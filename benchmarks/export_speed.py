@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
-from deployvit import io
+from _record import RESULTS, save_result
 from deployvit.arch import Arch, Layer, Stage
 from deployvit.counting import count_flops
 from deployvit.errors import DeployvitError
@@ -41,7 +40,6 @@ from deployvit.latency.timing import time_callable
 from deployvit.models import build_model
 from deployvit.spaces import get_space
 
-RESULTS = Path(__file__).parent / "results"
 
 
 def sized_arch(space_name: str, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float) -> Arch:
@@ -169,8 +167,6 @@ def run(args: argparse.Namespace) -> dict:
                 print(f"{name:17s} {runtime:12s} b{batch:<4d} {row['median_ms']:9.3f} ms  {row['images_per_s']:9.1f} img/s"
                       f"  {tflops:7.3f} TFLOP/s ({tflops / peak:6.1%} of peak)  cv {t.cv:.1%}", flush=True)
     return {
-        "benchmark": "export_speed",
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": machine_facts(device),
         "threads": torch.get_num_threads(),
         "clock": clock,
@@ -203,8 +199,7 @@ def main() -> None:
     for item in result["not_measured"]:
         print(f"not measured: {item['arch']} {item['runtime']} batch {item['batch']}: {item['reason']}")
     out = args.out or RESULTS / f"export_speed-{result['machine']['device_type']}.json"
-    io.write_json(out, result)
-    print(f"wrote {out}")
+    save_result(out, "export_speed", result)
 
 
 if __name__ == "__main__":

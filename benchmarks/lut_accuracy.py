@@ -16,12 +16,11 @@ import argparse
 import sys
 import warnings
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from deployvit import io
+from _record import RESULTS, save_result
 from deployvit.arch import Arch
 from deployvit.errors import DeployvitError
 from deployvit.latency.devices import device_name, machine_facts, timing_device
@@ -30,7 +29,6 @@ from deployvit.latency.stats import error_stats
 from deployvit.latency.table import LatencyTable, shipped_tables_dir
 from deployvit.spaces import get_space
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def tables_for_this_machine() -> list[Path]:
@@ -114,16 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['space']:<16} {r['runtime']:<12} {r['precision']:<5} {r['batch_size']:>5} {c['mape']:>6.2f} {c['p95_abs_pct']:>6.2f} "
               f"{c['within_5']:>5.0%} {c['within_10']:>6.0%} {c['kendall_tau']:>6.3f} {u['mape']:>9.2f} {r['median_cv']:>6.1%}")
     out = args.out or RESULTS / f"lut_accuracy-{label}.json"
-    io.write_json(out, {
-        "benchmark": "lut_accuracy",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/lut_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    save_result(out, "lut_accuracy", {
         "machine": machine_facts(timing_device(label)),
         "archs_per_table": args.archs,
         "seed": args.seed,
         "results": rows,
-    })
-    print(f"wrote {out}")
+    }, argv)
     return 0
 
 

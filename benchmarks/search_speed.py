@@ -18,12 +18,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from deployvit import io
+from _record import RESULTS, save_result
 from deployvit.latency.table import LatencyTable, default_table
 from deployvit.search.budgets import Constraints
 from deployvit.search.evolution import Evolution, EvolutionConfig
@@ -31,7 +30,6 @@ from deployvit.search.predictor import MetricModel
 from deployvit.search.scores import DSSScore
 from deployvit.spaces import get_space
 
-RESULTS = Path(__file__).parent / "results" / "search_speed.json"
 
 
 def constraint_speed(space_name: str, n: int = 100_000) -> dict:
@@ -103,8 +101,6 @@ def main() -> None:
         results["default_search"] = default_search_wall_time()
     results["evolution_vs_random"] = evolution_vs_random(args.space, args.seeds, config, args.flops_fraction)
     results["machine"] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-    io.write_json(RESULTS, results)
-
     c = results["constraints"]
     print(f"{'measure':<46} {'value':>14}")
     print(f"{'constraint eval, encode (archs/s, 1 thread)':<46} {c['encode_archs_per_s']:>14,.0f}")
@@ -117,7 +113,7 @@ def main() -> None:
     for method in ("evolution", "random"):
         print(f"{'median best DSS, ' + method:<46} {e['median_best_dss'][method]:>14.1f}")
     print(f"{'evolution wins (of ' + str(args.seeds) + ' seeds)':<46} {e['evolution_wins']:>14}")
-    print(f"wrote {RESULTS}")
+    save_result(RESULTS / "search_speed.json", "search_speed", results)
 
 
 if __name__ == "__main__":

@@ -29,14 +29,13 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.stats import kendalltau
 
-from deployvit import io
+from _record import RESULTS, save_result
 from deployvit.counting import count_flops
 from deployvit.latency.devices import device_name
 from deployvit.models import build_model
@@ -52,7 +51,6 @@ from deployvit.train.samplers import SAMPLERS, make_sampler
 from deployvit.train.setup import eval_dataset, fit_space, seed_init, transforms_for
 from deployvit.train.supernet_train import train_supernet
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def distinct_archs(space, n: int, seed: int):
@@ -183,8 +181,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['pick_inherited_val_top1']:>9.1f} {r['pick_ground_truth_top1']:>8.1f} {r['oracle_ground_truth_top1']:>7.1f} "
               f"{r['pick_retrained_val_top1']:>10.1f} {r['train_seconds']:>8.1f}")
     result = {
-        "benchmark": "supernet_quality",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device_name(info.device.type),
         "torch": torch.__version__,
         "threads": args.threads,
@@ -195,9 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_seconds": time.perf_counter() - t_start,
         "samplers": rows,
     }
-    path = RESULTS / f"supernet_quality-{info.device.type}.json"
-    io.write_json(path, result)
-    print(f"wrote {path}")
+    save_result(RESULTS / f"supernet_quality-{info.device.type}.json", "supernet_quality", result, argv)
     return 0
 
 

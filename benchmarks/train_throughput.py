@@ -16,15 +16,13 @@ import argparse
 import contextlib
 import statistics
 import sys
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deployvit import io
+from _record import RESULTS, save_result
 from deployvit.counting import count_flops, count_params
 from deployvit.latency.devices import device_name
 from deployvit.latency.timing import time_callable
@@ -32,7 +30,6 @@ from deployvit.spaces import get_space
 from deployvit.supernet import Supernet
 from deployvit.train.distributed import pick_device
 
-RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 1.10
 
 
@@ -117,16 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['arch_name']:<8} {r['params'] / 1e6:>8.3f}M {r['flops'] / 1e6:>8.2f} {r['supernet_img_s']:>15.1f} "
               f"{r['standalone_img_s']:>17.1f} {r['time_ratio']:>6.3f} {'yes' if r['meets_goal'] else 'NO':>6}")
     result = {
-        "benchmark": "train_throughput", "goal_time_ratio": GOAL,
-        "command": " ".join(["python benchmarks/train_throughput.py", *(sys.argv[1:] if argv is None else argv)]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": dev_name,
+        "goal_time_ratio": GOAL, "device": dev_name,
         "torch": torch.__version__, "threads": args.threads, "space": space.name, "batch_size": batch, "amp": args.amp,
         "repeats": args.repeats, "rounds": args.rounds,
         "rows": rows,
     }
-    path = RESULTS / f"train_throughput-{device.type}-{space.name}.json"
-    io.write_json(path, result)
-    print(f"wrote {path}")
+    save_result(RESULTS / f"train_throughput-{device.type}-{space.name}.json", "train_throughput", result, argv)
     return 0
 
 
