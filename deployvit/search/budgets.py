@@ -80,8 +80,7 @@ class Constraints:
 
     def __post_init__(self) -> None:
         for metric in METRICS:
-            lo = self.lower(metric)
-            hi = min(self.max_latency) if metric == "latency" and self.max_latency else self.upper(metric)
+            lo, hi = self.lower(metric), self.tightest(metric)
             if lo is not None and hi is not None and lo >= hi:
                 raise DeployvitError(
                     f"--min-{metric} {format_amount(lo, metric)} is not below --{metric} {format_amount(hi, metric)}"
@@ -98,6 +97,12 @@ class Constraints:
         """The loosest upper bound of a metric (what the population as a whole must satisfy)."""
         if metric == "latency":
             return max(self.max_latency) if self.max_latency else None
+        return getattr(self, f"max_{metric}")
+
+    def tightest(self, metric: str) -> float | None:
+        """The tightest upper bound of a metric (what every budget's winner must satisfy)."""
+        if metric == "latency":
+            return min(self.max_latency) if self.max_latency else None
         return getattr(self, f"max_{metric}")
 
     @property

@@ -66,7 +66,7 @@ def check_budgets(model: MetricModel, constraints: Constraints) -> list[str]:
             continue
         smallest, largest = model.range(metric)
         span = f"{model.space.name} spans {format_amount(smallest, metric)} - {format_amount(largest, metric)}"
-        tightest = min(constraints.max_latency) if metric == "latency" and constraints.max_latency else hi
+        tightest = constraints.tightest(metric)
         if tightest is not None and tightest < smallest:
             raise DeployvitError(
                 f"--{metric} {format_amount(tightest, metric)} is infeasible: the smallest achievable {metric} in {span.split(' spans ')[0]} is {format_amount(smallest, metric)} ({span})"
