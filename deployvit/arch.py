@@ -112,8 +112,11 @@ class Arch:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
-    def save(self, path: str | os.PathLike) -> None:
-        io.write_text(path, self.to_json())
+    def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
+        """Write the arch; `metadata` (e.g. where its predicted latency came from) rides along under
+        `"metadata"` and is not part of the arch: reading the file back ignores it."""
+        data = self.to_dict() if metadata is None else {**self.to_dict(), "metadata": metadata}
+        io.write_text(path, json.dumps(data, indent=2) + "\n")
 
     @classmethod
     def from_dict(cls, data: Any) -> "Arch":
@@ -148,7 +151,7 @@ def load_arch(path: str | os.PathLike) -> Arch:
 
 # --- strict parsing --------------------------------------------------------------------------------
 
-_TOP_KEYS = {"format", "space", "img_size", "patch_size", "in_chans", "num_classes"}
+_TOP_KEYS = {"format", "space", "img_size", "patch_size", "in_chans", "num_classes", "metadata"}
 _SINGLE_KEYS = {"embed_dim", "depth", "layers", "head_dim"}
 _STAGE_KEYS = {"embed_dim", "layers", "head_dim", "depth"}
 _LAYER_KEYS = {"num_heads", "mlp_ratio"}
@@ -216,6 +219,8 @@ def _parse_arch(data: Any) -> Arch:
     allowed = _TOP_KEYS | ({"stages"} if multi else _SINGLE_KEYS)
     required = {"space", "img_size", "patch_size", "num_classes"} | (set() if multi else {"embed_dim", "layers"})
     _check_keys(data, allowed, required, "arch")
+    if not isinstance(data.get("metadata", {}), dict):
+        raise ArchError(f"metadata: expected an object, got {type(data['metadata']).__name__}")
     fmt = data.get("format", ARCH_FORMAT)
     if fmt != ARCH_FORMAT:
         raise ArchError(f"format: expected {ARCH_FORMAT!r}, got {fmt!r}")

@@ -23,6 +23,7 @@ COMMANDS = {
     "search": "deployvit.commands.search:search",
     "profile": "deployvit.commands.profile:profile_cmd",
     "latency": "deployvit.commands.latency:latency_cmd",
+    "tables": "deployvit.commands.tables:tables_cmd",
     "train-supernet": "deployvit.commands.train:train_supernet_cmd",
     "retrain": "deployvit.commands.train:retrain_cmd",
     "evaluate": "deployvit.commands.train:evaluate_cmd",

@@ -1,16 +1,15 @@
 """Export, verify and time one model in one format: the row behind every line of `deployvit export`
 and `deployvit benchmark`.
 
-Timing goes through the codebase's one timing loop (`deployvit.latency.timing.time_callable`), so a
-measured latency here and a latency-table entry were timed the same way: latency is the median at
-batch 1, throughput is images/s at the largest batch the artifact accepts. The latency contract
-compares the *measured* batch-1 latency with the budget; the LUT prediction is printed beside it.
+Timing goes through the codebase's one timing loop (`deployvit.latency.timing.time_callable`):
+latency is the median at batch 1, throughput is images/s at the largest batch the artifact accepts.
+The latency contract (measured like its table, beside the table's prediction and the budget) is
+`deployvit.contract`'s, which sits above this package and the latency tables.
 """
 
 from __future__ import annotations
 
 import copy
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,16 +25,8 @@ from exporters.onnx import BatchSpec, CastModel, ExportFailed, OnnxRunner
 from exporters.report import EXPORT_FAILED, REFERENCE, UNVERIFIED, VERIFIED, VERIFY_FAILED, Row
 from exporters.verify import Runner, Samples, Thresholds, verify
 
-FORMATS = ("torch", "compile", "onnx", "trt")
-_UNITS_MS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
-
-
-def parse_budget(text: str) -> float:
-    """'5ms', '5', '500us', '0.005s' -> milliseconds (a bare number is milliseconds)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|us|µs|s)?\s*", text)
-    if not match or float(match.group(1)) <= 0:
-        raise DeployvitError(f"cannot read budget {text!r}: expected a positive time such as 5ms or 500us")
-    return float(match.group(1)) * _UNITS_MS[match.group(2) or "ms"]
+#: every export format; each runs in one latency-table runtime (`deployvit.contract.FORMAT_RUNTIME`)
+FORMATS = ("torch", "compile", "cudagraph", "onnx", "trt")
 
 
 def parse_formats(text: str) -> list[str]:
@@ -137,6 +128,33 @@ def torch_runner(model: nn.Module, precision: str, device: str, compiled: bool =
     return lambda x: net(x.to(device))
 
 
+def cudagraph_runner(model: nn.Module, precision: str, device: str) -> Runner:
+    """PyTorch replayed as a CUDA graph (one per input shape, captured on first use), float32 in and
+    out: the artifact a `cudagraph` latency table describes. Each call copies the input into the
+    graph's static buffer, replays, and returns a copy of the output, so a later call cannot
+    overwrite what an earlier one returned."""
+    if device != "cuda" or not torch.cuda.is_available():
+        raise MissingDependency("the cudagraph format needs a CUDA GPU, and torch sees none on this machine")
+    from deployvit.latency.timing import capture_cuda_graph
+
+    net = copy.deepcopy(model).float().eval()
+    if precision != "fp32":
+        net = CastModel(net, onnx_export.TORCH_DTYPES[precision]).eval()
+    net = net.to(device)
+    graphs: dict[tuple[int, ...], tuple[torch.Tensor, Callable[[], torch.Tensor]]] = {}
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device, torch.float32)
+        if tuple(x.shape) not in graphs:
+            static = x.clone()
+            graphs[tuple(x.shape)] = (static, capture_cuda_graph(net, static))
+        static, replay = graphs[tuple(x.shape)]
+        static.copy_(x)
+        return replay().clone()
+
+    return run
+
+
 def _export_trt(model: nn.Module, spec: ExportSpec, out_dir: Path, stem: str) -> tuple[Runner, Path, list[str]]:
     trt = trt_export.import_tensorrt()
     trt_export.require_cuda()
@@ -173,7 +191,6 @@ def run_format(
     *,
     stem: str = "model",
     reference: Runner | None = None,
-    predicted_ms: float | None = None,
     budget_ms: float | None = None,
 ) -> Row:
     """Export (when the format has an artifact), verify against the fp32 reference, time, and fill
@@ -181,7 +198,7 @@ def run_format(
     `export`, a skipped row for `benchmark`); an exporter failure becomes an "export failed" row."""
     if fmt not in FORMATS:
         raise DeployvitError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
-    row = Row(model_name, fmt, spec.precision, status=VERIFIED, predicted_ms=predicted_ms, budget_ms=budget_ms)
+    row = Row(model_name, fmt, spec.precision, status=VERIFIED, budget_ms=budget_ms)
     reference = reference or reference_runner(model, spec.device)
     runner: Callable | None = None
     device = spec.device
@@ -195,6 +212,10 @@ def run_format(
             runner = torch_runner(model, spec.precision, device, compiled=True)
             row.runtime = f"torch.compile default mode ({device})"
             runner(samples.images[:1])  # compile now, so a compiler failure is an export failure
+        elif fmt == "cudagraph":
+            runner = cudagraph_runner(model, spec.precision, device)
+            row.runtime = "PyTorch replayed as CUDA graphs (cuda)"
+            runner(samples.images[:1])  # capture now: a capture failure is an export failure
         elif fmt == "onnx":
             path = onnx_export.export_onnx(
                 model, out_dir / f"{stem}.onnx", img_size=spec.img_size, in_chans=spec.in_chans,
@@ -238,63 +259,3 @@ def run_format(
     row.throughput, row.throughput_batch = timed.throughput, timed.throughput_batch
     row.notes.extend(timed.notes)
     return row
-
-
-#: the latency-table runtime that times each export format the same way
-TABLE_RUNTIME = {"torch": "eager", "compile": "compile", "onnx": "onnxruntime", "trt": "tensorrt"}
-
-
-def shipped_table_for(arch, fmt: str, precision: str, device: str) -> tuple[str | None, list[str]]:
-    """The shipped table measured like `fmt` runs here (this device, its runtime, `precision`,
-    batch 1), else the space's default table with a note saying what differs."""
-    from deployvit.latency.devices import KNOWN_LABELS, device_name, label_matches
-    from deployvit.latency.table import default_table, shipped_tables_dir, table_filename
-
-    here = device_name(device)
-    labels = ["cpu"] if device == "cpu" else [l for l in KNOWN_LABELS if l != "cpu" and label_matches(l, here)]
-    runtime = TABLE_RUNTIME[fmt]
-    for label in labels:
-        path = shipped_tables_dir() / label / table_filename(arch.space, runtime, precision, 1)
-        if path.is_file():
-            return str(path), []
-    try:
-        fallback = default_table(arch.space)
-    except DeployvitError:
-        return None, [f"no latency table for space {arch.space!r}: no predicted latency (pass --table)"]
-    return str(fallback), [f"no shipped {runtime} {precision} batch-1 table for {here}: prediction from another setting"]
-
-
-def predicted_latency_ms(table_path: str | None, arch, fmt: str, precision: str, device: str,
-                         clock: str = "wall") -> tuple[float | None, list[str]]:
-    """The LUT prediction for `arch` exported as `fmt`, in ms, and notes on what it is (and why to
-    distrust it). Without `table_path`, a shipped table is chosen by `shipped_table_for`. A table only
-    predicts what it measured (device, runtime, precision, batch): mismatches become notes."""
-    if arch is None:
-        return None, []
-    from deployvit.latency.table import LatencyTable
-
-    chosen, notes = (table_path, []) if table_path else shipped_table_for(arch, fmt, precision, device)
-    if chosen is None:
-        return None, notes
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            table = LatencyTable.load(chosen)
-            us = table.predict(arch)
-        except DeployvitError as exc:
-            if table_path is not None:  # the user's table must fit; a shipped default may not
-                raise
-            return None, notes + [f"shipped table {chosen} cannot predict this arch: {exc}"]
-    notes.append(f"predicted latency from {chosen}: {table.describe()}")
-    meta = table.metadata
-    if meta["runtime"] != TABLE_RUNTIME[fmt]:
-        notes.append(f"the table was measured with {meta['runtime']}, this artifact runs in {TABLE_RUNTIME[fmt]}")
-    if meta["batch_size"] != 1:
-        notes.append(f"the table predicts batch {meta['batch_size']}, the measured latency is batch 1")
-    if meta["precision"] != precision:
-        notes.append(f"the table was measured at {meta['precision']}, this artifact is {precision}")
-    table_clock = (meta.get("settings") or {}).get("clock", "wall")
-    if device == "cpu" and table_clock != clock:
-        notes.append(f"the table was timed with the {table_clock} clock, this artifact with the {clock} clock"
-                     + (" (pass --clock cpu to time it the same way)" if table_clock == "cpu" else ""))
-    return us / 1e3, notes + [str(w.message) for w in caught]

@@ -27,8 +27,45 @@ REFERENCE = "reference"
 STATUSES = (VERIFIED, VERIFY_FAILED, UNVERIFIED, EXPORT_FAILED, SKIPPED, REFERENCE)
 PASSING = (VERIFIED, REFERENCE)
 
+@dataclass
+class Contract:
+    """One artifact's contract: what was measured, what was predicted for exactly that, the budget."""
+
+    runtime: str
+    precision: str
+    batch_size: int
+    device: str  # cpu | cuda: where the measurement runs (this machine)
+    settings: dict[str, Any]
+    budget_ms: float | None = None
+    predicted_ms: float | None = None
+    table: str | None = None  # the table's path and description
+    source: str | None = None  # measured | estimated (the table's)
+    no_prediction: str | None = None  # why there is no prediction
+    measured_ms: float | None = None
+    measured_cv: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def setting(self) -> str:
+        return f"{self.runtime} {self.precision} b{self.batch_size}"
+
+    @property
+    def status(self) -> str | None:
+        """MET / NOT MET when a budget is set: met only by the *measured* latency."""
+        if self.budget_ms is None:
+            return None
+        return "MET" if self.measured_ms is not None and self.measured_ms <= self.budget_ms else "NOT MET"
+
+    def to_dict(self) -> dict[str, Any]:
+        setting = {"runtime": self.runtime, "precision": self.precision, "batch_size": self.batch_size, "device": self.device}
+        prediction = ({**setting, "predicted_ms": self.predicted_ms, "table": self.table, "source": self.source}
+                      if self.predicted_ms is not None else {"none": self.no_prediction})
+        return {"measurement": {**setting, "measured_ms": self.measured_ms, "cv": self.measured_cv, "settings": self.settings},
+                "prediction": prediction, "budget_ms": self.budget_ms, "status": self.status, "notes": self.notes}
+
+
 COLUMNS = ("Format", "Status", "Size (MB)", "Top-1", "Agreement", "Max |diff|", "Latency ms (bs1)",
-           "Throughput img/s", "Predicted ms", "Budget")
+           "Throughput img/s", "Contract as", "Measured ms", "Predicted ms", "Budget")
 
 
 @dataclass
@@ -47,17 +84,21 @@ class Row:
     latency_cv: float | None = None
     throughput: float | None = None  # images/s at `throughput_batch`
     throughput_batch: int | None = None
-    predicted_ms: float | None = None  # LUT prediction (batch 1)
     budget_ms: float | None = None
     notes: list[str] = field(default_factory=list)
     counts_for_exit: bool = True  # False for timm baselines: compared, never gating
+    latency: Contract | None = None  # the latency contract, measured like its table
+
+    @property
+    def predicted_ms(self) -> float | None:
+        return None if self.latency is None else self.latency.predicted_ms
 
     @property
     def contract(self) -> str | None:
-        """MET / NOT MET when a budget is set: met only when the *measured* latency is within it."""
+        """MET / NOT MET when a budget is set: met only when the *measured* contract latency is within it."""
         if self.budget_ms is None or self.status == SKIPPED:
             return None
-        return "MET" if self.latency_ms is not None and self.latency_ms <= self.budget_ms else "NOT MET"
+        return "NOT MET" if self.latency is None else self.latency.status
 
     @property
     def passed(self) -> bool:
@@ -80,6 +121,7 @@ class Row:
             "predicted_ms": self.predicted_ms,
             "budget_ms": self.budget_ms,
             "contract": self.contract,
+            "latency_contract": None if self.latency is None else self.latency.to_dict(),
             "notes": self.notes,
         }
 
@@ -96,13 +138,27 @@ class Row:
             "-" if m is None else f"{m.max_abs_diff:.2e}",
             _num(self.latency_ms, "{:.3f}"),
             _num(self.throughput, "{:.1f}"),
-            _num(self.predicted_ms, "{:.3f}"),
+            "-" if self.latency is None else self.latency.setting,
+            _num(None if self.latency is None else self.latency.measured_ms, "{:.3f}"),
+            "-" if self.latency is None else (_num(self.predicted_ms, "{:.3f}") if self.predicted_ms is not None else "no prediction"),
             budget,
         )
 
 
 def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
+
+
+def _contract_line(c: Contract) -> str:
+    """The contract in one sentence: measured and predicted for the same runtime/precision/batch."""
+    measured = f"measured {_num(c.measured_ms, '{:.3f}')} ms ({c.setting} on {c.device}, {c.settings.get('repeats')} repeats)"
+    if c.predicted_ms is not None:
+        kind = "ESTIMATED" if c.source == "estimated" else "predicted"
+        pred = f"{kind} {c.predicted_ms:.3f} ms for {c.setting} by {c.table}"
+    else:
+        pred = c.no_prediction or "no prediction"
+    budget = "" if c.budget_ms is None else f"; budget {c.budget_ms:g} ms: **{c.status}**"
+    return f"- latency contract: {measured}; {pred}{budget}"
 
 
 def format_table(rows: list[Row]) -> str:
@@ -189,10 +245,8 @@ class Report:
                 lines.append(f"- latency bs1: {r.latency_ms:.3f} ms median (cv {r.latency_cv:.1%})")
             if r.throughput is not None:
                 lines.append(f"- throughput: {r.throughput:.1f} img/s at batch {r.throughput_batch}")
-            if r.budget_ms is not None:
-                pred = "no table" if r.predicted_ms is None else f"{r.predicted_ms:.3f} ms"
-                lines.append(f"- latency contract: measured {_num(r.latency_ms, '{:.3f}')} ms, predicted {pred}, "
-                             f"budget {r.budget_ms:g} ms: **{r.contract}**")
+            if r.latency is not None:
+                lines.append(_contract_line(r.latency))
             lines += [f"- note: {n}" for n in r.notes]
             lines.append("")
         lines += [f"- {n}" for n in self.notes]

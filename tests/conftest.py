@@ -55,3 +55,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _own_deployvit_home(tmp_path_factory, monkeypatch):
+    """Every test sees an empty user table folder: tables a developer profiled into their own
+    ~/.local/share/deployvit must not change what a test's search picks."""
+    monkeypatch.setenv("DEPLOYVIT_HOME", str(tmp_path_factory.mktemp("deployvit-home")))
+    yield

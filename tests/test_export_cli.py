@@ -44,41 +44,61 @@ def table_file(arch_file, tmp_path_factory) -> Path:
     return path
 
 
-def test_prediction_comes_from_the_table_measured_like_the_format(arch_file, table_file, tmp_path, monkeypatch):
-    """Without --table: the shipped table of this device for the format's runtime, else the space's
-    default with a note; the runtime mismatch is said."""
-    import deployvit.latency.table as table_mod
+def test_contract_prediction_comes_from_the_table_measured_like_the_format(arch_file, table_file, tmp_path, monkeypatch):
+    """Without --table: the resolver's table of this device for the format's runtime; a format
+    whose runtime has no table gets "no prediction for <runtime>", never another runtime's number."""
+    import deployvit.latency.resolve as resolve_mod
     from deployvit.arch import load_arch
-    from exporters.benchmark import predicted_latency_ms
+    from deployvit.contract import plan_contract
 
     shipped = tmp_path / "tables" / "cpu"
     shipped.mkdir(parents=True)
     eager = LatencyTable.load(table_file, warn=False)
-    eager.metadata["settings"] = {"clock": "cpu", "threads": 1}
+    eager.metadata["settings"] = {"clock": "cpu", "threads": 1, "repeats": 7, "warmup_s": 0.0}
     eager.save(shipped / "test-eager-fp32-b1.json")
     ort = LatencyTable({**eager.metadata, "runtime": "onnxruntime"}, eager.entries, scale=1.0, bias=0.0)
     ort.save(shipped / "test-onnxruntime-fp32-b1.json")
-    monkeypatch.setattr(table_mod, "shipped_tables_dir", lambda: tmp_path / "tables")
+    monkeypatch.setattr(resolve_mod, "shipped_tables_dir", lambda: tmp_path / "tables")
+    monkeypatch.chdir(tmp_path)
     arch = load_arch(arch_file)
     parts = len(arch_parts(arch))
-    onnx_ms, notes = predicted_latency_ms(None, arch, "onnx", "fp32", "cpu")
-    assert onnx_ms == pytest.approx(parts * 100.0 / 1e3) and "test-onnxruntime-fp32-b1.json" in notes[0]
-    torch_ms, notes = predicted_latency_ms(None, arch, "torch", "fp32", "cpu")
-    assert torch_ms == pytest.approx((2 * parts * 100.0 + 50.0) / 1e3)
-    assert any("--clock cpu" in n for n in notes)  # the table used CPU time, this run the wall clock
-    assert not any("clock" in n for n in predicted_latency_ms(None, arch, "torch", "fp32", "cpu", "cpu")[1])
-    compile_ms, notes = predicted_latency_ms(None, arch, "compile", "fp32", "cpu")
-    assert compile_ms == torch_ms  # no compile table: the default (eager) one, said twice
-    assert any("no shipped compile" in n for n in notes) and any("measured with eager" in n for n in notes)
+    timing = {"warmup_s": 0.5, "repeats": 100, "threads": None, "clock": "wall"}
+
+    def plan(fmt, **kw):
+        return plan_contract(fmt, arch, precision="fp32", device="cpu", batch_size=None, table_path=None, budget_ms=None,
+                             timing=timing, **kw)
+
+    onnx = plan("onnx")
+    assert onnx.predicted_ms == pytest.approx(parts * 100.0 / 1e3) and "test-onnxruntime-fp32-b1.json" in onnx.table
+    assert (onnx.runtime, onnx.precision, onnx.batch_size) == ("onnxruntime", "fp32", 1)
+    torch_ = plan("torch")
+    assert torch_.predicted_ms == pytest.approx((2 * parts * 100.0 + 50.0) / 1e3)
+    assert torch_.settings["clock"] == "cpu" and torch_.settings["repeats"] == 7  # timed like the table, not like export's defaults
+    compiled = plan("compile")
+    assert compiled.predicted_ms is None and compiled.no_prediction.startswith("no prediction for compile fp32 on cpu")
+    assert compiled.settings["repeats"] == 100
+    explicit = plan_contract("onnx", arch, precision="fp32", device="cpu", batch_size=None, table_path=str(table_file),
+                             budget_ms=None, timing=timing)  # an eager table given for an onnxruntime artifact
+    assert explicit.predicted_ms is None and "predicts eager fp32 b1" in explicit.no_prediction
 
 
 def _report(out: Path) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
-def test_export_onnx_writes_artifact_report_and_table(arch_file, table_file, tmp_path):
+@pytest.fixture(scope="module")
+def ort_table_file(table_file, tmp_path_factory) -> Path:
+    """The same table, as if measured with onnxruntime (what an onnx artifact's contract needs)."""
+    eager = LatencyTable.load(table_file, warn=False)
+    path = tmp_path_factory.mktemp("ort") / "test-onnxruntime-fp32-b1.json"
+    LatencyTable({**eager.metadata, "runtime": "onnxruntime", "runtime_version": "x", "settings": {"repeats": 3, "warmup_s": 0}},
+                 eager.entries, scale=2.0, bias=50.0).save(path)
+    return path
+
+
+def test_export_onnx_writes_artifact_report_and_table(arch_file, ort_table_file, tmp_path):
     out = tmp_path / "out"
-    result = run_cli("export", "--arch", str(arch_file), "--out", str(out), "--table", str(table_file),
+    result = run_cli("export", "--arch", str(arch_file), "--out", str(out), "--table", str(ort_table_file),
                      "--budget", "10s", *FAST)
     assert result.code == 0, result.err
     assert {p.name for p in out.iterdir()} == {"model.onnx", "report.json", "report.md"}
@@ -89,6 +109,10 @@ def test_export_onnx_writes_artifact_report_and_table(arch_file, table_file, tmp
     assert row["status"] == VERIFIED and row["format"] == "onnx" and row["contract"] == "MET"
     parts = len(arch_parts(get_space("test").min_arch()))
     assert row["predicted_ms"] == pytest.approx((2.0 * 100.0 * parts + 50.0) / 1e3)
+    contract = row["latency_contract"]
+    measured, predicted = contract["measurement"], contract["prediction"]
+    assert all(measured[k] == predicted[k] for k in ("runtime", "precision", "batch_size", "device"))
+    assert measured["runtime"] == "onnxruntime" and measured["settings"]["repeats"] == 3 and measured["measured_ms"] > 0
     assert row["latency_ms_bs1"] > 0 and row["throughput_img_s"] > 0 and row["throughput_batch"] == 4
     checks = row["verification"]["checks"]
     assert [c["batch_size"] for c in checks] == [1, 4] and all(c["max_abs_diff"] < 1e-4 for c in checks)
@@ -186,7 +210,8 @@ def other_checkpoint(tmp_path_factory) -> Path:
         (("--dynamic-batch", "8,4,2"), ("8,4,2", "min <= opt <= max")),
         (("--dynamic-batch", "8,4"), ("MIN,OPT,MAX",)),
         (("--data", "{tmp}/no-such-dir"), ("data not found",)),
-        (("--budget", "fast"), ("cannot read budget 'fast'",)),
+        (("--budget", "fast"), ("--budget 'fast'", "expected a number with a unit")),
+        (("--budget", "5"), ("--budget '5'", "no unit: a latency needs ms, us or s")),  # the parser search uses
         (("--table", "{tmp}/missing.json"), ("latency table not found",)),
         (("--samples", "2", "--dynamic-batch", "1,2,8"), ("at least 8 images",)),
         (("--precision", "bf16", "--opset", "20"), ("need >= 22",)),

@@ -10,7 +10,7 @@ import pytest
 
 from deployvit.errors import DeployvitError
 from deployvit.latency import devices
-from deployvit.latency.table import LatencyTable, LatencyTableWarning, default_table, table_filename
+from deployvit.latency.table import LatencyTable, LatencyTableWarning, shipped_tables_dir, table_filename
 from deployvit.latency.devices import cpu_name
 from deployvit.parts import arch_parts, space_parts
 from deployvit.spaces import get_space
@@ -146,15 +146,10 @@ def test_table_filename():
     assert table_filename("autoformer-tiny", "cudagraph", "fp16", 64) == "autoformer-tiny-cudagraph-fp16-b64.json"
 
 
-def test_default_table_for_unknown_space():
-    with pytest.raises(DeployvitError, match="no shipped latency table"):
-        default_table("no-such-space")
-
-
-@pytest.mark.parametrize("space", ["test", "autoformer-tiny"])
-def test_shipped_cpu_tables_load_and_predict(space):
-    path = default_table(space)
+@pytest.mark.parametrize("path", sorted(shipped_tables_dir().rglob("*.json")), ids=lambda p: p.name)
+def test_shipped_tables_load_and_predict(path):
     table = LatencyTable.load(path, warn=False)
+    space = table.metadata["space"]
     assert table.metadata["space"] == space
     assert table.metadata["space_hash"] == get_space(space).hash()
     rng = np.random.default_rng(123)

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from deployvit.counting import count_flops, count_params
 from deployvit.errors import DeployvitError
-from deployvit.search.budgets import Constraints, parse_amount, parse_amounts
+from deployvit.search.budgets import Constraints
+from deployvit.units import parse_amount, parse_amounts
 from deployvit.search.evolution import Evolution, EvolutionConfig
 from deployvit.search.pareto import pareto_front
 from deployvit.search.predictor import MetricModel
@@ -33,7 +34,7 @@ def test_parse_amounts():
     assert parse_amount("1.5G", "flops") == 1.5e9
     assert parse_amount("6M", "params") == 6e6
     assert parse_amounts("5ms, 2ms,3ms", "latency") == [2000.0, 3000.0, 5000.0]
-    for bad, metric, needle in [("5", "latency", "unknown unit"), ("5 parsecs", "latency", "unknown unit"),
+    for bad, metric, needle in [("5", "latency", "no unit: a latency needs ms, us or s"), ("5 parsecs", "latency", "unknown unit"),
                                 ("-1ms", "latency", "expected a number"), ("0ms", "latency", "positive"),
                                 ("1.5X", "flops", "unknown unit"), ("fast", "latency", "expected a number")]:
         with pytest.raises(DeployvitError, match=needle):

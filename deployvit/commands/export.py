@@ -9,6 +9,7 @@ the measured latency.
 
 from __future__ import annotations
 
+import copy
 import functools
 import tempfile
 from dataclasses import dataclass, replace
@@ -20,29 +21,34 @@ import torch
 
 from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
 from exporters import tensorrt as trt_export
-from exporters.benchmark import (
-    FORMATS,
-    ExportSpec,
-    parse_budget,
-    parse_formats,
-    predicted_latency_ms,
-    reference_runner,
-    run_format,
-)
+from deployvit.compute import compute_device
+from deployvit.contract import contract_runner, measure_contract, plan_contract
+from deployvit.units import parse_amount
+from exporters.benchmark import FORMATS, ExportSpec, parse_formats, reference_runner, run_format
 from exporters.onnx import BF16_MIN_OPSET, DEFAULT_OPSET, MIN_OPSET, PRECISIONS, batch_spec, check_opset
-from exporters.report import SKIPPED, Report, Row, format_table
+from exporters.report import REFERENCE, SKIPPED, VERIFIED, VERIFY_FAILED, Report, Row, format_table
 from exporters.sources import SourceModel, load_arch_model, load_timm_model
 from exporters.verify import Runner, Samples, Thresholds, data_samples, synthetic_samples
 
 
-def _batch_range(text: str | None) -> tuple[int, int, int] | None:
+def _batch_range(text: str | None, contracts: dict[str, Any]) -> tuple[int, int, int] | None:
+    """--dynamic-batch MIN,OPT,MAX; by default None (batch_spec's 1,8,32), widened to the largest
+    contract batch so the artifact accepts the batch its table was measured at."""
     if text is None:
-        return None
+        widest = max((c.batch_size for c in contracts.values()), default=1)
+        return None if widest <= 32 else (1, 8, widest)
     try:
         lo, opt, hi = (int(v) for v in text.split(","))
     except ValueError:
         raise DeployvitError(f"--dynamic-batch {text!r}: expected MIN,OPT,MAX, e.g. 1,8,32") from None
     return lo, opt, hi
+
+
+def _check_contract_batches(batch, contracts: dict[str, Any]) -> None:
+    for fmt, c in contracts.items():
+        if not batch.min <= c.batch_size <= batch.max:
+            raise DeployvitError(f"--dynamic-batch {batch}: the {fmt} latency contract runs at batch {c.batch_size} "
+                                 "(its table's); widen the range or pass --batch-size")
 
 
 def _common_options(fn: Callable) -> Callable:
@@ -54,16 +60,20 @@ def _common_options(fn: Callable) -> Callable:
         click.option("--timm-model", help="Export a timm model (pretrained=False, never downloads) instead of --arch."),
         click.option("--img-size", type=click.IntRange(min=1), help="Input size of a --timm-model (default: its own)."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True),
-        click.option("--batch-size", type=int, help="Static batch size (default: dynamic batch 1,8,32)."),
+        click.option("--batch-size", type=click.IntRange(min=1),
+                     help="Static batch size, and the batch of the latency contract (default: dynamic batch 1,8,32 "
+                          "widened to the table's batch; the contract at the table's batch)."),
         click.option("--dynamic-batch", help="Dynamic batch MIN,OPT,MAX (OPT: the size TensorRT tunes for)."),
         click.option("--opset", type=int, help=f"ONNX opset, >= {MIN_OPSET} (default {DEFAULT_OPSET}; {BF16_MIN_OPSET} for bf16)."),
         click.option("--legacy-exporter", is_flag=True, help="Use the TorchScript ONNX exporter instead of dynamo."),
         click.option("--data", help="Verify on the val split of: digits, a CIFAR folder or an ImageFolder root."),
         click.option("--samples", type=click.IntRange(min=1), default=128, show_default=True,
                      help="Images to verify on (synthetic seeded images without --data)."),
-        click.option("--budget", help="Latency budget at batch 1, e.g. 5ms or 800us: NOT MET is exit 1."),
+        click.option("--budget", help="Latency budget of the contract (measured in the table's runtime, precision and "
+                                      "batch), e.g. 5ms or 800us: NOT MET is exit 1."),
         click.option("--table", type=click.Path(dir_okay=False),
-                     help="Latency table (LUT) for the predicted latency (default: the one shipped for the arch's space)."),
+                     help="Latency table for the contract's prediction (default: the resolver's table of this machine's "
+                          "device for the format's runtime and precision; see `deployvit tables`)."),
         click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: beside --arch)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--workspace", type=float, default=4.0, show_default=True, help="TensorRT workspace (GB)."),
@@ -92,12 +102,7 @@ class Job:
     budget_ms: float | None
     notes: list[str]
     opts: dict[str, Any]
-
-
-def _device(choice: str) -> str:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise DeployvitError("--device cuda: torch sees no CUDA GPU on this machine")
-    return ("cuda" if torch.cuda.is_available() else "cpu") if choice == "auto" else choice
+    contracts: dict[str, Any]  # format -> the latency contract planned for it (deployvit.contract)
 
 
 def _samples(data: str | None, source: SourceModel, n: int) -> Samples:
@@ -119,39 +124,32 @@ def check_writable(out: Path) -> None:
 def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
     """Validate every input, cheapest first; raise before anything is written."""
     precision = opts["precision"]
-    batch = batch_spec(opts["batch_size"], _batch_range(opts["dynamic_batch"]))
     opset = check_opset(precision, opts["opset"])
-    budget_ms = parse_budget(opts["budget"]) if opts["budget"] is not None else None
+    budget_ms = parse_amount(opts["budget"], "latency", "--budget") / 1e3 if opts["budget"] is not None else None
     thresholds = Thresholds.for_precision(
         precision, max_abs_diff=opts["max_abs_diff"], min_cosine=opts["min_cosine"],
         min_agreement=opts["min_agreement"], max_top1_drop=opts["max_top1_drop"],
     )
     if opts["workspace"] <= 0:
         raise DeployvitError(f"--workspace must be > 0 GB, got {opts['workspace']}")
-    device = _device(opts["device"])
+    device = compute_device(opts["device"]).type
     if opts["table"] is not None and not Path(opts["table"]).is_file():
         raise DeployvitError(f"latency table not found: {opts['table']}")
     if formats == ["trt"]:
         trt_export.import_tensorrt()  # export --format trt: a missing TensorRT is exit 2, up front
         trt_export.require_cuda()
-
-    if opts["arch_path"] and opts["timm_model"]:
-        raise DeployvitError("give either --arch or --timm-model, not both")
-    if opts["img_size"] and not opts["timm_model"]:
-        raise DeployvitError("--img-size applies to --timm-model only (an arch fixes its own input size)")
-    if opts["timm_model"]:
-        source = load_timm_model(opts["timm_model"], opts["checkpoint"], img_size=opts["img_size"])
-    elif opts["arch_path"] or opts["checkpoint"]:
-        source = load_arch_model(opts["arch_path"], opts["checkpoint"])
-    else:
-        raise DeployvitError("give --arch ARCH.json (with --checkpoint) or --timm-model NAME")
+    source = _source(opts)
+    notes = ["--table ignored: a latency table predicts deployvit archs, not timm models"] if opts["table"] and source.arch is None else []
+    timing = {"warmup_s": opts["warmup"], "repeats": opts["repeats"], "threads": 1 if opts["clock"] == "cpu" else None, "clock": opts["clock"]}
+    contracts = {fmt: plan_contract(fmt, source.arch, precision=precision, device=device, batch_size=opts["batch_size"],
+                                    table_path=opts["table"] if source.arch is not None else None, budget_ms=budget_ms, timing=timing)
+                 for fmt in formats}  # a user's table must load and fit the arch: checked before any work
+    batch = batch_spec(opts["batch_size"], _batch_range(opts["dynamic_batch"], contracts))
+    _check_contract_batches(batch, contracts)
     samples = _samples(opts["data"], source, opts["samples"])  # also validates --data
     if len(samples) < batch.max:
         raise DeployvitError(f"verification needs at least {batch.max} images (the largest batch), got {len(samples)}: "
                              "raise --samples or lower the batch")
-    if opts["table"]:  # a user's table must load and cover the arch: check it before any work
-        predicted_latency_ms(opts["table"], source.arch, formats[0], precision, device, opts["clock"])
-    notes = ["--table ignored: a latency table predicts deployvit archs, not timm models"] if opts["table"] and source.arch is None else []
     out = Path(opts["out"]) if opts["out"] else _default_out(opts)
     check_writable(out)
     spec = ExportSpec(
@@ -161,7 +159,19 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
         clock=opts["clock"],
         metadata={"source": source.info},
     )
-    return Job(source, spec, samples, out, budget_ms, notes, opts)
+    return Job(source, spec, samples, out, budget_ms, notes, opts, contracts)
+
+
+def _source(opts: dict[str, Any]) -> SourceModel:
+    if opts["arch_path"] and opts["timm_model"]:
+        raise DeployvitError("give either --arch or --timm-model, not both")
+    if opts["img_size"] and not opts["timm_model"]:
+        raise DeployvitError("--img-size applies to --timm-model only (an arch fixes its own input size)")
+    if opts["timm_model"]:
+        return load_timm_model(opts["timm_model"], opts["checkpoint"], img_size=opts["img_size"])
+    if opts["arch_path"] or opts["checkpoint"]:
+        return load_arch_model(opts["arch_path"], opts["checkpoint"])
+    raise DeployvitError("give --arch ARCH.json (with --checkpoint) or --timm-model NAME")
 
 
 def _default_out(opts: dict[str, Any]) -> Path:
@@ -193,8 +203,9 @@ def finish(command: str, job: Job, rows: list[Row], formats: list[str], models: 
         why = "; ".join(r.verification.failed) if r.verification and r.verification.failed else "; ".join(r.notes[:1])
         raise CheckFailed(f"{r.model} {r.format} {r.precision}: {r.status}: {why}")
     if job.budget_ms is not None and gating and not any(r.contract == "MET" for r in gating):
-        best = min((r.latency_ms for r in gating if r.latency_ms is not None), default=None)
-        got = "no batch-1 latency measured" if best is None else f"measured {best:.3f} ms"
+        timed = [r.latency for r in gating if r.latency is not None and r.latency.measured_ms is not None]
+        best = min(timed, key=lambda c: c.measured_ms, default=None)
+        got = "no contract latency measured" if best is None else f"measured {best.measured_ms:.3f} ms ({best.setting})"
         raise CheckFailed(f"latency budget {job.budget_ms:g} ms NOT MET: {got}")
 
 
@@ -228,7 +239,8 @@ def benchmark(formats: str, baselines: str, **opts: Any) -> None:
         base = load_timm_model(name, img_size=job.source.img_size,
                                num_classes=job.source.arch.num_classes if job.source.arch else None)
         spec = replace(job.spec, img_size=base.img_size, in_chans=base.in_chans, metadata={"source": base.info})
-        base_jobs.append((name, Job(base, spec, _samples(opts["data"], base, opts["samples"]), job.out, job.budget_ms, [], opts)))
+        contracts = {fmt: _baseline_contract(job, fmt) for fmt in fmts}
+        base_jobs.append((name, Job(base, spec, _samples(opts["data"], base, opts["samples"]), job.out, job.budget_ms, [], opts, contracts)))
     models = {job.source.name: job.source.info, **{name: b.source.info for name, b in base_jobs}}
     rows = _benchmark_model(job, job.source, job.samples, fmts, "model", gating=True)
     for name, base_job in base_jobs:
@@ -237,13 +249,24 @@ def benchmark(formats: str, baselines: str, **opts: Any) -> None:
 
 
 def _row(job: Job, source: SourceModel, samples: Samples, fmt: str, stem: str, reference: Runner | None) -> Row:
-    """One format of one model, with the LUT prediction for the way that format runs."""
-    predicted, notes = predicted_latency_ms(job.opts["table"], source.arch, fmt, job.spec.precision, job.spec.device,
-                                            job.spec.clock)
+    """One format of one model: exported, verified, timed, and its latency contract measured like
+    its table (`deployvit.contract`)."""
     row = run_format(fmt, source.model, source.name, job.spec, samples, job.out, stem=stem,
-                     reference=reference, predicted_ms=predicted, budget_ms=job.budget_ms)
-    row.notes.extend(notes)
+                     reference=reference, budget_ms=job.budget_ms)
+    contract = copy.deepcopy(job.contracts[fmt])
+    if row.status in (VERIFIED, VERIFY_FAILED, REFERENCE):
+        run = contract_runner(contract, fmt, source.model, row.path, source.in_chans, source.img_size)
+        measure_contract(contract, run)
+    row.latency = contract
+    row.notes.extend(contract.notes)
     return row
+
+
+def _baseline_contract(job: Job, fmt: str):
+    """A timm baseline has no table (tables predict deployvit archs) but is timed like the model."""
+    model = job.contracts[fmt]
+    return plan_contract(fmt, None, precision=job.spec.precision, device=job.spec.device, batch_size=model.batch_size,
+                         table_path=None, budget_ms=job.budget_ms, timing=model.settings)
 
 
 def _benchmark_model(job: Job, source: SourceModel, samples: Samples, fmts: list[str], stem: str, gating: bool) -> list[Row]:

@@ -2,34 +2,45 @@
 
 from __future__ import annotations
 
-import warnings
-
 import click
 
 from deployvit.arch import load_arch
-from deployvit.latency.table import LatencyTable, LatencyTableWarning, default_table
 
 
 @click.command("latency")
 @click.argument("arch_file", type=click.Path(dir_okay=False))
-@click.option("--table", "table_path", type=click.Path(dir_okay=False), help="Latency table (default: the shipped table for the arch's space).")
+@click.option("--table", "table_path", type=click.Path(dir_okay=False),
+              help="Latency table (default: the one `deployvit tables` says search would pick for the arch's space).")
+@click.option("--device", help="Target device of the table: a label (h100, a100, cpu, ...) or cuda[:N] (this GPU).")
+@click.option("--runtime", help="Only tables of this runtime.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="Only tables of this precision.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Only tables of this batch size.")
 @click.option("--measure", is_flag=True, help="Also time the arch on this machine with the table's runtime, precision and batch.")
-def latency_cmd(arch_file: str, table_path: str | None, measure: bool) -> None:
+def latency_cmd(arch_file: str, table_path: str | None, device, runtime, precision, batch_size, measure: bool) -> None:
     """Print the table's calibrated latency prediction for ARCH_FILE (and the measured one)."""
+    from deployvit.latency.resolve import TableQuery, resolve_table
+    from deployvit.spaces import get_space
+
     arch = load_arch(arch_file)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", LatencyTableWarning)
-        table = LatencyTable.load(table_path or default_table(arch.space))
-        predicted = table.predict(arch)
-    for w in caught:
-        if issubclass(w.category, LatencyTableWarning):
-            click.echo(f"deployvit: warning: {w.message}", err=True)
-    click.echo(f"table:     {table.path} ({table.describe()})")
+    space = get_space(arch.space)
+    resolved = resolve_table(TableQuery(space.name, space.hash(), device, runtime, precision, batch_size), table_path)
+    table = resolved.table
+    click.echo(resolved.line())
+    for message in resolved.warnings:
+        click.echo(f"deployvit: warning: {message}", err=True)
+    predicted = table.predict(arch)
+    kind = "estimated" if table.metadata.get("source") == "estimated" else "predicted"
     mape = table.validation.get("calibrated", {}).get("mape")
     quality = f" (table validation MAPE {mape:.1f}%)" if isinstance(mape, (int, float)) else ""
-    click.echo(f"predicted: {predicted / 1e3:.3f} ms{quality}")
-    if not measure:
-        return
+    click.echo(f"{kind}: {predicted / 1e3:.3f} ms{quality}")
+    if measure:
+        _measure(arch, table, predicted, kind)
+
+
+def _measure(arch, table, predicted: float, kind: str) -> None:
+    """Time the arch here exactly as the table's entries were timed, and print the error."""
+    import warnings
+
     from deployvit.latency.devices import device_name  # torch: only when measuring
     from deployvit.latency.profile import apply_threads, measure_arch, table_settings
 
@@ -45,4 +56,4 @@ def latency_cmd(arch_file: str, table_path: str | None, measure: bool) -> None:
         f"measured:  {timing.median_us / 1e3:.3f} ms median (p90 {timing.p90_us / 1e3:.3f} ms, cv {timing.cv:.1%}, "
         f"{timing.repeats} repeats, {settings.clock} clock) on {device_name(device)}, {settings.runtime} {settings.precision} batch {settings.batch_size}"
     )
-    click.echo(f"error:     {error:+.1f}% (prediction vs measurement)")
+    click.echo(f"error:     {error:+.1f}% ({kind} vs measurement)")

@@ -13,9 +13,13 @@ from deployvit.spaces import get_space
 
 def output_paths(out: str | None, label: str, space: str, runtime: str, precision: str, batches: tuple[int, ...]) -> list[Path]:
     """One table path per batch size: `--out` as given (with `{batch}` filled in when several batch
-    sizes are profiled), else `latency_tables/<label>/<space>-<runtime>-<precision>-b<batch>.json`."""
+    sizes are profiled), else `$DEPLOYVIT_HOME/latency_tables/<label>/<space>-<runtime>-<precision>-b<batch>.json`,
+    where every command's table resolver looks (`deployvit.latency.resolve`), from any directory."""
     if out is None:
-        return [Path("latency_tables") / label / table_filename(space, runtime, precision, b) for b in batches]
+        from deployvit.latency.resolve import user_tables_dir
+
+        root = user_tables_dir()
+        return [root / label / table_filename(space, runtime, precision, b) for b in batches]
     if len(batches) > 1 and "{batch}" not in out:
         raise DeployvitError("several --batch-size values need '{batch}' in --out (e.g. --out tables/tiny-b{batch}.json)")
     return [Path(out.replace("{batch}", str(b))) for b in batches]
@@ -27,7 +31,8 @@ def output_paths(out: str | None, label: str, space: str, runtime: str, precisio
 @click.option("--runtime", required=True, help="eager, cudagraph, compile, onnxruntime or tensorrt.")
 @click.option("--precision", default="fp16", show_default=True, help="fp32, fp16 or bf16.")
 @click.option("--batch-size", "batches", type=int, multiple=True, required=True, help="Batch size; repeat for several tables.")
-@click.option("--out", help="Table path (default latency_tables/LABEL/SPACE-RUNTIME-PRECISION-bB.json); '{batch}' is replaced.")
+@click.option("--out", help="Table path (default $DEPLOYVIT_HOME/latency_tables/LABEL/SPACE-RUNTIME-PRECISION-bB.json, where search "
+                                 "looks; DEPLOYVIT_HOME defaults to ~/.local/share/deployvit); '{batch}' is replaced.")
 @click.option("--calib-archs", type=int, default=10, show_default=True, help="Whole archs timed to fit the calibration.")
 @click.option("--val-archs", type=int, default=50, show_default=True, help="Held-out archs timed to validate the table.")
 @click.option("--warmup", "warmup_s", type=float, default=0.5, show_default=True, help="Warm-up seconds before each timing.")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from deployvit.errors import CheckFailed, DeployvitError
-from deployvit.search.budgets import Constraints, format_amount, parse_amount, parse_amounts
+from deployvit.errors import CheckFailed
+from deployvit.search.budgets import Constraints
+from deployvit.units import format_amount, parse_amount, parse_amounts
 from deployvit.search import SCORES
 from deployvit.search.evolution import EvolutionConfig
 
@@ -24,11 +25,13 @@ def _amount(value: str | None, metric: str) -> float | None:
 @click.option("--min-flops", help="Lower bound on FLOPs.")
 @click.option("--min-params", help="Lower bound on params.")
 @click.option("--space", "space_name", default="autoformer-tiny", show_default=True, help="Space name or YAML/JSON file.")
-@click.option("--table", type=click.Path(dir_okay=False), help="Latency table JSON (default: the shipped table for the space).")
-@click.option("--device", help="Pick the shipped table of this device label (with --runtime/--precision/--batch-size).")
-@click.option("--runtime", help="Runtime of the shipped table to pick (eager, cudagraph, compile, onnxruntime, tensorrt).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="Precision of the shipped table to pick.")
-@click.option("--batch-size", type=int, help="Batch size of the shipped table to pick.")
+@click.option("--table", type=click.Path(dir_okay=False),
+              help="Latency table JSON (default: chosen by `deployvit tables`' rules: yours, then shipped; measured, then estimated).")
+@click.option("--device", help="Target device of the latency table: a label (h100, a100, cpu, ...) or cuda[:N] for this "
+                               "machine's GPU. Default: this machine's GPU, else h100.")
+@click.option("--runtime", help="Only tables of this runtime (eager, cudagraph, compile, onnxruntime, tensorrt).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="Only tables of this precision.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Only tables of this batch size.")
 @click.option("--score", type=click.Choice(SCORES), default="dss", show_default=True, help="Fitness: training-free DSS, supernet accuracy, or the trained FocusFormer sampler.")
 @click.option("--supernet", "supernet_ckpt", type=click.Path(dir_okay=False), help="Supernet checkpoint (--score supernet/sampler).")
 @click.option("--data", help="Training data (held-out split carved from it) for --score supernet/sampler; 'digits' is built in.")
@@ -50,8 +53,6 @@ def search(**opts) -> None:
     """Find the highest-scoring arch under the budgets; writes best.arch.json, pareto.* and log.jsonl."""
     from deployvit.search.run import SearchRequest, run_search  # heavy (torch): only when searching
 
-    if opts["batch_size"] is not None and opts["batch_size"] < 1:
-        raise DeployvitError(f"--batch-size must be at least 1, got {opts['batch_size']}")
     constraints = Constraints(
         max_latency=parse_amounts(opts["latency"], "latency") if opts["latency"] else [],
         max_flops=_amount(opts["flops"], "flops"),

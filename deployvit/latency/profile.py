@@ -106,7 +106,18 @@ def apply_threads(settings: MeasureSettings, device: str) -> None:
 def measure(module: torch.nn.Module, input_shape: tuple[int, ...], settings: MeasureSettings, device: str, label: str = "") -> Timing:
     """Time one module (a part or a whole model) exactly as every table entry is timed."""
     run = build_runner(module, input_shape, runtime=settings.runtime, device=device, precision=settings.precision, threads=settings.threads)
-    return time_callable(run, device=device, warmup_s=settings.warmup_s, repeats=settings.repeats, label=label, clock=settings.clock)
+    return time_run(run, settings, device, label)
+
+
+def time_run(run: Callable[[], object], settings: MeasureSettings, device: str, label: str = "") -> Timing:
+    """Time a built runner with a table's settings: the one timing path of table entries, whole
+    models (`latency --measure`, `search --measure-top`) and export's latency contract."""
+    before = torch.get_num_threads()
+    apply_threads(settings, device)
+    try:
+        return time_callable(run, device=device, warmup_s=settings.warmup_s, repeats=settings.repeats, label=label, clock=settings.clock)
+    finally:
+        torch.set_num_threads(before)
 
 
 def measure_part(part: Part, settings: MeasureSettings, device: str) -> Timing:

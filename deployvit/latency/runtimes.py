@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from deployvit.errors import DeployvitError, MissingDependency
+from deployvit.latency.timing import capture_cuda_graph
 from exporters.onnx import PRECISIONS, TORCH_DTYPES, OnnxRunner, export_onnx, import_onnxruntime
 
 RUNTIMES = ("eager", "cudagraph", "compile", "onnxruntime", "tensorrt")
@@ -89,28 +90,7 @@ def build_runner(
     if runtime == "compile":
         compiled = torch.compile(module, dynamic=False)
         return lambda: compiled(x)
-    return _cuda_graph(module, x)
-
-
-def _cuda_graph(module: nn.Module, x: torch.Tensor) -> Run:
-    """Capture one forward as a CUDA graph (after warm-up on a side stream, as torch requires)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.inference_mode(), torch.cuda.stream(side):
-        for _ in range(3):
-            module(x)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), torch.cuda.graph(graph):
-        out = module(x)
-
-    static = (x, out)  # the graph reads x's memory and writes out's: the closure keeps both alive
-
-    def replay() -> torch.Tensor:
-        graph.replay()
-        return static[1]
-
-    return replay
+    return capture_cuda_graph(module, x)
 
 
 def _exported_runner(module: nn.Module, input_shape: tuple[int, ...], runtime: str, device: str, precision: str, threads: int | None) -> Run:
@@ -129,6 +109,21 @@ def _exported_runner(module: nn.Module, input_shape: tuple[int, ...], runtime: s
         runner = TrtRunner(engine)  # deserialised: the files can go
     x = torch.randn(input_shape, device="cuda")
     return lambda: runner(x)
+
+
+def file_runner(path: Path, input_shape: tuple[int, ...], *, runtime: str, device: str, threads: int | None = None) -> Run:
+    """An exported artifact (an ONNX file or a TensorRT engine) timed exactly like a table entry of
+    `runtime`: the export's latency contract and the table then measure the same thing."""
+    check_runtime(runtime, device, "fp32")  # the precision is inside the file
+    if runtime == "onnxruntime":
+        return _onnxruntime_runner(path, input_shape, device, threads)
+    if runtime == "tensorrt":
+        from exporters.tensorrt import TrtRunner
+
+        runner = TrtRunner(path)
+        x = torch.randn(input_shape, device="cuda")
+        return lambda: runner(x)
+    raise DeployvitError(f"runtime {runtime} runs modules, not files")
 
 
 def _onnxruntime_runner(path: Path, input_shape: tuple[int, ...], device: str, threads: int | None) -> Run:

@@ -45,8 +45,6 @@ REQUIRED_METADATA = {
     "space_hash": str,
     "torch": str,
 }
-#: shipped tables `default_table` prefers, best first: the deployment-like GPU table, then CPU ones.
-DEFAULT_CHOICES = (("h100", "cudagraph", "fp16", 1), ("cpu", "eager", "fp32", 1))
 
 
 class LatencyTableWarning(UserWarning):
@@ -205,12 +203,3 @@ def shipped_tables_dir() -> Path:
     """The `latency_tables` package folder (works from a source tree and from an installed wheel)."""
     return Path(str(files("latency_tables")))
 
-
-def default_table(space_name: str) -> Path:
-    """The shipped table for `space_name`: H100 cudagraph fp16 batch 1 when present, else the CPU one."""
-    root = shipped_tables_dir()
-    for device, runtime, precision, batch in DEFAULT_CHOICES:
-        path = root / device / table_filename(space_name, runtime, precision, batch)
-        if path.is_file():
-            return path
-    raise DeployvitError(f"no shipped latency table for space {space_name!r}; run `deployvit profile --space {space_name} ...` and pass --table")

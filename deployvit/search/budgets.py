@@ -1,59 +1,12 @@
-"""Budget strings ("5ms", "500us", "1.5G", "6M", "2ms,3ms,5ms") and the constraint set of a search.
-
-Latency is kept in microseconds (the unit of latency tables), FLOPs in MACs, params in parameters.
-"""
+"""The constraint set of a search: upper bounds (several latency budgets, one winner each) and lower
+bounds. Budget strings are read by `deployvit.units.parse_amount`, the one parser of every command."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from deployvit.errors import DeployvitError
-
-_UNITS = {
-    "latency": {"ms": 1e3, "us": 1.0, "µs": 1.0, "s": 1e6},
-    "flops": {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12},
-    "params": {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9},
-}
-_NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-zµ]*)\s*$", re.IGNORECASE)
-
-
-def parse_amount(text: str, metric: str) -> float:
-    """One amount with its unit; latency needs a unit (ms/us/s), FLOPs/params take k/M/G/T or none."""
-    match = _NUMBER.match(text)
-    if not match:
-        raise DeployvitError(f"--{metric} {text!r}: expected a number with a unit, e.g. {_example(metric)}")
-    value, unit = float(match.group(1)), match.group(2).lower()
-    units = _UNITS[metric]
-    if unit not in units or (metric == "latency" and not unit):
-        allowed = ", ".join(u for u in units if u) if metric == "latency" else "k, M, G" + (", T" if metric == "flops" else "")
-        raise DeployvitError(f"--{metric} {text!r}: unknown unit {unit!r} (use {allowed})")
-    if value <= 0:
-        raise DeployvitError(f"--{metric} {text!r}: must be positive")
-    return value * units[unit]
-
-
-def parse_amounts(text: str, metric: str) -> list[float]:
-    """A comma-separated list of amounts (several budgets in one run), sorted ascending, unique."""
-    values = sorted({parse_amount(part, metric) for part in text.split(",") if part.strip()})
-    if not values:
-        raise DeployvitError(f"--{metric}: empty budget")
-    return values
-
-
-def _example(metric: str) -> str:
-    return {"latency": "5ms or 500us", "flops": "1.5G", "params": "6M"}[metric]
-
-
-def _short(x: float) -> str:
-    """Three significant digits without exponent notation (5000, 0.479, 12.3)."""
-    return f"{x:.0f}" if abs(x) >= 1000 else f"{float(f'{x:.3g}'):g}"
-
-
-def format_amount(value: float, metric: str) -> str:
-    if metric == "latency":
-        return f"{_short(value / 1e3)} ms" if value >= 100 else f"{_short(value)} us"
-    return f"{_short(value / 1e9)} G" if metric == "flops" else f"{_short(value / 1e6)} M"
+from deployvit.units import format_amount
 
 
 def budget_label(budget: float | None) -> str:

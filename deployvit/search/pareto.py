@@ -32,9 +32,16 @@ def _row(cand: Candidate) -> dict:
     }
 
 
-def write_pareto(run_dir: Path, front: Sequence[Candidate]) -> None:
-    io.write_json(run_dir / "pareto.json", [{**_row(c), "arch": c.arch.to_dict()} for c in front])
-    rows = [_row(c) for c in front]
+def write_pareto(run_dir: Path, front: Sequence[Candidate], provenance: dict | None = None) -> None:
+    """pareto.json and pareto.csv; with a latency table, every row says where its latency came from
+    (`measured on <device>` or `estimated for <GPU model>`), so a copied CSV cannot pass an
+    estimate off as a measurement."""
+    source = None
+    if provenance is not None:
+        how = "estimated for" if provenance["latency_source"] == "estimated" else "measured on"
+        source = f"{how} {provenance['device_name']} ({provenance['runtime']} {provenance['precision']} b{provenance['batch_size']})"
+    rows = [{**_row(c), **({"latency_source": source} if source else {})} for c in front]
+    io.write_json(run_dir / "pareto.json", [{**row, "arch": c.arch.to_dict()} for row, c in zip(rows, front)])
     buf = _io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["score"])
     writer.writeheader()

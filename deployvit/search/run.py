@@ -18,7 +18,8 @@ from typing import Callable
 from deployvit import io
 from deployvit.errors import DeployvitError
 from deployvit.search import SCORES
-from deployvit.search.budgets import METRICS, Constraints, budget_label, format_amount
+from deployvit.search.budgets import METRICS, Constraints, budget_label
+from deployvit.units import format_amount
 from deployvit.search.evolution import Candidate, Evolution, EvolutionConfig
 from deployvit.search.pareto import pareto_front, plot_pareto, write_pareto
 from deployvit.search.predictor import MetricModel
@@ -112,6 +113,29 @@ def make_score(request: SearchRequest, space: SearchSpace, trained: tuple | None
     return supernet_accuracy(request, *trained)
 
 
+def resolve_latency_table(request: SearchRequest, space: SearchSpace):
+    """The table the search predicts with (`deployvit.latency.resolve`, the one resolver), or None
+    when nothing needs latency."""
+    if request.table is None and not (request.constraints.uses_latency or request.measure_top):
+        return None
+    from deployvit.latency.resolve import TableQuery, resolve_table
+
+    query = TableQuery(space.name, space.hash(), request.device, request.runtime, request.precision, request.batch_size)
+    return resolve_table(query, request.table)
+
+
+def latency_provenance(table) -> dict | None:
+    """Where a run's latency numbers come from, for best.arch.json, pareto.csv and the log: a
+    measurement names its device, an estimate says it is one (and of which GPU model)."""
+    if table is None:
+        return None
+    m = table.metadata
+    source = m.get("source", "measured")
+    return {"latency_source": source, "latency_table": str(table.path), "device_label": m["device_label"],
+            "device_name": m["device_name"], "runtime": m["runtime"], "precision": m["precision"],
+            "batch_size": m["batch_size"]}
+
+
 def _append_log(path: Path, entry: dict) -> None:
     previous = path.read_text() if path.exists() else ""
     io.write_text(path, previous + json.dumps(entry) + "\n")
@@ -119,21 +143,13 @@ def _append_log(path: Path, entry: dict) -> None:
 
 def run_search(request: SearchRequest, echo: Callable[[str], None] = print, progress: bool = True) -> SearchResult:
     space, trained = resolve_space(request)
-    from deployvit.search.tables import resolve_table, table_chosen
-
-    table, table_desc = resolve_table(request, space)
+    resolved = resolve_latency_table(request, space)
+    table = resolved.table if resolved else None
+    table_desc = "\n".join([resolved.line()] + [f"warning: {w}" for w in resolved.warnings]) if resolved else None
     if table_desc:
         echo(table_desc)
     model = MetricModel(space, table)
-    try:
-        notes = check_budgets(model, request.constraints)
-    except DeployvitError as exc:
-        if table is None or table_chosen(request) or table.metadata["device_type"] != "cpu":
-            raise
-        raise DeployvitError(
-            f"{exc}; that is the shipped CPU table, used because no GPU table is shipped for {space.name}: "
-            f"measure your GPU with `deployvit profile --device <label> --space {space.name} ...` and pass --table"
-        ) from None
+    notes = check_budgets(model, request.constraints)
     for note in notes:
         echo(f"note: {note}")
     if request.measure_top:  # this machine must be able to time like the table before anything runs
@@ -188,8 +204,8 @@ def run_search(request: SearchRequest, echo: Callable[[str], None] = print, prog
     summary = _correlations(evaluated, score.name)
     _append_log(log_path, {"final": True, "winners": {k: c.to_dict() for k, c in winners.items()}, **summary, "measured": measured,
                            "held_out_images": len(getattr(score, "held_out_ids", [])) or None,
-                           "request": _request_dict(request)})
-    _write_outputs(run_dir, evolution, evaluated, winners, score.name, space, model, request)
+                           "latency": latency_provenance(table), "request": _request_dict(request)})
+    _write_outputs(run_dir, evolution, evaluated, winners, score.name, space, model, request, latency_provenance(table))
     result = SearchResult(run_dir, winners, table_desc, notes, measured)
     unmet = [budget_label(b) for b, c in winners_by_budget.items() if c is None]
     if unmet:
@@ -258,10 +274,10 @@ def _request_dict(request: SearchRequest) -> dict:
     return data
 
 
-def _write_outputs(run_dir, evolution, evaluated, winners, score_name, space, model, request) -> None:
+def _write_outputs(run_dir, evolution, evaluated, winners, score_name, space, model, request, provenance) -> None:
     cost = "latency" if "latency" in model.metrics else "flops"
     front = pareto_front(evaluated, cost)
-    write_pareto(run_dir, front)
+    write_pareto(run_dir, front, provenance)
     baselines = {}
     for name, arch in reference_archs(space).items():
         baselines[name] = (arch, float(evolution.score(arch)), model.metrics_of(arch))
@@ -272,7 +288,16 @@ def _write_outputs(run_dir, evolution, evaluated, winners, score_name, space, mo
     labels = list(winners)
     for label, cand in winners.items():
         if len(labels) > 1:
-            cand.arch.save(run_dir / f"best-{label}.arch.json")
+            cand.arch.save(run_dir / f"best-{label}.arch.json", _winner_metadata(cand, label, provenance))
     if winners:
         # best.arch.json last: its presence marks a finished run (the loosest budget's winner).
-        winners[labels[-1]].arch.save(run_dir / "best.arch.json")
+        cand = winners[labels[-1]]
+        cand.arch.save(run_dir / "best.arch.json", _winner_metadata(cand, labels[-1], provenance))
+
+
+def _winner_metadata(cand: Candidate, label: str, provenance: dict | None) -> dict:
+    """What the winner was chosen on: its budget, score, metrics and the latency's provenance."""
+    meta = {"budget": label, "score": cand.score, "metrics": dict(cand.metrics)}
+    if provenance is not None:
+        meta["latency"] = provenance
+    return meta

@@ -1,0 +1,51 @@
+"""`deployvit tables`: every latency table the resolver can see, and which one search would pick."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("tables")
+@click.option("--device", help="Show the pick for this target device (a label, or cuda[:N]); default as search.")
+@click.option("--runtime", help="Show the pick among tables of this runtime only.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="Show the pick among this precision only.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Show the pick among this batch size only.")
+def tables_cmd(device, runtime, precision, batch_size) -> None:
+    """List the user's (./latency_tables, $DEPLOYVIT_HOME/latency_tables) and the shipped latency
+    tables, and for each space which one `search` would use on this machine."""
+    from deployvit.errors import DeployvitError
+    from deployvit.latency.resolve import Machine, TableQuery, choose, scan_tables, table_dirs
+
+    dirs = table_dirs()
+    infos, skipped = scan_tables(dirs)
+    machine = Machine.detect(device)
+    click.echo(f"this machine: {machine.name} ({machine.device_type}); looking in " + ", ".join(f"{o}: {p}" for o, p in dirs))
+    click.echo(format_rows(infos))
+    for note in skipped:
+        click.echo(f"note: {note}")
+    for space, space_hash in sorted({(i.meta["space"], i.meta["space_hash"]) for i in infos}):
+        try:
+            picked = choose(TableQuery(space, space_hash, device, runtime, precision, batch_size), infos, machine)
+            click.echo(f"search --space {space} would use: {picked.path} ({picked.reason})")
+        except DeployvitError as exc:
+            click.echo(f"search --space {space} would stop: {exc}")
+
+
+COLUMNS = ("origin", "space", "device", "detected name", "runtime", "prec", "batch", "source", "made", "MAPE %", "within 10%", "path")
+
+
+def format_rows(infos) -> str:
+    """A fixed-width table of the tables; validation columns are '-' where a table has none."""
+    rows = [COLUMNS]
+    for i in infos:
+        m, cal = i.meta, i.table.validation.get("calibrated", {})
+        mape, within = cal.get("mape"), cal.get("within_10")
+        rows.append((
+            i.origin, m["space"], m["device_label"], m["device_name"], m["runtime"], m["precision"], str(m["batch_size"]),
+            i.source, str(m.get("date", "-"))[:10],
+            f"{mape:.1f}" if isinstance(mape, (int, float)) else "-",
+            f"{within:.0%}" if isinstance(within, (int, float)) else "-",
+            str(i.path),
+        ))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)

@@ -1,0 +1,102 @@
+"""The latency contract of an exported artifact: measured the way its latency table was measured,
+next to that table's prediction and the user's budget (DESIGN.md section 5).
+
+Like is compared with like or not at all. Each export format runs in one table runtime
+(`FORMAT_RUNTIME`); the contract row uses the table's runtime, precision and batch size, times the
+artifact with the table's own settings (warm-up, repeats, threads, clock) through the same runner
+that timed the table's whole models (`deployvit.latency.runtimes`), and when no table of that
+runtime, precision and batch exists for this machine's device it says "no prediction for ..."
+instead of printing a number from another runtime.
+
+This module joins `latency` (tables, runners) and `exporters` (artifacts), so it sits above both,
+beside `search`: neither sibling imports the other for it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from deployvit.errors import DeployvitError
+from exporters.report import Contract
+
+#: the table runtime that runs each export format
+FORMAT_RUNTIME = {"torch": "eager", "compile": "compile", "cudagraph": "cudagraph", "onnx": "onnxruntime", "trt": "tensorrt"}
+
+
+def plan_contract(fmt: str, arch, *, precision: str, device: str, batch_size: int | None, table_path: str | None,
+                  budget_ms: float | None, timing: dict[str, Any]) -> Contract:
+    """Which table predicts this artifact and how to time it; nothing is timed yet.
+
+    `timing` (warmup_s, repeats, threads, clock) is used only when no table fixes the settings."""
+    from deployvit.latency.profile import MeasureSettings
+
+    runtime = FORMAT_RUNTIME[fmt]
+    resolved, why = _table_for(runtime, arch, precision, device, batch_size, table_path)
+    if resolved is None:
+        settings = MeasureSettings(runtime, precision, batch_size or 1, timing["warmup_s"], timing["repeats"], timing["threads"], timing["clock"])
+        return Contract(runtime, precision, settings.batch_size, device, asdict(settings), budget_ms, no_prediction=why)
+    table = resolved.table
+    settings = MeasureSettings.from_metadata(table.metadata)
+    return Contract(runtime, precision, settings.batch_size, device, asdict(settings), budget_ms,
+                    predicted_ms=table.predict(arch) / 1e3, table=f"{resolved.path} [{table.describe()}]",
+                    source=table.metadata.get("source", "measured"), notes=list(resolved.warnings))
+
+
+def _table_for(runtime: str, arch, precision: str, device: str, batch_size: int | None, table_path: str | None):
+    """(resolved table, None) when a table predicts exactly this runtime/precision/batch on this
+    device, else (None, the reason there is no prediction)."""
+    from deployvit.latency.resolve import Machine, TableQuery, resolve_table
+    from deployvit.spaces import get_space
+
+    wanted = f"no prediction for {runtime} {precision}" + (f" b{batch_size}" if batch_size else "") + f" on {device}"
+    if arch is None:
+        return None, f"{wanted}: latency tables predict deployvit archs, not timm models"
+    space = get_space(arch.space)
+    query = TableQuery(space.name, space.hash(), device, runtime, precision, batch_size)
+    machine = Machine.detect(device)
+    try:
+        resolved = resolve_table(query, table_path, machine)
+    except DeployvitError as exc:
+        if table_path is not None:
+            raise
+        return None, f"{wanted}: {str(exc).split(';')[0]}"
+    meta = resolved.table.metadata
+    got = (meta["runtime"], meta["precision"], meta["device_type"]) + ((meta["batch_size"],) if batch_size else ())
+    if got != (runtime, precision, device) + ((batch_size,) if batch_size else ()):
+        return None, (f"{wanted}: {resolved.path} predicts {meta['runtime']} {meta['precision']} b{meta['batch_size']} "
+                      f"on {meta['device_type']} ({meta['device_name']})")
+    return resolved, None
+
+
+def contract_runner(contract: Contract, fmt: str, model, artifact: str | None, in_chans: int, img_size: int):
+    """A zero-argument callable running the artifact at the contract's batch, built by the runner
+    that times table entries: torch formats through `build_runner` (as `measure_arch` does), the
+    ONNX file through onnxruntime with IO bound once, the engine through TensorRT."""
+    from deployvit.latency.runtimes import build_runner, file_runner
+
+    shape = (contract.batch_size, in_chans, img_size, img_size)
+    threads = contract.settings.get("threads")
+    if fmt in ("torch", "compile", "cudagraph"):
+        return build_runner(copy.deepcopy(model).float(), shape, runtime=contract.runtime, device=contract.device,
+                            precision=contract.precision, threads=threads)
+    if artifact is None:
+        raise DeployvitError(f"{fmt}: no artifact to time")
+    return file_runner(Path(artifact), shape, runtime=contract.runtime, device=contract.device, threads=threads)
+
+
+def measure_contract(contract: Contract, run) -> Contract:
+    """Time `run` with the contract's settings (the table's), through the profile's timing path."""
+    import warnings
+
+    from deployvit.latency.profile import MeasureSettings, time_run
+
+    settings = MeasureSettings(**contract.settings)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        timing = time_run(run, settings, contract.device, label=f"contract {contract.setting}")
+    contract.measured_ms, contract.measured_cv = timing.median_us / 1e3, timing.cv
+    contract.notes.extend(str(w.message) for w in caught if issubclass(w.category, RuntimeWarning))
+    return contract
