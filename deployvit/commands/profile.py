@@ -11,15 +11,15 @@ from deployvit.latency.table import table_filename
 from deployvit.spaces import get_space
 
 
-def output_paths(out: str | None, label: str, space: str, runtime: str, precision: str, batches: tuple[int, ...]) -> list[Path]:
+def output_paths(out: str | None, label: str, space: str, runtime: str, precision: str, batches: tuple[int, ...], estimated: bool = False) -> list[Path]:
     """One table path per batch size: `--out` as given (with `{batch}` filled in when several batch
-    sizes are profiled), else `$DEPLOYVIT_HOME/latency_tables/<label>/<space>-<runtime>-<precision>-b<batch>.json`,
+    sizes are profiled), else `$DEPLOYVIT_HOME/latency_tables/<label>/<space>-<runtime>-<precision>-b<batch>[-estimated].json`,
     where every command's table resolver looks (`deployvit.latency.resolve`), from any directory."""
     if out is None:
         from deployvit.latency.resolve import user_tables_dir
 
         root = user_tables_dir()
-        return [root / label / table_filename(space, runtime, precision, b) for b in batches]
+        return [root / label / table_filename(space, runtime, precision, b, estimated) for b in batches]
     if len(batches) > 1 and "{batch}" not in out:
         raise DeployvitError("several --batch-size values need '{batch}' in --out (e.g. --out tables/tiny-b{batch}.json)")
     return [Path(out.replace("{batch}", str(b))) for b in batches]
@@ -42,9 +42,14 @@ def output_paths(out: str | None, label: str, space: str, runtime: str, precisio
               help="CPU only: 'cpu' times process CPU time (needs --threads 1), far less sensitive to other jobs on a shared machine.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration/validation arch samples.")
 @click.option("--force", is_flag=True, help="Profile despite a device-label mismatch, and overwrite an existing table.")
-def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs, val_archs, warmup_s, repeats, threads, clock, seed, force) -> None:
+@click.option("--estimate", is_flag=True, help="Measure nothing: write an ESTIMATED table for the GPU model --device names "
+              "(a catalogue entry), from a per-kernel model fitted on published measurements; runs anywhere in seconds.")
+def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs, val_archs, warmup_s, repeats, threads, clock, seed, force, estimate) -> None:
     """Time every block shape of a space, calibrate on whole archs, validate on held-out archs, and
-    write the latency table (resumable: rerun the same command after an interruption)."""
+    write the latency table (resumable: rerun the same command after an interruption). With
+    --estimate, write a clearly labelled estimate for a catalogue GPU instead."""
+    if estimate:
+        return _estimate(label, space_name, runtime, precision, batches, out, force)
     from deployvit.latency.profile import MeasureSettings, check_request, profile  # torch and timm: only when it runs
 
     space = get_space(space_name)
@@ -56,3 +61,27 @@ def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs
         check_request(label, s, path, calib_archs, val_archs, force)
     for s, path in zip(settings, paths):
         profile(space, label=label, settings=s, out=path, calib_archs=calib_archs, val_archs=val_archs, seed=seed, force=force, echo=click.echo)
+
+
+def _estimate(label: str, space_name: str, runtime: str, precision: str, batches: tuple[int, ...], out: str | None, force: bool) -> None:
+    from deployvit.latency.estimate import check_request, estimate_table
+    from deployvit.latency.gpus import load_catalogue
+
+    gpu = load_catalogue().get(label)
+    space = get_space(space_name)
+    if len(set(batches)) < len(batches):
+        raise DeployvitError(f"--batch-size given twice: {sorted(batches)}")
+    paths = output_paths(out, gpu.key, space.name, runtime, precision, batches, estimated=True)
+    for b, path in zip(batches, paths):  # everything checked before the first table is written
+        check_request(runtime, precision, b, gpu)
+        if path.is_dir():
+            raise DeployvitError(f"output {path} is a directory; give a .json file path")
+        if path.exists() and not force:
+            raise DeployvitError(f"{path} exists; pass --force to overwrite it")
+    for b, path in zip(batches, paths):
+        table = estimate_table(space, gpu, runtime, precision, b)
+        table.save(path)
+        own = table.validation["this_table"]
+        held = own["leave_one_gpu_out"]
+        quality = (f"held-out median error {held['median_abs_pct']:.1f}% (leave one GPU out, n={held['n']})" if held else own["status"])
+        click.echo(f"wrote {path}: {table.describe()}; {len(table.entries)} part entries; {quality}")

@@ -51,9 +51,10 @@ class LatencyTableWarning(UserWarning):
     """A table used outside what it was measured for (another device, software or space)."""
 
 
-def table_filename(space: str, runtime: str, precision: str, batch: int) -> str:
-    """The file name every table of a device folder follows."""
-    return f"{space}-{runtime}-{precision}-b{batch}.json"
+def table_filename(space: str, runtime: str, precision: str, batch: int, estimated: bool = False) -> str:
+    """The file name every table of a device folder follows; an estimate's ends in `-estimated` so
+    that a measured table of the same settings can sit beside it."""
+    return f"{space}-{runtime}-{precision}-b{batch}{'-estimated' if estimated else ''}.json"
 
 
 @dataclass
@@ -101,8 +102,20 @@ class LatencyTable:
             notes.append(f"arch is from space {arch.space!r} but the table was profiled for {self.metadata['space']!r}")
         return notes
 
+    @property
+    def source(self) -> str:
+        """"measured" or "estimated" (a table without the field predates estimates: measured)."""
+        return self.metadata.get("source", "measured")
+
+    @property
+    def is_estimate(self) -> bool:
+        return self.source == "estimated"
+
     def machine_mismatches(self) -> list[str]:
-        """How this machine differs from the one the table was measured on (empty when it matches)."""
+        """How this machine differs from the one the table was measured on (empty when it matches).
+        An estimate was measured on nothing: only whether this machine has its GPU model is said."""
+        if self.is_estimate:
+            return self._estimate_mismatches()
         from deployvit.latency.devices import device_name
         from deployvit.latency.runtimes import runtime_version
 
@@ -127,8 +140,23 @@ class LatencyTable:
                 notes.append(f"table was measured with {meta['runtime']} {meta['runtime_version']}, here it is {version}")
         return notes
 
+    def _estimate_mismatches(self) -> list[str]:
+        import torch
+
+        from deployvit.latency.devices import device_name
+
+        name = self.metadata["device_name"]
+        here = device_name("cuda") if torch.cuda.is_available() else None
+        if here is not None and here.lower() in (n.lower() for n in self.metadata.get("gpu", {}).get("device_names", [name])):
+            return []
+        found = f"this machine has {here!r}" if here else "this machine has no CUDA GPU"
+        return [f"table is an ESTIMATE for {name} (a per-kernel model, not a measurement); {found}"]
+
     def describe(self) -> str:
         m = self.metadata
+        if self.is_estimate:
+            return (f"ESTIMATE for {m['device_name']} ({m['device_label']}, {m.get('estimator', {}).get('model_version', 'estimator')}) "
+                    f"{m['runtime']} {m['precision']} batch {m['batch_size']}, space {m['space']}")
         clock = " (process CPU time)" if m.get("settings", {}).get("clock") == "cpu" else ""
         return f"{m['device_label']} ({m['device_name']}) {m['runtime']} {m['precision']} batch {m['batch_size']}{clock}, space {m['space']}"
 
@@ -165,6 +193,8 @@ class LatencyTable:
                 raise bad(f"metadata.{key} missing or not a {typ.__name__}")
         if meta["batch_size"] < 1 or meta["img_size"] < 1:
             raise bad("metadata.batch_size and metadata.img_size must be at least 1")
+        if meta.get("source", "measured") not in ("measured", "estimated"):
+            raise bad("metadata.source must be 'measured' or 'estimated'")
         if not isinstance(meta.get("settings", {}), dict):
             raise bad("metadata.settings must be an object")
         if not isinstance(entries, dict) or not entries:

@@ -1,0 +1,205 @@
+"""The kernels each ViT part launches, per runtime: the structure of the latency estimate.
+
+Not fitted: these lists are read off what the code runs. deployvit's parts (`models.py`) are timm
+layers: in eager PyTorch and its CUDA-graph replay a block is LayerNorm, qkv GEMM (bias in the
+cuBLAS epilogue), fused scaled-dot-product attention, the head-merging transpose copy, projection
+GEMM, residual add, LayerNorm, fc1 GEMM, GELU, fc2 GEMM, residual add (11 kernels). Inductor
+(`compile`) fuses the residual add into the following LayerNorm (10). TensorRT fuses bias, GELU
+and residual adds into GEMM epilogues and reads packed qkv in its fused attention (7).
+
+Two variants exist only to model the published measurements the constants are fitted on:
+`attention="explicit"` (torch < 2.1-era models: QK^T GEMM, scale, softmax, AV GEMM, with the
+N x N scores through memory) and `amp` (torch.autocast as timm benchmarks: the residual stream,
+LayerNorm and softmax in fp32, casts before GEMMs, weights cast from fp32 on every call).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deployvit.parts import BlockPart, HeadPart, Part, ReductionPart, StemPart
+
+FUSIONS = {"eager": "none", "cudagraph": "none", "compile": "inductor", "tensorrt": "tensorrt"}
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel: FLOPs and DRAM bytes; GEMMs also their shape (m x n output, k reduction, `groups`
+    independent problems); attention `m` = tokens, `groups` = sequences x heads."""
+
+    name: str
+    kind: str  # "gemm", "attention" or "memory"
+    flops: float
+    bytes: float
+    m: int = 0
+    n: int = 0
+    k: int = 0
+    groups: int = 1
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """How a runtime executes the parts (see the module docstring)."""
+
+    runtime: str
+    fusion: str  # "none", "inductor" or "tensorrt"
+    host_launch: bool  # every kernel launched from Python (eager)
+    tf32: bool = False  # fp32 GEMMs on TF32 tensor cores (TensorRT's default; torch's is off)
+    attention: str = "fused"
+    amp: bool = False
+
+    @classmethod
+    def for_runtime(cls, runtime: str, precision: str) -> "Flavour":
+        return cls(runtime, FUSIONS[runtime], host_launch=runtime == "eager", tf32=runtime == "tensorrt" and precision == "fp32")
+
+
+def element_bytes(precision: str) -> int:
+    return 4 if precision == "fp32" else 2
+
+
+def _gemm(name: str, m: int, n: int, k: int, s: int, groups: int = 1, extra_bytes: float = 0.0, weights: bool = True) -> Kernel:
+    b_bytes = (k * n) * (1 if weights else groups)
+    return Kernel(name, "gemm", 2.0 * m * n * k * groups, (m * k * groups + b_bytes + m * n * groups) * s + extra_bytes, m, n, k, groups)
+
+
+def _mem(name: str, nbytes: float) -> Kernel:
+    return Kernel(name, "memory", 0.0, nbytes)
+
+
+def _weight_casts(fl: Flavour, n_weights: float) -> list[Kernel]:
+    """autocast re-casts fp32 weights to half on every call (one kernel per weight tensor; inductor
+    fuses them into one)."""
+    if not fl.amp:
+        return []
+    return [_mem("weight casts (autocast)", n_weights * 6)]
+
+
+def block_kernels(p: BlockPart, batch: int, precision: str, fl: Flavour, layer_scale: bool = False) -> list[Kernel]:
+    s = element_bytes(precision)
+    r = 4 if fl.amp else s  # residual stream element size
+    t, e, a, m, h, n, d = batch * p.tokens, p.embed_dim, p.attn_dim, p.mlp_hidden, p.num_heads, p.tokens, p.head_dim
+    bh = batch * h
+    attn = _attention(t, a, bh, n, d, s, fl)
+    weights = e * 3 * a + a * e + 2 * e * m
+    if fl.fusion == "tensorrt":
+        return [
+            _mem("layernorm", t * e * 2 * s),
+            _gemm("qkv", t, 3 * a, e, s),
+            *attn,
+            _gemm("proj+residual", t, e, a, s, extra_bytes=t * e * s),
+            _mem("layernorm", t * e * 2 * s),
+            _gemm("fc1+gelu", t, m, e, s),
+            _gemm("fc2+residual", t, e, m, s, extra_bytes=t * e * s),
+        ]
+    ln_out = s if (fl.fusion == "inductor" or not fl.amp) else 4
+    cast = [] if ln_out == s else [_mem("cast (autocast)", t * e * (4 + s))]
+    ls = [_mem("layer scale", 2 * t * e * s)] if layer_scale and fl.fusion == "none" else []
+    ks = [
+        _mem("layernorm", t * e * (r + ln_out)),
+        *cast,
+        *_weight_casts(fl, weights),
+        _gemm("qkv", t, 3 * a, e, s),
+        *attn,
+        _mem("transpose copy", 2 * t * a * s),
+        _gemm("proj", t, e, a, s),
+        *ls,
+    ]
+    if fl.fusion == "inductor":
+        ks.append(_mem("residual add+layernorm", t * e * (r + s + r + s)))
+    else:
+        ks += [_mem("residual add", t * e * (2 * r + s)), _mem("layernorm", t * e * (r + ln_out)), *cast]
+    ks += [
+        _gemm("fc1", t, m, e, s),
+        _mem("gelu", 2 * t * m * s),
+        _gemm("fc2", t, e, m, s),
+        *ls,
+        _mem("residual add", t * e * (2 * r + s)),
+    ]
+    if fl.amp and fl.fusion == "none":  # one weight cast per Linear, not one for all
+        ks += [_mem("weight cast (autocast)", 0.0)] * 3
+    return ks
+
+
+def _attention(t: int, a: int, bh: int, n: int, d: int, s: int, fl: Flavour) -> list[Kernel]:
+    if fl.attention == "fused":
+        return [Kernel("fused attention", "attention", 4.0 * bh * n * n * d, 4 * t * a * s, n, 0, d, bh)]
+    scores = bh * n * n
+    sm_out = 4 if fl.amp else s
+    ks = [_gemm("q @ k^T", n, n, d, s, groups=bh, weights=False)]
+    if fl.fusion == "none":
+        ks.append(_mem("scale", 2 * scores * s))
+    ks.append(_mem("softmax", scores * (s + sm_out)))
+    if sm_out != s and fl.fusion == "none":
+        ks.append(_mem("cast (autocast)", scores * (sm_out + s)))
+    ks.append(_gemm("attn @ v", n, d, n, s, groups=bh, weights=False))
+    return ks
+
+
+def stem_kernels(p: StemPart, batch: int, precision: str, fl: Flavour, prefix_tokens: int = 1) -> list[Kernel]:
+    s = element_bytes(precision)
+    r = 4 if fl.amp else s
+    image = batch * p.in_chans * p.img_size**2
+    t = batch * (p.num_patches + prefix_tokens)
+    ks = [_mem("cast input (autocast)", image * (4 + s))] if fl.amp else []
+    ks += [
+        _mem("layout NCHW->NHWC", 2 * image * s),
+        _gemm("patch conv", batch * p.num_patches, p.embed_dim, p.in_chans * p.patch_size**2, s),
+    ]
+    pos = (2 * t + p.num_patches + prefix_tokens) * p.embed_dim
+    if fl.fusion == "none":
+        if prefix_tokens:
+            ks.append(_mem("cat class token", 2 * t * p.embed_dim * s))
+        ks.append(_mem("add pos embed", pos * r))
+    else:
+        ks.append(_mem("cat + pos embed", pos * r))
+    return ks
+
+
+def head_kernels(p: HeadPart, batch: int, precision: str, fl: Flavour, pool: str = "token") -> list[Kernel]:
+    s = element_bytes(precision)
+    r = 4 if fl.amp else s
+    t = batch * p.tokens
+    ks = [_mem("layernorm", t * p.embed_dim * (r + s))]
+    if pool == "avg":
+        ks.append(_mem("mean pool", (t + batch) * p.embed_dim * s))
+    ks.append(_gemm("classifier", batch, p.num_classes, p.embed_dim, s))
+    return ks
+
+
+def reduction_kernels(p: ReductionPart, batch: int, precision: str, fl: Flavour) -> list[Kernel]:
+    s = element_bytes(precision)
+    grid_in, grid_out = batch * p.grid**2, batch * p.out_grid**2
+    t_in, t_out = grid_in + batch, grid_out + batch
+    conv = _gemm("3x3 stride-2 conv", grid_out, p.out_dim, 9 * p.in_dim, s, extra_bytes=(grid_in - 9 * grid_out) * p.in_dim * s)
+    ln = _mem("layernorm", t_in * p.in_dim * 2 * s)
+    cls = _gemm("class token linear", batch, p.out_dim, p.in_dim, s)
+    if fl.fusion != "none":
+        return [ln, conv, _mem("avg pool + pad + add", (grid_in * p.in_dim + 2 * grid_out * p.out_dim) * s), cls,
+                _mem("cat + pos embed", 3 * t_out * p.out_dim * s)]
+    return [
+        ln,
+        _mem("to grid (copy)", 2 * grid_in * p.in_dim * s),
+        conv,
+        _mem("to grid (copy)", 2 * grid_in * p.in_dim * s),
+        _mem("avg pool", (grid_in + grid_out) * p.in_dim * s),
+        _mem("pad", (grid_out * p.in_dim + grid_out * p.out_dim) * s),
+        _mem("add", 3 * grid_out * p.out_dim * s),
+        cls,
+        _mem("pad + add (class token)", 4 * batch * p.out_dim * s),
+        _mem("cat", 2 * t_out * p.out_dim * s),
+        _mem("add pos embed", 3 * t_out * p.out_dim * s),
+    ]
+
+
+def part_kernels(part: Part, batch: int, precision: str, fl: Flavour) -> list[Kernel]:
+    """The kernels `part` launches at `batch` (deployvit's parts: class token, token pooling)."""
+    if isinstance(part, StemPart):
+        return stem_kernels(part, batch, precision, fl)
+    if isinstance(part, BlockPart):
+        return block_kernels(part, batch, precision, fl)
+    if isinstance(part, HeadPart):
+        return head_kernels(part, batch, precision, fl)
+    if isinstance(part, ReductionPart):
+        return reduction_kernels(part, batch, precision, fl)
+    raise TypeError(f"not a part: {part!r}")
