@@ -140,9 +140,18 @@ class Row:
             _num(self.throughput, "{:.1f}"),
             "-" if self.latency is None else self.latency.setting,
             _num(None if self.latency is None else self.latency.measured_ms, "{:.3f}"),
-            "-" if self.latency is None else (_num(self.predicted_ms, "{:.3f}") if self.predicted_ms is not None else "no prediction"),
+            _predicted_cell(self.latency),
             budget,
         )
+
+
+def _predicted_cell(c: Contract | None) -> str:
+    """The prediction, marked when it is an estimate (never passed off as a measurement)."""
+    if c is None:
+        return "-"
+    if c.predicted_ms is None:
+        return "no prediction"
+    return f"{c.predicted_ms:.3f}" + (" (estimate)" if c.source == "estimated" else "")
 
 
 def _num(value: float | None, fmt: str) -> str:

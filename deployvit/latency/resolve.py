@@ -14,7 +14,8 @@ space predicts parts that no longer exist) it ranks:
 3. an **estimate** for the target device (`source: estimated`, from the per-kernel GPU model).
 
 Within a rank the user's folders come before the shipped one, then the preferred precision (fp16 on
-a GPU, fp32 on the CPU), batch 1, and the runtime order of `RUNTIME_PREFERENCE`. `--runtime`,
+a GPU, fp32 on the CPU), batch 1, an estimate validated on published measurements before an
+unvalidated one, and the runtime order of `RUNTIME_PREFERENCE`. `--runtime`,
 `--precision` and `--batch-size` filter. Two tables that are equal on all of that are a tie the
 resolver refuses to break silently (exit 2): the user removes one or passes `--table`.
 """
@@ -98,6 +99,14 @@ class TableInfo:
     @property
     def source(self) -> str:
         return self.meta.get("source", "measured")
+
+    @property
+    def estimate_error(self) -> float | None:
+        """An estimate's median error on held-out published measurements of its regime and runtime
+        (leave one GPU out), or None when no published data covers it (unvalidated)."""
+        held_out = (self.table.validation.get("this_table") or {}).get("leave_one_gpu_out") or {}
+        value = held_out.get("median_abs_pct")
+        return value if isinstance(value, (int, float)) else None
 
     def setting(self) -> tuple:
         m = self.meta
@@ -225,6 +234,7 @@ def _rank(info: TableInfo, machine: Machine, kind: str) -> tuple:
         meta["precision"] != preferred_precision,
         meta["batch_size"] != 1,
         meta["batch_size"],
+        info.source == "estimated" and info.estimate_error is None,  # a validated estimate first
         RUNTIME_PREFERENCE.index(runtime) if runtime in RUNTIME_PREFERENCE else len(RUNTIME_PREFERENCE),
     )
 
