@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -181,6 +181,75 @@ def _onnx_device(device: str) -> str:
     return "cuda" if "CUDAExecutionProvider" in onnx_export.import_onnxruntime().get_available_providers() else "cpu"
 
 
+@dataclass
+class Artifact:
+    """What one format produced: a runner (float32 in, logits out), where it runs, and the file."""
+
+    runner: Runner
+    device: str
+    runtime: str
+    path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    reference: bool = False  # the fp32 PyTorch model itself: nothing to verify
+
+
+def _torch_artifact(model, spec, samples, out_dir, stem) -> Artifact:
+    runner = torch_runner(model, spec.precision, spec.device)
+    return Artifact(runner, spec.device, f"PyTorch eager ({spec.device})", reference=spec.precision == "fp32")
+
+
+def _compile_artifact(model, spec, samples, out_dir, stem) -> Artifact:
+    runner = torch_runner(model, spec.precision, spec.device, compiled=True)
+    runner(samples.images[:1])  # compile now, so a compiler failure is an export failure
+    return Artifact(runner, spec.device, f"torch.compile default mode ({spec.device})")
+
+
+def _cudagraph_artifact(model, spec, samples, out_dir, stem) -> Artifact:
+    runner = cudagraph_runner(model, spec.precision, spec.device)
+    runner(samples.images[:1])  # capture now: a capture failure is an export failure
+    return Artifact(runner, spec.device, "PyTorch replayed as CUDA graphs (cuda)")
+
+
+def _onnx_artifact(model, spec, samples, out_dir, stem) -> Artifact:
+    path = onnx_export.export_onnx(
+        model, out_dir / f"{stem}.onnx", img_size=spec.img_size, in_chans=spec.in_chans,
+        precision=spec.precision, opset=spec.opset,
+        dynamic_batch=(spec.batch.min, spec.batch.opt, spec.batch.max), dynamo=spec.dynamo,
+        metadata=spec.metadata,
+    )
+    device = _onnx_device(spec.device)
+    notes = [] if device == spec.device else ["onnxruntime has no CUDA provider here (needs onnxruntime-gpu): ran on CPU"]
+    runner = OnnxRunner(path, device, threads=spec.threads)
+    return Artifact(runner, device, f"onnxruntime {runner.session.get_providers()[0]}", path, notes)
+
+
+def _trt_artifact(model, spec, samples, out_dir, stem) -> Artifact:
+    runner, path, notes = _export_trt(model, spec, out_dir, stem)
+    return Artifact(runner, spec.device, "TensorRT", path, notes)
+
+
+#: format -> the function that exports it (when it has a file) and returns how to run it
+ARTIFACTS: dict[str, Callable[..., Artifact]] = {
+    "torch": _torch_artifact, "compile": _compile_artifact, "cudagraph": _cudagraph_artifact,
+    "onnx": _onnx_artifact, "trt": _trt_artifact,
+}
+
+
+def _export(fmt: str, model, spec: ExportSpec, samples: Samples, out_dir: Path, stem: str) -> Artifact | tuple[str, str]:
+    """The artifact, or (status, note) when exporting failed or nothing here can run it."""
+    try:
+        return ARTIFACTS[fmt](model, spec, samples, out_dir, stem)
+    except ExportFailed as exc:
+        return EXPORT_FAILED, str(exc)
+    except CheckFailed as exc:  # exported, but nothing here can run it (e.g. bf16 on onnxruntime CPU)
+        return UNVERIFIED, str(exc)
+    except DeployvitError:  # MissingDependency included: the caller decides (exit 2 or a skipped row)
+        raise
+    except Exception as exc:  # torch.compile / TensorRT failures come in many types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return EXPORT_FAILED, f"{fmt}: {first}"
+
+
 def run_format(
     fmt: str,
     model: nn.Module,
@@ -200,61 +269,24 @@ def run_format(
         raise DeployvitError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     row = Row(model_name, fmt, spec.precision, status=VERIFIED, budget_ms=budget_ms)
     reference = reference or reference_runner(model, spec.device)
-    runner: Callable | None = None
-    device = spec.device
-    try:
-        if fmt == "torch":
-            runner = torch_runner(model, spec.precision, device)
-            row.runtime = f"PyTorch eager ({device})"
-            if spec.precision == "fp32":
-                row.status = REFERENCE
-        elif fmt == "compile":
-            runner = torch_runner(model, spec.precision, device, compiled=True)
-            row.runtime = f"torch.compile default mode ({device})"
-            runner(samples.images[:1])  # compile now, so a compiler failure is an export failure
-        elif fmt == "cudagraph":
-            runner = cudagraph_runner(model, spec.precision, device)
-            row.runtime = "PyTorch replayed as CUDA graphs (cuda)"
-            runner(samples.images[:1])  # capture now: a capture failure is an export failure
-        elif fmt == "onnx":
-            path = onnx_export.export_onnx(
-                model, out_dir / f"{stem}.onnx", img_size=spec.img_size, in_chans=spec.in_chans,
-                precision=spec.precision, opset=spec.opset,
-                dynamic_batch=(spec.batch.min, spec.batch.opt, spec.batch.max), dynamo=spec.dynamo,
-                metadata=spec.metadata,
-            )
-            row.path, row.size_mb = str(path), onnx_export.file_size(path) / 2**20
-            device = _onnx_device(spec.device)
-            if device != spec.device:
-                row.notes.append("onnxruntime has no CUDA provider here (needs onnxruntime-gpu): ran on CPU")
-            runner = OnnxRunner(path, device, threads=spec.threads)
-            row.runtime = f"onnxruntime {runner.session.get_providers()[0]}"
-        else:
-            runner, path, notes = _export_trt(model, spec, out_dir, stem)
-            row.path, row.size_mb = str(path), path.stat().st_size / 2**20
-            row.runtime, row.notes = "TensorRT", row.notes + notes
-    except MissingDependency:
-        raise
-    except ExportFailed as exc:
-        row.status, row.notes = EXPORT_FAILED, row.notes + [str(exc)]
+    artifact = _export(fmt, model, spec, samples, out_dir, stem)
+    if isinstance(artifact, tuple):
+        row.status, note = artifact
+        row.notes.append(note)
         return row
-    except CheckFailed as exc:  # exported, but nothing here can run it (e.g. bf16 on onnxruntime CPU)
-        row.status, row.notes = UNVERIFIED, row.notes + [str(exc)]
-        return row
-    except DeployvitError:
-        raise
-    except Exception as exc:  # torch.compile / TensorRT failures come in many types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        row.status, row.notes = EXPORT_FAILED, row.notes + [f"{fmt}: {first}"]
-        return row
-
-    if row.status != REFERENCE:
+    row.runtime, row.notes = artifact.runtime, row.notes + artifact.notes
+    if artifact.path is not None:
+        size = onnx_export.file_size(artifact.path) if artifact.path.suffix == ".onnx" else artifact.path.stat().st_size
+        row.path, row.size_mb = str(artifact.path), size / 2**20  # an ONNX file with its external weights
+    if artifact.reference:
+        row.status = REFERENCE
+    else:
         thresholds = spec.thresholds or Thresholds.for_precision(spec.precision)
         sizes = (1 if spec.batch.min == 1 else spec.batch.min, spec.batch.max)
-        row.verification = verify(reference, runner, samples, batch_sizes=sizes,
+        row.verification = verify(reference, artifact.runner, samples, batch_sizes=sizes,
                                   precision=spec.precision, thresholds=thresholds)
         row.status = VERIFIED if row.verification.passed else VERIFY_FAILED
-    timed = measure(runner, spec, device)
+    timed = measure(artifact.runner, spec, artifact.device)
     row.latency_ms, row.latency_cv = timed.latency_ms, timed.latency_cv
     row.throughput, row.throughput_batch = timed.throughput, timed.throughput_batch
     row.notes.extend(timed.notes)
