@@ -15,7 +15,7 @@ from deployvit.latency import estimate
 from deployvit.latency.estimate import Constants, estimate_part_us, estimate_table, fitted
 from deployvit.latency.gpus import NUMBERS, catalogue_path, load_catalogue, parse_catalogue
 from deployvit.latency.table import LatencyTable, shipped_tables_dir, table_filename
-from deployvit.parts import BlockPart, StemPart
+from deployvit.parts import BlockPart
 from deployvit.spaces import get_space
 
 from tests.conftest import assert_one_line_error, run_cli
