@@ -160,6 +160,16 @@ def test_profile_estimate_writes_a_labelled_table_that_predicts_every_arch(tmp_p
             assert table.predict(space.sample(rng)) > 0
 
 
+def test_multi_stage_spaces_are_estimated_with_their_reductions_marked_unvalidated():
+    space = get_space("test-resnas")
+    table = estimate_table(space, load_catalogue().get("l4"), "eager", "fp16", 8)
+    assert any(k.startswith("reduce:") for k in table.entries)
+    assert "never validated" in table.validation["this_table"]["note"]
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        assert table.predict(space.sample(rng)) > 0
+
+
 def test_a_table_without_source_is_measured():
     data = json.loads((shipped_tables_dir() / "cpu" / "test-eager-fp32-b1.json").read_text())
     assert "source" not in data["metadata"]
