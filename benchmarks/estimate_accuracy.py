@@ -14,10 +14,20 @@ Errors are |predicted - measured| / measured per row, reported per (batch regime
 fused FasterTransformer / AITemplate runtimes stand in for TensorRT (no TensorRT-ONNX ViT numbers
 are published in the data); no published data covers CUDA-graph replay.
 
+How each published runtime is modelled: timm's files from torch >= 2.1 only (fused attention;
+older files used explicit attention with other kernels), with autocast (`Flavour.amp`); the
+FasterTransformer and AITemplate PyTorch baselines as eager with explicit attention (their era);
+FasterTransformer at 384 px (577 tokens) with unfused attention (its fused MHA stops at 512 tokens).
+Rows in NOT_FITTED are predicted and reported apart but never fitted on (the reason is recorded).
+The fit minimises the mean |log error|, each (regime, runtime, GPU) group weighted equally, plus
+weak priors (START) that decide only what the data cannot.
+
 Then the constants are fitted on all rows and written, with these statistics and this command, to
 deployvit/latency/estimate_constants.json (and the report to benchmarks/results/estimate_accuracy.json).
 
-    python benchmarks/estimate_accuracy.py
+    python benchmarks/estimate_accuracy.py     # ~7 min wall on the shared 2-core machine (9 fits)
+
+Regenerate the shipped estimated tables after it (latency_tables/README.md has the commands).
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ import csv
 import math
 import statistics
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,7 +52,7 @@ from deployvit import io  # noqa: E402
 from deployvit.latency import estimate  # noqa: E402
 from deployvit.latency.estimate import CONSTANTS_FORMAT, MODEL_VERSION, Constants, KernelTerms, kernel_terms, kernel_times_us  # noqa: E402
 from deployvit.latency.gpus import load_catalogue  # noqa: E402
-from deployvit.latency.kernels import FUSIONS, Flavour, block_kernels, head_kernels, stem_kernels  # noqa: E402
+from deployvit.latency.kernels import Flavour, block_kernels, head_kernels, stem_kernels  # noqa: E402
 from deployvit.parts import BlockPart, HeadPart, StemPart  # noqa: E402
 
 DATA = Path("/work/shared/data/gpu_latency")
@@ -281,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = timm_rows(args.data, cat) + published_rows(args.data, cat)
     p = Problem(rows)
     print(f"{len(rows)} published rows; counts per regime/runtime: "
-          + ", ".join(f"{k} {v}" for k, v in sorted(__import__('collections').Counter(f'{r.regime}/{r.runtime}' for r in rows).items())))
+          + ", ".join(f"{k} {v}" for k, v in sorted(Counter(f'{r.regime}/{r.runtime}' for r in rows).items())))
     print("leave one GPU out:")
     logo, logo_fits = leave_one_gpu_out(p)
     print("leave one batch regime out:")

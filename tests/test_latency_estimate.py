@@ -15,7 +15,7 @@ from deployvit.latency import estimate
 from deployvit.latency.estimate import Constants, estimate_part_us, estimate_table, fitted
 from deployvit.latency.gpus import NUMBERS, catalogue_path, load_catalogue, parse_catalogue
 from deployvit.latency.table import LatencyTable, shipped_tables_dir, table_filename
-from deployvit.parts import BlockPart, StemPart
+from deployvit.parts import BlockPart
 from deployvit.spaces import get_space
 
 from tests.conftest import assert_one_line_error, run_cli
@@ -158,6 +158,16 @@ def test_profile_estimate_writes_a_labelled_table_that_predicts_every_arch(tmp_p
         assert all("measured on" not in m for m in table.machine_mismatches())
         for _ in range(20):
             assert table.predict(space.sample(rng)) > 0
+
+
+def test_multi_stage_spaces_are_estimated_with_their_reductions_marked_unvalidated():
+    space = get_space("test-resnas")
+    table = estimate_table(space, load_catalogue().get("l4"), "eager", "fp16", 8)
+    assert any(k.startswith("reduce:") for k in table.entries)
+    assert "never validated" in table.validation["this_table"]["note"]
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        assert table.predict(space.sample(rng)) > 0
 
 
 def test_a_table_without_source_is_measured():

@@ -26,7 +26,7 @@ def output_paths(out: str | None, label: str, space: str, runtime: str, precisio
 
 
 @click.command("profile")
-@click.option("--device", "label", required=True, help="Device label (a100, h100, h200, l4, t4, a10, rtx4090, orin, cpu, or your own name).")
+@click.option("--device", "label", required=True, help="Device label (a100, h100, h200, l4, t4, a10, rtx4090, orin, cpu, or your own name); with --estimate, a GPU catalogue entry.")
 @click.option("--space", "space_name", required=True, help="Search space preset or YAML/JSON file.")
 @click.option("--runtime", required=True, help="eager, cudagraph, compile, onnxruntime or tensorrt.")
 @click.option("--precision", default="fp16", show_default=True, help="fp32, fp16 or bf16.")
