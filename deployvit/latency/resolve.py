@@ -9,7 +9,7 @@ space predicts parts that no longer exist) it ranks:
 1. a table **measured on this machine's device** (same GPU name; on a CPU-only machine only a CPU
    table the user profiled, since the shipped CPU tables describe the CI machine they were made on);
 2. a table **measured for the target device**: `--device LABEL`, else this machine's GPU, else the
-   reference datacenter GPU (`REFERENCE_GPU`), because deployvit's users deploy on GPUs and a CPU
+   reference datacenter GPU (`reference_gpu()`), because deployvit's users deploy on GPUs and a CPU
    table is chosen only when asked (`--device cpu`) or measured here by the user;
 3. an **estimate** for the target device (`source: estimated`, from the per-kernel GPU model).
 
@@ -32,8 +32,6 @@ from typing import Iterable
 from deployvit.errors import DeployvitError
 from deployvit.latency.table import LatencyTable, shipped_tables_dir
 
-#: the GPU a search targets when nothing says otherwise (no --device, no GPU here)
-REFERENCE_GPU = "h100"
 #: deployment-like runtimes first; `eager` is kept for contrast only (DESIGN.md section 4)
 RUNTIME_PREFERENCE = ("cudagraph", "tensorrt", "compile", "onnxruntime", "eager")
 ORIGINS = ("here", "home", "shipped")
@@ -130,7 +128,7 @@ def scan_tables(dirs: Iterable[tuple[str, Path]] | None = None) -> tuple[list[Ta
 @dataclass(frozen=True)
 class TableQuery:
     """What a command needs a table for. `device`: a label (a100, h100, cpu, ...), `cuda`/`cuda:N`
-    (this machine's GPU) or None (this machine's GPU, else `REFERENCE_GPU`)."""
+    (this machine's GPU) or None (this machine's GPU, else `reference_gpu()`)."""
 
     space: str
     space_hash: str
@@ -194,8 +192,16 @@ def _target(query: TableQuery, machine: Machine) -> tuple[str, str | None]:
     if device == "cpu":
         return "cpu", "cpu"
     if device is None or device == "cuda" or device.startswith("cuda:"):
-        return ("here-gpu", None) if machine.device_type == "cuda" else ("label", REFERENCE_GPU)
+        return ("here-gpu", None) if machine.device_type == "cuda" else ("label", reference_gpu())
     return "label", device
+
+
+def reference_gpu() -> str:
+    """The GPU a search targets when nothing says otherwise (no --device, no GPU here): the GPU
+    catalogue's reference datacenter GPU, the one the shipped estimates describe first."""
+    from deployvit.latency.gpus import load_catalogue
+
+    return load_catalogue().reference
 
 
 def _device_fits(info: TableInfo, kind: str, label: str | None, machine: Machine) -> bool:
