@@ -45,7 +45,7 @@ def test_dry_run_runs_every_step_and_writes_one_folder(tmp_path, capsys):
     assert len(files) <= 8 and all(len(p.relative_to(out).parts) <= 3 for p in files)  # what the device tool returns
     assert sorted((ROOT / "latency_tables").rglob("*.json")) == tables_before  # a dry run installs nothing
     printed = capsys.readouterr().out
-    assert "step" in printed and "supernet scoring" in printed and "7 of 7 steps did not fail" in printed
+    assert "step" in printed and "supernet scoring" in printed and "7 of 7 steps ok, 0 failed, 0 skipped" in printed
 
 
 def test_a_failing_or_hanging_step_does_not_stop_the_pass(tmp_path, monkeypatch, capsys):
@@ -68,7 +68,7 @@ def test_a_failing_or_hanging_step_does_not_stop_the_pass(tmp_path, monkeypatch,
     assert status["cannot start"][0] == "failed" and "division by zero" in status["cannot start"][1]
     assert status["needs more time"][0] == "skipped"
     assert status["works"] == ("ok", "wrote x")
-    assert summary["failed"] == ["fails", "hangs", "cannot start"]
+    assert summary["failed"] == ["fails", "hangs", "cannot start"] and summary["not_done"] == []
     assert "boom" in (out / "log.txt").read_text()
 
 
