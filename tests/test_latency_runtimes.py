@@ -285,3 +285,9 @@ def test_compile_failure_is_one_clear_error():
 
     with pytest.raises(DeployvitError, match="torch.compile failed on Breaks"):
         build_runner(Breaks(), (2, 3), runtime="compile", device="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize("runtime, precision", [("eager", "fp32"), ("compile", "fp32"), ("onnxruntime", "fp16")])
+def test_tf32_is_refused_where_it_means_nothing(runtime, precision):
+    with pytest.raises(DeployvitError, match="tf32 applies to fp32 on the onnxruntime and tensorrt runtimes only"):
+        build_runner(build_part(PART), PART.input_shape(1), runtime=runtime, device="cpu", precision=precision, tf32=True)

@@ -96,6 +96,9 @@ def build_runner(
     the caller's (`torch.set_num_threads`), as they are process-wide. `tf32` lets fp32 matmuls of
     onnxruntime and TensorRT on CUDA use TF32 (off by default: fp32 means fp32)."""
     check_runtime(runtime, device, precision)
+    if tf32 and (runtime not in ("onnxruntime", "tensorrt") or precision != "fp32"):
+        raise DeployvitError("tf32 applies to fp32 on the onnxruntime and tensorrt runtimes only "
+                             f"(got {runtime} {precision}; torch's TF32 is its process-wide allow_tf32 setting)")
     device = torch.device(device)
     module = module.eval()
     if runtime in ("onnxruntime", "tensorrt"):

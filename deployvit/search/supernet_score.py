@@ -82,6 +82,7 @@ class SupernetAccuracy:
         self._cached_images, self._cache_used = 0, 0
         self._cache_closed = cache_bytes == 0
         self._scored, self._seconds = 0, 0.0
+        self._loader: tuple[int, torch.utils.data.DataLoader] | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -121,14 +122,18 @@ class SupernetAccuracy:
             yield images, labels
 
     def _stream(self, first: int):
+        """Batches of the held-out images from index `first` on. Once the cache stops growing `first`
+        stays the same, so one loader (its workers kept alive) serves every later arch."""
         from deployvit.train.data import one_line_errors
 
-        rest = self.dataset if first == 0 else torch.utils.data.Subset(self.dataset, range(first, len(self.dataset)))
-        loader = torch.utils.data.DataLoader(
-            rest, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=False,
-        )
-        return one_line_errors(loader)
+        if self._loader is None or self._loader[0] != first:
+            rest = self.dataset if first == 0 else torch.utils.data.Subset(self.dataset, range(first, len(self.dataset)))
+            loader = torch.utils.data.DataLoader(
+                rest, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
+                pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0 and self._cache_closed,
+            )
+            self._loader = (first, loader)
+        return one_line_errors(self._loader[1])
 
     @property
     def cached_images(self) -> int:
