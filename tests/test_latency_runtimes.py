@@ -182,7 +182,11 @@ def test_onnxruntime_cuda_refuses_without_provider_or_matches_the_module():
     torch.manual_seed(0)
     module = build_part(PART).eval()
     run = build_runner(module, PART.input_shape(2), runtime="onnxruntime", device="cuda", precision="fp32")
-    assert time_callable(run, device="cuda", warmup_s=0.05, repeats=5, cv_warn=float("inf")).repeats == 5
+    events = time_callable(run, device="cuda", warmup_s=0.05, repeats=50, cv_warn=float("inf"))
+    # run_with_iobinding is host-synchronous: the CUDA events bracket the whole call, so they read
+    # what the host's clock reads for it (timing.py's docstring)
+    host = time_callable(run, device="cpu", warmup_s=0.0, repeats=50, cv_warn=float("inf"))
+    assert abs(events.median_us - host.median_us) / host.median_us < 0.25, (events.median_us, host.median_us)
     x = torch.randn(PART.input_shape(2), device="cuda")
     run.input.copy_(x)
     torch.cuda.synchronize()
