@@ -35,7 +35,7 @@ from deployvit.counting import count_flops
 from deployvit.errors import DeployvitError
 from deployvit.latency.devices import machine_facts
 from deployvit.latency.runtimes import build_runner
-from exporters.onnx import TORCH_DTYPES
+from exporters.onnx import TORCH_DTYPES, check_onnxruntime_device
 from deployvit.latency.timing import time_callable
 from deployvit.models import build_model
 from deployvit.spaces import get_space
@@ -54,19 +54,21 @@ def sized_arch(space_name: str, embed_dim: int, depth: int, num_heads: int, mlp_
 ARCHS = {
     "autoformer-tiny": lambda: sized_arch("autoformer-tiny", 192, 13, 3, 3.5),
     "autoformer-small": lambda: sized_arch("autoformer-small", 384, 13, 6, 3.5),
+    "test": lambda: get_space("test").max_arch(),  # 32x32 images: the GPU pass's CPU dry run
 }
 
 
-def matmul_peak_tflops(device: str, dtype: torch.dtype, repeats: int, clock: str = "wall", n: int | None = None) -> float:
+def matmul_peak_tflops(device: str, dtype: torch.dtype, repeats: int, clock: str = "wall", n: int | None = None,
+                       warmup_s: float = 1.0) -> float:
     """Measured dense matmul throughput: 8192^3 on GPU, 1024^3 on CPU (enough to saturate either)."""
     n = n or (8192 if device == "cuda" else 1024)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    t = time_callable(lambda: a @ b, device=device, warmup_s=1.0, repeats=repeats, clock=clock, label=f"matmul {n}")
+    t = time_callable(lambda: a @ b, device=device, warmup_s=warmup_s, repeats=repeats, clock=clock, label=f"matmul {n}")
     return 2 * n**3 / (t.median_us * 1e-6) / 1e12
 
 
-def ort_matmul_tflops(n: int, threads: int | None, clock: str, repeats: int) -> float:
+def ort_matmul_tflops(n: int, threads: int | None, clock: str, repeats: int, warmup_s: float = 1.0) -> float:
     """fp32 MatMul throughput of onnxruntime's own kernels (MLAS) on the CPU: on some CPUs it is
     twice torch's CPU sgemm, so a CPU "peak" must be the faster of the two."""
     import numpy as np
@@ -81,7 +83,7 @@ def ort_matmul_tflops(n: int, threads: int | None, clock: str, repeats: int) -> 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feeds = {k: np.random.default_rng(0).standard_normal((n, n), dtype=np.float32) for k in "AB"}
-    t = time_callable(lambda: session.run(None, feeds), device="cpu", warmup_s=1.0, repeats=repeats, clock=clock,
+    t = time_callable(lambda: session.run(None, feeds), device="cpu", warmup_s=warmup_s, repeats=repeats, clock=clock,
                       label=f"onnxruntime matmul {n}")
     return 2 * n**3 / (t.median_us * 1e-6) / 1e12
 
@@ -90,16 +92,17 @@ def unavailable(runtime: str, device: str) -> str | None:
     """Why `runtime` cannot run on this machine (None when it can)."""
     if runtime == "cudagraph" and device != "cuda":
         return "needs a CUDA GPU (CUDA graphs replay GPU kernels)"
-    if runtime == "onnxruntime" and device == "cuda":
-        import onnxruntime
-
-        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            return ("onnxruntime-gpu is not installed here (the CPU onnxruntime package has no CUDA provider; "
-                    "pip uninstall onnxruntime && pip install onnxruntime-gpu)")
+    if runtime == "onnxruntime":
+        try:
+            check_onnxruntime_device(device)  # no CUDA provider: the install line, never a CPU fallback
+        except DeployvitError as exc:
+            return str(exc)
     return None
 
 
 def run(args: argparse.Namespace) -> dict:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("export_speed: --device cuda: torch sees no CUDA GPU on this machine")
     device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
     clock = "wall" if device == "cuda" else args.clock
     threads = 1 if clock == "cpu" else None  # process CPU time measures work only when single-threaded
@@ -109,18 +112,19 @@ def run(args: argparse.Namespace) -> dict:
     batches = sorted(int(b) for b in args.batches.split(","))
     notes = []
     precision = args.precision or ("fp16" if device == "cuda" else "fp32")
+    peak_warmup = max(args.warmup, 0.1)  # the peak matmuls warm up like the models (1 s by default)
     if device == "cpu":
         notes.append("no CUDA GPU on this machine: the fp16 GPU numbers (eager, compile, cudagraph and the onnxruntime "
                      "CUDA provider at batch 1 and 256) were not measured; run this script on a GPU machine, with "
                      "onnxruntime-gpu installed for the onnxruntime CUDA rows")
-        low = {k: matmul_peak_tflops("cpu", TORCH_DTYPES[k], 5, clock, n=256) for k in ("fp16", "bf16")}
+        low = {k: matmul_peak_tflops("cpu", TORCH_DTYPES[k], 5, clock, n=256, warmup_s=peak_warmup) for k in ("fp16", "bf16")}
         notes.append("no GPU here: measured on the CPU. Dense matmul on this CPU: "
                      + ", ".join(f"{k} {v:.4f} TFLOP/s" for k, v in low.items())
                      + (f"; fp16/bf16 are GPU deployment precisions, so the default here is {precision}" if not args.precision else ""))
     peak_dtype = torch.bfloat16 if device == "cuda" else TORCH_DTYPES[precision]
-    peaks = {"torch": matmul_peak_tflops(device, peak_dtype, args.repeats, clock)}
-    if device == "cpu" and precision == "fp32":
-        peaks["onnxruntime"] = ort_matmul_tflops(1024, threads, clock, args.repeats)
+    peaks = {"torch": matmul_peak_tflops(device, peak_dtype, args.repeats, clock, n=args.peak_n, warmup_s=peak_warmup)}
+    if device == "cpu" and precision == "fp32" and unavailable("onnxruntime", "cpu") is None:
+        peaks["onnxruntime"] = ort_matmul_tflops(args.peak_n or 1024, threads, clock, args.repeats, peak_warmup)
     peak = max(peaks.values())
     peak_kind = (f"{'bf16' if device == 'cuda' else precision} matmul on {device}, best of "
                  + ", ".join(f"{k} {v:.3f}" for k, v in peaks.items()) + " TFLOP/s")
@@ -163,6 +167,8 @@ def run(args: argparse.Namespace) -> dict:
                        "median_ms": t.median_us / 1e3, "p90_ms": t.p90_us / 1e3, "cv": t.cv, "repeats": t.repeats,
                        "images_per_s": batch / seconds, "tflops": tflops, "fraction_of_peak": tflops / peak,
                        "build_s": build_s, "warnings": [str(w.message) for w in caught]}
+                if hasattr(fn, "compiled"):  # compile: every timed call entered compiled code
+                    row["compiled"] = {"graphs": fn.compiled.graphs, "calls": fn.compiled.calls}
                 rows.append(row)
                 print(f"{name:17s} {runtime:12s} b{batch:<4d} {row['median_ms']:9.3f} ms  {row['images_per_s']:9.1f} img/s"
                       f"  {tflops:7.3f} TFLOP/s ({tflops / peak:6.1%} of peak)  cv {t.cv:.1%}", flush=True)
@@ -187,12 +193,13 @@ def main() -> None:
     p.add_argument("--runtimes", default="eager,compile,cudagraph,onnxruntime")
     p.add_argument("--batches", default="1,256")
     p.add_argument("--precision", choices=sorted(TORCH_DTYPES), help="default: fp16 on GPU, fp32 on CPU")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="CPU only: 'cpu' times single-threaded process CPU time (robust on a shared machine)")
     p.add_argument("--max-call-s", type=float, default=2.0, help="CPU only: skip configurations slower than this per call")
+    p.add_argument("--peak-n", type=int, help="matmul size of the measured peak (default 8192 on GPU, 1024 on CPU)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     result = run(args)

@@ -84,7 +84,8 @@ def contract_runner(contract: Contract, fmt: str, model, artifact: str | None, i
                             precision=contract.precision, threads=threads)
     if artifact is None:
         raise DeployvitError(f"{fmt}: no artifact to time")
-    return file_runner(Path(artifact), shape, runtime=contract.runtime, device=contract.device, threads=threads)
+    return file_runner(Path(artifact), shape, runtime=contract.runtime, device=contract.device, threads=threads,
+                       tf32=bool(contract.settings.get("tf32")))
 
 
 def measure_contract(contract: Contract, run) -> Contract:

@@ -54,6 +54,7 @@ class ExportSpec:
     warmup_s: float = 0.5
     repeats: int = 100
     clock: str = "wall"  # "cpu": single-thread process CPU time, as CPU latency tables on shared machines
+    tf32: bool = False  # fp32 matmuls of TensorRT / onnxruntime-gpu may use TF32 (recorded, its own gate)
     metadata: dict[str, Any] | None = None
     # the ONNX graph a TensorRT engine is built from: `model.onnx` for `export` (DESIGN.md section 3);
     # `benchmark` names it `<stem>.trt.onnx`, so it never replaces the verified graph of its onnx row
@@ -158,7 +159,7 @@ def cudagraph_runner(model: nn.Module, precision: str, device: str) -> Runner:
 def _export_trt(model: nn.Module, spec: ExportSpec, out_dir: Path, stem: str) -> tuple[Runner, Path, list[str]]:
     trt = trt_export.import_tensorrt()
     trt_export.require_cuda()
-    plan = trt_export.plan_build(trt_export.trt_major(trt.__version__), spec.precision)
+    plan = trt_export.plan_build(trt_export.trt_major(trt.__version__), spec.precision, tf32=spec.tf32)
     onnx_path = onnx_export.export_onnx(
         model, out_dir / f"{stem}{spec.trt_onnx_suffix}", img_size=spec.img_size, in_chans=spec.in_chans, precision=plan.onnx_precision,
         opset=spec.opset, dynamic_batch=(spec.batch.min, spec.batch.opt, spec.batch.max), dynamo=spec.dynamo,
@@ -168,17 +169,10 @@ def _export_trt(model: nn.Module, spec: ExportSpec, out_dir: Path, stem: str) ->
     sidecar = trt_export.build_engine(
         onnx_path, engine, precision=spec.precision, batch_range=(spec.batch.min, spec.batch.opt, spec.batch.max),
         workspace_gb=spec.workspace_gb, timing_cache=spec.timing_cache, graph_precision=plan.onnx_precision,
+        tf32=spec.tf32,
     )
-    how = "strongly typed" if plan.strongly_typed else f"builder flags {','.join(plan.flags) or 'none'}"
-    notes = [f"TensorRT {sidecar['tensorrt']} ({how}) from {plan.onnx_precision} ONNX {onnx_path.name}"]
+    notes = [f"TensorRT {sidecar['tensorrt']} ({plan.path}) from {plan.onnx_precision} ONNX {onnx_path.name}"]
     return trt_export.TrtRunner(engine), engine, notes
-
-
-def _onnx_device(device: str) -> str:
-    """onnxruntime on CUDA only when onnxruntime-gpu provides the CUDA provider."""
-    if device != "cuda":
-        return "cpu"
-    return "cuda" if "CUDAExecutionProvider" in onnx_export.import_onnxruntime().get_available_providers() else "cpu"
 
 
 @dataclass
@@ -217,10 +211,8 @@ def _onnx_artifact(model, spec, samples, out_dir, stem) -> Artifact:
         dynamic_batch=(spec.batch.min, spec.batch.opt, spec.batch.max), dynamo=spec.dynamo,
         metadata=spec.metadata,
     )
-    device = _onnx_device(spec.device)
-    notes = [] if device == spec.device else ["onnxruntime has no CUDA provider here (needs onnxruntime-gpu): ran on CPU"]
-    runner = OnnxRunner(path, device, threads=spec.threads)
-    return Artifact(runner, device, f"onnxruntime {runner.session.get_providers()[0]}", path, notes)
+    runner = OnnxRunner(path, spec.device, threads=spec.threads, tf32=spec.tf32)  # CUDA without its provider: exit 2
+    return Artifact(runner, spec.device, f"onnxruntime {runner.provider}" + (" (TF32)" if runner.tf32 else ""), path)
 
 
 def _trt_artifact(model, spec, samples, out_dir, stem) -> Artifact:

@@ -5,8 +5,15 @@ sidecar) is a plain function tested on CPU; only `build_engine` and `TrtRunner` 
 Version rules (REFERENCES.md section 6):
 - TensorRT 11 builds strongly typed networks only; the FP16/BF16 builder flags are gone, so the ONNX
   graph itself must be fp16/bf16 (an fp32 graph silently gives an fp32 engine: refused here).
-- TensorRT 10 keeps the weakly typed path: an fp32 graph plus the FP16/BF16 builder flag.
-Which path was used is recorded in the engine's JSON sidecar.
+- TensorRT 10 (strongly typed networks exist since 9) is built the same way, from the same graph:
+  the fp16/bf16 ONNX graph with LayerNorm statistics and Softmax in float32 (`exporters.onnx.
+  make_low_precision_safe`). The weakly typed FP16 flag path would let TensorRT pick fp16 for
+  LayerNorm and Softmax, the known ViT overflow and accuracy traps, so it is not used.
+- TF32: TensorRT lets fp32 layers use TF32 unless the TF32 builder flag is cleared. An fp32 engine
+  here is fp32 (flag cleared), verified against the TF32-off PyTorch model with the fp32 gate;
+  `tf32=True` is its own recorded choice (flag set) with its own gate (`verify.Thresholds`).
+Which path built the engine (strongly typed, network flags, builder flags set and cleared, TF32) is
+recorded in the engine's JSON sidecar.
 
 NOTE: written against the TensorRT 10/11 Python API; not run in the project's CI (no GPU, no TensorRT).
 """
@@ -57,23 +64,37 @@ def require_cuda() -> None:
 @dataclass(frozen=True)
 class BuildPlan:
     """How to get an engine of `precision` out of TensorRT `major`: the ONNX graph precision to
-    export, whether the network is strongly typed, and which builder flags to set."""
+    export, whether the network is strongly typed, the builder flags to set and to clear, and
+    whether fp32 layers may use TF32."""
 
     trt_major: int
     precision: str
     onnx_precision: str
     strongly_typed: bool
     flags: tuple[str, ...]
+    cleared_flags: tuple[str, ...] = ()
+    tf32: bool = False
+
+    @property
+    def path(self) -> str:
+        """One line naming the build path (sidecar `build_path`, report notes)."""
+        typed = "strongly typed" if self.strongly_typed else "weakly typed"
+        tf32 = "TF32 on" if self.tf32 else "TF32 off"
+        return f"TensorRT {self.trt_major} {typed} network from the {self.onnx_precision} ONNX graph, {tf32}"
 
 
-def plan_build(major: int, precision: str) -> BuildPlan:
-    """The build recipe for TensorRT `major` (10 or 11) and engine `precision`."""
+def plan_build(major: int, precision: str, tf32: bool = False) -> BuildPlan:
+    """The build recipe for TensorRT `major` (10 or 11), engine `precision` and the TF32 choice: the
+    same strongly typed network from the same `precision` graph on both majors; TF32 set or cleared
+    explicitly (TensorRT enables it by default), and only meaningful for an fp32 engine."""
     if major not in SUPPORTED_MAJORS:
         raise MissingDependency(f"TensorRT {major}.x is not supported (need 10.x or 11.x)")
-    if major >= 11:  # strongly typed only: precision lives in the graph
-        return BuildPlan(major, precision, precision, True, ())
-    flags = {"fp32": (), "fp16": ("FP16",), "bf16": ("BF16",)}[precision]
-    return BuildPlan(major, precision, "fp32", False, flags)
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise DeployvitError(f"unknown precision {precision!r} (choose from fp32, fp16, bf16)")
+    if tf32 and precision != "fp32":
+        raise DeployvitError(f"TF32 is a choice for fp32 engines only (this engine is {precision})")
+    flags, cleared = (("TF32",), ()) if tf32 else ((), ("TF32",))
+    return BuildPlan(major, precision, precision, True, flags, cleared, tf32)
 
 
 def check_graph_precision(plan: BuildPlan, graph_precision: str) -> None:
@@ -111,19 +132,22 @@ def build_engine(
     workspace_gb: float = 4.0,
     timing_cache: str | os.PathLike | None = None,
     graph_precision: str | None = None,
+    tf32: bool = False,
 ) -> dict[str, Any]:
     """Build a serialized engine from `onnx_path`, write it and then its JSON sidecar atomically, update
-    `timing_cache` (reused across builds: a rebuild then skips kernel timing), return the sidecar."""
+    `timing_cache` (reused across builds: a rebuild then skips kernel timing), return the sidecar.
+    `tf32`: let fp32 layers use TF32 (fp32 engines only; off by default, so fp32 means fp32)."""
     trt = import_tensorrt()
     require_cuda()
-    plan = plan_build(trt_major(trt.__version__), precision)
+    plan = plan_build(trt_major(trt.__version__), precision, tf32=tf32)
     if graph_precision is not None:
         check_graph_precision(plan, graph_precision)
     if workspace_gb <= 0:
         raise DeployvitError(f"workspace must be > 0 GB, got {workspace_gb}")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(_network_flags(trt, plan))
+    network_flags = _network_flags(trt, plan)
+    network = builder.create_network(network_flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -132,8 +156,7 @@ def build_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     config.builder_optimization_level = OPTIMIZATION_LEVEL
-    for flag in plan.flags:
-        config.set_flag(getattr(trt.BuilderFlag, flag))
+    _apply_flags(trt, config, plan)
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).exists() else b""
     config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
 
@@ -160,7 +183,10 @@ def build_engine(
         "tensorrt": trt.__version__,
         **_cuda_facts(),
         **asdict(plan),
+        "build_path": plan.path,
+        "network_flags": network_flags,
         "flags": list(plan.flags),
+        "cleared_flags": list(plan.cleared_flags),
         "input": inp.name,
         "profile": {"min": list(shapes[0]), "opt": list(shapes[1]), "max": list(shapes[2])},
         "workspace_gb": workspace_gb,
@@ -177,9 +203,33 @@ def build_engine(
 
 
 def _network_flags(trt, plan: BuildPlan) -> int:
-    """STRONGLY_TYPED on request (TensorRT 11 keeps the flag but ignores it: always strongly typed)."""
+    """STRONGLY_TYPED on request, on both majors (TensorRT 11 is strongly typed anyway and may keep
+    the flag as a no-op; TensorRT 10 needs it)."""
+    if not plan.strongly_typed:
+        return 0
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    return 1 << int(flag) if plan.strongly_typed and flag is not None else 0
+    if flag is None:
+        if plan.trt_major >= 11:
+            return 0  # strongly typed is the only kind of network there
+        raise MissingDependency(f"TensorRT {trt.__version__} has no strongly typed networks: {INSTALL_HINT}")
+    return 1 << int(flag)
+
+
+def _apply_flags(trt, config, plan: BuildPlan) -> None:
+    """Set the plan's builder flags and clear the ones it clears (TF32 is on by default in TensorRT:
+    an fp32 engine that leaves it alone computes its matmuls in TF32)."""
+    for flag in plan.flags:
+        config.set_flag(_builder_flag(trt, flag))
+    for flag in plan.cleared_flags:
+        config.clear_flag(_builder_flag(trt, flag))
+
+
+def _builder_flag(trt, name: str):
+    flag = getattr(trt.BuilderFlag, name, None)
+    if flag is None:
+        raise MissingDependency(f"TensorRT {trt.__version__} has no {name} builder flag, which this build needs to "
+                                f"set or clear: {INSTALL_HINT}")
+    return flag
 
 
 def _cuda_facts() -> dict[str, Any]:
@@ -215,15 +265,45 @@ class TrtRunner:
         dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16}
         self.input_dtype = dtypes[self.engine.get_tensor_dtype(self.input_name)]
         self.output_dtype = dtypes[self.engine.get_tensor_dtype(self.output_name)]
+        self._bound: dict[tuple[int, ...], BoundEngine] = {}
+
+    def bind(self, x) -> "BoundEngine":
+        """A zero-argument call running the engine on `x`'s memory (moved to CUDA in the engine's
+        input dtype once, here) into an output buffer allocated once: what timing calls."""
+        x = x.detach().to(device="cuda", dtype=self.input_dtype).contiguous()
+        return BoundEngine(self, x)
 
     def __call__(self, x):
-        torch = self._torch
-        x = x.to(device="cuda", dtype=self.input_dtype).contiguous()
-        if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
+        """logits (float32) of `x`; copies `x` into the bound input buffer of its shape."""
+        shape = tuple(x.shape)
+        bound = self._bound.get(shape)
+        if bound is None:
+            bound = self._bound[shape] = self.bind(self._torch.empty(shape, dtype=self.input_dtype, device="cuda"))
+        bound.input.copy_(x.detach())
+        return bound().float().clone()
+
+
+class BoundEngine:
+    """`TrtRunner.bind`'s result: `run()` queues the engine on torch's current stream and returns
+    the bound output (overwritten by the next call). `input` is the bound input buffer."""
+
+    def __init__(self, runner: TrtRunner, x):
+        torch = runner._torch
+        context = runner.context
+        if not context.set_input_shape(runner.input_name, tuple(x.shape)):
             raise DeployvitError(f"input shape {tuple(x.shape)} is outside the engine's optimisation profile")
-        out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.output_dtype, device="cuda")
-        self.context.set_tensor_address(self.input_name, x.data_ptr())
-        self.context.set_tensor_address(self.output_name, out.data_ptr())
-        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+        self.input, self.context = x, context
+        self.output = torch.empty(tuple(context.get_tensor_shape(runner.output_name)), dtype=runner.output_dtype, device="cuda")
+        self._names = (runner.input_name, runner.output_name)
+        self._torch = torch
+
+    def __call__(self):
+        # one execution context serves every bound shape of a runner: set shape and addresses per call
+        # (host-side bookkeeping, microseconds), then queue the engine on torch's stream
+        inp, out = self._names
+        self.context.set_input_shape(inp, tuple(self.input.shape))
+        self.context.set_tensor_address(inp, self.input.data_ptr())
+        self.context.set_tensor_address(out, self.output.data_ptr())
+        if not self.context.execute_async_v3(self._torch.cuda.current_stream().cuda_stream):
             raise CheckFailed("TensorRT execution failed")
-        return out.float()
+        return self.output

@@ -24,26 +24,30 @@ from exporters.tensorrt import BuildPlan, check_graph_precision, plan_build, pro
 from tests.conftest import assert_one_line_error, run_cli
 
 
-@pytest.mark.parametrize(
-    "major, precision, expected",
-    [
-        (10, "fp32", BuildPlan(10, "fp32", "fp32", False, ())),
-        (10, "fp16", BuildPlan(10, "fp16", "fp32", False, ("FP16",))),
-        (10, "bf16", BuildPlan(10, "bf16", "fp32", False, ("BF16",))),
-        (11, "fp32", BuildPlan(11, "fp32", "fp32", True, ())),
-        (11, "fp16", BuildPlan(11, "fp16", "fp16", True, ())),
-        (11, "bf16", BuildPlan(11, "bf16", "bf16", True, ())),
-    ],
-)
-def test_build_plan_per_major_version(major, precision, expected):
-    assert plan_build(major, precision) == expected
+@pytest.mark.parametrize("major", [10, 11])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_both_majors_build_strongly_typed_from_the_engine_precision_graph(major, precision):
+    """TensorRT 10 gets the same safe fp16/bf16 graph as 11, never the fp32 graph plus the FP16 flag;
+    TF32 is cleared unless asked for."""
+    plan = plan_build(major, precision)
+    assert plan == BuildPlan(major, precision, precision, True, (), ("TF32",), False)
+    assert plan.path == f"TensorRT {major} strongly typed network from the {precision} ONNX graph, TF32 off"
 
 
-def test_strongly_typed_build_refuses_an_fp32_graph_for_an_fp16_engine():
-    """TensorRT 11 would silently build an fp32 engine from an fp32 graph."""
-    with pytest.raises(DeployvitError, match="needs a fp16 ONNX graph, got fp32"):
-        check_graph_precision(plan_build(11, "fp16"), "fp32")
-    check_graph_precision(plan_build(10, "fp16"), "fp32")  # TensorRT 10: flag path on an fp32 graph
+def test_tf32_is_its_own_choice_for_fp32_only():
+    plan = plan_build(10, "fp32", tf32=True)
+    assert plan.flags == ("TF32",) and plan.cleared_flags == () and plan.tf32
+    assert "TF32 on" in plan.path
+    with pytest.raises(DeployvitError, match="fp32 engines only"):
+        plan_build(11, "fp16", tf32=True)
+
+
+def test_strongly_typed_build_refuses_a_graph_of_another_precision():
+    """TensorRT would silently build an fp32 engine from an fp32 graph, on 10 as on 11 now."""
+    for major in (10, 11):
+        with pytest.raises(DeployvitError, match="needs a fp16 ONNX graph, got fp32"):
+            check_graph_precision(plan_build(major, "fp16"), "fp32")
+    check_graph_precision(plan_build(10, "fp16"), "fp16")
 
 
 def test_unsupported_majors_are_missing_dependencies():
@@ -96,7 +100,7 @@ class _Recorder:
             Logger=type("Logger", (), {"WARNING": 2, "__init__": lambda s, level=None: None}),
             NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=1),
             MemoryPoolType=types.SimpleNamespace(WORKSPACE="WORKSPACE"),
-            BuilderFlag=types.SimpleNamespace(FP16="FP16", BF16="BF16"),
+            BuilderFlag=types.SimpleNamespace(FP16="FP16", BF16="BF16", TF32="TF32"),
         )
 
         class Input:
@@ -131,6 +135,9 @@ class _Recorder:
 
             def set_flag(self, flag):
                 rec.calls.append(("flag", flag))
+
+            def clear_flag(self, flag):
+                rec.calls.append(("clear_flag", flag))
 
             def create_timing_cache(self, data):
                 rec.calls.append(("cache_in", data))
@@ -188,15 +195,14 @@ def onnx_file(tmp_path_factory):
     return export_onnx(model, tmp_path_factory.mktemp("trt") / "m.onnx", img_size=32, dynamic_batch=(1, 4, 8))
 
 
-@pytest.mark.parametrize("major, flags, network_flags", [(10, [("flag", "FP16")], 0), (11, [], 2)])
-def test_build_engine_calls(fake_trt, onnx_file, tmp_path, major, flags, network_flags):
+@pytest.mark.parametrize("major", [10, 11])
+def test_build_engine_calls(fake_trt, onnx_file, tmp_path, major):
     rec = fake_trt(major)
     cache = tmp_path / "timing.cache"
-    graph = "fp32" if major == 10 else "fp16"
     sidecar = trt_export.build_engine(onnx_file, tmp_path / "m.engine", precision="fp16", batch_range=(1, 4, 8),
-                                      workspace_gb=2, timing_cache=cache, graph_precision=graph)
-    assert ("network_flags", network_flags) in rec.calls
-    assert [c for c in rec.calls if c[0] == "flag"] == flags
+                                      workspace_gb=2, timing_cache=cache, graph_precision="fp16")
+    assert ("network_flags", 2) in rec.calls  # 1 << STRONGLY_TYPED on both majors
+    assert [c for c in rec.calls if c[0] in ("flag", "clear_flag")] == [("clear_flag", "TF32")]
     assert ("workspace", "WORKSPACE", 2 * 2**30) in rec.calls
     assert ("profile", ("input", (1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32))) in rec.calls
     assert ("opt_level", trt_export.OPTIMIZATION_LEVEL) in rec.calls
@@ -204,13 +210,42 @@ def test_build_engine_calls(fake_trt, onnx_file, tmp_path, major, flags, network
     assert cache.read_bytes() == b"timing-cache"
     on_disk = json.loads((tmp_path / "m.engine.json").read_text())
     assert on_disk == sidecar
-    assert sidecar["strongly_typed"] == (major == 11) and sidecar["tensorrt"] == f"{major}.4.0"
+    assert sidecar["strongly_typed"] and sidecar["tensorrt"] == f"{major}.4.0" and sidecar["network_flags"] == 2
+    assert sidecar["build_path"] == f"TensorRT {major} strongly typed network from the fp16 ONNX graph, TF32 off"
+    assert sidecar["onnx_precision"] == "fp16" and sidecar["tf32"] is False
+    assert sidecar["flags"] == [] and sidecar["cleared_flags"] == ["TF32"]
     assert sidecar["onnx_sha256"] == io.sha256(onnx_file)
     assert sidecar["engine_sha256"] == io.sha256(tmp_path / "m.engine")
     # a second build starts from the saved timing cache
     trt_export.build_engine(onnx_file, tmp_path / "m.engine", precision="fp16", batch_range=(1, 4, 8),
-                            timing_cache=cache, graph_precision=graph)
+                            timing_cache=cache, graph_precision="fp16")
     assert ("cache_in", b"timing-cache") in rec.calls
+
+
+@pytest.mark.parametrize("tf32, expected", [(False, [("clear_flag", "TF32")]), (True, [("flag", "TF32")])])
+def test_fp32_engine_clears_tf32_unless_asked(fake_trt, onnx_file, tmp_path, tf32, expected):
+    """TensorRT enables TF32 by default: an fp32 engine that did not clear it would fail the fp32 gate."""
+    rec = fake_trt(10)
+    sidecar = trt_export.build_engine(onnx_file, tmp_path / "m.engine", precision="fp32", batch_range=(1, 1, 8),
+                                      graph_precision="fp32", tf32=tf32)
+    assert [c for c in rec.calls if c[0] in ("flag", "clear_flag")] == expected
+    assert sidecar["tf32"] is tf32 and ("TF32 on" if tf32 else "TF32 off") in sidecar["build_path"]
+
+
+def test_tensorrt_without_the_tf32_flag_is_refused_before_building(fake_trt, onnx_file, tmp_path):
+    rec = fake_trt(11)
+    del rec.module.BuilderFlag.TF32
+    with pytest.raises(MissingDependency, match="no TF32 builder flag"):
+        trt_export.build_engine(onnx_file, tmp_path / "m.engine", precision="fp32", batch_range=(1, 1, 1))
+    assert ("opt_level", trt_export.OPTIMIZATION_LEVEL) not in rec.calls and not (tmp_path / "m.engine").exists()
+
+
+def test_tensorrt_10_without_strongly_typed_networks_is_refused(fake_trt, onnx_file, tmp_path):
+    rec = fake_trt(10)
+    del rec.module.NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    with pytest.raises(MissingDependency, match="no strongly typed networks"):
+        trt_export.build_engine(onnx_file, tmp_path / "m.engine", precision="fp16", batch_range=(1, 1, 1))
+    assert not (tmp_path / "m.engine").exists()
 
 
 def test_build_engine_refuses_wrong_graph_precision_before_building(fake_trt, onnx_file, tmp_path):
@@ -234,21 +269,55 @@ def test_build_failures_are_check_failures_and_write_nothing(fake_trt, onnx_file
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_real_engine_builds_runs_and_verifies(precision, tmp_path):
+@pytest.mark.parametrize("precision, tf32", [("fp32", False), ("fp32", True), ("fp16", False)])
+def test_real_engine_builds_runs_and_passes_the_gate(precision, tf32, tmp_path):
+    """A real engine's logits pass verification's default gate for its precision (fp32: TF32 off,
+    max |diff| < 1e-3 against the TF32-off PyTorch model; TF32 and fp16: their own gates)."""
     trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install tensorrt)")
-    from exporters.verify import synthetic_samples, verify
+    from exporters.verify import Thresholds, synthetic_samples, verify
 
-    plan = plan_build(trt_export.trt_major(trt.__version__), precision)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    plan = plan_build(trt_export.trt_major(trt.__version__), precision, tf32=tf32)
+    torch.manual_seed(0)
     model = build_model(get_space("test").sample(np.random.default_rng(0))).eval()
     onnx_path = export_onnx(model, tmp_path / "m.onnx", img_size=32, precision=plan.onnx_precision,
                             dynamic_batch=(1, 4, 8))
-    trt_export.build_engine(onnx_path, tmp_path / "m.engine", precision=precision, batch_range=(1, 4, 8),
-                            timing_cache=tmp_path / "cache", graph_precision=plan.onnx_precision)
+    sidecar = trt_export.build_engine(onnx_path, tmp_path / "m.engine", precision=precision, batch_range=(1, 4, 8),
+                                      timing_cache=tmp_path / "cache", graph_precision=plan.onnx_precision, tf32=tf32)
+    assert sidecar["build_path"] == plan.path and sidecar["strongly_typed"]
     runner = trt_export.TrtRunner(tmp_path / "m.engine")
     ref = model.cuda()
-    result = verify(lambda x: ref(x.cuda()), runner, synthetic_samples(16, 32), batch_sizes=(1, 8),
-                    precision=precision)
-    assert all(m.cosine >= 0.999 for m in result.checks), result.failed
+    result = verify(lambda x: ref(x.cuda()), runner, synthetic_samples(32, 32), batch_sizes=(1, 8),
+                    precision=precision, thresholds=Thresholds.for_precision(precision, tf32=tf32))
+    assert result.passed, result.failed
+    # the bound call timing uses runs on whatever its input buffer holds now
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    run = runner.bind(torch.zeros(4, 3, 32, 32, device="cuda"))
+    run.input.copy_(x)
+    with torch.no_grad():
+        want = ref(x)
+    got = run().float()
+    assert torch.nn.functional.cosine_similarity(got, want, dim=1).min() > 0.999
     out = runner(torch.randn(3, 3, 32, 32, device="cuda"))
     assert out.shape == (3, 10) and out.dtype == torch.float32
+
+
+def test_tf32_has_its_own_gate():
+    from exporters.verify import Thresholds
+
+    tf32 = Thresholds.for_precision("fp32", tf32=True)
+    assert tf32 != Thresholds.for_precision("fp32") and tf32 != Thresholds.for_precision("fp16")
+    assert tf32.max_abs_diff is None and tf32.min_cosine == 0.9995 and tf32.min_agreement == 0.995
+    assert Thresholds.for_precision("fp32", tf32=True, min_cosine=0.99).min_cosine == 0.99
+    with pytest.raises(DeployvitError, match="fp32 only"):
+        Thresholds.for_precision("fp16", tf32=True)
+
+
+def test_cli_tf32_needs_fp32(tmp_path):
+    arch_path = tmp_path / "a.arch.json"
+    get_space("test").min_arch().save(arch_path)
+    out = tmp_path / "out"
+    result = run_cli("export", "--arch", str(arch_path), "--precision", "fp16", "--tf32", "--out", str(out))
+    assert_one_line_error(result, "--tf32 applies to fp32 only")
+    assert not out.exists()

@@ -75,11 +75,39 @@ def test_cuda_without_gpu_is_clear():
         time_callable(lambda: None, device="cuda", warmup_s=0.0, repeats=2)
 
 
+def _wall_ms(fn) -> float:
+    import time
+
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1e3
+
+
 @pytest.mark.gpu
-def test_cuda_events_time_gpu_work():
-    x = torch.randn(1024, 1024, device="cuda")
-    t = time_callable(lambda: x @ x, device="cuda", warmup_s=0.1, repeats=20)
-    assert t.median_us > 0 and t.repeats == 20
+def test_cuda_events_time_a_known_sleep_kernel_within_10_percent():
+    """torch.cuda._sleep spins a kernel for a number of GPU cycles: its length is known from the host
+    clock (launch + synchronise, ~20 ms, so the host's overhead is far below 1%), and the CUDA-event
+    median must agree within 10%. Its launch returns at once, so the events measure device time."""
+    import statistics
+    import time
+
+    torch.cuda._sleep(1000)
+    probe = 10_000_000
+    per_cycle_ms = statistics.median(_wall_ms(lambda: torch.cuda._sleep(probe)) for _ in range(3)) / probe
+    cycles = int(20.0 / per_cycle_ms)
+    wall = statistics.median(_wall_ms(lambda: torch.cuda._sleep(cycles)) for _ in range(5))
+    t = time_callable(lambda: torch.cuda._sleep(cycles), device="cuda", warmup_s=0.05, repeats=10)
+    assert abs(t.median_us / 1e3 - wall) / wall < 0.10, (t.median_us / 1e3, wall)
+    start = time.perf_counter()
+    torch.cuda._sleep(cycles)
+    launch_ms = (time.perf_counter() - start) * 1e3
+    torch.cuda.synchronize()
+    assert launch_ms < 0.1 * wall  # the host did not wait: the events timed the GPU, not the launch
+    inner = time_callable(lambda: torch.cuda._sleep(cycles), device="cuda", warmup_s=0.0, repeats=3, inner=3,
+                          cv_warn=float("inf"))
+    assert abs(inner.median_us / 1e3 - wall) / wall < 0.10  # per call, averaged over back-to-back calls
 
 
 def test_cpu_clock_counts_work_not_waiting():

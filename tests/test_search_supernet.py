@@ -69,3 +69,128 @@ def test_checkpoint_for_another_space_or_missing_data_is_refused(checkpoint, tmp
         "needs --data",
     )
     assert not out.exists()
+
+
+# --- the score itself: device, streaming, cache budget, throughput ---------------------------------
+
+
+class CountingImages(torch.utils.data.Dataset):
+    """Seeded images that count how many of them are alive (materialised, not yet freed) at once."""
+
+    def __init__(self, n: int, size: int = 32, classes: int = 10):
+        self.n, self.size, self.classes = n, size, classes
+        self.alive = self.max_alive = self.loaded = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _freed(self) -> None:
+        self.alive -= 1
+
+    def __getitem__(self, i: int):
+        import weakref
+
+        image = torch.randn(3, self.size, self.size, generator=torch.Generator().manual_seed(i))
+        self.loaded += 1
+        self.alive += 1
+        self.max_alive = max(self.max_alive, self.alive)
+        weakref.finalize(image, self._freed)
+        return image, i % self.classes
+
+
+def _supernet():
+    from deployvit.spaces import get_space
+    from deployvit.supernet import Supernet
+
+    torch.manual_seed(0)
+    return Supernet(get_space("test")).eval()
+
+
+def _preloaded_accuracy(supernet, data, arch) -> float:
+    images = torch.stack([data[i][0] for i in range(len(data))])
+    labels = torch.tensor([data[i][1] for i in range(len(data))])
+    supernet.set_arch(arch)
+    with torch.no_grad():
+        return 100.0 * float((supernet(images).argmax(-1) == labels).sum()) / len(labels)
+
+
+def test_supernet_score_streams_the_held_out_set_in_batches():
+    """With no cache, at most one batch of images is in memory at a time, on every pass, and the
+    accuracy is the one computed on the whole set at once."""
+    import numpy as np
+
+    from deployvit.search.supernet_score import SupernetAccuracy
+    from deployvit.spaces import get_space
+
+    data = CountingImages(200)
+    score = SupernetAccuracy(_supernet(), data, batch_size=32, cache_bytes=0)
+    archs = [get_space("test").sample(np.random.default_rng(s)) for s in range(2)]
+    got = [score(a) for a in archs]
+    assert data.max_alive <= 32 and data.loaded == 400  # streamed twice, never all 200 at once
+    assert score.cached_images == 0
+    reference = CountingImages(200)
+    for arch, value in zip(archs, got):
+        assert value == pytest.approx(_preloaded_accuracy(score.supernet, reference, arch))
+    stats = score.throughput()
+    assert stats["archs_scored"] == 2 and stats["archs_per_s"] > 0 and stats["device"] == "cpu"
+    assert stats["precision"] == "fp32" and stats["held_out_images"] == 200
+
+
+def test_supernet_score_caches_a_prefix_within_its_budget():
+    import numpy as np
+
+    from deployvit.search.supernet_score import SupernetAccuracy
+    from deployvit.spaces import get_space
+
+    data = CountingImages(200)
+    batch_bytes = 32 * 3 * 32 * 32 * 4 + 32 * 8  # float32 images + int64 labels
+    score = SupernetAccuracy(_supernet(), data, batch_size=32, cache_bytes=3 * batch_bytes + 100)
+    arch = get_space("test").sample(np.random.default_rng(0))
+    first = score(arch)
+    assert score.cached_images == 96 and data.loaded == 200
+    second = score(arch)
+    assert data.loaded == 200 + (200 - 96)  # the cached prefix is not decoded again
+    assert first == second
+
+
+def test_supernet_score_device_errors_are_one_line():
+    from deployvit.compute import compute_device
+    from deployvit.errors import DeployvitError
+    from deployvit.search.supernet_score import SupernetAccuracy
+
+    with pytest.raises(DeployvitError, match="mixed-precision scoring needs a CUDA device"):
+        SupernetAccuracy(_supernet(), CountingImages(4), amp=True)
+    if torch.cuda.is_available():
+        return
+    with pytest.raises(DeployvitError, match="no CUDA GPU") as err:  # what `search --device cuda` hits first
+        compute_device("cuda")
+    assert "\n" not in str(err.value)
+    with pytest.raises(DeployvitError, match="no CUDA GPU") as err:
+        SupernetAccuracy(_supernet(), CountingImages(4), device=torch.device("cuda"))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.gpu
+def test_supernet_score_on_gpu_agrees_with_cpu():
+    """fp32 on the GPU (TF32 off) gives the CPU's accuracy; AMP runs in bf16/fp16 with the cache on the GPU."""
+    import numpy as np
+
+    from deployvit.compute import compute_device
+    from deployvit.search.supernet_score import SupernetAccuracy
+    from deployvit.spaces import get_space
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    archs = [get_space("test").sample(np.random.default_rng(s)) for s in range(4)]
+    cuda = compute_device("cuda")
+    cpu = SupernetAccuracy(_supernet(), CountingImages(512), batch_size=128)
+    fp32 = SupernetAccuracy(_supernet(), CountingImages(512), batch_size=128, device=cuda, amp=False, workers=0)
+    amp = SupernetAccuracy(_supernet(), CountingImages(512), batch_size=128, device=cuda, workers=0)
+    assert fp32.precision is None and amp.precision in ("bf16", "fp16")
+    assert next(amp.supernet.parameters()).is_cuda
+    for arch in archs:
+        assert abs(cpu(arch) - fp32(arch)) <= 0.5  # at most a couple of exact near-ties differ
+        assert 0.0 <= amp(arch) <= 100.0
+    assert amp.cached_images == 512 and amp._cache[0][0].is_cuda
+    assert amp._cache[0][0].dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp.precision]
+    assert amp.throughput()["archs_per_s"] > 0 and amp.throughput()["device"].startswith("cuda")

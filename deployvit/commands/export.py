@@ -25,7 +25,7 @@ from deployvit.compute import compute_device
 from deployvit.contract import contract_runner, measure_contract, plan_contract
 from deployvit.units import parse_amount
 from exporters.benchmark import FORMATS, ExportSpec, parse_formats, reference_runner, run_format
-from exporters.onnx import BF16_MIN_OPSET, DEFAULT_OPSET, MIN_OPSET, PRECISIONS, batch_spec, check_opset
+from exporters.onnx import BF16_MIN_OPSET, DEFAULT_OPSET, MIN_OPSET, PRECISIONS, batch_spec, check_onnxruntime_device, check_opset
 from exporters.report import REFERENCE, SKIPPED, VERIFIED, VERIFY_FAILED, Report, Row, format_table
 from exporters.sources import SourceModel, load_arch_model, load_timm_model
 from exporters.verify import Runner, Samples, Thresholds, data_samples, synthetic_samples
@@ -60,6 +60,9 @@ def _common_options(fn: Callable) -> Callable:
         click.option("--timm-model", help="Export a timm model (pretrained=False, never downloads) instead of --arch."),
         click.option("--img-size", type=click.IntRange(min=1), help="Input size of a --timm-model (default: its own)."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True),
+        click.option("--tf32", is_flag=True,
+                     help="fp32 only: let TensorRT / onnxruntime-gpu use TF32 for fp32 matmuls (recorded; verified with "
+                          "its own gate: cosine >= 0.9995, top-1 agreement >= 99.5%). Default: TF32 off, fp32 means fp32."),
         click.option("--batch-size", type=click.IntRange(min=1),
                      help="Static batch size, and the batch of the latency contract (default: dynamic batch 1,8,32 "
                           "widened to the table's batch; the contract at the table's batch)."),
@@ -127,7 +130,7 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
     opset = check_opset(precision, opts["opset"])
     budget_ms = parse_amount(opts["budget"], "latency", "--budget") / 1e3 if opts["budget"] is not None else None
     thresholds = Thresholds.for_precision(
-        precision, max_abs_diff=opts["max_abs_diff"], min_cosine=opts["min_cosine"],
+        precision, tf32=opts["tf32"], max_abs_diff=opts["max_abs_diff"], min_cosine=opts["min_cosine"],
         min_agreement=opts["min_agreement"], max_top1_drop=opts["max_top1_drop"],
     )
     if opts["workspace"] <= 0:
@@ -138,6 +141,8 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
     if formats == ["trt"]:
         trt_export.import_tensorrt()  # export --format trt: a missing TensorRT is exit 2, up front
         trt_export.require_cuda()
+    if formats == ["onnx"]:
+        check_onnxruntime_device(device)  # onnxruntime on CUDA without its provider: exit 2 with the install line
     source = _source(opts)
     notes = ["--table ignored: a latency table predicts deployvit archs, not timm models"] if opts["table"] and source.arch is None else []
     timing = {"warmup_s": opts["warmup"], "repeats": opts["repeats"], "threads": 1 if opts["clock"] == "cpu" else None, "clock": opts["clock"]}
@@ -156,8 +161,8 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
         img_size=source.img_size, in_chans=source.in_chans, precision=precision, batch=batch, opset=opset,
         dynamo=not opts["legacy_exporter"], device=device, workspace_gb=opts["workspace"],
         timing_cache=opts["timing_cache"], thresholds=thresholds, warmup_s=opts["warmup"], repeats=opts["repeats"],
-        clock=opts["clock"],
-        metadata={"source": source.info},
+        clock=opts["clock"], tf32=opts["tf32"],
+        metadata={"source": source.info, "tf32": opts["tf32"]},
     )
     return Job(source, spec, samples, out, budget_ms, notes, opts, contracts)
 
@@ -184,7 +189,7 @@ def _default_out(opts: dict[str, Any]) -> Path:
 
 def _settings(job: Job, formats: list[str]) -> dict[str, Any]:
     s = job.spec
-    return {"formats": formats, "precision": s.precision, "batch": str(s.batch), "opset": s.opset,
+    return {"formats": formats, "precision": s.precision, "tf32": job.opts["tf32"], "batch": str(s.batch), "opset": s.opset,
             "exporter": "dynamo" if s.dynamo else "legacy", "device": s.device, "samples": len(job.samples),
             "budget_ms": job.budget_ms, "table": job.opts["table"], "warmup_s": s.warmup_s, "repeats": s.repeats,
             "clock": s.clock if s.device == "cpu" else "cuda events", "cpu_timing_threads": s.threads or torch.get_num_threads()}

@@ -2,8 +2,20 @@
 
 Every number that ends up in a latency table, an export report or a benchmark comes through
 `time_callable`, so "timed the same way" (DESIGN.md section 4) is true by construction. On CUDA each
-repeat is bracketed by CUDA events (device time of the queued work, not host launch time alone); on
-CPU by `time.perf_counter`. Warm-up is by time rather than by count, because the first calls pay for
+repeat is bracketed by two CUDA events recorded on the current stream; a sample is the GPU-clock time
+between them. What that covers depends on the runtime:
+- asynchronous runtimes (torch eager and compiled, CUDA graph replay, TensorRT's execute_async_v3)
+  queue work on that stream and return: the events bracket the queued kernels, so a sample is device
+  time when the GPU is the bottleneck, and the host's launch time when launching is (eager at small
+  batch: the end event is queued only after the last launch, and the GPU idles in between);
+- host-synchronous calls (onnxruntime's `run_with_iobinding`, which runs on onnxruntime's own stream
+  and returns only when that stream is done) are wholly inside the bracket: the end event is recorded
+  after the call returned, so a sample is the call's full latency as its caller sees it (launches,
+  kernels and the final synchronisation), measured on the GPU clock; repeats never overlap.
+Either way a sample is the latency a caller of that runtime gets, and the numbers of one runtime are
+comparable with each other; across runtimes they are comparable as latencies, not as kernel time
+(trtexec's "GPU Compute Time" is kernels only). On the CPU a repeat is bracketed by
+`time.perf_counter`. Warm-up is by time rather than by count, because the first calls pay for
 allocator growth, cuDNN/cuBLAS heuristics and clock ramp-up whose duration does not depend on how
 fast one call is. The median is reported because a single OS hiccup should not move the number; the
 coefficient of variation says how much to trust it.
@@ -182,4 +194,5 @@ def capture_cuda_graph(module: torch.nn.Module, x: torch.Tensor) -> Callable[[],
         graph.replay()
         return static[1]
 
+    replay.graph = graph
     return replay
