@@ -8,6 +8,8 @@ scoring (bounded retries), and an arch is scored at most once (canonical `Arch.k
 parents converge, crossovers only reproduce scored archs; such a crossover is replaced by a mutation,
 so a generation still scores its full share (AutoFormer's loop scored ~25% fewer archs by the end
 of its default search here), and evolution and random search spend the same number of evaluations.
+A search stops early once no budget's best feasible score has improved for `patience` generations
+(the count is part of the saved state, so a resumed search stops where the uninterrupted one does).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from deployvit.search.scores import Score
 
 
-PATIENCE = 5
+PATIENCE = 3
 
 
 @dataclass
@@ -157,6 +159,7 @@ class Evolution:
             self.rng.bit_generator.state = saved.rng
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DeployvitError(f"corrupt search state {self.state_path}: {type(exc).__name__} {exc}") from None
+        saved.config.setdefault("patience", self.state.config["patience"])  # a state from before --patience
         for name in ("config", "constraints", "score", "space_hash"):
             if getattr(saved, name) != getattr(self.state, name):
                 raise DeployvitError(f"cannot resume {self.state_path}: it was started with another {name.replace('_', ' ')}")
