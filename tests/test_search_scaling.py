@@ -164,3 +164,47 @@ def test_two_torchrun_ranks_give_the_single_process_result(tmp_path):
     one, two = (json.loads((tmp_path / d / "search_state.json").read_text())["evaluated"] for d in ("one", "two"))
     assert one == two  # every arch, in order, with the same score
     assert proc.stdout.count("score vs size") == 1  # rank 0 speaks for both
+
+
+class SizeScore:
+    """A score that is any function of the arch (here its parameter count) and remembers what it scored."""
+
+    name = "size"
+
+    def __init__(self):
+        self.scored = []
+
+    def __call__(self, arch):
+        from deployvit.counting import count_params
+
+        self.scored.append(arch.key)
+        return float(count_params(arch))
+
+
+def _sharded_worker(rank, world, init_file, archs, results):
+    import torch.distributed as dist
+
+    from deployvit.search.distributed import Ranks, ShardedScore
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    inner = SizeScore()
+    values = ShardedScore(inner, Ranks(rank, world)).score_many(archs)
+    results[rank] = (values, inner.scored)
+    dist.destroy_process_group()
+
+
+def test_sharded_score_splits_any_score_over_gloo_ranks_and_gathers_in_order(tmp_path):
+    import torch.multiprocessing as mp
+
+    space = get_space("test")
+    rng = np.random.default_rng(0)
+    archs = [space.sample(rng) for _ in range(7)]
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_sharded_worker, args=(2, str(tmp_path / "init"), archs, results), nprocs=2)
+        results = dict(results)
+    expected = [SizeScore()(a) for a in archs]
+    for rank in (0, 1):
+        values, scored = results[rank]
+        assert values == expected  # every rank holds every score, in the batch's order
+        assert scored == [a.key for a in archs[rank::2]]  # and scored only its share
