@@ -2,8 +2,15 @@
 
 1. Constraint evaluation: archs/s of predicting latency + FLOPs + params for a population (one CPU
    thread), split into encoding (once per new arch) and the vectorised prediction.
-2. Wall time of the embedded default `deployvit search --latency 5ms` (fresh process).
-3. Evolution vs random search at an equal number of DSS evaluations, median over seeds.
+2. One DSS evaluation (autoformer-tiny, 224 px): ms per arch on the previous sequential path
+   (`DSSScore.reference`, torch's thread setting, and with one thread) and on the current one
+   (`score_many`: one intra-op thread per evaluation, archs side by side), wall and CPU time.
+3. The default command `deployvit search --flops 1.5G` from process start (fresh process, wall and
+   CPU time, load average), and the same search with every generation (`--patience` = generations,
+   AutoFormer's 1,050 evaluations): the default's winner must score at least as high.
+4. Evolution vs random search at an equal number of DSS evaluations, median over seeds.
+
+The machine is often shared: CPU times and the load average are recorded next to wall times.
 
     python benchmarks/search_speed.py [--seeds 3] [--space autoformer-tiny] [--skip-default]
 
@@ -13,11 +20,16 @@ Prints a table and writes benchmarks/results/search_speed.json.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,15 +63,60 @@ def constraint_speed(space_name: str, n: int = 100_000) -> dict:
     }
 
 
-def default_search_wall_time() -> dict:
+def _cpu_s(who: int = resource.RUSAGE_SELF) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(fn) -> tuple[object, float, float]:
+    t0, c0 = time.perf_counter(), _cpu_s()
+    out = fn()
+    return out, time.perf_counter() - t0, _cpu_s() - c0
+
+
+def dss_evaluation(space_name: str, n: int) -> dict:
+    """ms per DSS evaluation before (sequential) and after (side by side), on the same archs."""
+    space = get_space(space_name)
+    score = DSSScore(space, seed=0)
+    rng = np.random.default_rng(1)
+    archs = [space.sample(rng) for _ in range(n)]
+    for arch in archs:  # the per-position weight norms are cached in both paths: fill the cache first
+        score.reference(arch)
+    default_threads = torch.get_num_threads()
+    before, wall_b, cpu_b = _timed(lambda: [score.reference(a) for a in archs])
+    torch.set_num_threads(1)
+    _, wall_b1, cpu_b1 = _timed(lambda: [score.reference(a) for a in archs])
+    torch.set_num_threads(default_threads)
+    after, wall_a, cpu_a = _timed(lambda: score.score_many(archs))
+    rel = max(abs(a - b) / abs(b) for a, b in zip(after, before))
+    ms = lambda t: 1000 * t / n  # noqa: E731
+    return {"space": space_name, "archs": n, "torch_threads": default_threads, "scoring_threads": score.threads,
+            "before_ms": ms(wall_b), "before_cpu_ms": ms(cpu_b), "before_1thread_ms": ms(wall_b1), "before_1thread_cpu_ms": ms(cpu_b1),
+            "after_ms": ms(wall_a), "after_cpu_ms": ms(cpu_a), "max_rel_diff": rel}
+
+
+def search_command(args: list[str]) -> dict:
+    """One `deployvit search` in a fresh process (wall from process start, CPU of the child) and its winner."""
     with tempfile.TemporaryDirectory() as tmp:
+        c0, load = _cpu_s(resource.RUSAGE_CHILDREN), os.getloadavg()
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "deployvit", "search", "--latency", "5ms", "--no-progress"],
+        proc = subprocess.run([sys.executable, "-m", "deployvit", "search", *args, "--no-progress", "--out", "run"],
                               cwd=tmp, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-    return {"command": "deployvit search --latency 5ms", "exit_code": proc.returncode, "wall_s": wall,
-            "first_line": (proc.stdout or proc.stderr).splitlines()[0] if (proc.stdout or proc.stderr) else "",
-            "stderr_tail": proc.stderr.strip().splitlines()[-1:] if proc.returncode else []}
+        wall, cpu = time.perf_counter() - t0, _cpu_s(resource.RUSAGE_CHILDREN) - c0
+        lines = (Path(tmp) / "run/log.jsonl").read_text().splitlines() if proc.returncode == 0 else []
+    final = json.loads(lines[-1]) if lines else {}
+    winner = next(iter(final.get("winners", {}).values()), None)
+    return {"command": " ".join(["deployvit", "search", *args]), "exit_code": proc.returncode, "wall_s": wall, "cpu_s": cpu,
+            "load_average_before": load, "evaluated": json.loads(lines[-2])["evaluated"] if len(lines) > 1 else None,
+            "stopped_at_generation": final.get("stopped_at_generation"), "winner_dss": winner and winner["score"],
+            "winner": winner and winner["arch"], "stderr_tail": proc.stderr.strip().splitlines()[-2:]}
+
+
+def default_search(generations: int) -> dict:
+    default = search_command(["--flops", "1.5G"])
+    full = search_command(["--flops", "1.5G", "--patience", str(generations)])
+    ok = None if default["winner_dss"] is None or full["winner_dss"] is None else default["winner_dss"] >= full["winner_dss"]
+    return {"default": default, "all_generations": full, "default_at_least_as_good": ok}
 
 
 def evolution_vs_random(space_name: str, seeds: int, config: dict, flops_fraction: float) -> dict:
@@ -74,7 +131,7 @@ def evolution_vs_random(space_name: str, seeds: int, config: dict, flops_fractio
         row = {"seed": seed}
         for method in ("evolution", "random"):
             t0 = time.perf_counter()
-            evo = Evolution(space, model, constraints, score, EvolutionConfig(method=method, seed=seed, **config))
+            evo = Evolution(space, model, constraints, score, EvolutionConfig(method=method, seed=seed, patience=None, **config))
             winner = evo.run()[None]
             row[method] = {"best_dss": winner.score, "evaluations": len(evo.state.evaluated),
                            "flops": winner.metrics["flops"], "wall_s": time.perf_counter() - t0}
@@ -92,23 +149,35 @@ def main() -> None:
     parser.add_argument("--population", type=int, default=20)
     parser.add_argument("--generations", type=int, default=6)
     parser.add_argument("--flops-fraction", type=float, default=0.5, help="FLOPs budget position in the space's range.")
+    parser.add_argument("--dss-archs", type=int, default=6, help="Archs timed per DSS path.")
     parser.add_argument("--skip-default", action="store_true", help="Do not time the default search.")
     args = parser.parse_args()
     config = {"population": args.population, "generations": args.generations, "parents": 10,
               "mutations": args.population // 2, "crossovers": args.population // 2}
     results = {"constraints": constraint_speed(args.space)}
+    torch.set_num_threads(os.cpu_count() or 1)
+    results["dss_evaluation"] = dss_evaluation("autoformer-tiny", args.dss_archs)
     if not args.skip_default:
-        results["default_search"] = default_search_wall_time()
+        results["default_search"] = default_search(EvolutionConfig().generations)
     results["evolution_vs_random"] = evolution_vs_random(args.space, args.seeds, config, args.flops_fraction)
-    results["machine"] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    results["machine"] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                          "load_average_end": os.getloadavg()}
     c = results["constraints"]
     print(f"{'measure':<46} {'value':>14}")
     print(f"{'constraint eval, encode (archs/s, 1 thread)':<46} {c['encode_archs_per_s']:>14,.0f}")
     print(f"{'constraint eval, predict (archs/s, 1 thread)':<46} {c['predict_archs_per_s']:>14,.0f}")
     print(f"{'constraint eval, end to end (archs/s)':<46} {c['end_to_end_archs_per_s']:>14,.0f}")
+    d = results["dss_evaluation"]
+    print(f"{'DSS ms/eval before (' + str(d['torch_threads']) + ' threads), wall / CPU':<46} {d['before_ms']:>7.0f} / {d['before_cpu_ms']:.0f}")
+    print(f"{'DSS ms/eval before (1 thread), wall / CPU':<46} {d['before_1thread_ms']:>7.0f} / {d['before_1thread_cpu_ms']:.0f}")
+    print(f"{'DSS ms/eval after (' + str(d['scoring_threads']) + ' side by side), wall / CPU':<46} {d['after_ms']:>7.0f} / {d['after_cpu_ms']:.0f}")
+    print(f"{'DSS max relative difference':<46} {d['max_rel_diff']:>14.1e}")
     if "default_search" in results:
-        d = results["default_search"]
-        print(f"{'default search wall time (s), exit ' + str(d['exit_code']):<46} {d['wall_s']:>14.1f}")
+        for key in ("default", "all_generations"):
+            r = results["default_search"][key]
+            print(f"{r['command'][:46]:<46} {r['wall_s']:>7.1f} s wall, {r['cpu_s']:.1f} s CPU, {r['evaluated']} evals, "
+                  f"DSS {r['winner_dss'] or float('nan'):,.1f}, exit {r['exit_code']}")
+        print(f"{'default winner at least as good':<46} {str(results['default_search']['default_at_least_as_good']):>14}")
     e = results["evolution_vs_random"]
     for method in ("evolution", "random"):
         print(f"{'median best DSS, ' + method:<46} {e['median_best_dss'][method]:>14.1f}")

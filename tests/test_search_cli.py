@@ -173,7 +173,10 @@ def test_measure_top_with_a_gpu_table_fails_before_the_search_here(tmp_path):
         (["--score", "supernet", "--supernet", "/nonexistent.pt", "--data", "digits"], "checkpoint not found"),
         (["--batch-size", "0", "--latency", "5ms", "--device", "cpu"], "--batch-size"),
         (["--population", "0"], "--population"),
-    ],
+    ] + ([] if torch.cuda.is_available() else [
+        (["--flops", "2M", "--device", "cuda"], "--device cuda: torch sees no CUDA GPU"),
+        (["--score", "supernet", "--device", "cuda", "--data", "digits"], "--device cuda: torch sees no CUDA GPU"),
+    ]),
 )
 def test_bad_input_exit_2_and_no_run_directory(tmp_path, args, needle):
     out = tmp_path / "never"

@@ -28,7 +28,8 @@ def _amount(value: str | None, metric: str) -> float | None:
 @click.option("--table", type=click.Path(dir_okay=False),
               help="Latency table JSON (default: chosen by `deployvit tables`' rules: yours, then shipped; measured, then estimated).")
 @click.option("--device", help="Target device of the latency table: a label (h100, a100, cpu, ...) or cuda[:N] for this "
-                               "machine's GPU. Default: this machine's GPU, else h100.")
+                               "machine's GPU, which also runs the score (cpu: table and score on the CPU). Default: this "
+                               "machine's GPU, else h100; the score runs on CUDA when available.")
 @click.option("--runtime", help="Only tables of this runtime (eager, cudagraph, compile, onnxruntime, tensorrt).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="Only tables of this precision.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Only tables of this batch size.")
@@ -45,6 +46,8 @@ def _amount(value: str | None, metric: str) -> float | None:
 @click.option("--mutation-prob", type=click.FloatRange(0, 1), default=DEFAULTS.layer_prob, show_default=True, help="Per-layer mutation probability.")
 @click.option("--stage-mutation-prob", type=click.FloatRange(0, 1), default=DEFAULTS.stage_prob, show_default=True, help="Depth / embed dim mutation probability.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--patience", type=int, default=DEFAULTS.patience, show_default=True,
+              help="Stop after this many generations without a better feasible arch (>= --generations: run them all).")
 @click.option("--measure-top", type=click.IntRange(min=0), default=0, help="Time the top-K candidates end to end here and pick the winner on the measured latency.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/search-<space>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue the search in --out from its search_state.json.")
@@ -65,17 +68,31 @@ def search(**opts) -> None:
         method=opts["method"], population=opts["population"], generations=opts["generations"],
         parents=opts["parents"], mutations=opts["mutations"], crossovers=opts["crossovers"],
         layer_prob=opts["mutation_prob"], stage_prob=opts["stage_mutation_prob"], seed=opts["seed"],
+        patience=opts["patience"],
     )
     request = SearchRequest(
         space=opts["space_name"], constraints=constraints, table=opts["table"], device=opts["device"],
         runtime=opts["runtime"], precision=opts["precision"], batch_size=opts["batch_size"], score=opts["score"],
         supernet=opts["supernet_ckpt"], data=opts["data"], sampler_k=opts["sampler_k"], config=config,
         out=opts["out"], resume=opts["resume"], measure_top=opts["measure_top"],
+        score_device=_score_device(opts["device"]),
     )
     result = run_search(request, echo=click.echo, progress=not opts["no_progress"])
-    print_summary(result)
+    if result.is_main:  # under torchrun, rank 0 speaks for all
+        print_summary(result)
     if result.failure:
         raise CheckFailed(result.failure)
+
+
+def _score_device(device: str | None) -> str | None:
+    """Where the score runs: `--device cpu` or `cuda[:N]` as given; a table label (h100, a100) names
+    the target, not this machine, so the score then runs where it can (CUDA when available)."""
+    if device is not None and (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        from deployvit.compute import compute_device
+
+        compute_device(device)  # CUDA asked for on a machine without it: one line, before anything loads
+        return device
+    return None
 
 
 def print_summary(result) -> None:
@@ -90,5 +107,25 @@ def print_summary(result) -> None:
     for label, rows in result.measured.items():
         for row in rows:
             click.echo(f"{label:>13}  measured {row['measured_us'] / 1e3:.3f} ms vs predicted {row['predicted_us'] / 1e3:.3f} ms ({row['summary']})")
+    print_score_vs_size(result)
     if result.winners:
         click.echo(f"winner: {result.run_dir / 'best.arch.json'}; Pareto front: {result.run_dir / 'pareto.png'}, {result.run_dir / 'pareto.csv'}")
+
+
+SIZE_TAU_WARNING = 0.7  # TF-TAS's caveat: above this, the budget rather than the score picks the winner
+
+
+def print_score_vs_size(result) -> None:
+    """How strongly the score ranked archs by size over everything evaluated, and a warning when the
+    size budget, not the score, decides the winner."""
+    taus = {m: result.correlations.get(k) for m in ("params", "flops") for k in result.correlations if k.endswith(f"_vs_{m}")}
+    if not taus:
+        return
+    shown = ", ".join(f"{'-' if t is None else f'{t:.2f}'} with {m if m == 'params' else 'FLOPs'}" for m, t in taus.items())
+    click.echo(f"score vs size over {result.evaluated} evaluated archs: Kendall tau {shown}")
+    if max((t for t in taus.values() if t is not None), default=0.0) > SIZE_TAU_WARNING:
+        click.echo(
+            f"warning: the score ranks archs mostly by size (Kendall tau > {SIZE_TAU_WARNING}), so the size budget decides the "
+            "winner (TF-TAS's caveat): bound size from below with --min-params/--min-flops, or rank by --score supernet",
+            err=True,
+        )

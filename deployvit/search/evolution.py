@@ -8,6 +8,8 @@ scoring (bounded retries), and an arch is scored at most once (canonical `Arch.k
 parents converge, crossovers only reproduce scored archs; such a crossover is replaced by a mutation,
 so a generation still scores its full share (AutoFormer's loop scored ~25% fewer archs by the end
 of its default search here), and evolution and random search spend the same number of evaluations.
+A search stops early once no budget's best feasible score has improved for `patience` generations
+(the count is part of the saved state, so a resumed search stops where the uninterrupted one does).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
     from deployvit.search.scores import Score
 
 
+PATIENCE = 3
+
+
 @dataclass
 class EvolutionConfig:
     """AutoFormer's defaults (evolution.py of microsoft/Cream)."""
@@ -43,6 +48,10 @@ class EvolutionConfig:
     stage_prob: float = 0.4
     max_tries: int = 200  # rejected draws allowed per wanted candidate
     seed: int = 0
+    # stop after this many generations without a better feasible arch for any budget; None: never.
+    # Chosen on benchmarks/search_speed.py (README): the default search's winner is as good as with
+    # all 20 generations.
+    patience: int | None = PATIENCE
 
     def __post_init__(self) -> None:
         if self.method not in ("evolution", "random"):
@@ -53,6 +62,8 @@ class EvolutionConfig:
         for name in ("generations", "mutations", "crossovers"):
             if getattr(self, name) < 0:
                 raise DeployvitError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.patience is not None and self.patience < 1:
+            raise DeployvitError(f"patience must be at least 1 generation, got {self.patience}")
         for name in ("layer_prob", "stage_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise DeployvitError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -88,6 +99,7 @@ class SearchState:
     sources: dict | None = field(default_factory=dict)
     generation: int = -1  # last completed generation; -1: initial population not done
     rng: dict = field(default_factory=dict)
+    stale: int = 0  # generations since the last better feasible arch (for --patience)
     evaluated: dict[str, Candidate] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -102,7 +114,14 @@ class SearchState:
         evaluated = [Candidate.from_dict(c) for c in data["evaluated"]]
         fields = {k: data[k] for k in ("config", "constraints", "score", "space_hash", "generation", "rng")}
         fields["sources"] = data.get("sources")
+        fields["stale"] = data.get("stale", 0)
         return cls(**fields, evaluated={c.arch.key: c for c in evaluated})
+
+
+def score_batch(score: "Score", archs: list[Arch]) -> list[float]:
+    from deployvit.search.scores import score_batch as batch  # torch: only once something is scored
+
+    return batch(score, archs)
 
 
 _SOURCE_NAMES = {"table": "latency table", "supernet": "supernet checkpoint", "data": "data directory"}
@@ -119,9 +138,12 @@ class Evolution:
         state_path: str | os.PathLike | None = None,
         on_generation: Callable[[int, "Evolution"], None] | None = None,
         sources: dict | None = None,
+        write_state: bool = True,
     ):
         """`sources` identifies what the predictions and scores come from (see `SearchState.sources`):
-        a resume with another table or checkpoint would mix two of them in one population."""
+        a resume with another table or checkpoint would mix two of them in one population.
+        `write_state=False` (torchrun ranks other than 0) reads `state_path` on resume, never writes it."""
+        self.write_state = write_state
         self.space, self.model, self.constraints, self.score, self.config = space, model, constraints, score, config
         self.state_path, self.on_generation = state_path, on_generation
         self.state = SearchState(asdict(config), constraints.to_dict(), score.name, space.hash(), dict(sources or {}))
@@ -137,6 +159,7 @@ class Evolution:
             self.rng.bit_generator.state = saved.rng
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DeployvitError(f"corrupt search state {self.state_path}: {type(exc).__name__} {exc}") from None
+        saved.config.setdefault("patience", self.state.config["patience"])  # a state from before --patience
         for name in ("config", "constraints", "score", "space_hash"):
             if getattr(saved, name) != getattr(self.state, name):
                 raise DeployvitError(f"cannot resume {self.state_path}: it was started with another {name.replace('_', ' ')}")
@@ -150,7 +173,7 @@ class Evolution:
     def checkpoint(self, generation: int) -> None:
         self.state.generation = generation
         self.state.rng = self.rng.bit_generator.state
-        if self.state_path is not None:
+        if self.state_path is not None and self.write_state:
             io.write_json(self.state_path, self.state.to_dict())
 
     # --- constraints ------------------------------------------------------------------------------
@@ -187,9 +210,22 @@ class Evolution:
         return sorted(fits, key=lambda c: (-c.score, c.arch.key))[:k]
 
     def evaluate(self, pending: dict[str, tuple[Arch, dict]]) -> None:
-        """Score new candidates (each arch once) and remember them."""
-        for key, (arch, metrics) in pending.items():
-            self.state.evaluated[key] = Candidate(arch, float(self.score(arch)), metrics)
+        """Score new candidates (each arch once, as one batch the score may spread over threads or
+        torchrun ranks) and remember them."""
+        new = [(key, arch, metrics) for key, (arch, metrics) in pending.items() if key not in self.state.evaluated]
+        for (key, arch, metrics), value in zip(new, score_batch(self.score, [arch for _, arch, _ in new])):
+            self.state.evaluated[key] = Candidate(arch, value, metrics)
+
+    def score_of(self, arch: Arch) -> float:
+        """The score of any arch, from the run's record when it was evaluated (never scored twice)."""
+        done = self.state.evaluated.get(arch.key)
+        return done.score if done is not None else score_batch(self.score, [arch])[0]
+
+    def _bests(self) -> list[float | None]:
+        return [c[0].score if c else None for c in (self.best(b) for b in self.constraints.budgets())]
+
+    def _improved(self, before: list[float | None]) -> bool:
+        return any(a is not None and (b is None or a > b) for a, b in zip(self._bests(), before))
 
     def _initial_population(self) -> dict[str, tuple[Arch, dict]]:
         pending: dict[str, tuple[Arch, dict]] = {}
@@ -235,6 +271,11 @@ class Evolution:
                 pending[drawn[0].key] = drawn
         return pending
 
+    @property
+    def converged(self) -> bool:
+        """No better feasible arch for `patience` generations: further generations are not run."""
+        return self.config.patience is not None and self.state.stale >= self.config.patience
+
     def run(self) -> dict[float | None, Candidate | None]:
         """Run (or finish) the search; returns the winner of each budget."""
         if self.state.generation < 0:
@@ -248,7 +289,11 @@ class Evolution:
             if self.on_generation:
                 self.on_generation(0, self)
         for generation in range(self.state.generation + 1, self.config.generations + 1):
+            if self.converged:
+                break
+            before = self._bests()
             self.evaluate(self._children() if self.config.method == "evolution" else self._random_batch())
+            self.state.stale = 0 if self._improved(before) else self.state.stale + 1
             self.checkpoint(generation)
             if self.on_generation:
                 self.on_generation(generation, self)

@@ -45,6 +45,7 @@ class SearchRequest:
     out: str | None = None
     resume: bool = False
     measure_top: int = 0
+    score_device: str | None = None   # where scores are computed: auto (None), cpu, cuda, cuda:N
 
 
 @dataclass
@@ -55,6 +56,9 @@ class SearchResult:
     notes: list[str]
     measured: dict[str, list[dict]] = field(default_factory=dict)
     failure: str | None = None  # a budget no candidate met (exit 1 in the CLI)
+    correlations: dict = field(default_factory=dict)  # Kendall tau of the score with params / FLOPs
+    evaluated: int = 0
+    is_main: bool = True  # False on torchrun ranks other than 0, which print and write nothing
 
 
 def check_budgets(model: MetricModel, constraints: Constraints) -> list[str]:
@@ -106,11 +110,20 @@ def resolve_space(request: SearchRequest) -> tuple[SearchSpace, tuple | None]:
 
 
 def make_score(request: SearchRequest, space: SearchSpace, trained: tuple | None) -> Score:
-    if trained is None:
-        return DSSScore(space, seed=request.config.seed)
-    from deployvit.search.supernet_score import supernet_accuracy
+    """The score on `request.score_device`; under torchrun (WORLD_SIZE > 1) it joins the process
+    group and each batch of candidates is shared out over the ranks (`search.distributed`)."""
+    from deployvit.compute import compute_device
+    from deployvit.search.distributed import ShardedScore, join_torchrun, local_rank
 
-    return supernet_accuracy(request, *trained)
+    device = compute_device(request.score_device, local_rank())
+    ranks = join_torchrun(device)
+    if trained is None:
+        score = DSSScore(space, seed=request.config.seed, device=device)
+    else:
+        from deployvit.search.supernet_score import supernet_accuracy
+
+        score = supernet_accuracy(request, *trained)
+    return ShardedScore(score, ranks) if ranks.distributed else score
 
 
 def resolve_latency_table(request: SearchRequest, space: SearchSpace):
@@ -142,6 +155,11 @@ def _append_log(path: Path, entry: dict) -> None:
 
 
 def run_search(request: SearchRequest, echo: Callable[[str], None] = print, progress: bool = True) -> SearchResult:
+    from deployvit.search.distributed import is_main_process
+
+    main = is_main_process()  # torchrun ranks > 0 search alongside rank 0 but print and write nothing
+    if not main:
+        echo, progress = (lambda *_: None), False
     space, trained = resolve_space(request)
     resolved = resolve_latency_table(request, space)
     table = resolved.table if resolved else None
@@ -164,7 +182,8 @@ def run_search(request: SearchRequest, echo: Callable[[str], None] = print, prog
         raise DeployvitError(f"run directory {run_dir} is not empty (use --resume to continue it, or another --out)")
     score = make_score(request, space, trained)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DeployvitError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
     log_path = run_dir / "log.jsonl"
@@ -177,12 +196,15 @@ def run_search(request: SearchRequest, echo: Callable[[str], None] = print, prog
 
     def on_generation(generation: int, evo: Evolution) -> None:
         best = {budget_label(b): (c[0].score if c else None) for b, c in ((b, evo.best(b)) for b in request.constraints.budgets())}
-        _append_log(log_path, {"generation": generation, "evaluated": len(evo.state.evaluated), "best_score": best})
+        if main:
+            _append_log(log_path, {"generation": generation, "evaluated": len(evo.state.evaluated), "best_score": best,
+                                   "stale_generations": evo.state.stale})
         if bar is not None:
             bar.n = generation + 1
             bar.refresh()
 
-    evolution = Evolution(space, model, request.constraints, score, request.config, state_path, on_generation, _sources(request, table))
+    evolution = Evolution(space, model, request.constraints, score, request.config, state_path, on_generation,
+                          _sources(request, table), write_state=main)
     if request.resume:
         evolution.resume()
         if bar is not None:
@@ -202,11 +224,19 @@ def run_search(request: SearchRequest, echo: Callable[[str], None] = print, prog
         winners_by_budget, measured = measure_top(evolution, table, request.measure_top, echo)
     winners = {budget_label(b): c for b, c in winners_by_budget.items() if c is not None}
     summary = _correlations(evaluated, score.name)
-    _append_log(log_path, {"final": True, "winners": {k: c.to_dict() for k, c in winners.items()}, **summary, "measured": measured,
-                           "held_out_images": len(getattr(score, "held_out_ids", [])) or None,
-                           "latency": latency_provenance(table), "request": _request_dict(request)})
-    _write_outputs(run_dir, evolution, evaluated, winners, score.name, space, model, request, latency_provenance(table))
-    result = SearchResult(run_dir, winners, table_desc, notes, measured)
+    if evolution.converged and evolution.state.generation < request.config.generations:
+        echo(f"stopped after generation {evolution.state.generation}: no better feasible arch for {request.config.patience} generations (--patience)")
+    provenance = latency_provenance(table)
+    if main:
+        _append_log(log_path, {"final": True, "winners": {k: c.to_dict() for k, c in winners.items()}, **summary, "measured": measured,
+                               "held_out_images": len(getattr(score, "held_out_ids", [])) or None,
+                               "stopped_at_generation": evolution.state.generation, "latency": provenance,
+                               "request": _request_dict(request)})
+    _write_outputs(run_dir, evolution, evaluated, winners, score.name, space, model, request, provenance, main)
+    if hasattr(score, "close"):
+        score.close()
+    result = SearchResult(run_dir, winners, table_desc, notes, measured, correlations=summary, evaluated=len(evaluated),
+                          is_main=main)
     unmet = [budget_label(b) for b, c in winners_by_budget.items() if c is None]
     if unmet:
         how = "timed on this machine" if request.measure_top else ("drawn from the sampler" if request.score == "sampler" else "searched")
@@ -274,13 +304,16 @@ def _request_dict(request: SearchRequest) -> dict:
     return data
 
 
-def _write_outputs(run_dir, evolution, evaluated, winners, score_name, space, model, request, provenance) -> None:
+def _write_outputs(run_dir, evolution, evaluated, winners, score_name, space, model, request, provenance, main=True) -> None:
+    """Rank 0 writes; every rank scores the reference archs (a collective under torchrun)."""
     cost = "latency" if "latency" in model.metrics else "flops"
     front = pareto_front(evaluated, cost)
-    write_pareto(run_dir, front, provenance)
     baselines = {}
     for name, arch in reference_archs(space).items():
-        baselines[name] = (arch, float(evolution.score(arch)), model.metrics_of(arch))
+        baselines[name] = (arch, evolution.score_of(arch), model.metrics_of(arch))
+    if not main:
+        return
+    write_pareto(run_dir, front, provenance)
     plot_pareto(
         run_dir / "pareto.png", evaluated, front, cost, score_name, request.constraints.budgets(), baselines,
         f"{space.name}: {len(evaluated)} archs evaluated ({request.config.method}, seed {request.config.seed})",

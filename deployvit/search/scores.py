@@ -12,6 +12,10 @@ in float64, several times cheaper than an SVD at these sizes and exact up to rou
 
 from __future__ import annotations
 
+import copy
+import queue
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Protocol
 
 import torch
@@ -56,24 +60,63 @@ _SCORED = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.wei
 
 
 class DSSScore:
+    """The DSS indicator of an arch (module docstring), on `device`.
+
+    Speed without changing the number: on the CPU each evaluation runs with one intra-op thread and
+    `threads` evaluations run side by side (whole archs, each on its own replica of the seeded
+    supernet). At batch 1 and ~200 tokens the matmuls and the 52 small float64 eigensolves of an arch
+    scale poorly across OpenMP threads, and on a loaded machine OpenMP's spinning made a 2-thread
+    eigensolve ~40x more CPU-expensive than a 1-thread one; independent archs scale ~linearly. One
+    thread per evaluation also makes every score independent of the thread count, so a torchrun rank
+    computes bit for bit what a single process computes. `reference()` is the previous, sequential
+    evaluation, kept for the equality test and the benchmark.
+    """
+
     name = "dss"
 
-    def __init__(self, space: SearchSpace, seed: int = 0, batch_size: int = 1):
+    def __init__(self, space: SearchSpace, seed: int = 0, batch_size: int = 1,
+                 device: torch.device = torch.device("cpu"), threads: int | None = None):
         generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
-        self.supernet = Supernet(space).eval()
+        supernet = Supernet(space).eval()  # built on the CPU: the same weights whatever the device
         with torch.no_grad():
-            for p in self.supernet.parameters():
+            for p in supernet.parameters():
                 p.abs_()
-        self.x = torch.randn(batch_size, space.in_chans, space.img_size, space.img_size, generator=generator)
+        self.device = torch.device(device)
+        self.supernet = supernet.to(self.device)
+        x = torch.randn(batch_size, space.in_chans, space.img_size, space.img_size, generator=generator)
+        self.x = x.to(self.device)
         self._weight_nuc: dict[tuple, float] = {}
+        if threads is None:
+            threads = torch.get_num_threads() if self.device.type == "cpu" else 1
+        self.threads = max(1, int(threads))
+        self._replicas: queue.SimpleQueue = queue.SimpleQueue()
+        for i in range(self.threads):
+            self._replicas.put(self.supernet if i == 0 else copy.deepcopy(self.supernet))
 
     def __call__(self, arch: Arch) -> float:
-        model = self.supernet.extract(arch).eval()
+        return self.score_many([arch])[0]
+
+    def score_many(self, archs: list[Arch]) -> list[float]:
+        """Scores of `archs`, in order; up to `threads` evaluated at once."""
+        if self.device.type != "cpu" or self.threads == 1 or len(archs) == 1:
+            with _intra_op_threads(1 if self.device.type == "cpu" else torch.get_num_threads()):
+                return [self._evaluate(arch) for arch in archs]
+        with ThreadPoolExecutor(min(self.threads, len(archs)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            return list(pool.map(self._evaluate, archs))
+
+    def _evaluate(self, arch: Arch) -> float:
+        supernet = self._replicas.get()  # a replica of its own: extract() sets the supernet's arch
+        try:
+            return self._dss(supernet.extract(arch).eval(), supernet.layer_indices(arch))
+        finally:
+            self._replicas.put(supernet)
+
+    def _dss(self, model, layer_indices: list[list[int]]) -> float:
         for name, param in model.named_parameters():  # only the scored weights need dR/dW
             param.requires_grad_(name.endswith(_SCORED))
         model(self.x).sum().backward()
-        positions = [(si, li) for si, layers in enumerate(self.supernet.layer_indices(arch)) for li in layers]
+        positions = [(si, li) for si, layers in enumerate(layer_indices) for li in layers]
         blocks = [b for stage in model.stages for b in stage]
         keys, weights, grads = [], [], []
         score = 0.0
@@ -86,7 +129,29 @@ class DSSScore:
             score += saliency(block.mlp.fc1.weight) + saliency(block.mlp.fc2.weight)
         missing = [i for i, k in enumerate(keys) if k not in self._weight_nuc]
         for i, value in zip(missing, nuclear_norms([weights[i] for i in missing])):
-            self._weight_nuc[keys[i]] = value
+            self._weight_nuc[keys[i]] = value  # same value whichever thread computes it first
         for key, grad_nuc in zip(keys, nuclear_norms(grads)):
             score += grad_nuc * self._weight_nuc[key]
         return score + saliency(model.head.fc.weight)
+
+    def reference(self, arch: Arch) -> float:
+        """The evaluation as it was before the threading work: one arch at a time on the calling
+        thread with torch's thread setting, on the shared supernet (for the test and benchmark)."""
+        return self._dss(self.supernet.extract(arch).eval(), self.supernet.layer_indices(arch))
+
+
+@contextmanager
+def _intra_op_threads(n: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def score_batch(score: Score, archs: list[Arch]) -> list[float]:
+    """Scores of `archs` in order: through the score's own `score_many` where it has one (threaded
+    DSS, the torchrun-sharded wrapper), else one call per arch."""
+    many = getattr(score, "score_many", None)
+    return [float(v) for v in many(archs)] if many is not None else [float(score(a)) for a in archs]
