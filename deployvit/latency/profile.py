@@ -237,7 +237,7 @@ def _build_table(space, label, device, settings, state, calib, val, calib_archs,
     val_meas = [state["val"][a.key]["median_us"] for a in val]
     val_pred = [table.scale * s + table.bias for s in val_sums]
     table.calibration = {
-        "method": "least squares measured_us = scale * sum(part median_us) + bias",
+        "method": "least squares measured_us = scale * sum(part median_us) + bias, bias >= 0",
         "archs": [
             {"arch": a.to_dict(), "sum_us": s, "measured_us": m, "cv": state["calib"][a.key]["cv"]}
             for a, s, m in zip(calib, calib_sums, calib_meas)
