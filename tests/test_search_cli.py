@@ -164,7 +164,7 @@ def test_measure_top_with_a_gpu_table_fails_before_the_search_here(tmp_path):
         (["--latency", "5ms", "--device", "a100"], "no shipped latency table a100/"),
         (["--score", "supernet"], "needs --supernet"),
         (["--score", "supernet", "--supernet", "/nonexistent.pt", "--data", "digits"], "checkpoint not found"),
-        (["--batch-size", "0", "--latency", "5ms", "--device", "cpu"], "--batch-size must be at least 1"),
+        (["--batch-size", "0", "--latency", "5ms", "--device", "cpu"], "0 is not in the range 1<=x<=4096"),
         (["--population", "0"], "--population"),
     ],
 )

@@ -42,7 +42,7 @@ def table_chosen(request: "SearchRequest") -> bool:
 def resolve_table(request: "SearchRequest", space: SearchSpace) -> tuple["LatencyTable | None", str | None]:
     """(table, the line that names it and its device/runtime, plus any machine-mismatch warnings),
     or (None, None) when nothing needs latency."""
-    from deployvit.latency.table import LatencyTable, default_table
+    from deployvit.latency.table import LatencyTable, check_covers, default_table
 
     if request.table is not None:
         path = Path(request.table)
@@ -63,6 +63,7 @@ def resolve_table(request: "SearchRequest", space: SearchSpace) -> tuple["Latenc
             f"latency table {path} was profiled for another version of space {space.name!r} "
             f"(image size {meta['img_size']} vs {space.img_size}, or other choices); profile this space"
         )
+    check_covers(table, space)
     lines = [f"latency table: {path} [{table.describe()}]"]
     lines += [f"warning: {w.message}" for w in caught]
     return table, "\n".join(lines)
