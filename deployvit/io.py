@@ -248,6 +248,69 @@ def _trail(trail: tuple | None) -> str:
     return out
 
 
+class nullable:
+    """Schema marker: `spec` or null (`check_schema`)."""
+
+    def __init__(self, spec: Any):
+        self.spec = spec
+
+
+def check_schema(data: Any, spec: Any, where: str, field: str = "") -> None:
+    """Check `data` against a small declarative schema; one DeployvitError `<where>: <field>: expected ...`.
+
+    spec forms: `int` (an integer, not a bool), `float` (a finite int or float), `str`, `bool`,
+    `dict` / `list` (any mapping / list), a class (isinstance, e.g. torch.Tensor), `(int|float, lo, hi)`
+    (a bounded number), `[spec]` (a list of spec), `{str: spec}` (a mapping of any string keys to spec),
+    `{"key": spec, "opt?": spec}` (a mapping with those keys, `?` marking an optional one; other keys
+    allowed), `nullable(spec)`. The readers of run, sampler and checkpoint state declare their
+    formats this way, so a hand-edited or hostile file fails here, not as a KeyError deep inside."""
+    name = field or "(top level)"
+    if isinstance(spec, nullable):
+        if data is not None:
+            check_schema(data, spec.spec, where, field)
+        return
+    if isinstance(spec, tuple):
+        typ, lo, hi = spec
+        check_schema(data, typ, where, field)
+        if not lo <= data <= hi:
+            raise DeployvitError(f"{where}: {name}: expected {'an integer' if typ is int else 'a number'} in [{lo:g}, {hi:g}], got {data!r}")
+        return
+    if isinstance(spec, list):
+        if not isinstance(data, list):
+            raise DeployvitError(f"{where}: {name}: expected a list, got {type(data).__name__}")
+        for i, item in enumerate(data):
+            check_schema(item, spec[0], where, f"{field}[{i}]")
+        return
+    if isinstance(spec, dict):
+        if not isinstance(data, dict):
+            raise DeployvitError(f"{where}: {name}: expected a mapping, got {type(data).__name__}")
+        if set(spec) == {str}:
+            for key, item in data.items():
+                if not isinstance(key, str):
+                    raise DeployvitError(f"{where}: {name}: expected string keys, got {type(key).__name__}")
+                check_schema(item, spec[str], where, f"{field}[{key!r}]")
+            return
+        for key, sub in spec.items():
+            optional = key.endswith("?")
+            key = key.rstrip("?")
+            if key not in data:
+                if optional:
+                    continue
+                raise DeployvitError(f"{where}: {field + '.' if field else ''}{key}: missing")
+            check_schema(data[key], sub, where, f"{field}.{key}" if field else key)
+        return
+    if spec is float:
+        ok = isinstance(data, (int, float)) and not isinstance(data, bool) and math.isfinite(data)
+        kind = "a finite number"
+    elif spec is int:
+        ok, kind = isinstance(data, int) and not isinstance(data, bool), "an integer"
+    else:
+        ok, kind = isinstance(data, spec), {str: "a string", bool: "true or false", dict: "a mapping", list: "a list"}.get(spec, spec.__name__)
+    if not ok:
+        shown = repr(data) if isinstance(data, (int, float, str, bool, type(None))) and len(repr(data)) <= 40 else type(data).__name__
+        raise DeployvitError(f"{where}: {name}: expected {kind}, got {shown}")
+
+
 def in_file(path: str | os.PathLike, exc: DeployvitError) -> DeployvitError:
     """`exc` with the file named first (the one error style), unless it already names it."""
     name = str(path)

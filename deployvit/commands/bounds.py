@@ -27,7 +27,7 @@ def ints(lo: int, hi: int) -> click.IntRange:
     return click.IntRange(lo, hi)
 
 
-def floats(lo: float, hi: float, min_open: bool = False, max_open: bool = False) -> FiniteFloat:
+def floats(lo: float | None, hi: float | None, min_open: bool = False, max_open: bool = False) -> FiniteFloat:
     return FiniteFloat(lo, hi, min_open=min_open, max_open=max_open)
 
 
@@ -43,6 +43,6 @@ THREADS = ints(1, 1024)
 WORKERS = ints(0, 256)
 FRACTION = floats(0, 1)
 RATE = floats(0, 1, max_open=True)  # decays and drop rates: 1 would freeze or drop everything
-LR = floats(0, 10, min_open=True)
-NON_NEGATIVE = floats(0, 1e6)
+LR = floats(0, None, min_open=True)  # no upper bound: a huge rate is a legitimate way to test divergence
+NON_NEGATIVE = floats(0, None)
 IMG_SIZE = ints(1, 4096)  # deployvit.arch.LIMITS["img_size"]

@@ -106,6 +106,12 @@ class SearchState:
 
 
 _SOURCE_NAMES = {"table": "latency table", "supernet": "supernet checkpoint", "data": "data directory"}
+#: what `resume` checks a search_state.json against before anything uses it (`io.check_schema`)
+_STATE_SCHEMA = {
+    "config": dict, "constraints": dict, "score": str, "space_hash": str, "generation": (int, -1, 10**9),
+    "rng": dict, "sources?": io.nullable({str: io.nullable(str)}),
+    "evaluated": [{"arch": dict, "score": float, "metrics": {str: float}}],
+}
 
 
 class Evolution:
@@ -132,9 +138,12 @@ class Evolution:
     def resume(self) -> None:
         """Continue from `state_path`; refuse a state written for other settings."""
         data = io.read_json(self.state_path, what="search state")
+        io.check_schema(data, _STATE_SCHEMA, f"{self.state_path}: corrupt search state")
         try:
             saved = SearchState.from_dict(data)
             self.rng.bit_generator.state = saved.rng
+        except DeployvitError as exc:  # an evaluated arch that is not a valid arch
+            raise io.in_file(self.state_path, exc) from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DeployvitError(f"corrupt search state {self.state_path}: {type(exc).__name__} {exc}") from None
         for name in ("config", "constraints", "score", "space_hash"):
