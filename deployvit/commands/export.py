@@ -59,7 +59,7 @@ def _common_options(fn: Callable) -> Callable:
         click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True),
         click.option("--batch-size", type=bounds.BATCH, help="Static batch size (default: dynamic batch 1,8,32)."),
         click.option("--dynamic-batch", help="Dynamic batch MIN,OPT,MAX (OPT: the size TensorRT tunes for)."),
-        click.option("--opset", type=int, help=f"ONNX opset, >= {MIN_OPSET} (default {DEFAULT_OPSET}; {BF16_MIN_OPSET} for bf16)."),
+        click.option("--opset", type=bounds.ints(1, 99), help=f"ONNX opset, >= {MIN_OPSET} (default {DEFAULT_OPSET}; {BF16_MIN_OPSET} for bf16)."),
         click.option("--legacy-exporter", is_flag=True, help="Use the TorchScript ONNX exporter instead of dynamo."),
         click.option("--data", help="Verify on the val split of: digits, a CIFAR folder or an ImageFolder root."),
         click.option("--samples", type=bounds.SAMPLES, default=128, show_default=True,
