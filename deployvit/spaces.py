@@ -329,7 +329,7 @@ def space_from_dict(data: Any, allow_preset_name: bool = False) -> SearchSpace:
     single = "stages" not in data  # the stage keys at top level
     if single:
         data["stages"] = [{k: data.pop(k) for k in list(data) if k in _STAGE_SPACE_KEYS}]
-    unknown = sorted(set(data) - _SPACE_KEYS)
+    unknown = sorted(set(data) - _SPACE_KEYS, key=str)
     if unknown:
         allowed = _SPACE_KEYS | (_STAGE_SPACE_KEYS if single else set())
         raise DeployvitError(f"space: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
@@ -347,7 +347,7 @@ def space_from_dict(data: Any, allow_preset_name: bool = False) -> SearchSpace:
         where = f"stages[{i}]"
         if not isinstance(raw, dict):
             raise DeployvitError(f"{where}: expected a mapping")
-        unknown = sorted(set(raw) - _STAGE_SPACE_KEYS)
+        unknown = sorted(set(raw) - _STAGE_SPACE_KEYS, key=str)
         if unknown:
             raise DeployvitError(f"{where}: unknown key {unknown[0]!r}")
         missing = sorted({"embed_dim", "depth", "num_heads", "mlp_ratio"} - set(raw))

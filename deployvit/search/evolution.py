@@ -144,7 +144,7 @@ class Evolution:
             self.rng.bit_generator.state = saved.rng
         except DeployvitError as exc:  # an evaluated arch that is not a valid arch
             raise io.in_file(self.state_path, exc) from None
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:  # OverflowError: a mangled rng state
             raise DeployvitError(f"corrupt search state {self.state_path}: {type(exc).__name__} {exc}") from None
         for name in ("config", "constraints", "score", "space_hash"):
             if getattr(saved, name) != getattr(self.state, name):
