@@ -369,3 +369,18 @@ def test_check_schema_words_every_problem_as_one_line():
                          ({"a": 1, "c": {"k": float("nan")}}, r"c\['k'\]: expected a finite number")]:
         with pytest.raises(DeployvitError, match=needle):
             io.check_schema(data, spec, "f.json")
+
+
+def test_a_damaged_profile_progress_file_is_ignored_not_used(tmp_path):
+    from deployvit.latency import profile as profile_mod
+
+    key = {"space": "test"}
+    path = tmp_path / "t.json.progress.json"
+    said = []
+    good = {"format": profile_mod.PROGRESS_FORMAT, "key": key, "entries": {"stem": {"median_us": 5.0, "cv": 0.1}}, "calib": {}, "val": {}}
+    io.write_json(path, good)
+    assert profile_mod._load_progress(path, key, said.append)["entries"] == good["entries"]
+    for damage in ({"median_us": -5.0, "cv": 0.1}, {"median_us": "5", "cv": 0.1}, {"cv": 0.1}):
+        io.write_json(path, {**good, "entries": {"stem": damage}})
+        assert profile_mod._load_progress(path, key, said.append)["entries"] == {}
+    assert len(said) == 3 and all("damaged progress file" in line and "entries['stem']" in line for line in said)
