@@ -384,3 +384,14 @@ def test_a_damaged_profile_progress_file_is_ignored_not_used(tmp_path):
         io.write_json(path, {**good, "entries": {"stem": damage}})
         assert profile_mod._load_progress(path, key, said.append)["entries"] == {}
     assert len(said) == 3 and all("damaged progress file" in line and "entries['stem']" in line for line in said)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--latency", "1e999ms"], "positive and finite"),
+    (["--flops", "1e999G"], "positive and finite"),
+    (["--latency", ",".join(f"{i}ms" for i in range(1, 100))], "at most 64"),
+])
+def test_budgets_that_are_no_budget_are_refused(tmp_path, argv, needle):
+    out = tmp_path / "run"
+    assert_one_line_error(run_cli("search", "--space", "test", *argv, "--out", str(out)), needle)
+    assert not out.exists()

@@ -5,6 +5,7 @@ Latency is kept in microseconds (the unit of latency tables), FLOPs in MACs, par
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ _UNITS = {
     "flops": {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12},
     "params": {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9},
 }
+MAX_BUDGETS = 64  # latency budgets of one search
 _NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-zµ]*)\s*$", re.IGNORECASE)
 
 
@@ -28,8 +30,8 @@ def parse_amount(text: str, metric: str) -> float:
     if unit not in units or (metric == "latency" and not unit):
         allowed = ", ".join(u for u in units if u) if metric == "latency" else "k, M, G" + (", T" if metric == "flops" else "")
         raise DeployvitError(f"--{metric} {text!r}: unknown unit {unit!r} (use {allowed})")
-    if value <= 0:
-        raise DeployvitError(f"--{metric} {text!r}: must be positive")
+    if not 0 < value * units[unit] < math.inf:  # 1e999ms parses as inf: that is no budget, not a budget
+        raise DeployvitError(f"--{metric} {text!r}: must be positive and finite")
     return value * units[unit]
 
 
@@ -38,6 +40,8 @@ def parse_amounts(text: str, metric: str) -> list[float]:
     values = sorted({parse_amount(part, metric) for part in text.split(",") if part.strip()})
     if not values:
         raise DeployvitError(f"--{metric}: empty budget")
+    if len(values) > MAX_BUDGETS:  # each budget keeps its own parents and share of every generation
+        raise DeployvitError(f"--{metric}: {len(values)} budgets; expected at most {MAX_BUDGETS}")
     return values
 
 
