@@ -395,3 +395,10 @@ def test_budgets_that_are_no_budget_are_refused(tmp_path, argv, needle):
     out = tmp_path / "run"
     assert_one_line_error(run_cli("search", "--space", "test", *argv, "--out", str(out)), needle)
     assert not out.exists()
+
+
+def test_a_search_too_large_to_hold_is_refused_up_front(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("search", "--space", "test", "--flops", "1G", "--population", "100", "--generations", "10000", "--out", str(out))
+    assert_one_line_error(result, "evaluations; expected at most 50,000")
+    assert not out.exists()

@@ -33,7 +33,8 @@ def floats(lo: float | None, hi: float | None, min_open: bool = False, max_open:
 
 SEED = ints(0, 2**32 - 1)  # what numpy's default_rng and torch.manual_seed both take
 BATCH = ints(1, 4096)  # images per step / per timed call
-SAMPLES = ints(1, 100_000)  # archs or images drawn for one command
+SAMPLES = ints(1, 100_000)  # archs drawn for one command
+IMAGES = ints(1, 10_000)  # images held in memory at once (10,000 at 224 x 224 fp32: 6 GB)
 COUNT = ints(0, 100_000)  # evolution sizes, candidates to time
 EPOCHS = ints(1, 100_000)
 STEPS = ints(0, 10**9)  # step intervals (0: off)

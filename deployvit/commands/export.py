@@ -62,7 +62,7 @@ def _common_options(fn: Callable) -> Callable:
         click.option("--opset", type=bounds.ints(1, 99), help=f"ONNX opset, >= {MIN_OPSET} (default {DEFAULT_OPSET}; {BF16_MIN_OPSET} for bf16)."),
         click.option("--legacy-exporter", is_flag=True, help="Use the TorchScript ONNX exporter instead of dynamo."),
         click.option("--data", help="Verify on the val split of: digits, a CIFAR folder or an ImageFolder root."),
-        click.option("--samples", type=bounds.SAMPLES, default=128, show_default=True,
+        click.option("--samples", type=bounds.IMAGES, default=128, show_default=True,
                      help="Images to verify on (synthetic seeded images without --data)."),
         click.option("--budget", help="Latency budget at batch 1, e.g. 5ms or 800us: NOT MET is exit 1."),
         click.option("--table", type=click.Path(dir_okay=False),

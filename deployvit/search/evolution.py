@@ -29,6 +29,10 @@ if TYPE_CHECKING:
     from deployvit.search.scores import Score
 
 
+MAX_EVALUATIONS = 50_000  # 48x AutoFormer's 1,050
+STATE_MAX_BYTES = 256 << 20  # search_state.json holds 1.3 kB (autoformer) to 2.3 kB (resnas) per candidate
+
+
 @dataclass
 class EvolutionConfig:
     """AutoFormer's defaults (evolution.py of microsoft/Cream)."""
@@ -56,6 +60,11 @@ class EvolutionConfig:
         for name in ("layer_prob", "stage_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise DeployvitError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.evaluations > MAX_EVALUATIONS:  # every candidate stays in memory and in search_state.json
+            raise DeployvitError(
+                f"--population + --generations x (--mutations + --crossovers) is {self.evaluations:,} evaluations; "
+                f"expected at most {MAX_EVALUATIONS:,}"
+            )
 
     @property
     def evaluations(self) -> int:
@@ -137,7 +146,7 @@ class Evolution:
 
     def resume(self) -> None:
         """Continue from `state_path`; refuse a state written for other settings."""
-        data = io.read_json(self.state_path, what="search state")
+        data = io.read_json(self.state_path, what="search state", max_bytes=STATE_MAX_BYTES)
         io.check_schema(data, _STATE_SCHEMA, f"{self.state_path}: corrupt search state")
         try:
             saved = SearchState.from_dict(data)
