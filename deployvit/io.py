@@ -104,7 +104,7 @@ def read_text(p: Path, what: str, max_bytes: int = MAX_BYTES) -> str:
     """The file's UTF-8 text; missing, oversized, binary and undecodable files are one line each."""
     try:
         if p.is_dir():
-            raise DeployvitError(f"{p}: expected a {what}, got a directory")
+            raise DeployvitError(f"{p}: expected {_a(what)}, got a directory")
         size = p.stat().st_size
         if size > max_bytes:
             raise DeployvitError(f"{p}: {what} is {size:,} bytes; expected at most {max_bytes:,}")
@@ -117,11 +117,15 @@ def read_text(p: Path, what: str, max_bytes: int = MAX_BYTES) -> str:
     if len(data) > max_bytes:
         raise DeployvitError(f"{p}: {what} is over {max_bytes:,} bytes")
     if b"\x00" in data:
-        raise DeployvitError(f"{p}: expected a {what} (text), got a binary file")
+        raise DeployvitError(f"{p}: expected {_a(what)} (text), got a binary file")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DeployvitError(f"{p}: expected a {what} in UTF-8 text, got undecodable byte at offset {exc.start}") from None
+        raise DeployvitError(f"{p}: expected {_a(what)} in UTF-8 text, got an undecodable byte at offset {exc.start}") from None
+
+
+def _a(what: str) -> str:
+    return f"{'an' if what[:1].lower() in 'aeiou' else 'a'} {what}"
 
 
 def parse_json(text: str, where: str, what: str = "JSON", *, allow_nonfinite: bool = False) -> Any:

@@ -216,6 +216,8 @@ def _shown(value: Any) -> str:
 
 
 def _object(value: Any, where: str) -> dict:
+    if value is None:
+        raise _TableProblem(f"{where}: missing")
     if not isinstance(value, dict):
         raise _TableProblem(f"{where}: expected an object, got {type(value).__name__}")
     return value

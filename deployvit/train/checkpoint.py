@@ -78,11 +78,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated / foreign files
-        raise DeployvitError(f"cannot read checkpoint {p}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise DeployvitError(f"cannot read checkpoint {p}: {_load_problem(exc)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DeployvitError(f"{p} is not a deployvit training checkpoint")
     io.check_schema(state, _CHECKPOINT_SCHEMA, str(p))
     return state
+
+
+def _load_problem(exc: Exception) -> str:
+    """torch's weights-only refusal is a page of advice to run untrusted code; say what it means."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        return "not a torch checkpoint of tensors and plain data (refused to unpickle anything else)"
+    return (text.splitlines() or [type(exc).__name__])[0]
 
 
 def load_supernet(path: str | os.PathLike, prefer_ema: bool = True):
@@ -131,7 +139,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
                 return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # safetensors / pickle errors: the file is not a checkpoint
-        raise DeployvitError(f"cannot read checkpoint {p}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+        raise DeployvitError(f"cannot read checkpoint {p}: {_load_problem(exc)}") from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
