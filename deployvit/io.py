@@ -85,10 +85,10 @@ MAX_VALUES = 2_000_000
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file", *, allow_nonfinite: bool = False,
-              max_bytes: int = MAX_BYTES) -> Any:
+              max_bytes: int = MAX_BYTES, max_values: int = MAX_VALUES) -> Any:
     """Read one JSON file with the checks above; every problem is a one-line DeployvitError."""
     p = Path(path)
-    return parse_json(read_text(p, what, max_bytes), f"{p}", what, allow_nonfinite=allow_nonfinite)
+    return parse_json(read_text(p, what, max_bytes), f"{p}", what, allow_nonfinite=allow_nonfinite, max_values=max_values)
 
 
 def read_data(path: str | os.PathLike, what: str = "file", *, max_bytes: int = MAX_BYTES) -> Any:
@@ -128,7 +128,7 @@ def _a(what: str) -> str:
     return f"{'an' if what[:1].lower() in 'aeiou' else 'a'} {what}"
 
 
-def parse_json(text: str, where: str, what: str = "JSON", *, allow_nonfinite: bool = False) -> Any:
+def parse_json(text: str, where: str, what: str = "JSON", *, allow_nonfinite: bool = False, max_values: int = MAX_VALUES) -> Any:
     """`json.loads` with duplicate keys refused and the tree checked (`check_tree`)."""
     try:
         data = json.loads(text, object_pairs_hook=_unique_pairs)
@@ -140,7 +140,7 @@ def parse_json(text: str, where: str, what: str = "JSON", *, allow_nonfinite: bo
         raise DeployvitError(f"{where}: {what} is nested too deeply (at most {MAX_DEPTH} levels)") from None
     except ValueError as exc:  # an integer literal over Python's digit limit
         raise DeployvitError(f"{where}: malformed {what}: {_short(exc)}") from None
-    check_tree(data, where, what, allow_nonfinite=allow_nonfinite)
+    check_tree(data, where, what, allow_nonfinite=allow_nonfinite, max_values=max_values)
     return data
 
 

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 
 MAX_EVALUATIONS = 50_000  # 48x AutoFormer's 1,050
-STATE_MAX_BYTES = 256 << 20  # search_state.json holds 1.3 kB (autoformer) to 2.3 kB (resnas) per candidate
+# search_state.json holds 1.3 kB and ~60 JSON values (autoformer) to 2.3 kB and ~90 values (resnas) per candidate
+STATE_MAX_BYTES, STATE_MAX_VALUES = 256 << 20, 20_000_000
 
 
 @dataclass
@@ -146,7 +147,7 @@ class Evolution:
 
     def resume(self) -> None:
         """Continue from `state_path`; refuse a state written for other settings."""
-        data = io.read_json(self.state_path, what="search state", max_bytes=STATE_MAX_BYTES)
+        data = io.read_json(self.state_path, what="search state", max_bytes=STATE_MAX_BYTES, max_values=STATE_MAX_VALUES)
         io.check_schema(data, _STATE_SCHEMA, f"{self.state_path}: corrupt search state")
         try:
             saved = SearchState.from_dict(data)
