@@ -35,7 +35,7 @@ _CHECKPOINT_SCHEMA = {
     "ema?": io.nullable(_TENSORS),
     "progress?": io.nullable({"epoch": (int, 0, 10**9), "step": (int, 0, 10**12), "steps_per_epoch": (int, 0, 10**12)}),
     "recipe?": dict,
-    "sampler?": io.nullable({"name": str}),
+    "sampler?": io.nullable({"name?": str}),  # a retrain checkpoint records {}
     "history?": list,
 }
 
