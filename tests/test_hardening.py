@@ -402,3 +402,24 @@ def test_a_search_too_large_to_hold_is_refused_up_front(tmp_path):
     result = run_cli("search", "--space", "test", "--flops", "1G", "--population", "100", "--generations", "10000", "--out", str(out))
     assert_one_line_error(result, "evaluations; expected at most 50,000")
     assert not out.exists()
+
+
+def test_real_checkpoints_pass_their_schemas(tmp_path):
+    """The checked readers accept what the writers write: a focus-sampler supernet run and a retrain run."""
+    from deployvit.train.checkpoint import load_supernet, read_checkpoint
+    from deployvit.train.focus import load_sampler
+
+    torch.set_num_threads(1)
+    tiny = ["--data", "digits", "--epochs", "1", "--batch-size", "128", "--aug", "none", "--warmup-epochs", "0", "--log-every", "0"]
+    supernet = tmp_path / "supernet"
+    result = run_cli("train-supernet", "--space", "test", "--sampler", "focus", "--held-out-per-class", "5", "--out", str(supernet), *tiny)
+    assert result.code == 0, result.err
+    for name in ("checkpoint.pt", "last.pt"):
+        read_checkpoint(supernet / name)
+    load_supernet(supernet / "last.pt")
+    load_sampler(supernet / "last.pt")
+    get_space("test").min_arch().save(tmp_path / "a.json")
+    retrain = tmp_path / "retrain"
+    result = run_cli("retrain", "--arch", str(tmp_path / "a.json"), "--out", str(retrain), *tiny)
+    assert result.code == 0, result.err
+    assert read_checkpoint(retrain / "checkpoint.pt")["kind"] == "retrain"
