@@ -196,3 +196,20 @@ def test_search_state_reader_on_mutated_states(search_state, data):
     evolution = _load(resume, data.draw(mutated(search_state)), "search_state.json")
     if evolution is not None:
         assert all(math.isfinite(c.score) for c in evolution.state.evaluated.values())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(1, 1e5), st.floats(1, 1e5)), min_size=2, max_size=12),
+       st.floats(0.01, 10), st.floats(0, 1e4))
+def test_calibration_fit_keeps_the_bias_non_negative_and_is_the_best_such_line(points, other_scale, other_bias):
+    from deployvit.latency.stats import fit_affine
+
+    x = np.array([p[0] for p in points])
+    y = np.array([p[1] for p in points])
+    try:
+        scale, bias = fit_affine(x, y)
+    except DeployvitError:
+        return  # fewer than 2 distinct sums, or a slope <= 0: refused with one line
+    assert bias >= 0 and scale > 0
+    sse = float(((scale * x + bias - y) ** 2).sum())
+    assert sse <= float(((other_scale * x + other_bias - y) ** 2).sum()) * (1 + 1e-9) + 1e-6  # no line with bias >= 0 fits better
