@@ -1,8 +1,14 @@
-"""Atomic file output: every JSON, table, checkpoint and engine is written to a temp file and renamed.
+"""Atomic file output and checked file input.
+
+Output: every JSON, table, checkpoint and engine is written to a temp file and renamed.
 
 A reader (or a resumed job after kill -9) therefore sees either the old file or the new one, never a
 half-written one. The temp file lives in the destination folder so `os.replace` is a same-filesystem
 rename.
+
+Input: every JSON/YAML file is read through `read_json` / `read_data` (limits, duplicate keys,
+finite numbers, text only; see "checked reading" below), and plain data from any source can be
+checked against a declared format with `check_schema`.
 """
 
 from __future__ import annotations
