@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from _record import RESULTS, save_result
-from deployvit.latency.table import LatencyTable, default_table
+from deployvit.latency.resolve import TableQuery, resolve_table
 from deployvit.search.budgets import Constraints
 from deployvit.search.evolution import Evolution, EvolutionConfig
 from deployvit.search.predictor import MetricModel
@@ -47,7 +47,7 @@ from deployvit.spaces import get_space
 def constraint_speed(space_name: str, n: int = 100_000) -> dict:
     torch.set_num_threads(1)
     space = get_space(space_name)
-    table = LatencyTable.load(default_table(space_name), warn=False)
+    table = resolve_table(TableQuery(space.name, space.hash()), space=space).table  # what `search` would use
     model = MetricModel(space, table)
     rng = np.random.default_rng(0)
     archs = [space.sample(rng) for _ in range(n)]

@@ -10,11 +10,9 @@ field, so a typo in a hand-edited file never silently becomes a default.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 from deployvit import io
@@ -22,10 +20,30 @@ from deployvit.errors import DeployvitError
 
 ARCH_FORMAT = "deployvit.arch/1"
 DEFAULT_HEAD_DIM = 64  # AutoFormer: q, k and v are each 64 x num_heads wide
+ARCH_MAX_BYTES = 1 << 20  # a 256-layer arch is ~15 kB
 
 
 class ArchError(DeployvitError):
     """An architecture that is malformed or outside its space."""
+
+
+#: Sane ranges of every structural field, one place for archs and spaces alike. They are far beyond
+#: any published ViT (DeiT-B: 768 wide, 12 deep, 12 heads at 224 / 16) and exist so that a typo or a
+#: hostile file (a 10,000-layer arch, a 10^6-pixel image) is refused before a model, a FLOP count or
+#: a latency prediction is built from it.
+LIMITS: dict[str, tuple[float, float]] = {
+    "img_size": (1, 4096),
+    "patch_size": (1, 1024),
+    "in_chans": (1, 64),
+    "num_classes": (1, 100_000),
+    "embed_dim": (1, 16_384),
+    "head_dim": (1, 1024),
+    "num_heads": (1, 1024),
+    "depth": (1, 256),  # per stage
+    "mlp_ratio": (0, 64),  # exclusive of 0
+    "stages": (1, 8),
+}
+MAX_TOKENS = 65_537  # a 256 x 256 patch grid plus the class token: attention is quadratic in it
 
 
 @dataclass(frozen=True)
@@ -142,11 +160,11 @@ def _stage_to_dict(stage: Stage) -> dict[str, Any]:
 
 def load_arch(path: str | os.PathLike) -> Arch:
     """Read an arch JSON file; every problem is a one-line ArchError/DeployvitError."""
-    data = io.read_json(path, what="arch file")
+    data = io.read_json(path, what="arch file", max_bytes=ARCH_MAX_BYTES)
     try:
         return _parse_arch(data)
     except ArchError as exc:
-        raise ArchError(f"{Path(path)}: {exc}") from None
+        raise io.in_file(path, exc) from None
 
 
 # --- strict parsing --------------------------------------------------------------------------------
@@ -172,30 +190,55 @@ def _check_keys(data: dict, allowed: set[str], required: set[str], where: str) -
         raise ArchError(f"{where}: missing key {missing[0]!r}")
 
 
-def _int(value: Any, where: str, minimum: int = 1) -> int:
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _int(value: Any, where: str, field: str | None = None) -> int:
+    """An integer within LIMITS[field] (field: the last name in `where` by default)."""
+    lo, hi = LIMITS[field or where.rsplit(".", 1)[-1]]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ArchError(f"{where}: expected an integer, got {json.dumps(value)}")
-    if value < minimum:
-        raise ArchError(f"{where}: must be >= {minimum}, got {value}")
+        raise ArchError(f"{where}: expected an integer, got {_shown(value)}")
+    if not lo <= value <= hi:
+        raise ArchError(f"{where}: expected an integer in [{lo}, {hi}], got {_shown(value)}")
     return value
 
 
 def _ratio(value: Any, where: str) -> float:
+    lo, hi = LIMITS["mlp_ratio"]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ArchError(f"{where}: expected a number, got {json.dumps(value)}")
-    if not 0 < value < math.inf:
-        raise ArchError(f"{where}: must be a finite number > 0, got {value}")
+        raise ArchError(f"{where}: expected a number, got {_shown(value)}")
+    if not lo < value <= hi:
+        raise ArchError(f"{where}: expected a number in ({lo}, {hi}], got {_shown(value)}")
     return float(value)
+
+
+def check_geometry(img_size: int, patch_size: int, stages: int) -> None:
+    """img_size a multiple of patch_size, a grid that halves between stages, and a token count
+    attention can afford; shared by archs and spaces."""
+    if img_size % patch_size:
+        raise ArchError(f"img_size: {img_size} is not a multiple of patch_size {patch_size}")
+    grid = img_size // patch_size
+    if grid % (1 << (stages - 1)):
+        raise ArchError(
+            f"img_size: a {grid}x{grid} patch grid cannot be halved {stages - 1} times "
+            f"(img_size / patch_size must be divisible by {1 << (stages - 1)})"
+        )
+    if grid * grid + 1 > MAX_TOKENS:
+        raise ArchError(f"img_size: {img_size} / patch_size {patch_size} gives {grid * grid + 1:,} tokens; expected at most {MAX_TOKENS:,}")
 
 
 def _parse_stage(data: Any, where: str, default_head_dim: int) -> Stage:
     data = _require_dict(data, where)
     _check_keys(data, _STAGE_KEYS, {"embed_dim", "layers"}, where)
-    embed_dim = _int(data["embed_dim"], f"{where}.embed_dim" if where else "embed_dim")
+    embed_dim = _int(data["embed_dim"], _join(where, "embed_dim"))
     head_dim = _int(data.get("head_dim", default_head_dim), _join(where, "head_dim"))
     raw_layers = data["layers"]
-    if not isinstance(raw_layers, list) or not raw_layers:
-        raise ArchError(f"{_join(where, 'layers')}: expected a non-empty list of layers")
+    max_depth = int(LIMITS["depth"][1])
+    if not isinstance(raw_layers, list) or not raw_layers or len(raw_layers) > max_depth:
+        got = f"{len(raw_layers)} layers" if isinstance(raw_layers, list) else _shown(raw_layers)
+        raise ArchError(f"{_join(where, 'layers')}: expected a non-empty list of at most {max_depth} layers, got {got}")
     layers = []
     for i, raw in enumerate(raw_layers):
         lw = _join(where, f"layers[{i}]")
@@ -223,13 +266,14 @@ def _parse_arch(data: Any) -> Arch:
         raise ArchError(f"metadata: expected an object, got {type(data['metadata']).__name__}")
     fmt = data.get("format", ARCH_FORMAT)
     if fmt != ARCH_FORMAT:
-        raise ArchError(f"format: expected {ARCH_FORMAT!r}, got {fmt!r}")
+        raise ArchError(f"format: expected {ARCH_FORMAT!r}, got {_shown(fmt)}")
     if not isinstance(data["space"], str) or not data["space"]:
-        raise ArchError(f"space: expected a space name, got {json.dumps(data['space'])}")
+        raise ArchError(f"space: expected a space name, got {_shown(data['space'])}")
     if multi:
         raw_stages = data["stages"]
-        if not isinstance(raw_stages, list) or len(raw_stages) < 2:
-            raise ArchError("stages: expected a list of at least 2 stages")
+        max_stages = int(LIMITS["stages"][1])
+        if not isinstance(raw_stages, list) or not 2 <= len(raw_stages) <= max_stages:
+            raise ArchError(f"stages: expected a list of 2 to {max_stages} stages")
         stages = tuple(_parse_stage(s, f"stages[{i}]", DEFAULT_HEAD_DIM) for i, s in enumerate(raw_stages))
     else:
         single = {k: data[k] for k in _SINGLE_KEYS if k in data}
@@ -242,6 +286,5 @@ def _parse_arch(data: Any) -> Arch:
         num_classes=_int(data["num_classes"], "num_classes"),
         stages=stages,
     )
-    if arch.img_size % arch.patch_size:
-        raise ArchError(f"img_size: {arch.img_size} is not a multiple of patch_size {arch.patch_size}")
+    check_geometry(arch.img_size, arch.patch_size, len(arch.stages))
     return arch

@@ -58,7 +58,7 @@ def _table_for(runtime: str, arch, precision: str, device: str, batch_size: int 
     query = TableQuery(space.name, space.hash(), device, runtime, precision, batch_size)
     machine = Machine.detect(device)
     try:
-        resolved = resolve_table(query, table_path, machine)
+        resolved = resolve_table(query, table_path, machine, space=space)
     except DeployvitError as exc:
         if table_path is not None:
             raise

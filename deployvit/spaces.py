@@ -18,8 +18,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from deployvit.arch import DEFAULT_HEAD_DIM, Arch, ArchError, Layer, Stage, mlp_hidden, stage_grid, stage_tokens
+from deployvit import io
+from deployvit.arch import (
+    DEFAULT_HEAD_DIM, LIMITS, Arch, ArchError, Layer, Stage, check_geometry, mlp_hidden, stage_grid, stage_tokens,
+)
 from deployvit.errors import DeployvitError
+
+
+MAX_RESIZE = 4  # an arch may run at up to 4x its space's image size
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,16 @@ class SearchSpace:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def with_overrides(self, img_size: int | None = None, num_classes: int | None = None) -> "SearchSpace":
-        """Same choices at another resolution or label count (fine-tuning, tiny data sets, tests)."""
+        """Same choices at another resolution or label count (fine-tuning, tiny data sets, tests).
+
+        The resolution may grow by at most MAX_RESIZE (fine-tuning a space of 224 at 384 is common;
+        an arch at 32x the space's image size is a mistake that would build a huge model); a smaller
+        one is cheap and is how tests and tiny data sets use the presets."""
+        if img_size is not None and img_size > self.img_size * MAX_RESIZE:
+            raise ArchError(
+                f"img_size: {img_size} is far outside space {self.name!r} "
+                f"(its img_size is {self.img_size}; expected at most {self.img_size * MAX_RESIZE})"
+            )
         space = replace(
             self,
             img_size=self.img_size if img_size is None else img_size,
@@ -285,24 +300,18 @@ def get_space(name_or_path: str | os.PathLike) -> SearchSpace:
     raise DeployvitError(f"unknown space {key!r} (presets: {', '.join(PRESETS)}; or a .yaml/.json file)")
 
 
-def load_space(path: str | os.PathLike) -> SearchSpace:
-    import yaml
+SPACE_MAX_BYTES = 1 << 20  # a preset is ~300 bytes as YAML
+MAX_CHOICES = 64  # values per choice list: a table times embed x heads x ratios block shapes per stage
 
+
+def load_space(path: str | os.PathLike) -> SearchSpace:
+    """A user space from YAML or JSON, through the checked reader (limits, duplicate keys, text only)."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DeployvitError(f"space file not found: {p}") from None
-    except OSError as exc:
-        raise DeployvitError(f"cannot read space file {p}: {exc}") from None
-    try:
-        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise DeployvitError(f"malformed space file {p}: {str(exc).splitlines()[0]}") from None
+    data = io.read_data(p, "space file", max_bytes=SPACE_MAX_BYTES)
     try:
         return space_from_dict(data)
     except DeployvitError as exc:
-        raise DeployvitError(f"{p}: {exc}") from None
+        raise io.in_file(p, exc) from None
 
 
 _SPACE_KEYS = {"name", "img_size", "patch_size", "in_chans", "num_classes", "stages"}
@@ -320,7 +329,7 @@ def space_from_dict(data: Any, allow_preset_name: bool = False) -> SearchSpace:
     single = "stages" not in data  # the stage keys at top level
     if single:
         data["stages"] = [{k: data.pop(k) for k in list(data) if k in _STAGE_SPACE_KEYS}]
-    unknown = sorted(set(data) - _SPACE_KEYS)
+    unknown = sorted(set(data) - _SPACE_KEYS, key=str)
     if unknown:
         allowed = _SPACE_KEYS | (_STAGE_SPACE_KEYS if single else set())
         raise DeployvitError(f"space: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
@@ -338,7 +347,7 @@ def space_from_dict(data: Any, allow_preset_name: bool = False) -> SearchSpace:
         where = f"stages[{i}]"
         if not isinstance(raw, dict):
             raise DeployvitError(f"{where}: expected a mapping")
-        unknown = sorted(set(raw) - _STAGE_SPACE_KEYS)
+        unknown = sorted(set(raw) - _STAGE_SPACE_KEYS, key=str)
         if unknown:
             raise DeployvitError(f"{where}: unknown key {unknown[0]!r}")
         missing = sorted({"embed_dim", "depth", "num_heads", "mlp_ratio"} - set(raw))
@@ -353,8 +362,9 @@ def space_from_dict(data: Any, allow_preset_name: bool = False) -> SearchSpace:
                 head_dim=_one_int(raw.get("head_dim", DEFAULT_HEAD_DIM), f"{where}.head_dim"),
             )
         )
-    if not stages:
-        raise DeployvitError("space.stages: expected at least one stage")
+    max_stages = int(LIMITS["stages"][1])
+    if not 1 <= len(stages) <= max_stages:
+        raise DeployvitError(f"space.stages: expected 1 to {max_stages} stages, got {len(stages)}")
     space = SearchSpace(
         name=data["name"],
         img_size=_one_int(data["img_size"], "img_size"),
@@ -368,35 +378,41 @@ def space_from_dict(data: Any, allow_preset_name: bool = False) -> SearchSpace:
 
 
 def _num_choices(value: Any, where: str) -> tuple:
+    """Sorted distinct choices, each a number within LIMITS of its field (the name after the last dot)."""
+    lo, hi = LIMITS[where.rsplit(".", 1)[-1]]
     values = value if isinstance(value, list) else [value]
-    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf for v in values):
-        raise DeployvitError(f"{where}: expected a positive number or a non-empty list of them, got {value!r}")
+
+    def in_range(v: Any) -> bool:
+        return not isinstance(v, bool) and isinstance(v, (int, float)) and (lo < v if lo == 0 else lo <= v) and v <= hi
+
+    if not values or len(values) > MAX_CHOICES or not all(in_range(v) for v in values):
+        raise DeployvitError(
+            f"{where}: expected a positive number up to {hi:g} or a list of 1 to {MAX_CHOICES} of them, got {_shown(value)}"
+        )
     return tuple(sorted(set(values)))
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _one_int(value: Any, where: str) -> int:
     """A field with one value, not a choice: a list is refused, not silently cut to its smallest."""
     if isinstance(value, list):
-        raise DeployvitError(f"{where}: expected one positive integer, got a list {value!r}")
+        raise DeployvitError(f"{where}: expected one positive integer, got a list {_shown(value)}")
     return _int_choices(value, where)[0]
 
 
 def _int_choices(value: Any, where: str) -> tuple[int, ...]:
     values = _num_choices(value, where)
     if any(not isinstance(v, int) for v in values):
-        raise DeployvitError(f"{where}: expected integers, got {value!r}")
+        raise DeployvitError(f"{where}: expected integers, got {_shown(value)}")
     return values
 
 
 def _check_geometry(space: SearchSpace) -> None:
-    if space.img_size % space.patch_size:
-        raise DeployvitError(f"img_size {space.img_size} is not a multiple of patch_size {space.patch_size}")
-    grid = space.img_size // space.patch_size
-    reductions = len(space.stages) - 1
-    if grid % (1 << reductions):
-        raise DeployvitError(
-            f"a {grid}x{grid} patch grid cannot be halved {reductions} times (img_size / patch_size must be divisible by {1 << reductions})"
-        )
+    check_geometry(space.img_size, space.patch_size, len(space.stages))
     for i in range(1, len(space.stages)):
         if min(space.stages[i].embed_dims) < max(space.stages[i - 1].embed_dims):
             raise DeployvitError(f"stages[{i}].embed_dim: must not be narrower than stage {i - 1} (the shortcut zero-pads)")

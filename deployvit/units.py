@@ -8,6 +8,7 @@ number is refused with the same line by `search --latency`, `export --budget` an
 
 from __future__ import annotations
 
+import math
 import re
 
 from deployvit.errors import DeployvitError
@@ -19,6 +20,7 @@ _UNITS = {
 }
 _NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-zµ]*)\s*$", re.IGNORECASE)
 _EXAMPLES = {"latency": "5ms or 500us", "flops": "1.5G", "params": "6M"}
+MAX_BUDGETS = 64  # latency budgets of one search: each keeps its own parents and share of every generation
 
 
 def parse_amount(text: str, metric: str, option: str | None = None) -> float:
@@ -35,8 +37,8 @@ def parse_amount(text: str, metric: str, option: str | None = None) -> float:
     if unit not in units:
         allowed = ", ".join(u for u in units if u) if metric == "latency" else "k, M, G" + (", T" if metric == "flops" else "")
         raise DeployvitError(f"{flag} {text!r}: unknown unit {unit!r} (use {allowed})")
-    if value <= 0:
-        raise DeployvitError(f"{flag} {text!r}: must be positive")
+    if not 0 < value * units[unit] < math.inf:  # 1e999ms parses as inf: that is no budget, not a budget
+        raise DeployvitError(f"{flag} {text!r}: must be positive and finite")
     return value * units[unit]
 
 
@@ -45,6 +47,8 @@ def parse_amounts(text: str, metric: str, option: str | None = None) -> list[flo
     values = sorted({parse_amount(part, metric, option) for part in text.split(",") if part.strip()})
     if not values:
         raise DeployvitError(f"{option or '--' + metric}: empty budget")
+    if len(values) > MAX_BUDGETS:
+        raise DeployvitError(f"{option or '--' + metric}: {len(values)} budgets; expected at most {MAX_BUDGETS}")
     return values
 
 

@@ -131,8 +131,8 @@ def test_existing_table_needs_force(tmp_path):
     "swap,needles",
     [
         (("--runtime", "warp-drive"), ("unknown runtime", "warp-drive")),
-        (("--batch-size", "0"), ("batch size", ">= 1")),
-        (("--batch-size", "-3"), ("batch size", ">= 1")),
+        (("--batch-size", "0"), ("--batch-size", "1<=x<=4096")),
+        (("--batch-size", "-3"), ("--batch-size", "1<=x<=4096")),
         (("--device", _foreign_gpu_label()), ("does not match", "--force")),
         (("--precision", "fp8"), ("unknown precision",)),
         (("--space", "no-such-space"), ("unknown space",)),

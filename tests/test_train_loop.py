@@ -79,7 +79,8 @@ def test_retrain_from_supernet_and_evaluate(supernet_run, tmp_path):
 
 def test_bad_inputs_exit_2_with_one_line(supernet_run, tmp_path):
     assert_one_line_error(train(tmp_path / "x", "--epochs", "-1"), "--epochs")
-    assert_one_line_error(train(tmp_path / "x", "--epochs", "1", "--batch-size", "5000"), "larger than")
+    assert_one_line_error(train(tmp_path / "x", "--epochs", "1", "--batch-size", "4000"), "larger than")
+    assert_one_line_error(train(tmp_path / "x", "--epochs", "1", "--batch-size", "5000"), "1<=x<=4096")
     assert_one_line_error(run_cli("train-supernet", "--space", "test", "--data", str(tmp_path / "none"), "--epochs", "1"), "data not found")
     empty = tmp_path / "folder"
     for split in ("train", "val"):

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import click
 import torch
 
+from deployvit.commands import bounds
 from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
 from exporters import tensorrt as trt_export
 from deployvit.compute import compute_device
@@ -41,6 +42,8 @@ def _batch_range(text: str | None, contracts: dict[str, Any]) -> tuple[int, int,
         lo, opt, hi = (int(v) for v in text.split(","))
     except ValueError:
         raise DeployvitError(f"--dynamic-batch {text!r}: expected MIN,OPT,MAX, e.g. 1,8,32") from None
+    if not all(bounds.BATCH.min <= v <= bounds.BATCH.max for v in (lo, opt, hi)):
+        raise DeployvitError(f"--dynamic-batch {text!r}: each size must be in [{bounds.BATCH.min}, {bounds.BATCH.max}]")
     return lo, opt, hi
 
 
@@ -58,19 +61,19 @@ def _common_options(fn: Callable) -> Callable:
         click.option("--checkpoint", type=click.Path(dir_okay=False),
                      help="Weights: checkpoint.safetensors from retrain, or a .pt state dict. Default: random weights."),
         click.option("--timm-model", help="Export a timm model (pretrained=False, never downloads) instead of --arch."),
-        click.option("--img-size", type=click.IntRange(min=1), help="Input size of a --timm-model (default: its own)."),
+        click.option("--img-size", type=bounds.IMG_SIZE, help="Input size of a --timm-model (default: its own)."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True),
         click.option("--tf32", is_flag=True,
                      help="fp32 only: let TensorRT / onnxruntime-gpu use TF32 for fp32 matmuls (recorded; verified with "
                           "its own gate: cosine >= 0.9995, top-1 agreement >= 99.5%). Default: TF32 off, fp32 means fp32."),
-        click.option("--batch-size", type=click.IntRange(min=1),
+        click.option("--batch-size", type=bounds.BATCH,
                      help="Static batch size, and the batch of the latency contract (default: dynamic batch 1,8,32 "
                           "widened to the table's batch; the contract at the table's batch)."),
         click.option("--dynamic-batch", help="Dynamic batch MIN,OPT,MAX (OPT: the size TensorRT tunes for)."),
-        click.option("--opset", type=int, help=f"ONNX opset, >= {MIN_OPSET} (default {DEFAULT_OPSET}; {BF16_MIN_OPSET} for bf16)."),
+        click.option("--opset", type=bounds.ints(1, 99), help=f"ONNX opset, >= {MIN_OPSET} (default {DEFAULT_OPSET}; {BF16_MIN_OPSET} for bf16)."),
         click.option("--legacy-exporter", is_flag=True, help="Use the TorchScript ONNX exporter instead of dynamo."),
         click.option("--data", help="Verify on the val split of: digits, a CIFAR folder or an ImageFolder root."),
-        click.option("--samples", type=click.IntRange(min=1), default=128, show_default=True,
+        click.option("--samples", type=bounds.IMAGES, default=128, show_default=True,
                      help="Images to verify on (synthetic seeded images without --data)."),
         click.option("--budget", help="Latency budget of the contract (measured in the table's runtime, precision and "
                                       "batch), e.g. 5ms or 800us: NOT MET is exit 1."),
@@ -79,14 +82,14 @@ def _common_options(fn: Callable) -> Callable:
                           "device for the format's runtime and precision; see `deployvit tables`)."),
         click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: beside --arch)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-        click.option("--workspace", type=float, default=4.0, show_default=True, help="TensorRT workspace (GB)."),
+        click.option("--workspace", type=bounds.floats(0, 1024, min_open=True), default=4.0, show_default=True, help="TensorRT workspace (GB)."),
         click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache file (reused)."),
-        click.option("--max-abs-diff", type=float, help="Override: max |logit diff| (default 1e-3 for fp32)."),
-        click.option("--min-cosine", type=float, help="Override: min cosine similarity (0.9999 fp32, 0.999 fp16/bf16)."),
-        click.option("--min-agreement", type=float, help="Override: min top-1 agreement, fraction (0.995 fp16/bf16)."),
-        click.option("--max-top1-drop", type=float, help="Override: max top-1 drop in points (0.3 fp16/bf16)."),
-        click.option("--warmup", type=float, default=0.5, show_default=True, help="Timing warm-up seconds."),
-        click.option("--repeats", type=click.IntRange(min=1), default=100, show_default=True, help="Timed repeats."),
+        click.option("--max-abs-diff", type=bounds.NON_NEGATIVE, help="Override: max |logit diff| (default 1e-3 for fp32)."),
+        click.option("--min-cosine", type=bounds.floats(-1, 1), help="Override: min cosine similarity (0.9999 fp32, 0.999 fp16/bf16)."),
+        click.option("--min-agreement", type=bounds.FRACTION, help="Override: min top-1 agreement, fraction (0.995 fp16/bf16)."),
+        click.option("--max-top1-drop", type=bounds.floats(0, 100), help="Override: max top-1 drop in points (0.3 fp16/bf16)."),
+        click.option("--warmup", type=bounds.WARMUP_S, default=0.5, show_default=True, help="Timing warm-up seconds."),
+        click.option("--repeats", type=bounds.REPEATS, default=100, show_default=True, help="Timed repeats."),
         click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
                      help="CPU timing: wall clock, or single-thread process CPU time (as CPU latency tables "
                           "profiled on a shared machine)."),

@@ -8,6 +8,7 @@ import click
 import numpy as np
 
 from deployvit.arch import Arch, load_arch
+from deployvit.commands import bounds
 from deployvit.counting import count_flops, count_params
 from deployvit.errors import DeployvitError
 from deployvit.spaces import get_space
@@ -28,8 +29,8 @@ def describe(arch: Arch) -> dict:
 @click.command()
 @click.argument("arch_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--space", "space_name", help="Space name or file: validate ARCH_FILE against it, or sample from it.")
-@click.option("--sample", type=click.IntRange(min=1), help="Describe N archs sampled uniformly from --space.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --sample.")
+@click.option("--sample", type=bounds.SAMPLES, help="Describe N archs sampled uniformly from --space.")
+@click.option("--seed", type=bounds.SEED, default=0, show_default=True, help="Seed for --sample.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object, or a list with --sample).")
 def inspect(arch_file: str | None, space_name: str | None, sample: int | None, seed: int, as_json: bool) -> None:
     """Print params, FLOPs (MACs), depth and embed dim of ARCH_FILE or of --sample N archs."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from deployvit.commands import bounds
+
 from deployvit.arch import load_arch
 
 
@@ -14,7 +16,7 @@ from deployvit.arch import load_arch
 @click.option("--device", help="Target device of the table: a label (h100, a100, cpu, ...) or cuda[:N] (this GPU).")
 @click.option("--runtime", help="Only tables of this runtime.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="Only tables of this precision.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Only tables of this batch size.")
+@click.option("--batch-size", type=bounds.BATCH, help="Only tables of this batch size.")
 @click.option("--measure", is_flag=True, help="Also time the arch on this machine with the table's runtime, precision and batch.")
 def latency_cmd(arch_file: str, table_path: str | None, device, runtime, precision, batch_size, measure: bool) -> None:
     """Print the table's calibrated latency prediction for ARCH_FILE (and the measured one)."""
@@ -23,7 +25,7 @@ def latency_cmd(arch_file: str, table_path: str | None, device, runtime, precisi
 
     arch = load_arch(arch_file)
     space = get_space(arch.space)
-    resolved = resolve_table(TableQuery(space.name, space.hash(), device, runtime, precision, batch_size), table_path)
+    resolved = resolve_table(TableQuery(space.name, space.hash(), device, runtime, precision, batch_size), table_path, space=space)
     table = resolved.table
     click.echo(resolved.line())
     for message in resolved.warnings:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from deployvit.commands import bounds
 from deployvit.errors import DeployvitError
 from deployvit.latency.table import table_filename
 from deployvit.spaces import get_space
@@ -30,17 +31,17 @@ def output_paths(out: str | None, label: str, space: str, runtime: str, precisio
 @click.option("--space", "space_name", required=True, help="Search space preset or YAML/JSON file.")
 @click.option("--runtime", required=True, help="eager, cudagraph, compile, onnxruntime or tensorrt.")
 @click.option("--precision", default="fp16", show_default=True, help="fp32, fp16 or bf16.")
-@click.option("--batch-size", "batches", type=int, multiple=True, required=True, help="Batch size; repeat for several tables.")
+@click.option("--batch-size", "batches", type=bounds.BATCH, multiple=True, required=True, help="Batch size; repeat for several tables.")
 @click.option("--out", help="Table path (default $DEPLOYVIT_HOME/latency_tables/LABEL/SPACE-RUNTIME-PRECISION-bB.json, where search "
                                  "looks; DEPLOYVIT_HOME defaults to ~/.local/share/deployvit); '{batch}' is replaced.")
-@click.option("--calib-archs", type=int, default=10, show_default=True, help="Whole archs timed to fit the calibration.")
-@click.option("--val-archs", type=int, default=50, show_default=True, help="Held-out archs timed to validate the table.")
-@click.option("--warmup", "warmup_s", type=float, default=0.5, show_default=True, help="Warm-up seconds before each timing.")
-@click.option("--repeats", type=int, default=50, show_default=True, help="Timed repeats per part and per arch.")
-@click.option("--threads", type=int, help="CPU threads for torch/onnxruntime (recorded; default: library default).")
+@click.option("--calib-archs", type=bounds.ints(2, 1000), default=10, show_default=True, help="Whole archs timed to fit the calibration.")
+@click.option("--val-archs", type=bounds.ints(2, 10_000), default=50, show_default=True, help="Held-out archs timed to validate the table.")
+@click.option("--warmup", "warmup_s", type=bounds.WARMUP_S, default=0.5, show_default=True, help="Warm-up seconds before each timing.")
+@click.option("--repeats", type=bounds.REPEATS, default=50, show_default=True, help="Timed repeats per part and per arch.")
+@click.option("--threads", type=bounds.THREADS, help="CPU threads for torch/onnxruntime (recorded; default: library default).")
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
               help="CPU only: 'cpu' times process CPU time (needs --threads 1), far less sensitive to other jobs on a shared machine.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration/validation arch samples.")
+@click.option("--seed", type=bounds.SEED, default=0, show_default=True, help="Seed of the calibration/validation arch samples.")
 @click.option("--force", is_flag=True, help="Profile despite a device-label mismatch, and overwrite an existing table.")
 @click.option("--estimate", is_flag=True, help="Measure nothing: write an ESTIMATED table for the GPU model --device names "
               "(a catalogue entry), from a per-kernel model fitted on published measurements; runs anywhere in seconds.")

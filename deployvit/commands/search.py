@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from deployvit.commands import bounds
 from deployvit.errors import CheckFailed
 from deployvit.search.budgets import Constraints
 from deployvit.units import format_amount, parse_amount, parse_amounts
@@ -32,23 +33,23 @@ def _amount(value: str | None, metric: str) -> float | None:
                                "machine's GPU, else h100; the score runs on CUDA when available.")
 @click.option("--runtime", help="Only tables of this runtime (eager, cudagraph, compile, onnxruntime, tensorrt).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="Only tables of this precision.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Only tables of this batch size.")
+@click.option("--batch-size", type=bounds.BATCH, help="Only tables of this batch size.")
 @click.option("--score", type=click.Choice(SCORES), default="dss", show_default=True, help="Fitness: training-free DSS, supernet accuracy, or the trained FocusFormer sampler.")
 @click.option("--supernet", "supernet_ckpt", type=click.Path(dir_okay=False), help="Supernet checkpoint (--score supernet/sampler).")
 @click.option("--data", help="Training data (held-out split carved from it) for --score supernet/sampler; 'digits' is built in.")
-@click.option("--sampler-k", type=click.IntRange(min=1), default=64, show_default=True, help="Archs drawn from the sampler per budget (--score sampler).")
+@click.option("--sampler-k", type=bounds.SAMPLES, default=64, show_default=True, help="Archs drawn from the sampler per budget (--score sampler).")
 @click.option("--method", type=click.Choice(["evolution", "random"]), default="evolution", show_default=True)
-@click.option("--population", type=click.IntRange(min=1), default=DEFAULTS.population, show_default=True)
-@click.option("--generations", type=click.IntRange(min=0), default=DEFAULTS.generations, show_default=True)
-@click.option("--parents", type=click.IntRange(min=1), default=DEFAULTS.parents, show_default=True, help="Top-k parents per budget.")
-@click.option("--mutations", type=click.IntRange(min=0), default=DEFAULTS.mutations, show_default=True)
-@click.option("--crossovers", type=click.IntRange(min=0), default=DEFAULTS.crossovers, show_default=True)
-@click.option("--mutation-prob", type=click.FloatRange(0, 1), default=DEFAULTS.layer_prob, show_default=True, help="Per-layer mutation probability.")
-@click.option("--stage-mutation-prob", type=click.FloatRange(0, 1), default=DEFAULTS.stage_prob, show_default=True, help="Depth / embed dim mutation probability.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--patience", type=int, default=DEFAULTS.patience, show_default=True,
+@click.option("--population", type=bounds.ints(1, 100_000), default=DEFAULTS.population, show_default=True)
+@click.option("--generations", type=bounds.COUNT, default=DEFAULTS.generations, show_default=True)
+@click.option("--parents", type=bounds.ints(1, 100_000), default=DEFAULTS.parents, show_default=True, help="Top-k parents per budget.")
+@click.option("--mutations", type=bounds.COUNT, default=DEFAULTS.mutations, show_default=True)
+@click.option("--crossovers", type=bounds.COUNT, default=DEFAULTS.crossovers, show_default=True)
+@click.option("--mutation-prob", type=bounds.FRACTION, default=DEFAULTS.layer_prob, show_default=True, help="Per-layer mutation probability.")
+@click.option("--stage-mutation-prob", type=bounds.FRACTION, default=DEFAULTS.stage_prob, show_default=True, help="Depth / embed dim mutation probability.")
+@click.option("--seed", type=bounds.SEED, default=0, show_default=True)
+@click.option("--patience", type=bounds.ints(1, 100_000), default=DEFAULTS.patience, show_default=True,
               help="Stop after this many generations without a better feasible arch (>= --generations: run them all).")
-@click.option("--measure-top", type=click.IntRange(min=0), default=0, help="Time the top-K candidates end to end here and pick the winner on the measured latency.")
+@click.option("--measure-top", type=bounds.ints(0, 1000), default=0, help="Time the top-K candidates end to end here and pick the winner on the measured latency.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/search-<space>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue the search in --out from its search_state.json.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from deployvit.commands import bounds
 from deployvit.errors import DeployvitError
 
 
@@ -20,29 +21,29 @@ def _recipe_options(defaults: dict):
         opts = [
             click.option("--data", required=True, help="'digits', a CIFAR-10/100 python folder, or an ImageFolder root (train/, val/)."),
             click.option("--out", type=click.Path(file_okay=False), default=defaults["out"], show_default=True, help="Run directory."),
-            click.option("--epochs", type=int, default=defaults["epochs"], show_default=True),
-            click.option("--batch-size", type=int, default=64, show_default=True, help="Per rank."),
+            click.option("--epochs", type=bounds.EPOCHS, default=defaults["epochs"], show_default=True),
+            click.option("--batch-size", type=bounds.BATCH, default=64, show_default=True, help="Per rank."),
             click.option("--opt", default="adamw", show_default=True, help="timm optimizer name."),
-            click.option("--lr", type=float, default=defaults["lr"], show_default=True),
-            click.option("--min-lr", type=float, default=1e-5, show_default=True),
-            click.option("--warmup-epochs", type=int, default=None, help="Linear warm-up epochs (default: epochs // 10, at most 5)."),
-            click.option("--weight-decay", type=float, default=0.05, show_default=True),
-            click.option("--clip-grad", type=float, default=0.0, show_default=True, help="Max grad norm (0: off)."),
-            click.option("--ema-decay", type=float, default=0.0, show_default=True, help="Model EMA decay (0: off)."),
+            click.option("--lr", type=bounds.LR, default=defaults["lr"], show_default=True),
+            click.option("--min-lr", type=bounds.NON_NEGATIVE, default=1e-5, show_default=True),
+            click.option("--warmup-epochs", type=bounds.ints(0, 100_000), default=None, help="Linear warm-up epochs (default: epochs // 10, at most 5)."),
+            click.option("--weight-decay", type=bounds.NON_NEGATIVE, default=0.05, show_default=True),
+            click.option("--clip-grad", type=bounds.NON_NEGATIVE, default=0.0, show_default=True, help="Max grad norm (0: off)."),
+            click.option("--ema-decay", type=bounds.RATE, default=0.0, show_default=True, help="Model EMA decay (0: off)."),
             click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True, help="Mixed precision (CUDA)."),
-            click.option("--drop-path", type=float, default=defaults["drop_path"], show_default=True),
+            click.option("--drop-path", type=bounds.RATE, default=defaults["drop_path"], show_default=True),
             click.option("--aug", default=defaults["aug"], show_default=True, help="Augmentation preset: deit, vitas-weak, light, none."),
-            click.option("--mixup", type=float, default=None, help="Override the preset's mixup alpha."),
-            click.option("--cutmix", type=float, default=None, help="Override the preset's CutMix alpha."),
-            click.option("--smoothing", type=float, default=None, help="Override the preset's label smoothing."),
-            click.option("--reprob", type=float, default=None, help="Override the preset's random-erasing probability."),
-            click.option("--seed", type=int, default=0, show_default=True),
-            click.option("--ckpt-every", type=int, default=0, show_default=True, help="Also checkpoint every K steps (0: per epoch only)."),
-            click.option("--num-workers", type=int, default=0, show_default=True, help="DataLoader workers per rank."),
+            click.option("--mixup", type=bounds.floats(0, 100), default=None, help="Override the preset's mixup alpha."),
+            click.option("--cutmix", type=bounds.floats(0, 100), default=None, help="Override the preset's CutMix alpha."),
+            click.option("--smoothing", type=bounds.RATE, default=None, help="Override the preset's label smoothing."),
+            click.option("--reprob", type=bounds.FRACTION, default=None, help="Override the preset's random-erasing probability."),
+            click.option("--seed", type=bounds.SEED, default=0, show_default=True),
+            click.option("--ckpt-every", type=bounds.STEPS, default=0, show_default=True, help="Also checkpoint every K steps (0: per epoch only)."),
+            click.option("--num-workers", type=bounds.WORKERS, default=0, show_default=True, help="DataLoader workers per rank."),
             click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
             click.option("--deterministic", is_flag=True, help="torch deterministic algorithms (exact resume on CPU)."),
             click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.pt."),
-            click.option("--log-every", type=int, default=50, show_default=True, help="Print every N steps (0: epochs only)."),
+            click.option("--log-every", type=bounds.STEPS, default=50, show_default=True, help="Print every N steps (0: epochs only)."),
         ]
         for opt in reversed(opts):
             fn = opt(fn)
@@ -89,15 +90,15 @@ def _run(fn):
 @click.command("train-supernet")
 @click.option("--space", "space_name", required=True, help="Space preset or file (class count follows the data).")
 @click.option("--sampler", default="uniform", show_default=True, help="uniform, sandwich, multi-arch or focus.")
-@click.option("--sandwich-random", type=int, default=2, show_default=True, help="sandwich: random subnets per step.")
-@click.option("--groups", type=int, default=4, show_default=True, help="multi-arch: subnets per batch (>= 16 images each).")
-@click.option("--unlock-epochs", type=int, default=5, show_default=True, help="multi-arch: epochs to unlock all widths.")
+@click.option("--sandwich-random", type=bounds.ints(0, 64), default=2, show_default=True, help="sandwich: random subnets per step.")
+@click.option("--groups", type=bounds.ints(1, 256), default=4, show_default=True, help="multi-arch: subnets per batch (>= 16 images each).")
+@click.option("--unlock-epochs", type=bounds.ints(0, 100_000), default=5, show_default=True, help="multi-arch: epochs to unlock all widths.")
 @click.option("--focus-budgets", default=None, help="focus: comma-separated normalised FLOPs budgets in [0,1] (default uniform).")
-@click.option("--focus-epsilon", type=float, default=None, help="focus: initial share of uniform draws (0.5).")
-@click.option("--focus-update-every", type=int, default=None, help="focus: steps between sampler updates (10).")
+@click.option("--focus-epsilon", type=bounds.FRACTION, default=None, help="focus: initial share of uniform draws (0.5).")
+@click.option("--focus-update-every", type=bounds.ints(1, 10**9), default=None, help="focus: steps between sampler updates (10).")
 @click.option("--cyclic", is_flag=True, help="ViTAS-style cyclic weight sharing of the embedding channels.")
 @click.option("--identity-shift", is_flag=True, help="ViTAS-style identity shifting of skipped layers.")
-@click.option("--held-out-per-class", type=int, default=25, show_default=True, help="Train images per class kept for search scoring.")
+@click.option("--held-out-per-class", type=bounds.ints(0, 100_000), default=25, show_default=True, help="Train images per class kept for search scoring.")
 @_recipe_options({"out": "runs/supernet", "epochs": 100, "lr": 1e-3, "drop_path": 0.1, "aug": "deit"})
 @_run
 def train_supernet_cmd(kw, info, opts) -> None:
@@ -105,11 +106,14 @@ def train_supernet_cmd(kw, info, opts) -> None:
     from deployvit.spaces import get_space
     from deployvit.supernet import Supernet
     from deployvit.train.data import held_out_split, open_data
-    from deployvit.train.samplers import make_sampler
+    from deployvit.train.samplers import MIN_GROUP, make_sampler
     from deployvit.train.setup import fit_space, seed_init
     from deployvit.train.supernet_train import train_supernet
 
     recipe = _recipe(kw)
+    if kw["sampler"] == "multi-arch" and kw["groups"] * MIN_GROUP > recipe.batch_size:
+        raise DeployvitError(f"--groups {kw['groups']} needs --batch-size >= {kw['groups'] * MIN_GROUP} "
+                             f"({MIN_GROUP} images per group), got {recipe.batch_size}")
     source = open_data(kw["data"])
     space = fit_space(get_space(kw["space_name"]), source)
     held = held_out_split(source, kw["held_out_per_class"])
@@ -168,7 +172,7 @@ def retrain_cmd(kw, info, opts) -> None:
 @click.option("--data", required=True, help="'digits', a CIFAR folder or an ImageFolder root.")
 @click.option("--split", type=click.Choice(["val", "held-out", "train"]), default="val", show_default=True,
               help="held-out: the supernet run's recorded held-out images.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=bounds.BATCH, default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result as JSON.")
 def evaluate_cmd(model_file, supernet_file, arch_file, data, split, batch_size, device, json_out) -> None:

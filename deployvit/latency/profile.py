@@ -233,9 +233,16 @@ def _load_progress(path: Path, key: dict, echo: Callable[[str], None]) -> dict:
     if not isinstance(state, dict) or state.get("format") != PROGRESS_FORMAT or state.get("key") != key:
         echo(f"{path.name} is from a profile with other settings; starting over")
         return fresh
-    if not all(isinstance(state.get(g), dict) for g in ("entries", "calib", "val")):
+    try:  # a hand-edited or damaged progress file must not put nonsense into the table it resumes
+        io.check_schema(state, _PROGRESS_SCHEMA, path.name)
+    except DeployvitError as exc:
+        echo(f"ignoring damaged progress file ({exc}); starting over")
         return fresh
     return state
+
+
+_TIMING = {"median_us": (float, 1e-9, 1e12), "cv": (float, 0, 1e6)}
+_PROGRESS_SCHEMA = {group: {str: _TIMING} for group in ("entries", "calib", "val")}
 
 
 def _build_table(space, label, device, settings, state, calib, val, calib_archs, val_archs, seed) -> LatencyTable:
@@ -248,7 +255,7 @@ def _build_table(space, label, device, settings, state, calib, val, calib_archs,
     val_meas = [state["val"][a.key]["median_us"] for a in val]
     val_pred = [table.scale * s + table.bias for s in val_sums]
     table.calibration = {
-        "method": "least squares measured_us = scale * sum(part median_us) + bias",
+        "method": "least squares measured_us = scale * sum(part median_us) + bias, bias >= 0",
         "archs": [
             {"arch": a.to_dict(), "sum_us": s, "measured_us": m, "cv": state["calib"][a.key]["cv"]}
             for a, s, m in zip(calib, calib_sums, calib_meas)

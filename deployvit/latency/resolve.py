@@ -309,13 +309,22 @@ def _nothing_fits(query: TableQuery, infos: list[TableInfo], kind: str, label: s
     return f"no latency table for space {query.space} on {target} ({query.wanted()}) in {where}{have}; make one with {hint}"
 
 
-def resolve_table(query: TableQuery, path: str | os.PathLike | None = None, machine: Machine | None = None) -> Resolved:
-    """`--table PATH` (checked against the space) or the best table the folders hold."""
+def resolve_table(query: TableQuery, path: str | os.PathLike | None = None, machine: Machine | None = None,
+                  space=None) -> Resolved:
+    """`--table PATH` (checked against the space) or the best table the folders hold. With the
+    `space` object, the chosen table must also time every part of it (a user space's table is
+    checked only here: its hash alone does not say the file is complete)."""
+    from deployvit.latency.table import check_covers
+
     machine = machine or Machine.detect(query.device)
     if path is not None:
-        return _explicit(query, Path(path), machine)
-    infos, _ = scan_tables()
-    return choose(query, infos, machine)
+        resolved = _explicit(query, Path(path), machine)
+    else:
+        infos, _ = scan_tables()
+        resolved = choose(query, infos, machine)
+    if space is not None:
+        check_covers(resolved.table, space)
+    return resolved
 
 
 def _explicit(query: TableQuery, path: Path, machine: Machine) -> Resolved:

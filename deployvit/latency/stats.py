@@ -72,11 +72,19 @@ def error_stats(predicted: Sequence[float], measured: Sequence[float]) -> ErrorS
 
 
 def fit_affine(sums: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
-    """Least-squares (scale, bias) with measured ~= scale * sums + bias; needs >= 2 distinct sums."""
+    """Least-squares (scale, bias) with measured ~= scale * sums + bias and bias >= 0; needs >= 2
+    distinct sums.
+
+    The bias is the one-off cost of a whole-model call, which cannot be negative; a negative
+    intercept is noise extrapolated below the smallest arch, and with it a small enough arch would
+    be predicted to take no time at all. When the free fit's bias is negative, the constrained
+    optimum lies on bias = 0 (least squares is convex), i.e. the best line through the origin."""
     x, y = _as_arrays(sums, measured)
     if x.size < 2 or np.ptp(x) == 0:
         raise DeployvitError("calibration needs at least 2 archs with different block sums")
     scale, bias = np.polyfit(x, y, 1)
+    if bias < 0:
+        scale, bias = float(x @ y / (x @ x)), 0.0
     if not scale > 0:  # bigger archs measured faster: noise swamped the calibration, and a table must rank
         raise DeployvitError(
             f"calibration fit has slope {scale:.3g} <= 0: the whole-model timings are too noisy to calibrate; "

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from deployvit import io
-from deployvit.arch import Arch
+from deployvit.arch import LIMITS, Arch
 from deployvit.errors import DeployvitError
 from deployvit.parts import Part, arch_parts
 
@@ -180,40 +180,21 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "latency table") -> "LatencyTable":
-        def bad(problem: str) -> DeployvitError:
-            return DeployvitError(f"malformed latency table {where}: {problem}")
-
-        if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
-            raise bad(f"format is not {TABLE_FORMAT!r}")
-        meta, entries, calib = data.get("metadata"), data.get("entries"), data.get("calibration")
-        if not isinstance(meta, dict):
-            raise bad("'metadata' must be an object")
-        for key, typ in REQUIRED_METADATA.items():
-            if not isinstance(meta.get(key), typ) or isinstance(meta.get(key), bool):
-                raise bad(f"metadata.{key} missing or not a {typ.__name__}")
-        if meta["batch_size"] < 1 or meta["img_size"] < 1:
-            raise bad("metadata.batch_size and metadata.img_size must be at least 1")
-        if meta.get("source", "measured") not in ("measured", "estimated"):
-            raise bad("metadata.source must be 'measured' or 'estimated'")
-        if not isinstance(meta.get("settings", {}), dict):
-            raise bad("metadata.settings must be an object")
-        if not isinstance(entries, dict) or not entries:
-            raise bad("'entries' must be a non-empty object")
-        for key, entry in entries.items():
-            if not isinstance(entry, dict) or not _positive(entry.get("median_us")):
-                raise bad(f"entry {key!r} needs a positive finite median_us")
-        if not isinstance(calib, dict) or not _positive(calib.get("scale")) or not _finite(calib.get("bias")):
-            raise bad("calibration needs a positive finite 'scale' and a finite 'bias'")
-        validation = data.get("validation", {})
-        if not isinstance(validation, dict) or not all(isinstance(validation.get(k, {}), dict) for k in ("calibrated", "uncalibrated")):
-            raise bad("'validation' and its 'calibrated' / 'uncalibrated' statistics must be objects")
+        """A table whose every number predictions use is checked: a finite, non-negative value of the
+        right type within sane bounds (`_TABLE_BOUNDS`); a table of a preset space must also time
+        every part of that space. Problems are one line: `<file>: malformed latency table: <field>: ...`."""
+        try:
+            meta, entries, calib, validation = _checked_table(data)
+        except _TableProblem as exc:
+            raise DeployvitError(f"{where}: malformed latency table: {exc}") from None
         rest = {k: v for k, v in calib.items() if k not in ("scale", "bias")}
         return cls(meta, entries, float(calib["scale"]), float(calib["bias"]), rest, validation)
 
     @classmethod
     def load(cls, path: str | os.PathLike, warn: bool = True) -> "LatencyTable":
         """Read and check a table; with `warn`, a LatencyTableWarning per machine mismatch."""
-        table = cls.from_dict(io.read_json(path, "latency table"), str(path))
+        # NaN/Infinity are parsed so that from_dict names the field holding them
+        table = cls.from_dict(io.read_json(path, "latency table", allow_nonfinite=True), str(path))
         table.path = Path(path)
         if warn:
             for message in table.machine_mismatches():
@@ -221,12 +202,139 @@ class LatencyTable:
         return table
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+class _TableProblem(Exception):
+    """One field of a table dict that is missing, mistyped or out of range (from_dict words it)."""
 
 
-def _positive(value: Any) -> bool:
-    return _finite(value) and value > 0
+MAX_PART_US = 1e8  # 100 s for one part: anything larger is a unit mistake or a hostile file
+_TABLE_BOUNDS = {  # field: (type, low, high); a range bounds a value so predictions can trust it
+    "median_us": (float, 0.0, MAX_PART_US), "p90_us": (float, 0.0, MAX_PART_US), "mean_us": (float, 0.0, MAX_PART_US),
+    "sum_us": (float, 0.0, 1e4 * MAX_PART_US), "measured_us": (float, 0.0, 1e4 * MAX_PART_US),
+    "predicted_us": (float, 0.0, 1e4 * MAX_PART_US), "cv": (float, 0.0, 100.0), "repeats": (int, 1, 10**7),
+    "scale": (float, 0.0, 100.0), "bias": (float, 0.0, MAX_PART_US),
+    "n": (int, 0, 10**7), "mape": (float, 0.0, 1e6), "p95_abs_pct": (float, 0.0, 1e6), "max_abs_pct": (float, 0.0, 1e6),
+    "within_5": (float, 0.0, 1.0), "within_10": (float, 0.0, 1.0), "kendall_tau": (float, -1.0, 1.0),
+    "batch_size": (int, 1, 65536), "img_size": (int, *LIMITS["img_size"]),
+    "warmup_s": (float, 0.0, 600.0), "threads": (int, 1, 4096),
+}
+_POSITIVE = {"median_us", "scale", "measured_us"}  # zero is as impossible as negative for these
+
+
+def _number(container: dict, key: str, where: str, required: bool = False) -> None:
+    """Check container[key] against _TABLE_BOUNDS (absent is fine unless `required`)."""
+    if key not in container:
+        if required:
+            raise _TableProblem(f"{where}.{key}: missing")
+        return
+    value = container[key]
+    typ, lo, hi = _TABLE_BOUNDS[key]
+    kind = "an integer" if typ is int else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int,) if typ is int else (int, float)) or not math.isfinite(value):
+        raise _TableProblem(f"{where}.{key}: expected {kind}, got {_shown(value)}")
+    low_ok = value > lo if key in _POSITIVE else value >= lo
+    if not (low_ok and value <= hi):
+        raise _TableProblem(f"{where}.{key}: expected {kind} in {'(' if key in _POSITIVE else '['}{lo:g}, {hi:g}], got {value!r}")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _object(value: Any, where: str) -> dict:
+    if value is None:
+        raise _TableProblem(f"{where}: missing")
+    if not isinstance(value, dict):
+        raise _TableProblem(f"{where}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _checked_table(data: Any) -> tuple[dict, dict, dict, dict]:
+    """(metadata, entries, calibration, validation) of a table dict, every field checked."""
+    if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
+        raise _TableProblem(f"format: expected {TABLE_FORMAT!r}")
+    meta = _checked_metadata(_object(data.get("metadata"), "metadata"))
+    entries = _object(data.get("entries"), "entries")
+    if not entries:
+        raise _TableProblem("entries: expected a non-empty object of part timings")
+    for key, entry in entries.items():
+        where = f"entries[{key!r}]"
+        _object(entry, where)
+        for field in ("median_us", "p90_us", "mean_us", "cv", "repeats"):
+            _number(entry, field, where, required=field == "median_us")
+    calib = _object(data.get("calibration"), "calibration")
+    _number(calib, "scale", "calibration", required=True)
+    _number(calib, "bias", "calibration", required=True)
+    _checked_archs(calib.get("archs", []), "calibration.archs", ("sum_us", "measured_us"))
+    validation = _object(data.get("validation", {}), "validation")
+    for name in ("calibrated", "uncalibrated"):
+        stats = _object(validation.get(name, {}), f"validation.{name}")
+        for field in ("n", "mape", "p95_abs_pct", "max_abs_pct", "within_5", "within_10", "kendall_tau"):
+            _number(stats, field, f"validation.{name}")
+    _checked_archs(validation.get("archs", []), "validation.archs", ("sum_us", "predicted_us", "measured_us"))
+    _check_space_coverage(meta, entries)
+    return meta, entries, calib, validation
+
+
+def _checked_metadata(meta: dict) -> dict:
+    for key, typ in REQUIRED_METADATA.items():
+        value = meta.get(key)
+        if key not in meta:
+            raise _TableProblem(f"metadata.{key}: missing")
+        if not isinstance(value, typ) or isinstance(value, bool):
+            raise _TableProblem(f"metadata.{key}: expected {'an integer' if typ is int else 'a string'}, got {_shown(value)}")
+    _number(meta, "batch_size", "metadata")
+    _number(meta, "img_size", "metadata")
+    if meta.get("source", "measured") not in ("measured", "estimated"):
+        raise _TableProblem(f"metadata.source: expected 'measured' or 'estimated', got {_shown(meta.get('source'))}")
+    settings = _object(meta.get("settings", {}), "metadata.settings")
+    for field in ("warmup_s", "repeats", "threads"):
+        if settings.get(field) is not None:  # threads: null means the library's default
+            _number(settings, field, "metadata.settings")
+    if settings.get("clock", "wall") not in ("wall", "cpu"):
+        raise _TableProblem(f"metadata.settings.clock: expected 'wall' or 'cpu', got {_shown(settings.get('clock'))}")
+    return meta
+
+
+def _checked_archs(rows: Any, where: str, fields: tuple[str, ...]) -> None:
+    """The whole-model timings a calibration or validation recorded (report() and refits read them)."""
+    if not isinstance(rows, list):
+        raise _TableProblem(f"{where}: expected a list, got {type(rows).__name__}")
+    for i, row in enumerate(rows):
+        _object(row, f"{where}[{i}]")
+        _object(row.get("arch"), f"{where}[{i}].arch")
+        for field in fields:
+            _number(row, field, f"{where}[{i}]", required=True)
+        _number(row, "cv", f"{where}[{i}]")
+
+
+def _check_space_coverage(meta: dict, entries: dict) -> None:
+    """A table of a preset space (its recorded hash is the preset's) must time every part of it.
+    A table of a user space is checked when it is used for that space (`check_covers`)."""
+    from deployvit.spaces import PRESETS
+
+    preset = PRESETS.get(meta["space"])
+    if preset is not None and preset.hash() == meta["space_hash"]:
+        missing = missing_parts(entries, preset)
+        if missing:
+            raise _TableProblem(f"entries: lacks {len(missing)} part(s) of space {preset.name!r}, e.g. {missing[0]}")
+
+
+def missing_parts(entries: dict, space: Any) -> list[str]:
+    """Keys of the parts some arch of `space` needs that `entries` does not time."""
+    from deployvit.parts import space_parts
+
+    return [p.key for p in space_parts(space) if p.key not in entries]
+
+
+def check_covers(table: "LatencyTable", space: Any) -> None:
+    """Refuse a table that lacks a part some arch of `space` needs (before a search relies on it)."""
+    missing = missing_parts(table.entries, space)
+    if missing:
+        raise DeployvitError(
+            f"{table._name()}: latency table lacks {len(missing)} part(s) of space {space.name!r}, e.g. {missing[0]}; "
+            f"profile the space (deployvit profile --space {space.name} ...)"
+        )
 
 
 def shipped_tables_dir() -> Path:

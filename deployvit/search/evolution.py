@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 
 PATIENCE = 3
+MAX_EVALUATIONS = 50_000  # 48x AutoFormer's 1,050
+# search_state.json holds 1.3 kB and ~60 JSON values (autoformer) to 2.3 kB and ~90 values (resnas) per candidate
+STATE_MAX_BYTES, STATE_MAX_VALUES = 256 << 20, 20_000_000
 
 
 @dataclass
@@ -67,6 +70,11 @@ class EvolutionConfig:
         for name in ("layer_prob", "stage_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise DeployvitError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.evaluations > MAX_EVALUATIONS:  # every candidate stays in memory and in search_state.json
+            raise DeployvitError(
+                f"--population + --generations x (--mutations + --crossovers) is {self.evaluations:,} evaluations; "
+                f"expected at most {MAX_EVALUATIONS:,}"
+            )
 
     @property
     def evaluations(self) -> int:
@@ -125,6 +133,12 @@ def score_batch(score: "Score", archs: list[Arch]) -> list[float]:
 
 
 _SOURCE_NAMES = {"table": "latency table", "supernet": "supernet checkpoint", "data": "data directory"}
+#: what `resume` checks a search_state.json against before anything uses it (`io.check_schema`)
+_STATE_SCHEMA = {
+    "config": dict, "constraints": dict, "score": str, "space_hash": str, "generation": (int, -1, 10**9),
+    "rng": dict, "sources?": io.nullable({str: io.nullable(str)}),
+    "evaluated": [{"arch": dict, "score": float, "metrics": {str: float}}],
+}
 
 
 class Evolution:
@@ -153,11 +167,14 @@ class Evolution:
 
     def resume(self) -> None:
         """Continue from `state_path`; refuse a state written for other settings."""
-        data = io.read_json(self.state_path, what="search state")
+        data = io.read_json(self.state_path, what="search state", max_bytes=STATE_MAX_BYTES, max_values=STATE_MAX_VALUES)
+        io.check_schema(data, _STATE_SCHEMA, f"{self.state_path}: corrupt search state")
         try:
             saved = SearchState.from_dict(data)
             self.rng.bit_generator.state = saved.rng
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except DeployvitError as exc:  # an evaluated arch that is not a valid arch
+            raise io.in_file(self.state_path, exc) from None
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:  # OverflowError: a mangled rng state
             raise DeployvitError(f"corrupt search state {self.state_path}: {type(exc).__name__} {exc}") from None
         saved.config.setdefault("patience", self.state.config["patience"])  # a state from before --patience
         for name in ("config", "constraints", "score", "space_hash"):

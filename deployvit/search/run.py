@@ -134,7 +134,7 @@ def resolve_latency_table(request: SearchRequest, space: SearchSpace):
     from deployvit.latency.resolve import TableQuery, resolve_table
 
     query = TableQuery(space.name, space.hash(), request.device, request.runtime, request.precision, request.batch_size)
-    return resolve_table(query, request.table)
+    return resolve_table(query, request.table, space=space)
 
 
 def latency_provenance(table) -> dict | None:

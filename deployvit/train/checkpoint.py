@@ -22,6 +22,22 @@ from deployvit.arch import Arch
 from deployvit.errors import DeployvitError
 
 FORMAT = "deployvit.train/1"
+_TENSORS = {str: torch.Tensor}
+#: the fields of a training checkpoint that readers use, checked at read time (`io.check_schema`);
+#: torch.load(weights_only=True) already limits what a file can hold to tensors and plain data
+_CHECKPOINT_SCHEMA = {
+    "kind": str,
+    "meta": {
+        "supernet?": {"space": dict, "space_hash": str},
+        "held_out?": {"ids": [str]},
+    },
+    "model": _TENSORS,
+    "ema?": io.nullable(_TENSORS),
+    "progress?": io.nullable({"epoch": (int, 0, 10**9), "step": (int, 0, 10**12), "steps_per_epoch": (int, 0, 10**12)}),
+    "recipe?": dict,
+    "sampler?": io.nullable({"name?": str}),  # a retrain checkpoint records {}
+    "history?": list,
+}
 
 
 def capture_rng() -> dict[str, Any]:
@@ -62,10 +78,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated / foreign files
-        raise DeployvitError(f"cannot read checkpoint {p}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise DeployvitError(f"cannot read checkpoint {p}: {_load_problem(exc)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DeployvitError(f"{p} is not a deployvit training checkpoint")
+    io.check_schema(state, _CHECKPOINT_SCHEMA, str(p))
     return state
+
+
+def _load_problem(exc: Exception) -> str:
+    """torch's weights-only refusal is a page of advice to run untrusted code; say what it means."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        return "not a torch checkpoint of tensors and plain data (refused to unpickle anything else)"
+    return (text.splitlines() or [type(exc).__name__])[0]
 
 
 def load_supernet(path: str | os.PathLike, prefer_ema: bool = True):
@@ -78,9 +103,14 @@ def load_supernet(path: str | os.PathLike, prefer_ema: bool = True):
     state = read_checkpoint(path)
     if state.get("kind") != "supernet":
         raise DeployvitError(f"{path} is a {state.get('kind')} checkpoint, not a supernet checkpoint")
-    supernet = Supernet.from_config(state["meta"]["supernet"])
+    if "supernet" not in state["meta"] or "held_out" not in state["meta"]:
+        raise DeployvitError(f"{path}: meta.supernet and meta.held_out: expected both in a supernet checkpoint")
+    try:
+        supernet = Supernet.from_config(state["meta"]["supernet"])
+    except DeployvitError as exc:
+        raise io.in_file(path, exc) from None
     weights = state["ema"] if prefer_ema and state.get("ema") is not None else state["model"]
-    supernet.load_state_dict(weights)
+    apply_weights(supernet, weights, path, "its supernet")
     meta = dict(state["meta"], progress=state.get("progress"), recipe=state.get("recipe"),
                 sampler=(state.get("sampler") or {}).get("name"), used_ema=weights is state.get("ema"))
     return supernet.eval(), meta
@@ -109,7 +139,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
                 return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # safetensors / pickle errors: the file is not a checkpoint
-        raise DeployvitError(f"cannot read checkpoint {p}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+        raise DeployvitError(f"cannot read checkpoint {p}: {_load_problem(exc)}") from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -123,9 +153,12 @@ def stored_arch(meta: dict[str, str], path: str | os.PathLike) -> Arch | None:
     if "arch" not in meta:
         return None
     try:
-        return Arch.from_dict(json.loads(meta["arch"]))
-    except json.JSONDecodeError as exc:
-        raise DeployvitError(f"{path}: its arch metadata is not valid JSON ({exc.msg})") from None
+        data = json.loads(meta["arch"])
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+        raise DeployvitError(f"{path}: its arch metadata is not valid JSON ({getattr(exc, 'msg', type(exc).__name__)})") from None
+    try:
+        io.check_tree(data, str(path), "arch metadata")
+        return Arch.from_dict(data)
     except DeployvitError as exc:
         raise DeployvitError(f"{path}: its arch metadata is not a valid arch: {exc}") from None
 

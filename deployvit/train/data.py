@@ -126,41 +126,84 @@ def _digits() -> Source:
                   split("train", train_idx), split("val", val_idx))
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what the CIFAR python format holds: dicts, lists, strings, bytes, numbers and
+    numpy arrays. Pickle can call any importable function while loading, so a planted
+    `data_batch_1` could otherwise run code; every global outside this list is refused."""
+
+    _NUMPY = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._NUMPY:
+            return super().find_class(module, name)
+        if (module, name) == ("_codecs", "encode"):  # protocol 2 writes bytes as encode(str, "latin1")
+            return _latin1_encode
+        raise pickle.UnpicklingError(f"refused to load {module}.{name} (a CIFAR batch holds only arrays, lists and strings)")
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    if not isinstance(text, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("refused a codec call other than latin-1 text to bytes")
+    return text.encode("latin-1")
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as fh:
-            return pickle.load(fh, encoding="latin1")
+            data = _CifarUnpickler(fh, encoding="latin1").load()
     except FileNotFoundError:
         raise DeployvitError(f"CIFAR batch missing: {path}") from None
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise DeployvitError(f"cannot read CIFAR batch {path}: {exc}") from None
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, MemoryError, RecursionError, UnicodeDecodeError) as exc:
+        raise DeployvitError(f"cannot read CIFAR batch {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise DeployvitError(f"cannot read CIFAR batch {path}: expected a dict with string keys, got {type(data).__name__}")
+    return data
 
 
-def _array_split(name: str, batches: Sequence[dict], label_key: str) -> Split:
-    try:
-        data = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        targets = [int(t) for b in batches for t in b[label_key]]
-    except (KeyError, ValueError) as exc:
-        raise DeployvitError(f"malformed CIFAR {name} batch: {exc}") from None
+def _array_split(name: str, batches: Sequence[dict], label_key: str, num_classes: int) -> Split:
+    """uint8 images (N x 3072, CHW-flattened) and N integer labels in [0, num_classes) per batch."""
+    for b in batches:
+        data, labels = b.get("data"), b.get(label_key)
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            got = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+            raise DeployvitError(f"malformed CIFAR {name} batch: data: expected a uint8 array of N x 3072, got {got}")
+        if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(data):
+            raise DeployvitError(f"malformed CIFAR {name} batch: {label_key}: expected {len(data)} labels")
+        if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) and 0 <= t < num_classes for t in labels):
+            raise DeployvitError(f"malformed CIFAR {name} batch: {label_key}: expected integers in [0, {num_classes})")
+    data = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    targets = [int(t) for b in batches for t in b[label_key]]
     load = _ArrayImages(np.ascontiguousarray(data))
     return Split(name, [str(i) for i in range(len(targets))], targets, load)
+
+
+def _class_names(meta: dict, key: str, count: int, path: Path) -> list[str]:
+    names = meta.get(key, [str(i) for i in range(count)])
+    if not isinstance(names, list) or len(names) != count or not all(isinstance(n, (str, bytes)) for n in names):
+        raise DeployvitError(f"{path}: {key}: expected a list of {count} class names")
+    return [n.decode("latin-1") if isinstance(n, bytes) else n for n in names]
 
 
 def _cifar10(root: Path) -> Source:
     train = [_unpickle(root / f"data_batch_{i}") for i in range(1, 6)]
     test = [_unpickle(root / "test_batch")]
     meta = _unpickle(root / "batches.meta") if (root / "batches.meta").exists() else {}
-    classes = list(meta.get("label_names", [str(i) for i in range(10)]))
+    classes = _class_names(meta, "label_names", 10, root / "batches.meta")
     return Source("cifar10", str(root), classes, CIFAR_MEAN, CIFAR_STD, True,
-                  _array_split("train", train, "labels"), _array_split("val", test, "labels"))
+                  _array_split("train", train, "labels", 10), _array_split("val", test, "labels", 10))
 
 
 def _cifar100(root: Path) -> Source:
     meta = _unpickle(root / "meta")
-    classes = list(meta.get("fine_label_names", [str(i) for i in range(100)]))
+    classes = _class_names(meta, "fine_label_names", 100, root / "meta")
     return Source("cifar100", str(root), classes, CIFAR_MEAN, CIFAR_STD, True,
-                  _array_split("train", [_unpickle(root / "train")], "fine_labels"),
-                  _array_split("val", [_unpickle(root / "test")], "fine_labels"))
+                  _array_split("train", [_unpickle(root / "train")], "fine_labels", 100),
+                  _array_split("val", [_unpickle(root / "test")], "fine_labels", 100))
 
 
 def _load_image(path: Path) -> Image.Image:

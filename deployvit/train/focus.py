@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deployvit import io
 from deployvit.arch import Arch, Layer, Stage
 from deployvit.counting import count_flops
 from deployvit.errors import DeployvitError
@@ -220,20 +221,34 @@ class FocusArchSampler(ArchSampler):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
+        io.check_schema(state, _RESUME_SCHEMA, "checkpoint sampler state", "sampler")
         plain = lambda d: {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in d.items()}  # noqa: E731
         if plain(state["options"]) != plain(asdict(self.opts)):
             raise DeployvitError("cannot resume: the checkpoint's focus sampler options differ from this run's")
-        self.policy.load_state_dict(state["policy"])
+        _load_policy(self.policy, state["policy"], "checkpoint sampler state")
         self.optimizer.load_state_dict(state["optimizer"])
         self.baseline = state["baseline"]
 
 
 def policy_from_state(state: dict[str, Any]) -> FocusPolicy:
     """Rebuild a trained policy from a sampler state dict (as stored in checkpoints)."""
+    io.check_schema(state, _POLICY_SCHEMA, "sampler state", "sampler")
     cfg = state["policy_config"]
     policy = FocusPolicy(space_from_dict(cfg["space"], allow_preset_name=True), cfg["hidden"])
-    policy.load_state_dict(state["policy"])
+    _load_policy(policy, state["policy"], "sampler state")
     return policy.eval()
+
+
+#: the sampler state fields `policy_from_state` and a resume read (`io.check_schema`)
+_POLICY_SCHEMA = {"policy_config": {"space": dict, "hidden": (int, 1, 4096)}, "policy": {str: torch.Tensor}}
+_RESUME_SCHEMA = {"options": dict, "policy": {str: torch.Tensor}, "optimizer": dict, "baseline": io.nullable(float)}
+
+
+def _load_policy(policy: FocusPolicy, weights: dict, where: str) -> None:
+    try:
+        policy.load_state_dict(weights)
+    except RuntimeError as exc:  # missing / unexpected / mis-shaped tensors
+        raise DeployvitError(f"{where}: sampler.policy: {str(exc).splitlines()[0]} (not this space's policy)") from None
 
 
 def load_sampler(path: str | os.PathLike) -> FocusPolicy:
@@ -246,4 +261,7 @@ def load_sampler(path: str | os.PathLike) -> FocusPolicy:
         raise DeployvitError(
             f"{path}: supernet was trained with sampler {sampler.get('name')!r}; a learned sampler needs --sampler focus"
         )
-    return policy_from_state(sampler)
+    try:
+        return policy_from_state(sampler)
+    except DeployvitError as exc:
+        raise DeployvitError(f"{path}: {exc}") from None
