@@ -41,7 +41,7 @@ STEPS = ints(0, 10**9)  # step intervals (0: off)
 REPEATS = ints(1, 100_000)  # timed repeats
 WARMUP_S = floats(0, 600)  # warm-up seconds before a timing
 THREADS = ints(1, 1024)
-WORKERS = ints(0, 256)
+WORKERS = ints(0, 64)  # each DataLoader worker is a process with its own copy of in-memory data
 FRACTION = floats(0, 1)
 RATE = floats(0, 1, max_open=True)  # decays and drop rates: 1 would freeze or drop everything
 LR = floats(0, None, min_open=True)  # no upper bound: a huge rate is a legitimate way to test divergence

@@ -37,7 +37,7 @@ def _amount(value: str | None, metric: str) -> float | None:
 @click.option("--score", type=click.Choice(SCORES), default="dss", show_default=True, help="Fitness: training-free DSS, supernet accuracy, or the trained FocusFormer sampler.")
 @click.option("--supernet", "supernet_ckpt", type=click.Path(dir_okay=False), help="Supernet checkpoint (--score supernet/sampler).")
 @click.option("--data", help="Training data (held-out split carved from it) for --score supernet/sampler; 'digits' is built in.")
-@click.option("--sampler-k", type=bounds.SAMPLES, default=64, show_default=True, help="Archs drawn from the sampler per budget (--score sampler).")
+@click.option("--sampler-k", type=bounds.ints(1, 10_000), default=64, show_default=True, help="Archs drawn from the sampler per budget (--score sampler).")
 @click.option("--method", type=click.Choice(["evolution", "random"]), default="evolution", show_default=True)
 @click.option("--population", type=bounds.ints(1, 100_000), default=DEFAULTS.population, show_default=True)
 @click.option("--generations", type=bounds.COUNT, default=DEFAULTS.generations, show_default=True)

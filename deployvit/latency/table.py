@@ -210,7 +210,7 @@ MAX_PART_US = 1e8  # 100 s for one part: anything larger is a unit mistake or a 
 _TABLE_BOUNDS = {  # field: (type, low, high); a range bounds a value so predictions can trust it
     "median_us": (float, 0.0, MAX_PART_US), "p90_us": (float, 0.0, MAX_PART_US), "mean_us": (float, 0.0, MAX_PART_US),
     "sum_us": (float, 0.0, 1e4 * MAX_PART_US), "measured_us": (float, 0.0, 1e4 * MAX_PART_US),
-    "predicted_us": (float, 0.0, 1e4 * MAX_PART_US), "cv": (float, 0.0, 100.0), "repeats": (int, 1, 10**7),
+    "predicted_us": (float, 0.0, 1e4 * MAX_PART_US), "cv": (float, 0.0, 100.0), "repeats": (int, 1, 100_000),  # as profile --repeats: latency --measure reruns it
     "scale": (float, 0.0, 100.0), "bias": (float, 0.0, MAX_PART_US),
     "n": (int, 0, 10**7), "mape": (float, 0.0, 1e6), "p95_abs_pct": (float, 0.0, 1e6), "max_abs_pct": (float, 0.0, 1e6),
     "within_5": (float, 0.0, 1.0), "within_10": (float, 0.0, 1.0), "kendall_tau": (float, -1.0, 1.0),
