@@ -162,7 +162,7 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
         dynamo=not opts["legacy_exporter"], device=device, workspace_gb=opts["workspace"],
         timing_cache=opts["timing_cache"], thresholds=thresholds, warmup_s=opts["warmup"], repeats=opts["repeats"],
         clock=opts["clock"],
-        metadata={"source": source.info, "tf32": opts["tf32"]},
+        metadata={"source": source.info},
     )
     return Job(source, spec, samples, out, budget_ms, notes, opts)
 
@@ -177,7 +177,7 @@ def _default_out(opts: dict[str, Any]) -> Path:
 
 def _settings(job: Job, formats: list[str]) -> dict[str, Any]:
     s = job.spec
-    return {"formats": formats, "precision": s.precision, "tf32": job.opts["tf32"], "batch": str(s.batch), "opset": s.opset,
+    return {"formats": formats, "precision": s.precision, "tf32_requested": job.opts["tf32"], "batch": str(s.batch), "opset": s.opset,
             "exporter": "dynamo" if s.dynamo else "legacy", "device": s.device, "samples": len(job.samples),
             "budget_ms": job.budget_ms, "table": job.opts["table"], "warmup_s": s.warmup_s, "repeats": s.repeats,
             "clock": s.clock if s.device == "cpu" else "cuda events", "cpu_timing_threads": s.threads or torch.get_num_threads()}
