@@ -130,8 +130,8 @@ def table_argv(index: int) -> Callable[[Pass], list[str]]:
         common = ["--space", space, "--batch-size", str(batch), "--out", str(_table_path(p, space, batch))]
         if p.dry_run:
             return _python() + ["-m", "deployvit", "profile", "--device", "cpu", "--runtime", "eager", "--precision", "fp32",
-                                *common, "--warmup", "0", "--repeats", "5", "--calib-archs", "3", "--val-archs", "2",
-                                "--threads", "1", "--clock", "cpu"]  # CPU time: robust on a loaded CI machine
+                                *common, "--warmup", "0.05", "--repeats", "20", "--calib-archs", "4", "--val-archs", "2",
+                                "--threads", "1", "--clock", "cpu"]  # CPU time and medians of 20: robust on a loaded CI machine
         return _python() + ["-m", "deployvit", "profile", "--device", p.label, "--runtime", "cudagraph", "--precision", "fp16",
                             *common, "--warmup", "0.2", "--repeats", "50", "--calib-archs", "10", "--val-archs", "50"]
 

@@ -90,7 +90,8 @@ def measure(runner: Runner, spec: ExportSpec, device: str) -> Timed:
             warnings.simplefilter("always", RuntimeWarning)
             try:
                 torch.set_num_threads(spec.threads or threads)
-                t = time_callable(lambda: runner(x), device=device, warmup_s=spec.warmup_s, repeats=spec.repeats,
+                run = runner.bind(x) if hasattr(runner, "bind") else (lambda: runner(x))  # bound IO, like a table entry
+                t = time_callable(run, device=device, warmup_s=spec.warmup_s, repeats=spec.repeats,
                                   clock=clock, label=f"batch {batch}")
             finally:
                 torch.set_num_threads(threads)

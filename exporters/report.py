@@ -183,14 +183,18 @@ def environment(device: str) -> dict[str, Any]:
     """Machine facts (the same ones latency tables record) and package versions: a timing means
     nothing without them (DESIGN.md section 4)."""
     import onnx
-    import onnxruntime
     import timm
 
     from deployvit.latency.devices import machine_facts
 
     env = {**machine_facts(device), "deployvit": __version__, "timm": timm.__version__, "onnx": onnx.__version__,
-           "onnxruntime": onnxruntime.__version__, "onnxruntime_providers": onnxruntime.get_available_providers(),
-           "torch_threads": torch.get_num_threads()}
+           "onnxruntime": None, "onnxruntime_providers": [], "torch_threads": torch.get_num_threads()}
+    try:  # onnxruntime is an extra ([cpu] or [gpu]): a report without it says so instead of failing
+        import onnxruntime
+
+        env["onnxruntime"], env["onnxruntime_providers"] = onnxruntime.__version__, onnxruntime.get_available_providers()
+    except ImportError:
+        pass
     try:
         import tensorrt
 

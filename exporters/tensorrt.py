@@ -146,6 +146,10 @@ def build_engine(
         raise DeployvitError(f"workspace must be > 0 GB, got {workspace_gb}")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
+    config = builder.create_builder_config()  # flags first: a TensorRT without them fails before the parse
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    config.builder_optimization_level = OPTIMIZATION_LEVEL
+    _apply_flags(trt, config, plan)
     network_flags = _network_flags(trt, plan)
     network = builder.create_network(network_flags)
     parser = trt.OnnxParser(network, logger)
@@ -153,10 +157,6 @@ def build_engine(
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise CheckFailed(f"TensorRT could not parse {onnx_path}: {errors}")
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    config.builder_optimization_level = OPTIMIZATION_LEVEL
-    _apply_flags(trt, config, plan)
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).exists() else b""
     config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
 

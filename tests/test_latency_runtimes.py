@@ -254,15 +254,15 @@ def test_profile_compile_over_more_than_8_shapes_times_compiled_code_for_every_e
     space_file.write_text(COMPILE9)
     out = tmp_path / "t.json"
     result = run_cli("profile", "--device", "cpu", "--space", str(space_file), "--runtime", "compile", "--precision", "fp32",
-                     "--batch-size", "1", "--out", str(out), "--warmup", "0", "--repeats", "2",
-                     "--calib-archs", "2", "--val-archs", "2", "--threads", "1")
+                     "--batch-size", "1", "--out", str(out), "--warmup", "0", "--repeats", "10",
+                     "--calib-archs", "2", "--val-archs", "2", "--threads", "1", "--clock", "cpu")
     assert result.code == 0, result.err
     table = LatencyTable.load(out)
     blocks = [k for k in table.entries if k.startswith("block:")]
     assert len(blocks) == 9 and len(table.entries) == 11
     assert len(built) == 11 + 4
     for run, calls in built:
-        assert calls["n"] >= 3  # one warm-up call (warmup 0) and two repeats
+        assert calls["n"] == 11  # one warm-up call (warmup 0) and ten repeats
         assert run.compiled.graphs == 1  # compiled once, never recompiled
         assert run.compiled.calls == calls["n"] + 1  # + the compiling call in build_runner: all compiled
 

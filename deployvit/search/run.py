@@ -122,7 +122,7 @@ def make_score(request: SearchRequest, space: SearchSpace, trained: tuple | None
     else:
         from deployvit.search.supernet_score import supernet_accuracy
 
-        score = supernet_accuracy(request, *trained)
+        score = supernet_accuracy(request, *trained, device=device)
     return ShardedScore(score, ranks) if ranks.distributed else score
 
 
@@ -227,10 +227,14 @@ def run_search(request: SearchRequest, echo: Callable[[str], None] = print, prog
     if evolution.converged and evolution.state.generation < request.config.generations:
         echo(f"stopped after generation {evolution.state.generation}: no better feasible arch for {request.config.patience} generations (--patience)")
     provenance = latency_provenance(table)
+    speed = score.throughput() if hasattr(score, "throughput") else None
+    if speed and speed.get("archs_per_s"):
+        echo(f"scored {speed['archs_scored']} archs on {speed['device']} ({speed['precision']}): {speed['archs_per_s']:.2f} archs/s")
     if main:
         _append_log(log_path, {"final": True, "winners": {k: c.to_dict() for k, c in winners.items()}, **summary, "measured": measured,
                                "held_out_images": len(getattr(score, "held_out_ids", [])) or None,
                                "stopped_at_generation": evolution.state.generation, "latency": provenance,
+                               "score_throughput": speed,
                                "request": _request_dict(request)})
     _write_outputs(run_dir, evolution, evaluated, winners, score.name, space, model, request, provenance, main)
     if hasattr(score, "close"):
