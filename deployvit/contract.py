@@ -31,7 +31,7 @@ def plan_contract(fmt: str, arch, *, precision: str, device: str, batch_size: in
     """Which table predicts this artifact and how to time it; nothing is timed yet.
 
     `timing` (warmup_s, repeats, threads, clock) is used only when no table fixes the settings."""
-    from deployvit.latency.profile import MeasureSettings
+    from deployvit.latency.settings import MeasureSettings
 
     runtime = FORMAT_RUNTIME[fmt]
     resolved, why = _table_for(runtime, arch, precision, device, batch_size, table_path)
@@ -92,7 +92,8 @@ def measure_contract(contract: Contract, run) -> Contract:
     """Time `run` with the contract's settings (the table's), through the profile's timing path."""
     import warnings
 
-    from deployvit.latency.profile import MeasureSettings, time_run
+    from deployvit.latency.profile import time_run
+    from deployvit.latency.settings import MeasureSettings
 
     settings = MeasureSettings(**contract.settings)
     with warnings.catch_warnings(record=True) as caught:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
+from deployvit.latency.settings import MeasureSettings
 from exporters import onnx as onnx_export
 from exporters import tensorrt as trt_export
 from exporters.onnx import BatchSpec, CastModel, ExportFailed, OnnxRunner
@@ -51,8 +52,8 @@ class ExportSpec:
     workspace_gb: float = 4.0
     timing_cache: str | None = None
     thresholds: Thresholds | None = None
-    warmup_s: float = 0.5
-    repeats: int = 100
+    warmup_s: float = MeasureSettings.warmup_s  # timed like a latency table by default
+    repeats: int = MeasureSettings.repeats
     clock: str = "wall"  # "cpu": single-thread process CPU time, as CPU latency tables on shared machines
     tf32: bool = False  # fp32 matmuls of TensorRT / onnxruntime-gpu may use TF32 (recorded, its own gate)
     metadata: dict[str, Any] | None = None

@@ -24,6 +24,7 @@ from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
 from exporters import tensorrt as trt_export
 from deployvit.compute import compute_device
 from deployvit.contract import contract_runner, measure_contract, plan_contract
+from deployvit.latency.settings import MeasureSettings
 from deployvit.units import parse_amount
 from exporters.benchmark import FORMATS, ExportSpec, parse_formats, reference_runner, run_format
 from exporters.onnx import BF16_MIN_OPSET, DEFAULT_OPSET, MIN_OPSET, PRECISIONS, batch_spec, check_onnxruntime_device, check_opset
@@ -88,9 +89,11 @@ def _common_options(fn: Callable) -> Callable:
         click.option("--min-cosine", type=bounds.floats(-1, 1), help="Override: min cosine similarity (0.9999 fp32, 0.999 fp16/bf16)."),
         click.option("--min-agreement", type=bounds.FRACTION, help="Override: min top-1 agreement, fraction (0.995 fp16/bf16)."),
         click.option("--max-top1-drop", type=bounds.floats(0, 100), help="Override: max top-1 drop in points (0.3 fp16/bf16)."),
-        click.option("--warmup", type=bounds.WARMUP_S, default=0.5, show_default=True, help="Timing warm-up seconds."),
-        click.option("--repeats", type=bounds.REPEATS, default=100, show_default=True, help="Timed repeats."),
-        click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
+        click.option("--warmup", type=bounds.WARMUP_S, default=MeasureSettings.warmup_s, show_default=True,
+                     help="Timing warm-up seconds (the contract uses its table's own settings)."),
+        click.option("--repeats", type=bounds.REPEATS, default=MeasureSettings.repeats, show_default=True,
+                     help="Timed repeats (the contract uses its table's own settings)."),
+        click.option("--clock", type=click.Choice(["wall", "cpu"]), default=MeasureSettings.clock, show_default=True,
                      help="CPU timing: wall clock, or single-thread process CPU time (as CPU latency tables "
                           "profiled on a shared machine)."),
     ]

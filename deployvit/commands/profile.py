@@ -8,6 +8,7 @@ import click
 
 from deployvit.commands import bounds
 from deployvit.errors import DeployvitError
+from deployvit.latency.settings import MeasureSettings, ProfileConfig
 from deployvit.latency.table import table_filename
 from deployvit.spaces import get_space
 
@@ -34,14 +35,14 @@ def output_paths(out: str | None, label: str, space: str, runtime: str, precisio
 @click.option("--batch-size", "batches", type=bounds.BATCH, multiple=True, required=True, help="Batch size; repeat for several tables.")
 @click.option("--out", help="Table path (default $DEPLOYVIT_HOME/latency_tables/LABEL/SPACE-RUNTIME-PRECISION-bB.json, where search "
                                  "looks; DEPLOYVIT_HOME defaults to ~/.local/share/deployvit); '{batch}' is replaced.")
-@click.option("--calib-archs", type=bounds.ints(2, 1000), default=10, show_default=True, help="Whole archs timed to fit the calibration.")
-@click.option("--val-archs", type=bounds.ints(2, 10_000), default=50, show_default=True, help="Held-out archs timed to validate the table.")
-@click.option("--warmup", "warmup_s", type=bounds.WARMUP_S, default=0.5, show_default=True, help="Warm-up seconds before each timing.")
-@click.option("--repeats", type=bounds.REPEATS, default=50, show_default=True, help="Timed repeats per part and per arch.")
+@click.option("--calib-archs", type=bounds.ints(2, 1000), default=ProfileConfig.calib_archs, show_default=True, help="Whole archs timed to fit the calibration.")
+@click.option("--val-archs", type=bounds.ints(2, 10_000), default=ProfileConfig.val_archs, show_default=True, help="Held-out archs timed to validate the table.")
+@click.option("--warmup", "warmup_s", type=bounds.WARMUP_S, default=MeasureSettings.warmup_s, show_default=True, help="Warm-up seconds before each timing.")
+@click.option("--repeats", type=bounds.REPEATS, default=MeasureSettings.repeats, show_default=True, help="Timed repeats per part and per arch.")
 @click.option("--threads", type=bounds.THREADS, help="CPU threads for torch/onnxruntime (recorded; default: library default).")
-@click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
+@click.option("--clock", type=click.Choice(["wall", "cpu"]), default=MeasureSettings.clock, show_default=True,
               help="CPU only: 'cpu' times process CPU time (needs --threads 1), far less sensitive to other jobs on a shared machine.")
-@click.option("--seed", type=bounds.SEED, default=0, show_default=True, help="Seed of the calibration/validation arch samples.")
+@click.option("--seed", type=bounds.SEED, default=ProfileConfig.seed, show_default=True, help="Seed of the calibration/validation arch samples.")
 @click.option("--force", is_flag=True, help="Profile despite a device-label mismatch, and overwrite an existing table.")
 @click.option("--estimate", is_flag=True, help="Measure nothing: write an ESTIMATED table for the GPU model --device names "
               "(a catalogue entry), from a per-kernel model fitted on published measurements; runs anywhere in seconds.")
@@ -51,7 +52,7 @@ def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs
     --estimate, write a clearly labelled estimate for a catalogue GPU instead."""
     if estimate:
         return _estimate(label, space_name, runtime, precision, batches, out, force)
-    from deployvit.latency.profile import MeasureSettings, check_request, profile  # torch and timm: only when it runs
+    from deployvit.latency.profile import check_request, profile  # torch and timm: only when it runs
 
     space = get_space(space_name)
     settings = [MeasureSettings(runtime, precision, b, warmup_s, repeats, threads, clock) for b in batches]

@@ -17,7 +17,7 @@ where it stopped; the table is written (atomically) only when everything is meas
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -30,7 +30,8 @@ from deployvit import __version__, io
 from deployvit.arch import Arch
 from deployvit.errors import DeployvitError
 from deployvit.latency.devices import check_label, machine_facts
-from deployvit.latency.runtimes import build_runner, check_runtime, runtime_version
+from deployvit.latency.runtimes import build_runner, runtime_version
+from deployvit.latency.settings import MeasureSettings, ProfileConfig
 from deployvit.latency.stats import error_stats, fit_affine
 from deployvit.latency.table import LatencyTable
 from deployvit.latency.timing import CV_WARN_CPU, CV_WARN_CUDA, Timing, time_callable
@@ -39,36 +40,6 @@ from deployvit.parts import Part, space_parts
 from deployvit.spaces import SearchSpace
 
 PROGRESS_FORMAT = "deployvit.profile_progress/1"
-
-
-@dataclass(frozen=True)
-class MeasureSettings:
-    """How every part and whole model of one table is timed (stored in the table's metadata)."""
-
-    runtime: str
-    precision: str
-    batch_size: int
-    warmup_s: float = 0.5
-    repeats: int = 50
-    threads: int | None = None  # torch (and onnxruntime) CPU threads; None = library default
-    clock: str = "wall"  # "cpu": process CPU time, for single-threaded CPU tables on a shared machine
-
-    def validate(self, device: str) -> None:
-        if self.batch_size < 1:
-            raise DeployvitError(f"batch size must be >= 1, got {self.batch_size}")
-        if self.repeats < 1 or self.warmup_s < 0:
-            raise DeployvitError(f"repeats must be >= 1 and warm-up >= 0 s (got {self.repeats}, {self.warmup_s})")
-        if self.threads is not None and self.threads < 1:
-            raise DeployvitError(f"threads must be >= 1, got {self.threads}")
-        if self.clock == "cpu" and (device != "cpu" or self.threads != 1):
-            raise DeployvitError("--clock cpu measures one thread's CPU time: use it on the CPU with --threads 1")
-        check_runtime(self.runtime, device, self.precision)
-
-    @classmethod
-    def from_metadata(cls, meta: dict) -> "MeasureSettings":
-        """The settings a table was measured with, to time an arch the same way (`--measure`)."""
-        s = meta.get("settings", {})
-        return cls(meta["runtime"], meta["precision"], meta["batch_size"], s.get("warmup_s", 0.5), s.get("repeats", 50), s.get("threads"), s.get("clock", "wall"))
 
 
 def check_request(label: str, settings: MeasureSettings, out: Path, calib_archs: int, val_archs: int, force: bool) -> tuple[str, str]:
@@ -163,9 +134,9 @@ def profile(
     label: str,
     settings: MeasureSettings,
     out: str | Path,
-    calib_archs: int = 10,
-    val_archs: int = 50,
-    seed: int = 0,
+    calib_archs: int = ProfileConfig.calib_archs,
+    val_archs: int = ProfileConfig.val_archs,
+    seed: int = ProfileConfig.seed,
     force: bool = False,
     echo: Callable[[str], None] = print,
 ) -> LatencyTable:

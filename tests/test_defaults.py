@@ -1,0 +1,38 @@
+"""Each default is written once: the command-line defaults of profile, export and search are the
+config dataclasses' (the Python API and the CLI give the same run)."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from deployvit.cli import cli
+from deployvit.latency.settings import MeasureSettings, ProfileConfig
+from deployvit.search.evolution import EvolutionConfig
+
+
+def _defaults(command: str) -> dict:
+    cmd = cli.get_command(None, command)
+    return {p.name: p.default for p in cmd.params}
+
+
+@pytest.mark.parametrize("command", ["profile", "export", "benchmark"])
+def test_timing_defaults_are_measure_settings(command):
+    d = _defaults(command)
+    warmup = d.get("warmup_s", d.get("warmup"))
+    assert (warmup, d["repeats"], d["clock"]) == (MeasureSettings.warmup_s, MeasureSettings.repeats, MeasureSettings.clock)
+
+
+def test_profile_sampling_defaults_are_profile_config():
+    d = _defaults("profile")
+    assert {f.name: d[f.name] for f in fields(ProfileConfig)} == {f.name: f.default for f in fields(ProfileConfig)}
+
+
+def test_search_evolution_defaults_are_evolution_config():
+    d = _defaults("search")
+    cfg = EvolutionConfig()
+    names = {"mutation_prob": "layer_prob", "stage_mutation_prob": "stage_prob"}
+    for flag in ("population", "generations", "parents", "mutations", "crossovers", "mutation_prob", "stage_mutation_prob",
+                 "patience", "seed", "method"):
+        assert d[flag] == getattr(cfg, names.get(flag, flag)), flag
