@@ -122,7 +122,7 @@ def make_score(request: SearchRequest, space: SearchSpace, trained: tuple | None
     else:
         from deployvit.search.supernet_score import supernet_accuracy
 
-        score = supernet_accuracy(request, *trained, device=device)
+        score = supernet_accuracy(request.data, request.supernet, *trained, device=device)
     return ShardedScore(score, ranks) if ranks.distributed else score
 
 
@@ -277,7 +277,7 @@ def _specialise(request: SearchRequest, evolution: Evolution) -> dict:
         lo, hi = model.range(metric)
         position = 1.0 if target is None else min(max((target - lo) / max(hi - lo, 1e-12), 0.0), 1.0)
         pending = {}
-        for arch in sampler_proposals(request, model.space, position, request.config.seed + i):
+        for arch in sampler_proposals(request.supernet, model.space, position, request.sampler_k, request.config.seed + i):
             metrics = evolution.metrics(arch)
             if arch.key not in evolution.state.evaluated and evolution.feasible(metrics, budget):
                 pending[arch.key] = (arch, metrics)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import torch
 
@@ -25,9 +25,6 @@ from deployvit.arch import Arch
 from deployvit.errors import DeployvitError
 from deployvit.spaces import SearchSpace
 from deployvit.supernet import Supernet
-
-if TYPE_CHECKING:
-    from deployvit.search.run import SearchRequest
 
 CPU = torch.device("cpu")
 DEFAULT_CACHE_BYTES = 2 << 30
@@ -164,23 +161,23 @@ def load_supernet_for_search(path: str, space_name: str) -> tuple[Supernet, dict
     return supernet, meta
 
 
-def supernet_accuracy(request: "SearchRequest", supernet: Supernet, meta: dict, device: torch.device = CPU,
+def supernet_accuracy(data: str | None, checkpoint: str, supernet: Supernet, meta: dict, device: torch.device = CPU,
                       **options) -> SupernetAccuracy:
-    """The `supernet` (and `sampler`) score on the checkpoint's recorded held-out images of
-    `request.data`, computed on `device`; `options` go to `SupernetAccuracy` (batch_size, workers,
-    amp, cache_bytes)."""
+    """The `supernet` (and `sampler`) score on the held-out images of `data` that the supernet
+    `checkpoint` recorded, computed on `device`; `options` go to `SupernetAccuracy` (batch_size,
+    workers, amp, cache_bytes)."""
     from deployvit.train.augment import get_aug
     from deployvit.train.data import held_out_from_ids, open_data
     from deployvit.train.setup import eval_dataset, transforms_for
 
-    if request.data is None:
+    if data is None:
         raise DeployvitError("--score supernet/sampler needs --data (the data the supernet was trained on)")
-    source = open_data(request.data)
+    source = open_data(data)
     ids = meta.get("held_out", {}).get("ids") or []
     if not ids:
-        raise DeployvitError(f"supernet checkpoint {request.supernet} has no held-out images to score on (train it with --held-out-per-class > 0)")
+        raise DeployvitError(f"supernet checkpoint {checkpoint} has no held-out images to score on (train it with --held-out-per-class > 0)")
     if source.num_classes != supernet.space.num_classes:
-        raise DeployvitError(f"{request.data} has {source.num_classes} classes, the supernet {supernet.space.num_classes}")
+        raise DeployvitError(f"{data} has {source.num_classes} classes, the supernet {supernet.space.num_classes}")
     held = held_out_from_ids(source, ids)
     dataset = eval_dataset(source, "held-out", transforms_for(source, get_aug("none"), supernet.space.img_size).eval, held)
     score = SupernetAccuracy(supernet, dataset, device=device, **options)
@@ -188,11 +185,12 @@ def supernet_accuracy(request: "SearchRequest", supernet: Supernet, meta: dict, 
     return score
 
 
-def sampler_proposals(request: "SearchRequest", space: SearchSpace, budget_position: float, seed: int) -> list[Arch]:
-    """FocusFormer specialisation, step one: k archs from the trained sampler for a normalised budget."""
+def sampler_proposals(checkpoint: str, space: SearchSpace, budget_position: float, k: int, seed: int) -> list[Arch]:
+    """FocusFormer specialisation, step one: k archs from the sampler trained with the supernet
+    `checkpoint`, for a normalised budget."""
     from deployvit.train.focus import load_sampler
 
-    policy = load_sampler(request.supernet)
+    policy = load_sampler(checkpoint)
     if policy.space.hash() != space.hash():
-        raise DeployvitError(f"the sampler in {request.supernet} was trained on another space than {space.name!r}")
-    return policy.propose(budget_position, request.sampler_k, seed)
+        raise DeployvitError(f"the sampler in {checkpoint} was trained on another space than {space.name!r}")
+    return policy.propose(budget_position, k, seed)
