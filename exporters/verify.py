@@ -14,7 +14,6 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
 from deployvit.errors import CheckFailed, DeployvitError
@@ -77,28 +76,6 @@ def synthetic_samples(n: int, img_size: int, in_chans: int = 3, seed: int = SYNT
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(n, in_chans, img_size, img_size, generator=gen)
     return Samples(images, None, f"synthetic: {n} seeded N(0,1) images (seed {seed}), no labels")
-
-
-def data_samples(data: str, img_size: int, in_chans: int = 3, limit: int = 256) -> Samples:
-    """`limit` images evenly spaced through the `val` split of `data` (digits, CIFAR folder or
-    ImageFolder root; an ImageFolder split is ordered by class, so its first images would be a few
-    classes only), preprocessed exactly as `deployvit evaluate` does."""
-    from deployvit.train.augment import get_aug
-    from deployvit.train.data import SplitDataset, open_data
-    from deployvit.train.setup import transforms_for
-
-    source = open_data(data)
-    split = source.val
-    if len(split) == 0:
-        raise DeployvitError(f"{data}: the val split is empty")
-    if in_chans != 3:
-        raise DeployvitError(f"--data gives RGB images, but the model takes {in_chans} channels")
-    transform = transforms_for(source, get_aug("none"), img_size).eval
-    picked = np.unique(np.linspace(0, len(split) - 1, num=min(limit, len(split))).round().astype(int))
-    dataset = SplitDataset(split, transform, indices=picked.tolist())
-    images, labels = zip(*(dataset[i] for i in range(len(dataset))))
-    where = source.kind if str(data) == source.kind else f"{source.kind} {data}"
-    return Samples(torch.stack(images), torch.tensor(labels), f"{where}: {len(dataset)} val images, evenly spaced")
 
 
 @dataclass

@@ -15,7 +15,8 @@ from deployvit.errors import DeployvitError
 from deployvit.models import build_model
 from deployvit.spaces import get_space
 from exporters.onnx import OnnxRunner, export_onnx
-from exporters.verify import Thresholds, compare, data_samples, failures, synthetic_samples, verify
+from deployvit.commands.export import data_samples
+from exporters.verify import Thresholds, compare, failures, synthetic_samples, verify
 
 
 @functools.lru_cache(maxsize=None)  # shared with the CLI tests: train once per session

@@ -30,7 +30,7 @@ from exporters.benchmark import FORMATS, ExportSpec, parse_formats, reference_ru
 from exporters.onnx import BF16_MIN_OPSET, DEFAULT_OPSET, MIN_OPSET, PRECISIONS, batch_spec, check_onnxruntime_device, check_opset
 from exporters.report import REFERENCE, SKIPPED, VERIFIED, VERIFY_FAILED, Report, Row, format_table
 from exporters.sources import SourceModel, load_arch_model, load_timm_model
-from exporters.verify import Runner, Samples, Thresholds, data_samples, synthetic_samples
+from exporters.verify import Runner, Samples, Thresholds, synthetic_samples
 
 
 def _batch_range(text: str | None, contracts: dict[str, Any]) -> tuple[int, int, int] | None:
@@ -112,6 +112,31 @@ class Job:
     notes: list[str]
     opts: dict[str, Any]
     contracts: dict[str, Any]  # format -> the latency contract planned for it (deployvit.contract)
+
+
+def data_samples(data: str, img_size: int, in_chans: int = 3, limit: int = 256) -> Samples:
+    """`limit` images evenly spaced through the `val` split of `data` (digits, CIFAR folder or
+    ImageFolder root; an ImageFolder split is ordered by class, so its first images would be a few
+    classes only), preprocessed exactly as `deployvit evaluate` does. It lives here, at the command
+    layer, because it joins the training data readers with the exporters' `Samples`."""
+    import numpy as np
+
+    from deployvit.train.augment import get_aug
+    from deployvit.train.data import SplitDataset, open_data
+    from deployvit.train.setup import transforms_for
+
+    source = open_data(data)
+    split = source.val
+    if len(split) == 0:
+        raise DeployvitError(f"{data}: the val split is empty")
+    if in_chans != 3:
+        raise DeployvitError(f"--data gives RGB images, but the model takes {in_chans} channels")
+    transform = transforms_for(source, get_aug("none"), img_size).eval
+    picked = np.unique(np.linspace(0, len(split) - 1, num=min(limit, len(split))).round().astype(int))
+    dataset = SplitDataset(split, transform, indices=picked.tolist())
+    images, labels = zip(*(dataset[i] for i in range(len(dataset))))
+    where = source.kind if str(data) == source.kind else f"{source.kind} {data}"
+    return Samples(torch.stack(images), torch.tensor(labels), f"{where}: {len(dataset)} val images, evenly spaced")
 
 
 def _samples(data: str | None, source: SourceModel, n: int) -> Samples:
