@@ -51,15 +51,13 @@ def _recipe_options(out_default: str):
     return decorate
 
 
-def _recipe(kw: dict, facts, info, log):
-    """The user's recipe flags resolved against the data and world size, printed."""
+def _recipe(kw: dict, facts, info):
+    """The user's recipe flags resolved against the data and world size."""
     from dataclasses import fields
 
     from deployvit.train.recipe import Recipe
 
-    recipe = Recipe(**{f.name: kw[f.name] for f in fields(Recipe)}).resolve(facts, info.world_size)
-    log(recipe.describe(facts, info.world_size))
-    return recipe
+    return Recipe(**{f.name: kw[f.name] for f in fields(Recipe)}).resolve(facts, info.world_size)
 
 
 def _run(fn):
@@ -106,7 +104,8 @@ def train_supernet_cmd(kw, info, opts) -> None:
     from deployvit.train.supernet_train import default_sampler, new_supernet, train_supernet
 
     source = open_data(kw["data"])
-    recipe = _recipe(kw, data_facts(source), info, opts.log)
+    facts = data_facts(source)
+    recipe = _recipe(kw, facts, info)
     space = fit_space(get_space(kw["space_name"]), source)
     held = held_out_split(source, kw["held_out_per_class"])
     steps = len(held.train) // max(recipe.batch_size * info.world_size, 1) * recipe.epochs
@@ -117,12 +116,12 @@ def train_supernet_cmd(kw, info, opts) -> None:
         except ValueError:
             raise DeployvitError(f"--focus-budgets: expected numbers like 0.25,0.5, got {kw['focus_budgets']!r}") from None
     name = default_sampler(recipe) if kw["sampler"] == "auto" else kw["sampler"]
-    opts.log(f"sampler {name}")
     sampler = make_sampler(
         name, space, recipe.seed, total_steps=steps, sandwich_random=kw["sandwich_random"], groups=kw["groups"],
         unlock_epochs=kw["unlock_epochs"], focus_budgets=budgets, focus_epsilon=kw["focus_epsilon"],
         focus_update_every=kw["focus_update_every"],
     )
+    opts.log(f"{recipe.describe(facts, info.world_size)}; sampler {name}")
     supernet = new_supernet(space, recipe, cyclic=kw["cyclic"], identity_shift=kw["identity_shift"])
     history = train_supernet(supernet, source, held, sampler, recipe, opts, info)
     opts.log(f"supernet saved to {opts.out / 'last.pt'} ({len(history)} epochs)")
@@ -143,7 +142,8 @@ def retrain_cmd(kw, info, opts) -> None:
 
     arch = load_arch(kw["arch_file"])
     source = open_data(kw["data"])
-    recipe = _recipe(kw, data_facts(source), info, opts.log)
+    facts = data_facts(source)
+    recipe = _recipe(kw, facts, info)
     if kw["init"] == "scratch":
         model = new_model(arch, recipe)
     else:
@@ -151,6 +151,7 @@ def retrain_cmd(kw, info, opts) -> None:
         supernet, _ = load_supernet(kw["init"])
         supernet.space.validate(arch)
         model = supernet.extract(arch, drop_path_rate=recipe.drop_path)
+    opts.log(recipe.describe(facts, info.world_size))
     result = retrain(model, source, recipe, kw["init"], opts, info)
     last = result["history"][-1] if result["history"] else {}
     opts.log(f"val top1 {result['initial']['val_top1']:.2f} -> {last.get('val_top1', float('nan')):.2f}; "
