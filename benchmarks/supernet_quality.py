@@ -38,18 +38,16 @@ from scipy.stats import kendalltau
 from _record import RESULTS, save_result
 from deployvit.counting import count_flops
 from deployvit.latency.devices import device_name
-from deployvit.models import build_model
 from deployvit.spaces import get_space
-from deployvit.supernet import Supernet
 from deployvit.train.augment import get_aug
-from deployvit.train.data import held_out_split, open_data
+from deployvit.train.data import data_facts, held_out_split, open_data
 from deployvit.train.distributed import DistInfo, pick_device
 from deployvit.train.evaluate import eval_loader, evaluate_accuracy
 from deployvit.train.loop import Recipe, RunOptions
-from deployvit.train.retrain import retrain
+from deployvit.train.retrain import new_model, retrain
 from deployvit.train.samplers import SAMPLERS, make_sampler
 from deployvit.train.setup import eval_dataset, fit_space, seed_init, transforms_for
-from deployvit.train.supernet_train import train_supernet
+from deployvit.train.supernet_train import new_supernet, train_supernet
 
 
 
@@ -107,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     archs = distinct_archs(space, args.archs, args.seed)
     flops = [count_flops(a) for a in archs]
     budget = args.budget_flops or float(statistics.median(flops))
+    facts = data_facts(source)
     recipe = lambda epochs: Recipe(epochs=epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=min(2, epochs - 1),  # noqa: E731
-                                   drop_path=0.0, seed=args.seed, aug=get_aug(args.aug))
+                                   drop_path=0.0, seed=args.seed, aug=args.aug).resolve(facts)
     quiet = lambda msg: None  # noqa: E731
     work = Path(tempfile.mkdtemp(prefix="supernet_quality-"))
     t_start = time.perf_counter()
@@ -116,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ground truth: {len(archs)} subnets x {args.retrain_epochs} epochs from scratch on {args.data}", file=sys.stderr)
     truth = []
     for i, arch in enumerate(archs):
-        seed_init(args.seed)
-        out = retrain(build_model(arch), source, recipe(args.retrain_epochs), "scratch",
+        out = retrain(new_model(arch, recipe(args.retrain_epochs)), source, recipe(args.retrain_epochs), "scratch",
                       RunOptions(work / f"gt{i}", log=quiet, log_every=0), info)
         truth.append(out["history"][-1]["val_top1"])
     in_budget = [i for i, f in enumerate(flops) if f <= budget]
@@ -128,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         r = recipe(args.epochs)
         steps = len(held.train) // args.batch_size * args.epochs
         sampler = make_sampler(name, space, args.seed, total_steps=steps)
-        seed_init(args.seed)
-        supernet = Supernet(space)
+        supernet = new_supernet(space, r)
         history = train_supernet(supernet, source, held, sampler, r, RunOptions(work / name, log=quiet, log_every=0), info)
         supernet.eval()
         inherited_held, inherited_val = [], []
