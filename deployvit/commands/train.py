@@ -121,7 +121,7 @@ def train_supernet_cmd(kw, info, opts) -> None:
         unlock_epochs=kw["unlock_epochs"], focus_budgets=budgets, focus_epsilon=kw["focus_epsilon"],
         focus_update_every=kw["focus_update_every"],
     )
-    opts.log(f"{recipe.describe(facts, info.world_size)}; sampler {name}")
+    opts.banner = f"{recipe.describe(facts, info.world_size)}; sampler {name}"
     supernet = new_supernet(space, recipe, cyclic=kw["cyclic"], identity_shift=kw["identity_shift"])
     history = train_supernet(supernet, source, held, sampler, recipe, opts, info)
     opts.log(f"supernet saved to {opts.out / 'last.pt'} ({len(history)} epochs)")
@@ -151,7 +151,7 @@ def retrain_cmd(kw, info, opts) -> None:
         supernet, _ = load_supernet(kw["init"])
         supernet.space.validate(arch)
         model = supernet.extract(arch, drop_path_rate=recipe.drop_path)
-    opts.log(recipe.describe(facts, info.world_size))
+    opts.banner = recipe.describe(facts, info.world_size)
     result = retrain(model, source, recipe, kw["init"], opts, info)
     last = result["history"][-1] if result["history"] else {}
     opts.log(f"val top1 {result['initial']['val_top1']:.2f} -> {last.get('val_top1', float('nan')):.2f}; "

@@ -51,6 +51,7 @@ class RunOptions:
     deterministic: bool = False
     log: Callable[[str], None] = print
     log_every: int = 50
+    banner: str = ""  # printed once every input check has passed (the recipe line of the commands)
 
 
 class Task(Protocol):
@@ -216,6 +217,8 @@ def _fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[d
         if info.is_main:
             save_checkpoint(ckpt_path, state(epoch_, step_, partial))
 
+    if opts.banner:
+        opts.log(opts.banner)
     model.train()
     while epoch < recipe.epochs:
         t0, extra = time.perf_counter(), dict(so_far["extra"])
