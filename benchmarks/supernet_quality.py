@@ -37,19 +37,18 @@ from scipy.stats import kendalltau
 
 from _record import RESULTS, save_result
 from deployvit.counting import count_flops
+from deployvit.supernet.sharing import channel_windows
 from deployvit.latency.devices import device_name
-from deployvit.models import build_model
 from deployvit.spaces import get_space
-from deployvit.supernet import Supernet
 from deployvit.train.augment import get_aug
-from deployvit.train.data import held_out_split, open_data
+from deployvit.train.data import data_facts, held_out_split, open_data
 from deployvit.train.distributed import DistInfo, pick_device
 from deployvit.train.evaluate import eval_loader, evaluate_accuracy
 from deployvit.train.loop import Recipe, RunOptions
-from deployvit.train.retrain import retrain
+from deployvit.train.retrain import new_model, retrain
 from deployvit.train.samplers import SAMPLERS, make_sampler
 from deployvit.train.setup import eval_dataset, fit_space, seed_init, transforms_for
-from deployvit.train.supernet_train import train_supernet
+from deployvit.train.supernet_train import new_supernet, train_supernet
 
 
 
@@ -59,6 +58,20 @@ def distinct_archs(space, n: int, seed: int):
         arch = space.sample(rng)
         seen.setdefault(arch.key, arch)
     return list(seen.values())
+
+
+VARIANTS = {"prefix": (False, False, None), "cyclic": (True, False, None), "vitas": (True, True, "vitas-weak")}
+
+
+def channel_usage(sampler, supernet, steps: int) -> dict:
+    """How evenly the token-embedding channels were trained: per-channel count of steps whose subnets
+    used it (from the sampler's plans, a pure function of seed and step), and max/min of the counts."""
+    windows = channel_windows(supernet.space.stages[0].embed_dims, supernet.cyclic)
+    counts = np.zeros(supernet.space.stages[0].max_embed_dim)
+    for step in range(steps):
+        for arch in sampler.plan(step, step // max(steps, 1), 64).archs:
+            counts[windows[arch.stages[0].embed_dim]] += 1
+    return {"min": float(counts.min()), "max": float(counts.max()), "max_over_min": float(counts.max() / max(counts.min(), 1))}
 
 
 def focus_property(policy, space, score, draws: int, seed: int) -> list[dict]:
@@ -94,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (tiny models are fastest on one)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", default="prefix", help="ViTAS comparison: comma list of prefix, cyclic, vitas "
+                    "(cyclic sharing + identity shifting + --aug vitas-weak); each runs every sampler")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -107,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     archs = distinct_archs(space, args.archs, args.seed)
     flops = [count_flops(a) for a in archs]
     budget = args.budget_flops or float(statistics.median(flops))
-    recipe = lambda epochs: Recipe(epochs=epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=min(2, epochs - 1),  # noqa: E731
-                                   drop_path=0.0, seed=args.seed, aug=get_aug(args.aug))
+    facts = data_facts(source)
+    def recipe(epochs: int, aug: str | None = None) -> Recipe:
+        """The short recipe; a ViTAS variant's augmentation brings its own weight decay and drop path."""
+        return Recipe(epochs=epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=min(2, epochs - 1),
+                      drop_path=0.0 if aug is None else None, seed=args.seed, aug=aug or args.aug).resolve(facts)
     quiet = lambda msg: None  # noqa: E731
     work = Path(tempfile.mkdtemp(prefix="supernet_quality-"))
     t_start = time.perf_counter()
@@ -116,21 +134,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ground truth: {len(archs)} subnets x {args.retrain_epochs} epochs from scratch on {args.data}", file=sys.stderr)
     truth = []
     for i, arch in enumerate(archs):
-        seed_init(args.seed)
-        out = retrain(build_model(arch), source, recipe(args.retrain_epochs), "scratch",
+        out = retrain(new_model(arch, recipe(args.retrain_epochs)), source, recipe(args.retrain_epochs), "scratch",
                       RunOptions(work / f"gt{i}", log=quiet, log_every=0), info)
         truth.append(out["history"][-1]["val_top1"])
     in_budget = [i for i, f in enumerate(flops) if f <= budget]
 
     rows = []
-    for name in args.samplers.split(","):
+    for variant, name in ((v, n) for v in args.variants.split(",") for n in args.samplers.split(",")):
+        if variant not in VARIANTS:
+            raise SystemExit(f"unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
+        cyclic, shift, aug = VARIANTS[variant]
         t0 = time.perf_counter()
-        r = recipe(args.epochs)
+        r = recipe(args.epochs, aug)
         steps = len(held.train) // args.batch_size * args.epochs
         sampler = make_sampler(name, space, args.seed, total_steps=steps)
-        seed_init(args.seed)
-        supernet = Supernet(space)
-        history = train_supernet(supernet, source, held, sampler, r, RunOptions(work / name, log=quiet, log_every=0), info)
+        supernet = new_supernet(space, r, cyclic=cyclic, identity_shift=shift)
+        history = train_supernet(supernet, source, held, sampler, r, RunOptions(work / f"{variant}-{name}", log=quiet, log_every=0), info)
         supernet.eval()
         inherited_held, inherited_val = [], []
         for arch in archs:
@@ -141,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         winner = archs[pick]
         seed_init(args.seed)
         rt = retrain(supernet.extract(winner), source, recipe(args.retrain_epochs), "supernet",
-                     RunOptions(work / f"{name}-winner", log=quiet, log_every=0), info)
+                     RunOptions(work / f"{variant}-{name}-winner", log=quiet, log_every=0), info)
         row = {
+            "variant": variant,
+            "channel_usage": channel_usage(sampler, supernet, steps),
             "sampler": name,
             "supernet_epochs": args.epochs,
             "train_seconds": time.perf_counter() - t0,
@@ -168,16 +189,16 @@ def main(argv: list[str] | None = None) -> int:
                       f"FLOPs/budget {f['sampler']['flops_over_budget']} vs uniform {f['uniform']['flops_over_budget']}; "
                       f"held-out top1 {f['sampler']['held_out_top1']} vs uniform {f['uniform']['held_out_top1']}", file=sys.stderr)
         rows.append(row)
-        print(f"{name}: tau {row['kendall_tau']:.3f}, max {row['val_top1_max']:.1f}%, min {row['val_top1_min']:.1f}%, "
+        print(f"{variant}/{name}: channel usage max/min {row['channel_usage']['max_over_min']:.2f}, tau {row['kendall_tau']:.3f}, max {row['val_top1_max']:.1f}%, min {row['val_top1_min']:.1f}%, "
               f"pick inherited {row['pick_inherited_val_top1']:.1f}% -> retrained {row['pick_retrained_val_top1']:.1f}%", file=sys.stderr)
 
     print(f"\nsupernet quality on {args.data}, space {space.name}, {len(archs)} subnets, budget {budget / 1e6:.2f} MMACs, "
           f"{args.epochs} supernet epochs, {args.retrain_epochs} retrain epochs, device {device_name(info.device.type)}")
-    head = f"{'sampler':<11} {'tau':>6} {'max%':>6} {'min%':>6} {'pick inh%':>9} {'pick GT%':>8} {'oracle%':>7} {'retrained%':>10} {'train s':>8}"
+    head = f"{'variant':<7} {'sampler':<11} {'use max/min':>11} {'tau':>6} {'max%':>6} {'min%':>6} {'pick inh%':>9} {'pick GT%':>8} {'oracle%':>7} {'retrained%':>10} {'train s':>8}"
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['sampler']:<11} {r['kendall_tau']:>6.3f} {r['val_top1_max']:>6.1f} {r['val_top1_min']:>6.1f} "
+        print(f"{r['variant']:<7} {r['sampler']:<11} {r['channel_usage']['max_over_min']:>11.2f} {r['kendall_tau']:>6.3f} {r['val_top1_max']:>6.1f} {r['val_top1_min']:>6.1f} "
               f"{r['pick_inherited_val_top1']:>9.1f} {r['pick_ground_truth_top1']:>8.1f} {r['oracle_ground_truth_top1']:>7.1f} "
               f"{r['pick_retrained_val_top1']:>10.1f} {r['train_seconds']:>8.1f}")
     result = {
@@ -191,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         "total_seconds": time.perf_counter() - t_start,
         "samplers": rows,
     }
-    save_result(RESULTS / f"supernet_quality-{info.device.type}.json", "supernet_quality", result, argv)
+    tag = "" if args.variants == "prefix" else "-vitas"
+    save_result(RESULTS / f"supernet_quality{tag}-{info.device.type}.json", "supernet_quality", result, argv)
     return 0
 
 

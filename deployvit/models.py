@@ -110,8 +110,7 @@ class ViT(nn.Module):
         self.arch = arch
         parts = arch_parts(arch)
         block_parts = [p for p in parts if isinstance(p, BlockPart)]
-        n = len(block_parts)
-        rates = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]  # linear decay, as timm
+        rates = drop_path_rates(drop_path_rate, len(block_parts))
         self.stem = build_part(parts[0])
         self.reductions = nn.ModuleList(build_part(p) for p in parts if isinstance(p, ReductionPart))
         self.stages = nn.ModuleList()
@@ -121,6 +120,13 @@ class ViT(nn.Module):
             i += stage.depth
         self.head = build_part(parts[-1])
         init_weights(self)
+
+    def no_weight_decay(self) -> set[str]:
+        """timm's convention (`create_optimizer_v2` reads it): position embeddings and the class token
+        are not decayed; norms and biases are 1-D, which timm exempts by shape. The supernet names the
+        same tensors (`Supernet.no_weight_decay`), so both trainers regularise a weight alike."""
+        names = {"stem.pos_embed", "stem.cls_token"}
+        return names | {f"reductions.{i}.pos_embed" for i in range(len(self.reductions))}
 
     def part_modules(self) -> list[nn.Module]:
         """Modules in the order of `arch_parts(self.arch)` (stem, [reduction,] blocks..., head)."""
@@ -141,6 +147,13 @@ class ViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
+
+
+def drop_path_rates(rate: float, n_blocks: int) -> list[float]:
+    """Stochastic depth per executed block: linear from 0 (first block) to `rate` (last), as timm.
+    The one formula: the standalone model and the supernet running the same arch index blocks by
+    their position in the arch (not in the supernet), so both drop the same paths with the same odds."""
+    return [rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]
 
 
 def init_weights(module: nn.Module) -> None:

@@ -25,7 +25,7 @@ def _one_thread(_two_threads):
     yield
 
 
-TINY = ["--space", "test", "--data", "digits", "--batch-size", "64", "--aug", "light", "--warmup-epochs", "0",
+TINY = ["--space", "test", "--data", "digits", "--batch-size", "64", "--aug", "light", "--warmup-epochs", "0", "--sampler", "uniform",
         "--log-every", "0", "--held-out-per-class", "10"]
 
 

@@ -14,30 +14,42 @@ from deployvit.commands import bounds
 from deployvit.errors import DeployvitError
 
 
-def _recipe_options(defaults: dict):
-    """The recipe flags shared by train-supernet and retrain (defaults differ per command)."""
+#: the bound of every numeric recipe flag (shown in --help; see commands/bounds.py)
+RECIPE_BOUNDS = {
+    "epochs": bounds.EPOCHS, "batch_size": bounds.BATCH, "lr": bounds.LR, "lr_base": bounds.LR, "lr_base_size": bounds.BATCH,
+    "min_lr": bounds.NON_NEGATIVE, "warmup_lr": bounds.NON_NEGATIVE, "warmup_epochs": bounds.ints(0, 100_000),
+    "weight_decay": bounds.NON_NEGATIVE, "clip_grad": bounds.NON_NEGATIVE, "ema_decay": bounds.RATE, "drop_path": bounds.RATE,
+    "pos_embed_std": bounds.floats(0, 100, min_open=True), "mixup": bounds.floats(0, 100), "cutmix": bounds.floats(0, 100),
+    "smoothing": bounds.RATE, "re_prob": bounds.FRACTION, "seed": bounds.SEED,
+}
+
+
+def _flag_type(f):
+    """click type of a recipe field (annotations are strings under `from __future__ import annotations`)."""
+    if "choices" in f.metadata:
+        return click.Choice(f.metadata["choices"])
+    if f.name in RECIPE_BOUNDS:
+        return RECIPE_BOUNDS[f.name]
+    return {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
+
+
+def _recipe_options(out_default: str):
+    """The flags shared by train-supernet and retrain: one per `Recipe` field (default and help read
+    from the dataclass, so the CLI's default run is `Recipe()`'s), then how the run executes."""
+    from dataclasses import fields
+
+    from deployvit.train.recipe import Recipe
 
     def decorate(fn):
         opts = [
             click.option("--data", required=True, help="'digits', a CIFAR-10/100 python folder, or an ImageFolder root (train/, val/)."),
-            click.option("--out", type=click.Path(file_okay=False), default=defaults["out"], show_default=True, help="Run directory."),
-            click.option("--epochs", type=bounds.EPOCHS, default=defaults["epochs"], show_default=True),
-            click.option("--batch-size", type=bounds.BATCH, default=64, show_default=True, help="Per rank."),
-            click.option("--opt", default="adamw", show_default=True, help="timm optimizer name."),
-            click.option("--lr", type=bounds.LR, default=defaults["lr"], show_default=True),
-            click.option("--min-lr", type=bounds.NON_NEGATIVE, default=1e-5, show_default=True),
-            click.option("--warmup-epochs", type=bounds.ints(0, 100_000), default=None, help="Linear warm-up epochs (default: epochs // 10, at most 5)."),
-            click.option("--weight-decay", type=bounds.NON_NEGATIVE, default=0.05, show_default=True),
-            click.option("--clip-grad", type=bounds.NON_NEGATIVE, default=0.0, show_default=True, help="Max grad norm (0: off)."),
-            click.option("--ema-decay", type=bounds.RATE, default=0.0, show_default=True, help="Model EMA decay (0: off)."),
-            click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True, help="Mixed precision (CUDA)."),
-            click.option("--drop-path", type=bounds.RATE, default=defaults["drop_path"], show_default=True),
-            click.option("--aug", default=defaults["aug"], show_default=True, help="Augmentation preset: deit, vitas-weak, light, none."),
-            click.option("--mixup", type=bounds.floats(0, 100), default=None, help="Override the preset's mixup alpha."),
-            click.option("--cutmix", type=bounds.floats(0, 100), default=None, help="Override the preset's CutMix alpha."),
-            click.option("--smoothing", type=bounds.RATE, default=None, help="Override the preset's label smoothing."),
-            click.option("--reprob", type=bounds.FRACTION, default=None, help="Override the preset's random-erasing probability."),
-            click.option("--seed", type=bounds.SEED, default=0, show_default=True),
+            click.option("--out", type=click.Path(file_okay=False), default=out_default, show_default=True, help="Run directory."),
+        ]
+        for f in fields(Recipe):
+            flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+            opts.append(click.option(flag, f.name, type=_flag_type(f), default=f.default, show_default=f.default is not None,
+                                     help=f.metadata["help"]))
+        opts += [
             click.option("--ckpt-every", type=bounds.STEPS, default=0, show_default=True, help="Also checkpoint every K steps (0: per epoch only)."),
             click.option("--num-workers", type=bounds.WORKERS, default=0, show_default=True, help="DataLoader workers per rank."),
             click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
@@ -52,18 +64,13 @@ def _recipe_options(defaults: dict):
     return decorate
 
 
-def _recipe(kw: dict):
-    from deployvit.train.augment import get_aug
-    from deployvit.train.loop import Recipe
+def _recipe(kw: dict, facts, info):
+    """The user's recipe flags resolved against the data and world size."""
+    from dataclasses import fields
 
-    aug = get_aug(kw["aug"], mixup=kw["mixup"], cutmix=kw["cutmix"], smoothing=kw["smoothing"], re_prob=kw["reprob"])
-    recipe = Recipe(
-        epochs=kw["epochs"], batch_size=kw["batch_size"], opt=kw["opt"], lr=kw["lr"], min_lr=kw["min_lr"],
-        warmup_epochs=min(5, kw["epochs"] // 10) if kw["warmup_epochs"] is None else kw["warmup_epochs"], weight_decay=kw["weight_decay"], clip_grad=kw["clip_grad"],
-        ema_decay=kw["ema_decay"], amp=kw["amp"], drop_path=kw["drop_path"], seed=kw["seed"], aug=aug,
-    )
-    recipe.validate()
-    return recipe
+    from deployvit.train.recipe import Recipe
+
+    return Recipe(**{f.name: kw[f.name] for f in fields(Recipe)}).resolve(facts, info.world_size)
 
 
 def _run(fn):
@@ -89,32 +96,29 @@ def _run(fn):
 
 @click.command("train-supernet")
 @click.option("--space", "space_name", required=True, help="Space preset or file (class count follows the data).")
-@click.option("--sampler", default="uniform", show_default=True, help="uniform, sandwich, multi-arch or focus.")
+@click.option("--sampler", default="auto", show_default=True, help="auto (the recipe's: sandwich small, uniform imagenet), uniform, sandwich, multi-arch or focus.")
 @click.option("--sandwich-random", type=bounds.ints(0, 64), default=2, show_default=True, help="sandwich: random subnets per step.")
 @click.option("--groups", type=bounds.ints(1, 256), default=4, show_default=True, help="multi-arch: subnets per batch (>= 16 images each).")
 @click.option("--unlock-epochs", type=bounds.ints(0, 100_000), default=5, show_default=True, help="multi-arch: epochs to unlock all widths.")
 @click.option("--focus-budgets", default=None, help="focus: comma-separated normalised FLOPs budgets in [0,1] (default uniform).")
 @click.option("--focus-epsilon", type=bounds.FRACTION, default=None, help="focus: initial share of uniform draws (0.5).")
-@click.option("--focus-update-every", type=bounds.ints(1, 10**9), default=None, help="focus: steps between sampler updates (10).")
+@click.option("--focus-update-every", type=bounds.ints(1, 10**6), default=None, help="focus: steps between sampler updates (10).")
 @click.option("--cyclic", is_flag=True, help="ViTAS-style cyclic weight sharing of the embedding channels.")
 @click.option("--identity-shift", is_flag=True, help="ViTAS-style identity shifting of skipped layers.")
 @click.option("--held-out-per-class", type=bounds.ints(0, 100_000), default=25, show_default=True, help="Train images per class kept for search scoring.")
-@_recipe_options({"out": "runs/supernet", "epochs": 100, "lr": 1e-3, "drop_path": 0.1, "aug": "deit"})
+@_recipe_options("runs/supernet")
 @_run
 def train_supernet_cmd(kw, info, opts) -> None:
     """Train the weight-sharing supernet of --space on --data with a subnet --sampler."""
     from deployvit.spaces import get_space
-    from deployvit.supernet import Supernet
-    from deployvit.train.data import held_out_split, open_data
+    from deployvit.train.data import data_facts, held_out_split, open_data
     from deployvit.train.samplers import MIN_GROUP, make_sampler
-    from deployvit.train.setup import fit_space, seed_init
-    from deployvit.train.supernet_train import train_supernet
+    from deployvit.train.setup import fit_space
+    from deployvit.train.supernet_train import default_sampler, new_supernet, train_supernet
 
-    recipe = _recipe(kw)
-    if kw["sampler"] == "multi-arch" and kw["groups"] * MIN_GROUP > recipe.batch_size:
-        raise DeployvitError(f"--groups {kw['groups']} needs --batch-size >= {kw['groups'] * MIN_GROUP} "
-                             f"({MIN_GROUP} images per group), got {recipe.batch_size}")
     source = open_data(kw["data"])
+    facts = data_facts(source)
+    recipe = _recipe(kw, facts, info)
     space = fit_space(get_space(kw["space_name"]), source)
     held = held_out_split(source, kw["held_out_per_class"])
     steps = len(held.train) // max(recipe.batch_size * info.world_size, 1) * recipe.epochs
@@ -124,13 +128,17 @@ def train_supernet_cmd(kw, info, opts) -> None:
             budgets = [float(b) for b in kw["focus_budgets"].split(",")]
         except ValueError:
             raise DeployvitError(f"--focus-budgets: expected numbers like 0.25,0.5, got {kw['focus_budgets']!r}") from None
+    name = default_sampler(recipe) if kw["sampler"] == "auto" else kw["sampler"]
+    if name == "multi-arch" and kw["groups"] * MIN_GROUP > recipe.batch_size:
+        raise DeployvitError(f"--groups {kw['groups']} needs --batch-size >= {kw['groups'] * MIN_GROUP} "
+                             f"({MIN_GROUP} images per group), got {recipe.batch_size}")
     sampler = make_sampler(
-        kw["sampler"], space, recipe.seed, total_steps=steps, sandwich_random=kw["sandwich_random"], groups=kw["groups"],
+        name, space, recipe.seed, total_steps=steps, sandwich_random=kw["sandwich_random"], groups=kw["groups"],
         unlock_epochs=kw["unlock_epochs"], focus_budgets=budgets, focus_epsilon=kw["focus_epsilon"],
         focus_update_every=kw["focus_update_every"],
     )
-    seed_init(recipe.seed)
-    supernet = Supernet(space, cyclic=kw["cyclic"], identity_shift=kw["identity_shift"], drop_path_rate=recipe.drop_path)
+    opts.banner = f"{recipe.describe(facts, info.world_size)}; sampler {name}"
+    supernet = new_supernet(space, recipe, cyclic=kw["cyclic"], identity_shift=kw["identity_shift"])
     history = train_supernet(supernet, source, held, sampler, recipe, opts, info)
     opts.log(f"supernet saved to {opts.out / 'last.pt'} ({len(history)} epochs)")
 
@@ -138,27 +146,28 @@ def train_supernet_cmd(kw, info, opts) -> None:
 @click.command("retrain")
 @click.option("--arch", "arch_file", required=True, type=click.Path(dir_okay=False), help="Arch JSON to train.")
 @click.option("--init", "init", default="scratch", show_default=True, help="'scratch' or a supernet checkpoint (last.pt) to inherit weights from.")
-@_recipe_options({"out": "runs/retrain", "epochs": 100, "lr": 5e-4, "drop_path": 0.1, "aug": "deit"})
+@_recipe_options("runs/retrain")
 @_run
 def retrain_cmd(kw, info, opts) -> None:
     """Train the standalone model of --arch (from inherited supernet weights or from scratch)."""
     from deployvit.arch import load_arch
-    from deployvit.models import build_model
     from deployvit.train.checkpoint import load_supernet
-    from deployvit.train.data import open_data
-    from deployvit.train.retrain import retrain
+    from deployvit.train.data import data_facts, open_data
+    from deployvit.train.retrain import new_model, retrain
     from deployvit.train.setup import seed_init
 
-    recipe = _recipe(kw)
     arch = load_arch(kw["arch_file"])
     source = open_data(kw["data"])
-    seed_init(recipe.seed)
+    facts = data_facts(source)
+    recipe = _recipe(kw, facts, info)
     if kw["init"] == "scratch":
-        model = build_model(arch, recipe.drop_path)
+        model = new_model(arch, recipe)
     else:
+        seed_init(recipe.seed)
         supernet, _ = load_supernet(kw["init"])
         supernet.space.validate(arch)
         model = supernet.extract(arch, drop_path_rate=recipe.drop_path)
+    opts.banner = recipe.describe(facts, info.world_size)
     result = retrain(model, source, recipe, kw["init"], opts, info)
     last = result["history"][-1] if result["history"] else {}
     opts.log(f"val top1 {result['initial']['val_top1']:.2f} -> {last.get('val_top1', float('nan')):.2f}; "

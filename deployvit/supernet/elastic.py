@@ -70,7 +70,7 @@ class ElasticBlock(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = ElasticNorm(max_dim), ElasticNorm(max_dim)
         self.qkv_weight = _weight(3, max_attn_dim, max_dim)
-        self.qkv_bias = _zeros(3, max_attn_dim)
+        self.qkv_bias = _zeros(3 * max_attn_dim)  # q, k, v biases end to end; 1-D like the standalone qkv bias
         self.proj_weight = _weight(max_dim, max_attn_dim)
         self.proj_bias = _zeros(max_dim)
         self.fc1_weight = _weight(max_hidden, max_dim)
@@ -78,12 +78,19 @@ class ElasticBlock(nn.Module):
         self.fc2_weight = _weight(max_dim, max_hidden)
         self.fc2_bias = _zeros(max_dim)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints written before the qkv bias became 1-D stored it as [3, attn]: same values."""
+        key = prefix + "qkv_bias"
+        if key in state_dict and state_dict[key].dim() == 2:
+            state_dict[key] = state_dict[key].reshape(-1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def sliced(self, ch: ChannelSelect, attn_dim: int, hidden: int) -> Sliced:
         qkv_w = self.qkv_weight.narrow(1, 0, attn_dim)
         return {
             **self.norm1.sliced("norm1", ch),
             "attn.qkv.weight": take(qkv_w, 2, ch).reshape(3 * attn_dim, -1),
-            "attn.qkv.bias": self.qkv_bias.narrow(1, 0, attn_dim).reshape(-1),
+            "attn.qkv.bias": self.qkv_bias.view(3, -1).narrow(1, 0, attn_dim).reshape(-1),
             "attn.proj.weight": take(self.proj_weight, 0, ch).narrow(1, 0, attn_dim),
             "attn.proj.bias": take(self.proj_bias, 0, ch),
             **self.norm2.sliced("norm2", ch),

@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call
 
 from deployvit.arch import Arch
-from deployvit.models import Block, ViT, build_part
+from deployvit.models import Block, ViT, build_part, drop_path_rates
 from deployvit.parts import Part, arch_parts
 from deployvit.spaces import SearchSpace, space_from_dict
 from deployvit.supernet.elastic import ElasticBlock, ElasticHead, ElasticReduction, ElasticStem, Sliced
@@ -71,6 +71,12 @@ class Supernet(nn.Module):
         space = space_from_dict(config["space"], allow_preset_name=True)
         return cls(space, config.get("cyclic", False), config.get("identity_shift", False), config.get("drop_path_rate", 0.0))
 
+    def no_weight_decay(self) -> set[str]:
+        """The tensors exempt from weight decay, as `ViT.no_weight_decay` names them for the standalone
+        model: position embeddings and the class token (norm weights and biases are 1-D here too)."""
+        names = {"stem.pos_embed", "stem.cls_token"}
+        return names | {f"reductions.{i}.pos_embed" for i in range(len(self.reductions))}
+
     # --- choosing a subnet ---------------------------------------------------------------------------
 
     def layer_indices(self, arch: Arch, shift: int = 0) -> list[list[int]]:
@@ -84,11 +90,10 @@ class Supernet(nn.Module):
         """Make `forward` run `arch`; `shift` rotates identity positions (training only)."""
         self.space.validate(arch)
         parts = arch_parts(arch)
-        max_total = sum(s.max_depth for s in self.space.stages)
+        rates = iter(drop_path_rates(self.drop_path_rate, arch.depth))
         chans = [self._channels[si][stage.embed_dim] for si, stage in enumerate(arch.stages)]
         plan: list[tuple[Part, Callable[[], Sliced], float]] = [(parts[0], lambda: self.stem.sliced(chans[0]), 0.0)]
         it = iter(parts[1:-1])
-        depth_before = 0
         for si, (stage, layers) in enumerate(zip(arch.stages, self.layer_indices(arch, shift))):
             if si > 0:
                 red = self.reductions[si - 1]
@@ -96,11 +101,9 @@ class Supernet(nn.Module):
             for li in layers:
                 part = next(it)
                 block: ElasticBlock = self.stages[si][li]
-                rate = self.drop_path_rate * (depth_before + li) / max(max_total - 1, 1)
                 plan.append(
-                    (part, lambda b=block, c=chans[si], p=part: b.sliced(c, p.attn_dim, p.mlp_hidden), rate)
+                    (part, lambda b=block, c=chans[si], p=part: b.sliced(c, p.attn_dim, p.mlp_hidden), next(rates))
                 )
-            depth_before += self.space.stages[si].max_depth
         plan.append((parts[-1], lambda: self.head.sliced(chans[-1]), 0.0))
         self._plan, self.arch = plan, arch
 

@@ -252,6 +252,45 @@ def _image_folder(root: Path) -> Source:
                   split("train", train_ids, train_t), split("val", val_ids, val_t))
 
 
+# --- size and resolution facts (what the automatic recipe is chosen from) -------------------------
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """How many training images a source has and how large they are (short side in pixels)."""
+
+    kind: str
+    num_train: int
+    resolution: int
+    num_classes: int
+
+
+NATIVE_RESOLUTION = {"digits": 32, "cifar10": 32, "cifar100": 32}
+RESOLUTION_PROBES = 16  # ImageFolder: median short side of this many images, evenly spaced
+
+
+def data_facts(source: Source) -> DataFacts:
+    """Facts of `source`; an ImageFolder's resolution is read from image headers (no decoding)."""
+    resolution = NATIVE_RESOLUTION.get(source.kind)
+    if resolution is None:
+        resolution = _probe_resolution(source)
+    return DataFacts(source.kind, len(source.train), resolution, source.num_classes)
+
+
+def _probe_resolution(source: Source) -> int:
+    n = len(source.train)
+    picks = sorted({int(i) for i in np.linspace(0, n - 1, min(RESOLUTION_PROBES, n))})
+    sides = []
+    for i in picks:
+        path = Path(source.root) / "train" / source.train.ids[i]
+        try:
+            with Image.open(path) as img:  # lazy: reads the header only
+                sides.append(min(img.size))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DeployvitError(f"cannot decode image {path}: {exc}") from None
+    return int(np.median(sides))
+
+
 # --- the held-out split ----------------------------------------------------------------------------
 
 

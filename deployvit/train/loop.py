@@ -17,7 +17,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Protocol
 
@@ -27,64 +27,17 @@ from torch import nn
 
 from deployvit import io
 from deployvit.errors import CheckFailed, DeployvitError
-from deployvit.train.augment import AugConfig, build_loss, build_mixup
+from deployvit.train.augment import build_loss, build_mixup
 from deployvit.train.checkpoint import capture_rng, read_checkpoint, restore_rng, save_checkpoint
 from deployvit.train.data import SplitDataset, one_line_errors
 from deployvit.train.distributed import DistInfo, EpochBatches, all_ranks_sum, average_gradients, broadcast_module
+from deployvit.train.recipe import Recipe
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the modes of Recipe.amp but "off"
 
 
 class TrainingDiverged(CheckFailed):
     """Loss became NaN/inf: training stopped, the last good checkpoint is kept (exit 1)."""
-
-
-@dataclass
-class Recipe:
-    """Everything that determines the trained weights (stored in the checkpoint; a resume must match)."""
-
-    epochs: int = 10
-    batch_size: int = 64
-    opt: str = "adamw"
-    lr: float = 5e-4
-    min_lr: float = 1e-5
-    warmup_lr: float = 1e-6
-    warmup_epochs: int = 1
-    weight_decay: float = 0.05
-    clip_grad: float = 0.0  # max gradient norm; 0 = off
-    ema_decay: float = 0.0  # 0 = no EMA
-    amp: str = "off"  # off | bf16 | fp16 (CUDA only)
-    drop_path: float = 0.1
-    seed: int = 0
-    aug: AugConfig = field(default_factory=AugConfig)
-
-    def validate(self) -> None:
-        if self.epochs < 1:
-            raise DeployvitError(f"--epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise DeployvitError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0 or self.min_lr < 0 or self.weight_decay < 0:
-            raise DeployvitError(f"--lr must be > 0 and --min-lr, --weight-decay >= 0 (got {self.lr}, {self.min_lr}, {self.weight_decay})")
-        if self.warmup_epochs < 0 or (self.warmup_epochs and self.warmup_epochs >= self.epochs):
-            raise DeployvitError(f"--warmup-epochs {self.warmup_epochs} must be 0 or smaller than --epochs {self.epochs}")
-        if self.clip_grad < 0 or not 0 <= self.ema_decay < 1 or not 0 <= self.drop_path < 1:
-            raise DeployvitError("--clip-grad must be >= 0, --ema-decay and --drop-path in [0, 1)")
-        if not _is_timm_optimizer(self.opt):
-            raise DeployvitError(f"unknown --opt {self.opt!r}: use a timm optimizer name (adamw, sgd, lamb, ...; timm.optim.list_optimizers())")
-        if self.amp not in ("off", *AMP_DTYPES):
-            raise DeployvitError(f"--amp must be off, bf16 or fp16, got {self.amp!r}")
-        if self.aug.train_aug and self.aug.mixes and self.batch_size % 2:
-            raise DeployvitError(f"mixup/CutMix need an even --batch-size, got {self.batch_size}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
-        data = dict(data)
-        aug = data.pop("aug", {})
-        aug["scale"] = tuple(aug.get("scale", (0.08, 1.0)))
-        return cls(**data, aug=AugConfig(**aug))
 
 
 @dataclass
@@ -98,6 +51,7 @@ class RunOptions:
     deterministic: bool = False
     log: Callable[[str], None] = print
     log_every: int = 50
+    banner: str = ""  # printed once every input check has passed (the recipe line of the commands)
 
 
 class Task(Protocol):
@@ -124,16 +78,22 @@ class Task(Protocol):
     def finish(self, out: Path, model: nn.Module, state: dict[str, Any]) -> None: ...
 
 
-def _is_timm_optimizer(name: str) -> bool:
-    """Whether `create_optimizer_v2` knows `name` (optionally with timm's `lookahead_` prefix)."""
-    from timm.optim import get_optimizer_info
+def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """timm's optimizer factory, the one regularisation policy of both trainers: weight decay on
+    every weight except what `model.no_weight_decay()` names (position embeddings, class token) and
+    1-D tensors (norms, biases). ViT and Supernet name and shape those tensors alike."""
+    from timm.optim import create_optimizer_v2
 
-    base = name.lower().removeprefix("lookahead_")
-    try:
-        get_optimizer_info(base)
-    except ValueError:
-        return False
-    return True
+    return create_optimizer_v2(model, recipe.opt, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def decayed_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[list[str], list[str]]:
+    """(decayed, exempt) parameter names of `optimizer`'s groups: what the policy did, by name."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed, exempt = [], []
+    for group in optimizer.param_groups:
+        (decayed if group["weight_decay"] > 0 else exempt).extend(names[id(p)] for p in group["params"])
+    return sorted(decayed), sorted(exempt)
 
 
 def seed_step(seed: int, step: int, rank: int) -> None:
@@ -173,7 +133,6 @@ def fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[di
 
 
 def _fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[dict[str, Any]]:
-    from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
 
@@ -189,14 +148,15 @@ def _fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[d
 
     model = task.model.to(device)
     broadcast_module(model, info)
-    optimizer = create_optimizer_v2(model, recipe.opt, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    optimizer = build_optimizer(model, recipe)
     scheduler, _ = create_scheduler_v2(
         optimizer, "cosine", num_epochs=recipe.epochs, warmup_epochs=recipe.warmup_epochs,
         min_lr=recipe.min_lr, warmup_lr=recipe.warmup_lr, step_on_epochs=False, updates_per_epoch=steps,
     )
     scaler = torch.amp.GradScaler("cuda", enabled=recipe.amp == "fp16")
     ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay > 0 else None
-    mixup, loss_fn = build_mixup(recipe.aug, task.meta["num_classes"]), build_loss(recipe.aug).to(device)
+    aug = recipe.aug_config
+    mixup, loss_fn = build_mixup(aug, task.meta["num_classes"]), build_loss(aug).to(device)
     amp_dtype = AMP_DTYPES.get(recipe.amp)
 
     def autocast() -> ContextManager:
@@ -257,6 +217,8 @@ def _fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[d
         if info.is_main:
             save_checkpoint(ckpt_path, state(epoch_, step_, partial))
 
+    if opts.banner:
+        opts.log(opts.banner)
     model.train()
     while epoch < recipe.epochs:
         t0, extra = time.perf_counter(), dict(so_far["extra"])

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from deployvit.errors import DeployvitError
-from deployvit.models import ViT
+from deployvit.arch import Arch
+from deployvit.models import ViT, build_model
 from deployvit.train.checkpoint import save_model
 from deployvit.train.data import Source, SplitDataset
 from deployvit.train.distributed import DistInfo
 from deployvit.train.evaluate import eval_loader, evaluate_accuracy
 from deployvit.train.loop import Recipe, RunOptions, fit
-from deployvit.train.setup import transforms_for
+from deployvit.train.setup import init_position_embeddings, seed_init, transforms_for
 
 
 class RetrainTask:
@@ -28,7 +29,7 @@ class RetrainTask:
         arch = model.arch
         if source.num_classes != arch.num_classes:
             raise DeployvitError(f"arch has {arch.num_classes} classes but the data set has {source.num_classes}")
-        tf = transforms_for(source, recipe.aug, arch.img_size)
+        tf = transforms_for(source, recipe.aug_config, arch.img_size)
         self.model, self.arch = model, arch
         self.eval_batch, self.num_workers = eval_batch, num_workers
         self.train_set = SplitDataset(source.train, tf.train)
@@ -67,6 +68,14 @@ class RetrainTask:
     def finish(self, out: Path, model: ViT, state: dict[str, Any]) -> None:
         save_model(out / "checkpoint.safetensors", model, self.arch, {"init": self.meta["init"]})
         self.arch.save(out / "arch.json")
+
+
+def new_model(arch: Arch, recipe: Recipe) -> ViT:
+    """Freshly initialised standalone weights for `recipe` (`retrain --init scratch`)."""
+    seed_init(recipe.seed)
+    model = build_model(arch, recipe.drop_path)
+    init_position_embeddings(model, recipe.pos_embed_std)
+    return model
 
 
 def retrain(model: ViT, source: Source, recipe: Recipe, init: str, opts: RunOptions, info: DistInfo) -> dict[str, Any]:

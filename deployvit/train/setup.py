@@ -46,3 +46,15 @@ def eval_dataset(source: Source, split: str, transform, held_out=None) -> SplitD
 def seed_init(seed: int) -> None:
     """Seed model initialisation: every rank builds the same initial weights."""
     torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def init_position_embeddings(model: torch.nn.Module, std: float) -> None:
+    """Redraw every position embedding of freshly built weights (ViT or Supernet) at `std`
+    (`Recipe.pos_embed_std`: DeiT's 0.02 is too faint for short runs on small data, see
+    `deployvit.train.recipe`). Call after `seed_init` and construction; never on inherited weights."""
+    from timm.layers import trunc_normal_
+
+    for name, param in model.named_parameters():
+        if name.split(".")[-1] == "pos_embed":
+            trunc_normal_(param, std=std, a=-2 * std, b=2 * std)

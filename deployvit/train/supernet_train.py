@@ -23,7 +23,9 @@ from deployvit.train.distributed import DistInfo, broadcast_module
 from deployvit.train.evaluate import eval_loader, evaluate_accuracy
 from deployvit.train.loop import Recipe, RunOptions, fit
 from deployvit.train.samplers import ArchSampler
-from deployvit.train.setup import transforms_for
+from deployvit.train.recipe import REGIMES
+from deployvit.train.setup import init_position_embeddings, seed_init, transforms_for
+from deployvit.spaces import SearchSpace
 
 SCORE_BATCH = 128  # held-out images per focus-sampler reward
 
@@ -33,7 +35,7 @@ class SupernetTask:
 
     def __init__(self, supernet: Supernet, source: Source, held: HeldOut, sampler: ArchSampler,
                  recipe: Recipe, eval_batch: int = 256, num_workers: int = 0):
-        tf = transforms_for(source, recipe.aug, supernet.space.img_size)
+        tf = transforms_for(source, recipe.aug_config, supernet.space.img_size)
         self.model, self.sampler, self.seed = supernet, sampler, recipe.seed
         self.eval_batch, self.num_workers = eval_batch, num_workers
         self.train_set = SplitDataset(source.train, tf.train, held.train)
@@ -124,6 +126,20 @@ class SupernetTask:
         """last.pt: the trained supernet (EMA weights when on) and sampler, without optimizer state."""
         keep = {k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "scaler", "rng")}
         save_checkpoint(out / "last.pt", keep)
+
+
+def default_sampler(recipe: Recipe) -> str:
+    """The subnet sampler of a resolved recipe's regime (`--sampler auto`)."""
+    return REGIMES[recipe.recipe].sampler
+
+
+def new_supernet(space: SearchSpace, recipe: Recipe, cyclic: bool = False, identity_shift: bool = False) -> Supernet:
+    """Fresh supernet weights for `recipe` (seeded, position embeddings at the recipe's std): what
+    `train-supernet` trains, so the Python API and the CLI start from the same weights."""
+    seed_init(recipe.seed)
+    supernet = Supernet(space, cyclic=cyclic, identity_shift=identity_shift, drop_path_rate=recipe.drop_path)
+    init_position_embeddings(supernet, recipe.pos_embed_std)
+    return supernet
 
 
 def train_supernet(supernet: Supernet, source: Source, held: HeldOut, sampler: ArchSampler, recipe: Recipe,
