@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--population", type=int, default=20)
     parser.add_argument("--generations", type=int, default=6)
     parser.add_argument("--flops-fraction", type=float, default=0.5, help="FLOPs budget position in the space's range.")
-    parser.add_argument("--dss-archs", type=int, default=6, help="Archs timed per DSS path.")
+    parser.add_argument("--dss-archs", type=int, default=4, help="Archs timed per DSS path.")
     parser.add_argument("--skip-default", action="store_true", help="Do not time the default search.")
     args = parser.parse_args()
     config = {"population": args.population, "generations": args.generations, "parents": 10,
