@@ -61,12 +61,15 @@ TIMM_GPUS = {"RTX 3090": "rtx3090", "RTX 4090": "rtx4090", "RTX 5090": "rtx5090"
 PUBLISHED_RUNTIMES = {"PyTorch (torch)": "eager", "FT C++": "tensorrt", "FT TRT plugin": "tensorrt",
                       "FT C++ (INT8-vs-FP16 table)": "tensorrt", "PyTorch 1.12 eager": "eager", "AITemplate": "tensorrt"}
 PROXIES = {"tensorrt": "FasterTransformer (C++ and TRT plugin) and AITemplate fused runtimes, standing in for TensorRT"}
-VIT = {"ViT-B_16": (768, 12, 12, 3072), "ViT-L_16": (1024, 24, 16, 4096), "vit_base_patch16_224": (768, 12, 12, 3072), "vit_large_patch16_384": (1024, 24, 16, 4096)}
+VIT = {"ViT-B_16": (768, 12, 12, 3072), "ViT-L_16": (1024, 24, 16, 4096), "vit_base_patch16_224": (768, 12, 12, 3072), "vit_large_patch16_384": (1024, 24, 16,
+                                                                                                                                                 4096)}
 FT_FUSED_MHA_MAX_TOKENS = 512
 #: GPUs whose rows are never fitted on (still predicted and reported): their datasheet clocks are not
 #: what they sustain, so fitting on them would bend the constants every other GPU uses
 NOT_FITTED = {
-    "NVIDIA/FasterTransformer PyTorch (torch)": "FasterTransformer's PyTorch baseline (the jeonsworld ViT-pytorch model) is 2.4x (A100) and 1.8x (T4) faster in fp16 than in fp32, where tensor-core GEMMs give 8x on T4: it does not run like a PyTorch ViT in half precision",
+    "NVIDIA/FasterTransformer PyTorch (torch)": ("FasterTransformer's PyTorch baseline (the jeonsworld ViT-pytorch model) is 2.4x (A100) "
+                                                 "and 1.8x (T4) faster in fp16 than in fp32, where tensor-core GEMMs give 8x on T4: "
+                                                 "it does not run like a PyTorch ViT in half precision"),
 }
 #: weak priors (and the fit's starting point): typical values before looking at this data (large
 #: cuBLAS GEMMs ~70% of peak, flash attention ~50%, streaming kernels ~80% of bandwidth, ~3 us
@@ -127,7 +130,8 @@ def timm_rows(data: Path, cat) -> list[Row]:
         gpu = cat.gpus[gkey]
         fl = replace(Flavour.for_runtime(runtime, precision), amp=amp)
         terms, host = model_terms(gpu, precision, batch, fl, *shape)
-        rows.append(Row(gkey, runtime, precision, batch, statistics.median(times), f"timm {src}", f"e{shape[0]} d{shape[1]} p{shape[5]} i{shape[6]}", terms, host))
+        rows.append(Row(gkey, runtime, precision, batch, statistics.median(times), f"timm {src}", f"e{shape[0]} d{shape[1]} p{shape[5]} i{shape[6]}", terms,
+                        host))
     return rows
 
 
@@ -147,7 +151,8 @@ def published_rows(data: Path, cat) -> list[Row]:
         # stop at 512 tokens, so at 384 px (577 tokens) it runs unfused attention too
         explicit = runtime == "eager" or (not ait and (img // 16) ** 2 + 1 > FT_FUSED_MHA_MAX_TOKENS)
         fl = replace(Flavour.for_runtime(runtime, precision), tf32=False, attention="explicit" if explicit else "fused")
-        terms, host = model_terms(cat.gpus[gkey], precision, batch, fl, embed, depth, heads, 64, hidden, 16, img, 0 if ait else 1, "avg" if ait else "token", False)
+        terms, host = model_terms(cat.gpus[gkey], precision, batch, fl, embed, depth, heads, 64, hidden, 16, img, 0 if ait else 1, "avg" if ait else "token",
+                                  False)
         rows.append(Row(gkey, runtime, precision, batch, float(r["value"]) * 1000, f"{r['source'].split()[0]} {r['runtime']}", f"{model} i{img}", terms, host))
     return rows
 
@@ -303,7 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{'regime/runtime':18s} {'n':>4s} {'LOGO med%':>10s} {'LORO med%':>10s} {'in-sample med%':>15s}")
     for cell in sorted(in_sample):
         lo, lr = logo.get(cell, {}), loro.get(cell, {})
-        print(f"{cell:18s} {in_sample[cell]['n']:4d} {lo.get('median_abs_pct', float('nan')):10.1f} {lr.get('median_abs_pct', float('nan')):10.1f} {in_sample[cell]['median_abs_pct']:15.1f}")
+        print(f"{cell:18s} {in_sample[cell]['n']:4d} {lo.get('median_abs_pct', float('nan')):10.1f} {lr.get('median_abs_pct', float('nan')):10.1f} "
+              f"{in_sample[cell]['median_abs_pct']:15.1f}")
     ex = examples(final, cat)
     print("\nexample estimates (fp16, ms per batch):")
     for e in ex:

@@ -33,7 +33,7 @@ from _record import RESULTS, save_result
 from deployvit.arch import Arch, Layer, Stage
 from deployvit.counting import count_flops
 from deployvit.errors import DeployvitError
-from deployvit.latency.devices import machine_facts
+from deployvit.devices import machine_facts
 from deployvit.latency.runtimes import build_runner
 from exporters.onnx import TORCH_DTYPES, check_onnxruntime_device
 from deployvit.latency.timing import time_callable

@@ -23,7 +23,7 @@ import torch
 
 from _record import RESULTS, save_result
 from deployvit.counting import count_flops
-from deployvit.latency.devices import device_name
+from deployvit.devices import device_name
 from deployvit.spaces import get_space
 from deployvit.train.augment import get_aug
 from deployvit.train.data import data_facts, held_out_split, open_data

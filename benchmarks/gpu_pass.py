@@ -231,7 +231,8 @@ def _children_cpu_s() -> float:
 def _note(p: Pass, step: Step, lines: list[str]) -> str:
     """The line that says what a step found (and keeps what the summary needs)."""
     if step.argv is pytest_argv:
-        summary = next((line for line in reversed(lines) if " in " in line and any(w in line for w in ("passed", "skipped", "failed", "error", "deselected"))), None)
+        summary = next((line for line in reversed(lines) if " in " in line and any(w in line for w in ("passed", "skipped", "failed", "error", "deselected"))),
+                       None)
         p.pytest_summary = summary.strip("= ") if summary else None
         return p.pytest_summary or (lines[-1] if lines else "")
     if step.argv is scoring_argv:
@@ -239,7 +240,8 @@ def _note(p: Pass, step: Step, lines: list[str]) -> str:
             if line.startswith("RESULT "):
                 p.scoring = json.loads(line[len("RESULT "):])
         if p.scoring:
-            return f"{p.scoring['cached']['archs_per_s']:.1f} archs/s cached, {p.scoring['streamed']['archs_per_s']:.1f} streamed ({p.scoring['cached']['precision']})"
+            return (f"{p.scoring['cached']['archs_per_s']:.1f} archs/s cached, {p.scoring['streamed']['archs_per_s']:.1f} streamed "
+                    f"({p.scoring['cached']['precision']})")
     if step.argv is lut_argv:
         return next((line for line in lines if line.startswith("LUT accuracy")), lines[-1] if lines else "")
     wrote = [line for line in lines if line.startswith("wrote ")]
@@ -293,7 +295,7 @@ def scoring(dry_run: bool) -> dict:
 def detect_label() -> str:
     import torch
 
-    from deployvit.latency.devices import KNOWN_LABELS, label_matches
+    from deployvit.devices import KNOWN_LABELS, label_matches
 
     if not torch.cuda.is_available():
         return "cpu"
@@ -332,7 +334,7 @@ def install(folder: Path) -> int:
 
 def run_pass(out: Path, dry_run: bool, budget_s: float, started: float) -> int:
     from deployvit import io
-    from deployvit.latency.devices import machine_facts
+    from deployvit.devices import machine_facts
 
     label = "cpu" if dry_run else detect_label()
     if not dry_run and label == "cpu":

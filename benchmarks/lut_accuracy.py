@@ -23,7 +23,7 @@ import numpy as np
 from _record import RESULTS, save_result
 from deployvit.arch import Arch
 from deployvit.errors import DeployvitError
-from deployvit.latency.devices import device_name, machine_facts, timing_device
+from deployvit.devices import device_name, machine_facts, timing_device
 from deployvit.latency.profile import apply_threads, distinct_archs, measure_arch
 from deployvit.latency.settings import MeasureSettings
 from deployvit.latency.stats import error_stats

@@ -38,7 +38,7 @@ from scipy.stats import kendalltau
 from _record import RESULTS, save_result
 from deployvit.counting import count_flops
 from deployvit.supernet.sharing import channel_windows
-from deployvit.latency.devices import device_name
+from deployvit.devices import device_name
 from deployvit.spaces import get_space
 from deployvit.train.augment import get_aug
 from deployvit.train.data import data_facts, held_out_split, open_data
@@ -189,16 +189,19 @@ def main(argv: list[str] | None = None) -> int:
                       f"FLOPs/budget {f['sampler']['flops_over_budget']} vs uniform {f['uniform']['flops_over_budget']}; "
                       f"held-out top1 {f['sampler']['held_out_top1']} vs uniform {f['uniform']['held_out_top1']}", file=sys.stderr)
         rows.append(row)
-        print(f"{variant}/{name}: channel usage max/min {row['channel_usage']['max_over_min']:.2f}, tau {row['kendall_tau']:.3f}, max {row['val_top1_max']:.1f}%, min {row['val_top1_min']:.1f}%, "
+        print(f"{variant}/{name}: channel usage max/min {row['channel_usage']['max_over_min']:.2f}, tau {row['kendall_tau']:.3f}, max "
+              f"{row['val_top1_max']:.1f}%, min {row['val_top1_min']:.1f}%, "
               f"pick inherited {row['pick_inherited_val_top1']:.1f}% -> retrained {row['pick_retrained_val_top1']:.1f}%", file=sys.stderr)
 
     print(f"\nsupernet quality on {args.data}, space {space.name}, {len(archs)} subnets, budget {budget / 1e6:.2f} MMACs, "
           f"{args.epochs} supernet epochs, {args.retrain_epochs} retrain epochs, device {device_name(info.device.type)}")
-    head = f"{'variant':<7} {'sampler':<11} {'use max/min':>11} {'tau':>6} {'max%':>6} {'min%':>6} {'pick inh%':>9} {'pick GT%':>8} {'oracle%':>7} {'retrained%':>10} {'train s':>8}"
+    head = (f"{'variant':<7} {'sampler':<11} {'use max/min':>11} {'tau':>6} {'max%':>6} {'min%':>6} {'pick inh%':>9} {'pick GT%':>8} {'oracle%':>7} "
+            f"{'retrained%':>10} {'train s':>8}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['variant']:<7} {r['sampler']:<11} {r['channel_usage']['max_over_min']:>11.2f} {r['kendall_tau']:>6.3f} {r['val_top1_max']:>6.1f} {r['val_top1_min']:>6.1f} "
+        print(f"{r['variant']:<7} {r['sampler']:<11} {r['channel_usage']['max_over_min']:>11.2f} {r['kendall_tau']:>6.3f} {r['val_top1_max']:>6.1f} "
+              f"{r['val_top1_min']:>6.1f} "
               f"{r['pick_inherited_val_top1']:>9.1f} {r['pick_ground_truth_top1']:>8.1f} {r['oracle_ground_truth_top1']:>7.1f} "
               f"{r['pick_retrained_val_top1']:>10.1f} {r['train_seconds']:>8.1f}")
     result = {

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from _record import RESULTS, save_result
 from deployvit.counting import count_flops, count_params
-from deployvit.latency.devices import device_name
+from deployvit.devices import device_name
 from deployvit.latency.timing import time_callable
 from deployvit.spaces import get_space
 from deployvit.supernet import Supernet

@@ -345,3 +345,18 @@ def sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create `folder` and prove a file can be written there, before any real work starts (a run
+    that fails to write at its end would waste the work): one line naming `what` otherwise."""
+    import tempfile
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".deployvit-probe-"):
+            pass
+    except OSError as exc:
+        raise DeployvitError(f"cannot write {what} {folder}: {exc.strerror or exc}") from None
+    return folder

@@ -185,7 +185,7 @@ def environment(device: str) -> dict[str, Any]:
     import onnx
     import timm
 
-    from deployvit.latency.devices import machine_facts
+    from deployvit.devices import machine_facts
 
     env = {**machine_facts(device), "deployvit": __version__, "timm": timm.__version__, "onnx": onnx.__version__,
            "onnxruntime": None, "onnxruntime_providers": [], "torch_threads": torch.get_num_threads()}

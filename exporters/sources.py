@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from deployvit.errors import DeployvitError
-from deployvit.train.checkpoint import apply_weights, read_weights, stored_arch
+from deployvit.weights import apply_weights, read_weights, stored_arch
 
 @dataclass
 class SourceModel:

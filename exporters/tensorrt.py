@@ -177,7 +177,15 @@ def build_engine(
     io.write_bytes(engine_path, bytes(serialized))
     if timing_cache:
         io.write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
-    sidecar = {
+    sidecar = _sidecar(trt, plan, network_flags, inp.name, shapes, onnx_path, engine_path, workspace_gb, timing_cache, seconds)
+    io.write_json(sidecar_path(engine_path), sidecar)
+    return sidecar
+
+
+def _sidecar(trt, plan: BuildPlan, network_flags: int, input_name: str, shapes, onnx_path, engine_path, workspace_gb: float,
+             timing_cache, seconds: float) -> dict[str, Any]:
+    """What built the engine, and from what: the JSON written beside it (and its sha256)."""
+    return {
         "format": "deployvit.engine/1",
         "deployvit": __version__,
         "tensorrt": trt.__version__,
@@ -187,7 +195,7 @@ def build_engine(
         "network_flags": network_flags,
         "flags": list(plan.flags),
         "cleared_flags": list(plan.cleared_flags),
-        "input": inp.name,
+        "input": input_name,
         "profile": {"min": list(shapes[0]), "opt": list(shapes[1]), "max": list(shapes[2])},
         "workspace_gb": workspace_gb,
         "optimization_level": OPTIMIZATION_LEVEL,
@@ -198,8 +206,6 @@ def build_engine(
         "build_seconds": round(seconds, 2),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    io.write_json(sidecar_path(engine_path), sidecar)
-    return sidecar
 
 
 def _network_flags(trt, plan: BuildPlan) -> int:

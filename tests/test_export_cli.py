@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deployvit.latency.devices import device_name
+from deployvit.devices import device_name
 from deployvit.latency.table import LatencyTable
 from deployvit.parts import arch_parts, space_parts
 from deployvit.spaces import get_space
@@ -142,7 +142,7 @@ def test_budget_not_met_is_exit_1(arch_file, tmp_path):
 
 def test_fp16_export_of_a_retrained_checkpoint_on_digits(tmp_path):
     """The retrain hand-off: checkpoint.safetensors carries its arch; labels give a Top-1 column."""
-    from deployvit.train.checkpoint import save_model
+    from deployvit.weights import save_model
 
     arch, model = train_briefly()
     ckpt = tmp_path / "run" / "checkpoint.safetensors"
@@ -192,7 +192,7 @@ def test_benchmark_lists_every_format_and_baselines(arch_file, tmp_path):
 def other_checkpoint(tmp_path_factory) -> Path:
     """Weights of a different arch of the same space (retrain's format) and as a bare state dict."""
     from deployvit.models import build_model
-    from deployvit.train.checkpoint import save_model
+    from deployvit.weights import save_model
 
     arch = get_space("test").max_arch()
     folder = tmp_path_factory.mktemp("other")

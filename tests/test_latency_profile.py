@@ -19,7 +19,7 @@ def _foreign_gpu_label() -> str:
     """A known GPU label that is not this machine (h100 is this machine on an H100)."""
     import torch
 
-    from deployvit.latency.devices import device_name, label_matches
+    from deployvit.devices import device_name, label_matches
 
     if not torch.cuda.is_available():
         return "h100"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deployvit.errors import DeployvitError
-from deployvit.latency.devices import cpu_name
+from deployvit.devices import cpu_name
 from deployvit.latency.resolve import Machine, TableQuery, choose, deployvit_home, resolve_table, scan_tables
 from deployvit.latency.table import LatencyTable, table_filename
 from deployvit.parts import space_parts

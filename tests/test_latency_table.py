@@ -11,7 +11,7 @@ import pytest
 from deployvit.errors import DeployvitError
 from deployvit.latency import devices
 from deployvit.latency.table import LatencyTable, LatencyTableWarning, shipped_tables_dir, table_filename
-from deployvit.latency.devices import cpu_name
+from deployvit.devices import cpu_name
 from deployvit.parts import arch_parts, space_parts
 from deployvit.spaces import get_space
 

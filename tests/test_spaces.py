@@ -111,17 +111,22 @@ def test_user_space_file(tmp_path):
 @pytest.mark.parametrize(
     "text, needle",
     [
-        ("name: x\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nembed_dim: [32]\ndepth: [2]\nnum_heads: [1]\nmlp_ratio: [2]\nwidth: 3\n", "unknown key 'width'"),
+        ("name: x\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nembed_dim: [32]\ndepth: [2]\nnum_heads: [1]\nmlp_ratio: [2]\nwidth: 3\n",
+         "unknown key 'width'"),
         ("name: x\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nembed_dim: []\ndepth: [2]\nnum_heads: [1]\nmlp_ratio: [2]\n", "embed_dim: expected"),
         ("name: test\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nembed_dim: [32]\ndepth: [2]\nnum_heads: [1]\nmlp_ratio: [2]\n", "preset name"),
         ("name: x\nimg_size: 60\npatch_size: 16\nnum_classes: 5\nembed_dim: [32]\ndepth: [2]\nnum_heads: [1]\nmlp_ratio: [2]\n", "not a multiple"),
         ("name: x\n  img_size: [\n", "malformed space file"),
-        ("name: x\nimg_size: [64, 128]\npatch_size: 16\nnum_classes: 5\nembed_dim: [32]\ndepth: [2]\nnum_heads: [1]\nmlp_ratio: [2]\n", "img_size: expected one positive integer"),
-        ("name: x\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nembed_dim: [32]\ndepth: [2]\nnum_heads: [1]\nmlp_ratio: [.inf]\n", r"mlp_ratio\[0\]: expected a finite number"),
-        ("name: x\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nembed_dim: [32]\ndepth: [2]\nnum_heads: [1]\nmlp_ratio: [.nan]\n", r"mlp_ratio\[0\]: expected a finite number"),
+        ("name: x\nimg_size: [64, 128]\npatch_size: 16\nnum_classes: 5\nembed_dim: [32]\ndepth: [2]\nnum_heads: [1]\nmlp_ratio: [2]\n",
+         "img_size: expected one positive integer"),
+        ("name: x\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nembed_dim: [32]\ndepth: [2]\nnum_heads: [1]\nmlp_ratio: [.inf]\n",
+         r"mlp_ratio\[0\]: expected a finite number"),
+        ("name: x\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nembed_dim: [32]\ndepth: [2]\nnum_heads: [1]\nmlp_ratio: [.nan]\n",
+         r"mlp_ratio\[0\]: expected a finite number"),
         ("name: x\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nstages: 5\n", "stages: expected a list"),
         ("name: x\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nstages: {a: 1}\n", "stages: expected a list"),
-        ("name: x\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nhead_dim: 16\nstages: []\n", r"allowed: img_size, in_chans, name, num_classes, patch_size, stages\)"),
+        ("name: x\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nhead_dim: 16\nstages: []\n",
+         r"allowed: img_size, in_chans, name, num_classes, patch_size, stages\)"),
     ],
 )
 def test_bad_space_files(tmp_path, text, needle):

@@ -95,7 +95,8 @@ def test_bad_inputs_exit_2_with_one_line(supernet_run, tmp_path):
     get_space("test-resnas").min_arch().save(tmp_path / "other.json")
     assert_one_line_error(run_cli("retrain", "--arch", str(tmp_path / "other.json"), "--init", str(supernet_run / "last.pt"), *args), "space")
     # resuming a checkpoint of another space, and an existing run without --resume
-    assert_one_line_error(run_cli("train-supernet", *TINY[2:], "--space", "test-resnas", "--sampler", "focus", "--epochs", "2", "--ema-decay", "0.9", "--cyclic",
+    assert_one_line_error(run_cli("train-supernet", *TINY[2:], "--space", "test-resnas", "--sampler", "focus", "--epochs", "2", "--ema-decay", "0.9",
+                                  "--cyclic",
                                   "--out", str(supernet_run), "--resume"), "space")
     assert_one_line_error(train(supernet_run, "--epochs", "2"), "--resume")
     assert_one_line_error(train(tmp_path / "x", "--epochs", "1", "--amp", "bf16", "--device", "cpu"), "CUDA")

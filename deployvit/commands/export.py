@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +21,7 @@ import torch
 from deployvit.commands import bounds
 from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
 from exporters import tensorrt as trt_export
+from deployvit import io
 from deployvit.compute import compute_device
 from deployvit.contract import contract_runner, measure_contract, plan_contract
 from deployvit.latency.settings import MeasureSettings
@@ -146,13 +146,7 @@ def _samples(data: str | None, source: SourceModel, n: int) -> Samples:
 
 
 def check_writable(out: Path) -> None:
-    """Create `out` and prove a file can be written there, before any real work starts."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".deployvit-probe-"):
-            pass
-    except OSError as exc:
-        raise DeployvitError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
+    io.check_writable(out, "to output folder")
 
 
 def prepare(opts: dict[str, Any], formats: list[str]) -> Job:

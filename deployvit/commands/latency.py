@@ -43,7 +43,7 @@ def _measure(arch, table, predicted: float, kind: str) -> None:
     """Time the arch here exactly as the table's entries were timed, and print the error."""
     import warnings
 
-    from deployvit.latency.devices import device_name  # torch: only when measuring
+    from deployvit.devices import device_name  # torch: only when measuring
     from deployvit.latency.profile import apply_threads, measure_arch, table_settings
 
     settings, device = table_settings(table.metadata)

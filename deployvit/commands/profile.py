@@ -28,15 +28,18 @@ def output_paths(out: str | None, label: str, space: str, runtime: str, precisio
 
 
 @click.command("profile")
-@click.option("--device", "label", required=True, help="Device label (a100, h100, h200, l4, t4, a10, rtx4090, orin, cpu, or your own name); with --estimate, a GPU catalogue entry.")
+@click.option("--device", "label", required=True,
+              help="Device label (a100, h100, h200, l4, t4, a10, rtx4090, orin, cpu, or your own name); with --estimate, a GPU catalogue entry.")
 @click.option("--space", "space_name", required=True, help="Search space preset or YAML/JSON file.")
 @click.option("--runtime", required=True, help="eager, cudagraph, compile, onnxruntime or tensorrt.")
 @click.option("--precision", default="fp16", show_default=True, help="fp32, fp16 or bf16.")
 @click.option("--batch-size", "batches", type=bounds.BATCH, multiple=True, required=True, help="Batch size; repeat for several tables.")
 @click.option("--out", help="Table path (default $DEPLOYVIT_HOME/latency_tables/LABEL/SPACE-RUNTIME-PRECISION-bB.json, where search "
                                  "looks; DEPLOYVIT_HOME defaults to ~/.local/share/deployvit); '{batch}' is replaced.")
-@click.option("--calib-archs", type=bounds.ints(2, 1000), default=ProfileConfig.calib_archs, show_default=True, help="Whole archs timed to fit the calibration.")
-@click.option("--val-archs", type=bounds.ints(2, 10_000), default=ProfileConfig.val_archs, show_default=True, help="Held-out archs timed to validate the table.")
+@click.option("--calib-archs", type=bounds.ints(2, 1000), default=ProfileConfig.calib_archs, show_default=True,
+              help="Whole archs timed to fit the calibration.")
+@click.option("--val-archs", type=bounds.ints(2, 10_000), default=ProfileConfig.val_archs, show_default=True,
+              help="Held-out archs timed to validate the table.")
 @click.option("--warmup", "warmup_s", type=bounds.WARMUP_S, default=MeasureSettings.warmup_s, show_default=True, help="Warm-up seconds before each timing.")
 @click.option("--repeats", type=bounds.REPEATS, default=MeasureSettings.repeats, show_default=True, help="Timed repeats per part and per arch.")
 @click.option("--threads", type=bounds.THREADS, help="CPU threads for torch/onnxruntime (recorded; default: library default).")

@@ -34,7 +34,8 @@ def _amount(value: str | None, metric: str) -> float | None:
 @click.option("--runtime", help="Only tables of this runtime (eager, cudagraph, compile, onnxruntime, tensorrt).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="Only tables of this precision.")
 @click.option("--batch-size", type=bounds.BATCH, help="Only tables of this batch size.")
-@click.option("--score", type=click.Choice(SCORES), default="dss", show_default=True, help="Fitness: training-free DSS, supernet accuracy, or the trained FocusFormer sampler.")
+@click.option("--score", type=click.Choice(SCORES), default="dss", show_default=True,
+              help="Fitness: training-free DSS, supernet accuracy, or the trained FocusFormer sampler.")
 @click.option("--supernet", "supernet_ckpt", type=click.Path(dir_okay=False), help="Supernet checkpoint (--score supernet/sampler).")
 @click.option("--data", help="Training data (held-out split carved from it) for --score supernet/sampler; 'digits' is built in.")
 @click.option("--sampler-k", type=bounds.ints(1, 10_000), default=64, show_default=True, help="Archs drawn from the sampler per budget (--score sampler).")
@@ -49,7 +50,8 @@ def _amount(value: str | None, metric: str) -> float | None:
 @click.option("--seed", type=bounds.SEED, default=0, show_default=True)
 @click.option("--patience", type=bounds.ints(1, 100_000), default=DEFAULTS.patience, show_default=True,
               help="Stop after this many generations without a better feasible arch (>= --generations: run them all).")
-@click.option("--measure-top", type=bounds.ints(0, 1000), default=0, help="Time the top-K candidates end to end here and pick the winner on the measured latency.")
+@click.option("--measure-top", type=bounds.ints(0, 1000), default=0,
+              help="Time the top-K candidates end to end here and pick the winner on the measured latency.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/search-<space>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue the search in --out from its search_state.json.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")

@@ -96,7 +96,8 @@ def _run(fn):
 
 @click.command("train-supernet")
 @click.option("--space", "space_name", required=True, help="Space preset or file (class count follows the data).")
-@click.option("--sampler", default="auto", show_default=True, help="auto (the recipe's: sandwich small, uniform imagenet), uniform, sandwich, multi-arch or focus.")
+@click.option("--sampler", default="auto", show_default=True,
+              help="auto (the recipe's: sandwich small, uniform imagenet), uniform, sandwich, multi-arch or focus.")
 @click.option("--sandwich-random", type=bounds.ints(0, 64), default=2, show_default=True, help="sandwich: random subnets per step.")
 @click.option("--groups", type=bounds.ints(1, 256), default=4, show_default=True, help="multi-arch: subnets per batch (>= 16 images each).")
 @click.option("--unlock-epochs", type=bounds.ints(0, 100_000), default=5, show_default=True, help="multi-arch: epochs to unlock all widths.")

@@ -12,7 +12,8 @@ and a short reduction cannot hide its prologue), attention's is `attn_eff` times
 utilisation, and `gap_us` is the device-side cost of one more kernel (launch latency, ramp-up and
 tail). On GeForce cards compute runs `geforce_speedup` times faster than their datasheet
 rates say (fitted, not explained: GPU Boost above the rated clock accounts for ~10%; the rest
-suggests PyTorch's fp16 kernels there beat the datasheet's FP32-accumulate tensor rate). In eager PyTorch the host launches every kernel, so a kernel never takes less than
+suggests PyTorch's fp16 kernels there beat the datasheet's FP32-accumulate tensor rate). In eager
+PyTorch the host launches every kernel, so a kernel never takes less than
 `host_us`: that is why eager is launch bound at batch 1 (DESIGN.md section 4).
 
 The seven constants are fitted on published measurements only, by `benchmarks/estimate_accuracy.py`,
@@ -239,7 +240,8 @@ def table_validation(runtime: str, batch: int, fit: Fitted) -> dict[str, Any]:
         "leave_one_gpu_out": v.get("leave_one_gpu_out", {}).get(cell),
         "leave_one_regime_out": v.get("leave_one_regime_out", {}).get(cell),
     }
-    return {"source": "estimated", "this_table": own, **{k: v[k] for k in ("method", "goal", "leave_one_gpu_out", "leave_one_regime_out", "coverage") if k in v}}
+    return {"source": "estimated", "this_table": own, **{k: v[k] for k in ("method", "goal", "leave_one_gpu_out", "leave_one_regime_out",
+                                                                           "coverage") if k in v}}
 
 
 def estimate_table(space: "SearchSpace", gpu: GPU, runtime: str, precision: str, batch: int) -> "LatencyTable":

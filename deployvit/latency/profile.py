@@ -29,8 +29,8 @@ from tqdm import tqdm
 from deployvit import __version__, io
 from deployvit.arch import Arch
 from deployvit.errors import DeployvitError
-from deployvit.latency.devices import check_label, machine_facts
-from deployvit.latency.runtimes import build_runner, runtime_version
+from deployvit.devices import check_label, machine_facts
+from deployvit.latency.runtimes import build_runner, check_runtime, runtime_version
 from deployvit.latency.settings import MeasureSettings, ProfileConfig
 from deployvit.latency.stats import error_stats, fit_affine
 from deployvit.latency.table import LatencyTable
@@ -42,11 +42,24 @@ from deployvit.spaces import SearchSpace
 PROGRESS_FORMAT = "deployvit.profile_progress/1"
 
 
+def validate_settings(settings: MeasureSettings, device: str) -> None:
+    """Refuse settings this machine cannot time with (before any timing starts): one line each."""
+    if settings.batch_size < 1:
+        raise DeployvitError(f"batch size must be >= 1, got {settings.batch_size}")
+    if settings.repeats < 1 or settings.warmup_s < 0:
+        raise DeployvitError(f"repeats must be >= 1 and warm-up >= 0 s (got {settings.repeats}, {settings.warmup_s})")
+    if settings.threads is not None and settings.threads < 1:
+        raise DeployvitError(f"threads must be >= 1, got {settings.threads}")
+    if settings.clock == "cpu" and (device != "cpu" or settings.threads != 1):
+        raise DeployvitError("--clock cpu measures one thread's CPU time: use it on the CPU with --threads 1")
+    check_runtime(settings.runtime, device, settings.precision)
+
+
 def check_request(label: str, settings: MeasureSettings, out: Path, calib_archs: int, val_archs: int, force: bool) -> tuple[str, str]:
     """Every check of a profile request that needs no timing; returns (device type, device name).
     The CLI runs it for all batch sizes first: a bad later table must not fail after hours of timing."""
     device, name = check_label(label, force)
-    settings.validate(device)
+    validate_settings(settings, device)
     if calib_archs < 2 or val_archs < 2:
         raise DeployvitError(f"need at least 2 calibration and 2 validation archs (got {calib_archs}, {val_archs})")
     if out.is_dir():
@@ -62,7 +75,7 @@ def table_settings(meta: dict) -> tuple[MeasureSettings, str]:
     settings = MeasureSettings.from_metadata(meta)
     device = meta["device_type"]
     try:
-        settings.validate(device)
+        validate_settings(settings, device)
     except DeployvitError as exc:
         raise DeployvitError(f"cannot time archs like the table ({meta['device_name']}, {meta['runtime']}) here: {exc}") from None
     return settings, device
@@ -166,17 +179,12 @@ def profile(
     rng = np.random.default_rng(seed)
     calib = distinct_archs(space, calib_archs, rng, set(), [space.min_arch(), space.max_arch()])
     val = distinct_archs(space, val_archs, np.random.default_rng(seed + 1), {a.key for a in calib})
-    parts = space_parts(space)
-    jobs = [("entries", p.key, lambda p=p: measure_part(p, settings, device)) for p in parts]
-    jobs += [(group, a.key, lambda a=a: measure_arch(a, settings, device)) for group, archs in (("calib", calib), ("val", val)) for a in archs]
-
-    # measured in a seeded random order: a slow drift of the machine (clocks, thermals, neighbours'
-    # load) then affects parts, calibration and validation archs alike instead of biasing the fit
-    jobs = [jobs[i] for i in np.random.default_rng(seed + 2).permutation(len(jobs))]
+    jobs = _jobs(space, calib, val, settings, device, seed)
     todo = [j for j in jobs if j[1] not in state[j[0]]]
     if len(todo) < len(jobs):
         echo(f"resuming {ppath.name}: {len(jobs) - len(todo)} of {len(jobs)} measurements already done")
-    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"profile {space.name} {settings.runtime} b{settings.batch_size}", unit="timing", dynamic_ncols=True) as bar:
+    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"profile {space.name} {settings.runtime} b{settings.batch_size}", unit="timing",
+              dynamic_ncols=True) as bar:
         for group, k, job in todo:
             with warnings.catch_warnings():  # noise is summarised in the report, not printed per timing
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -190,6 +198,15 @@ def profile(
     ppath.unlink(missing_ok=True)
     echo(report(table))
     return table
+
+
+def _jobs(space: SearchSpace, calib: list[Arch], val: list[Arch], settings: MeasureSettings, device: str, seed: int) -> list:
+    """(group, key, timing job) for every part, calibration arch and validation arch, in a seeded
+    random order: a slow drift of the machine (clocks, thermals, neighbours' load) then affects
+    parts, calibration and validation archs alike instead of biasing the fit."""
+    jobs = [("entries", p.key, lambda p=p: measure_part(p, settings, device)) for p in space_parts(space)]
+    jobs += [(group, a.key, lambda a=a: measure_arch(a, settings, device)) for group, archs in (("calib", calib), ("val", val)) for a in archs]
+    return [jobs[i] for i in np.random.default_rng(seed + 2).permutation(len(jobs))]
 
 
 def _load_progress(path: Path, key: dict, echo: Callable[[str], None]) -> dict:
@@ -254,7 +271,8 @@ def _build_table(space, label, device, settings, state, calib, val, calib_archs,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "deployvit": __version__,
         "torch_threads": torch.get_num_threads() if device == "cpu" else None,
-        "settings": {**asdict(settings), "calib_archs": calib_archs, "val_archs": val_archs, "seed": seed, "timer": "cuda events" if device == "cuda" else ("perf_counter" if settings.clock == "wall" else "process_time")},
+        "settings": {**asdict(settings), "calib_archs": calib_archs, "val_archs": val_archs, "seed": seed,
+                     "timer": "cuda events" if device == "cuda" else ("perf_counter" if settings.clock == "wall" else "process_time")},
         "num_entries": len(entries),
     }
     return table

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from deployvit import io
 from deployvit.errors import DeployvitError
 from deployvit.latency.table import LatencyTable, shipped_tables_dir
 
@@ -61,14 +61,7 @@ def _checked_home() -> Path:
 def user_tables_dir() -> Path:
     """Where `profile` writes by default: `$DEPLOYVIT_HOME/latency_tables`, created and proven writable
     before any timing starts (a profile that fails at the end would waste hours)."""
-    folder = _checked_home() / "latency_tables"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".deployvit-probe-"):
-            pass
-    except OSError as exc:
-        raise DeployvitError(f"cannot write latency tables to {folder} (DEPLOYVIT_HOME): {exc.strerror or exc}") from None
-    return folder
+    return io.check_writable(_checked_home() / "latency_tables", "latency tables folder ($DEPLOYVIT_HOME/latency_tables)")
 
 
 def table_dirs() -> list[tuple[str, Path]]:
@@ -155,7 +148,7 @@ class Machine:
         import torch
 
         from deployvit.compute import compute_device
-        from deployvit.latency.devices import cpu_name
+        from deployvit.devices import cpu_name
 
         if device is not None and (device == "cuda" or device.startswith("cuda:")):
             compute_device(device)  # CUDA asked for on a machine without it: exit 2
@@ -205,7 +198,7 @@ def reference_gpu() -> str:
 
 
 def _device_fits(info: TableInfo, kind: str, label: str | None, machine: Machine) -> bool:
-    from deployvit.latency.devices import KNOWN_LABELS, label_matches
+    from deployvit.devices import KNOWN_LABELS, label_matches
 
     meta = info.meta
     if kind == "cpu":

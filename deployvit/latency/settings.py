@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from deployvit.errors import DeployvitError
-
 
 @dataclass(frozen=True)
 class MeasureSettings:
@@ -20,19 +18,6 @@ class MeasureSettings:
     repeats: int = 50
     threads: int | None = None  # torch (and onnxruntime) CPU threads; None = library default
     clock: str = "wall"  # "cpu": process CPU time, for single-threaded CPU tables on a shared machine
-
-    def validate(self, device: str) -> None:
-        if self.batch_size < 1:
-            raise DeployvitError(f"batch size must be >= 1, got {self.batch_size}")
-        if self.repeats < 1 or self.warmup_s < 0:
-            raise DeployvitError(f"repeats must be >= 1 and warm-up >= 0 s (got {self.repeats}, {self.warmup_s})")
-        if self.threads is not None and self.threads < 1:
-            raise DeployvitError(f"threads must be >= 1, got {self.threads}")
-        if self.clock == "cpu" and (device != "cpu" or self.threads != 1):
-            raise DeployvitError("--clock cpu measures one thread's CPU time: use it on the CPU with --threads 1")
-        from deployvit.latency.runtimes import check_runtime  # torch: only when a run is checked
-
-        check_runtime(self.runtime, device, self.precision)
 
     @classmethod
     def from_metadata(cls, meta: dict) -> "MeasureSettings":

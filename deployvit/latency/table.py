@@ -116,7 +116,7 @@ class LatencyTable:
         An estimate was measured on nothing: only whether this machine has its GPU model is said."""
         if self.is_estimate:
             return self._estimate_mismatches()
-        from deployvit.latency.devices import device_name
+        from deployvit.devices import device_name
         from deployvit.latency.runtimes import runtime_version
 
         import torch
@@ -143,7 +143,7 @@ class LatencyTable:
     def _estimate_mismatches(self) -> list[str]:
         import torch
 
-        from deployvit.latency.devices import device_name
+        from deployvit.devices import device_name
 
         name = self.metadata["device_name"]
         here = device_name("cuda") if torch.cuda.is_available() else None
@@ -210,7 +210,8 @@ MAX_PART_US = 1e8  # 100 s for one part: anything larger is a unit mistake or a 
 _TABLE_BOUNDS = {  # field: (type, low, high); a range bounds a value so predictions can trust it
     "median_us": (float, 0.0, MAX_PART_US), "p90_us": (float, 0.0, MAX_PART_US), "mean_us": (float, 0.0, MAX_PART_US),
     "sum_us": (float, 0.0, 1e4 * MAX_PART_US), "measured_us": (float, 0.0, 1e4 * MAX_PART_US),
-    "predicted_us": (float, 0.0, 1e4 * MAX_PART_US), "cv": (float, 0.0, 100.0), "repeats": (int, 1, 100_000),  # as profile --repeats: latency --measure reruns it
+    "predicted_us": (float, 0.0, 1e4 * MAX_PART_US), "cv": (float, 0.0, 100.0), "repeats": (int, 1,
+                                                                                            100_000),  # as profile --repeats: latency --measure reruns it
     "scale": (float, 0.0, 100.0), "bias": (float, 0.0, MAX_PART_US),
     "n": (int, 0, 10**7), "mape": (float, 0.0, 1e6), "p95_abs_pct": (float, 0.0, 1e6), "max_abs_pct": (float, 0.0, 1e6),
     "within_5": (float, 0.0, 1.0), "within_10": (float, 0.0, 1.0), "kendall_tau": (float, -1.0, 1.0),
@@ -260,8 +261,8 @@ def _checked_table(data: Any) -> tuple[dict, dict, dict, dict]:
     for key, entry in entries.items():
         where = f"entries[{key!r}]"
         _object(entry, where)
-        for field in ("median_us", "p90_us", "mean_us", "cv", "repeats"):
-            _number(entry, field, where, required=field == "median_us")
+        for name in ("median_us", "p90_us", "mean_us", "cv", "repeats"):
+            _number(entry, name, where, required=name == "median_us")
     calib = _object(data.get("calibration"), "calibration")
     _number(calib, "scale", "calibration", required=True)
     _number(calib, "bias", "calibration", required=True)
@@ -269,8 +270,8 @@ def _checked_table(data: Any) -> tuple[dict, dict, dict, dict]:
     validation = _object(data.get("validation", {}), "validation")
     for name in ("calibrated", "uncalibrated"):
         stats = _object(validation.get(name, {}), f"validation.{name}")
-        for field in ("n", "mape", "p95_abs_pct", "max_abs_pct", "within_5", "within_10", "kendall_tau"):
-            _number(stats, field, f"validation.{name}")
+        for key_name in ("n", "mape", "p95_abs_pct", "max_abs_pct", "within_5", "within_10", "kendall_tau"):
+            _number(stats, key_name, f"validation.{name}")
     _checked_archs(validation.get("archs", []), "validation.archs", ("sum_us", "predicted_us", "measured_us"))
     _check_space_coverage(meta, entries)
     return meta, entries, calib, validation
@@ -288,9 +289,9 @@ def _checked_metadata(meta: dict) -> dict:
     if meta.get("source", "measured") not in ("measured", "estimated"):
         raise _TableProblem(f"metadata.source: expected 'measured' or 'estimated', got {_shown(meta.get('source'))}")
     settings = _object(meta.get("settings", {}), "metadata.settings")
-    for field in ("warmup_s", "repeats", "threads"):
-        if settings.get(field) is not None:  # threads: null means the library's default
-            _number(settings, field, "metadata.settings")
+    for key_name in ("warmup_s", "repeats", "threads"):
+        if settings.get(key_name) is not None:  # threads: null means the library's default
+            _number(settings, key_name, "metadata.settings")
     if settings.get("clock", "wall") not in ("wall", "cpu"):
         raise _TableProblem(f"metadata.settings.clock: expected 'wall' or 'cpu', got {_shown(settings.get('clock'))}")
     return meta
@@ -303,8 +304,8 @@ def _checked_archs(rows: Any, where: str, fields: tuple[str, ...]) -> None:
     for i, row in enumerate(rows):
         _object(row, f"{where}[{i}]")
         _object(row.get("arch"), f"{where}[{i}].arch")
-        for field in fields:
-            _number(row, field, f"{where}[{i}]", required=True)
+        for key_name in fields:
+            _number(row, key_name, f"{where}[{i}]", required=True)
         _number(row, "cv", f"{where}[{i}]")
 
 

@@ -119,48 +119,13 @@ def time_callable(
     thing timed in the warning. `clock`: "wall" (CUDA events / perf_counter) or "cpu" (process CPU
     time; CPU device only, see the module docstring).
     """
-    dev = _check_device(device)
-    if clock not in CLOCKS:
-        raise DeployvitError(f"unknown clock {clock!r} (choose from {', '.join(CLOCKS)})")
-    if clock == "cpu" and dev.type != "cpu":
-        raise DeployvitError("clock 'cpu' (process CPU time) only applies to CPU timing; GPUs are timed with CUDA events")
-    if repeats < 1 or inner < 1:
-        raise DeployvitError(f"repeats and inner must be >= 1 (got repeats={repeats}, inner={inner})")
-    if warmup_s < 0 or min_repeat_s < 0:
-        raise DeployvitError("warmup_s and min_repeat_s must be >= 0")
+    dev = _check_arguments(device, clock, repeats, inner, warmup_s, min_repeat_s)
     cuda = dev.type == "cuda"
-    sync = (lambda: torch.cuda.synchronize(dev)) if cuda else (lambda: None)
-
     with torch.inference_mode():
-        start = time.perf_counter()
-        calls = 0
-        while calls == 0 or time.perf_counter() - start < warmup_s:
-            fn()
-            calls += 1
-        sync()
+        per_call = _warm_up(fn, dev, warmup_s)
         if min_repeat_s > 0:
-            per_call = (time.perf_counter() - start) / calls
             inner = max(inner, int(min_repeat_s / max(per_call, 1e-9)) + 1)
-
-        samples: list[float] = []
-        if cuda:
-            with torch.cuda.device(dev):
-                events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
-                for begin, end in events:
-                    begin.record()
-                    for _ in range(inner):
-                        fn()
-                    end.record()
-                sync()
-                samples = [begin.elapsed_time(end) * 1e3 / inner for begin, end in events]
-        else:
-            now = time.perf_counter if clock == "wall" else time.process_time
-            for _ in range(repeats):
-                t0 = now()
-                for _ in range(inner):
-                    fn()
-                samples.append((now() - t0) * 1e6 / inner)
-
+        samples = _cuda_samples(fn, dev, repeats, inner) if cuda else _cpu_samples(fn, clock, repeats, inner)
     timing = summarize(samples)
     limit = cv_warn if cv_warn is not None else (CV_WARN_CUDA if cuda else CV_WARN_CPU)
     if timing.cv > limit:
@@ -172,6 +137,56 @@ def time_callable(
             stacklevel=2,
         )
     return timing
+
+
+def _check_arguments(device, clock: str, repeats: int, inner: int, warmup_s: float, min_repeat_s: float) -> torch.device:
+    dev = _check_device(device)
+    if clock not in CLOCKS:
+        raise DeployvitError(f"unknown clock {clock!r} (choose from {', '.join(CLOCKS)})")
+    if clock == "cpu" and dev.type != "cpu":
+        raise DeployvitError("clock 'cpu' (process CPU time) only applies to CPU timing; GPUs are timed with CUDA events")
+    if repeats < 1 or inner < 1:
+        raise DeployvitError(f"repeats and inner must be >= 1 (got repeats={repeats}, inner={inner})")
+    if warmup_s < 0 or min_repeat_s < 0:
+        raise DeployvitError("warmup_s and min_repeat_s must be >= 0")
+    return dev
+
+
+def _warm_up(fn: Callable[[], object], dev: torch.device, warmup_s: float) -> float:
+    """Call `fn` for at least `warmup_s` (and at least once); the seconds per call it took."""
+    start = time.perf_counter()
+    calls = 0
+    while calls == 0 or time.perf_counter() - start < warmup_s:
+        fn()
+        calls += 1
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return (time.perf_counter() - start) / calls
+
+
+def _cuda_samples(fn: Callable[[], object], dev: torch.device, repeats: int, inner: int) -> list[float]:
+    """Microseconds per call between CUDA events recorded around `inner` calls, `repeats` times."""
+    with torch.cuda.device(dev):
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+        for begin, end in events:
+            begin.record()
+            for _ in range(inner):
+                fn()
+            end.record()
+        torch.cuda.synchronize(dev)
+        return [begin.elapsed_time(end) * 1e3 / inner for begin, end in events]
+
+
+def _cpu_samples(fn: Callable[[], object], clock: str, repeats: int, inner: int) -> list[float]:
+    """Microseconds per call on the wall clock or the process's CPU time."""
+    now = time.perf_counter if clock == "wall" else time.process_time
+    samples = []
+    for _ in range(repeats):
+        t0 = now()
+        for _ in range(inner):
+            fn()
+        samples.append((now() - t0) * 1e6 / inner)
+    return samples
 
 
 def capture_cuda_graph(module: torch.nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:

@@ -74,10 +74,12 @@ def check_budgets(model: MetricModel, constraints: Constraints) -> list[str]:
         tightest = constraints.tightest(metric)
         if tightest is not None and tightest < smallest:
             raise DeployvitError(
-                f"--{metric} {format_amount(tightest, metric)} is infeasible: the smallest achievable {metric} in {span.split(' spans ')[0]} is {format_amount(smallest, metric)} ({span})"
+                f"--{metric} {format_amount(tightest, metric)} is infeasible: the smallest achievable {metric} in {span.split(' spans ')[0]} is "
+                f"{format_amount(smallest, metric)} ({span})"
             )
         if lo is not None and lo > largest:
-            raise DeployvitError(f"--min-{metric} {format_amount(lo, metric)} is infeasible: the largest achievable is {format_amount(largest, metric)} ({span})")
+            raise DeployvitError(f"--min-{metric} {format_amount(lo, metric)} is infeasible: the largest achievable is {format_amount(largest, metric)} "
+                                 f"({span})")
         if hi is not None and hi >= largest and lo is None:
             notes.append(
                 f"{span}; --{metric} {format_amount(hi, metric)} admits every arch: the budget does not bind "
@@ -155,9 +157,11 @@ def _append_log(path: Path, entry: dict) -> None:
 
 
 def run_search(request: SearchRequest, echo: Callable[[str], None] = print, progress: bool = True) -> SearchResult:
+    """Validate, resolve the table and score, evolve (or specialise the sampler), write the run
+    directory. Under torchrun every rank searches; only rank 0 prints and writes."""
     from deployvit.search.distributed import is_main_process
 
-    main = is_main_process()  # torchrun ranks > 0 search alongside rank 0 but print and write nothing
+    main = is_main_process()
     if not main:
         echo, progress = (lambda *_: None), False
     space, trained = resolve_space(request)
@@ -174,20 +178,41 @@ def run_search(request: SearchRequest, echo: Callable[[str], None] = print, prog
         from deployvit.latency.profile import table_settings
 
         table_settings(table.metadata)
+    run_dir = _run_dir(request, space)
+    score = make_score(request, space, trained)
+    if main:
+        _make_dir(run_dir)
+    evolution, winners_by_budget = _evolve(request, space, model, score, table, run_dir, main, progress)
+    measured = {}
+    if request.measure_top:
+        from deployvit.search.measure import measure_top
+
+        winners_by_budget, measured = measure_top(evolution, table, request.measure_top, echo)
+    result = _finish(request, space, model, score, table, evolution, winners_by_budget, measured, run_dir, main, echo)
+    result.table, result.notes = table_desc, notes
+    return result
+
+
+def _run_dir(request: SearchRequest, space: SearchSpace) -> Path:
+    """The run directory, refused when it holds another run (or, with --resume, no state)."""
     run_dir = Path(request.out or f"runs/search-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    state_path = run_dir / "search_state.json"
-    if request.resume and not state_path.exists():
+    if request.resume and not (run_dir / "search_state.json").exists():
         raise DeployvitError(f"--resume: no search state in {run_dir}")
     if not request.resume and run_dir.exists() and any(run_dir.iterdir()):
         raise DeployvitError(f"run directory {run_dir} is not empty (use --resume to continue it, or another --out)")
-    score = make_score(request, space, trained)
+    return run_dir
+
+
+def _make_dir(run_dir: Path) -> None:
     try:
-        if main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DeployvitError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
-    log_path = run_dir / "log.jsonl"
 
+
+def _evolve(request, space, model, score, table, run_dir: Path, main: bool, progress: bool):
+    """(the evolution, its winner per budget): AutoFormer's loop, or the sampler's proposals."""
+    log_path = run_dir / "log.jsonl"
     bar = None
     if progress and request.score != "sampler":  # the sampler proposes archs once: no generations to count
         from tqdm import tqdm
@@ -203,25 +228,22 @@ def run_search(request: SearchRequest, echo: Callable[[str], None] = print, prog
             bar.n = generation + 1
             bar.refresh()
 
-    evolution = Evolution(space, model, request.constraints, score, request.config, state_path, on_generation,
-                          _sources(request, table), write_state=main)
+    evolution = Evolution(space, model, request.constraints, score, request.config, run_dir / "search_state.json",
+                          on_generation, _sources(request, table), write_state=main)
     if request.resume:
         evolution.resume()
         if bar is not None:
             bar.n = evolution.state.generation + 1
-    if request.score == "sampler":
-        winners_by_budget = _specialise(request, evolution)
-    else:
-        winners_by_budget = evolution.run()
+    winners = _specialise(request, evolution) if request.score == "sampler" else evolution.run()
     if bar is not None:
         bar.close()
+    return evolution, winners
 
+
+def _finish(request, space, model, score, table, evolution, winners_by_budget, measured, run_dir: Path, main: bool, echo) -> SearchResult:
+    """Say how the search ended, log its summary, write the outputs, and name unmet budgets."""
+    log_path = run_dir / "log.jsonl"
     evaluated = list(evolution.state.evaluated.values())
-    measured = {}
-    if request.measure_top:
-        from deployvit.search.measure import measure_top
-
-        winners_by_budget, measured = measure_top(evolution, table, request.measure_top, echo)
     winners = {budget_label(b): c for b, c in winners_by_budget.items() if c is not None}
     summary = _correlations(evaluated, score.name)
     if evolution.converged and evolution.state.generation < request.config.generations:
@@ -234,13 +256,11 @@ def run_search(request: SearchRequest, echo: Callable[[str], None] = print, prog
         _append_log(log_path, {"final": True, "winners": {k: c.to_dict() for k, c in winners.items()}, **summary, "measured": measured,
                                "held_out_images": len(getattr(score, "held_out_ids", [])) or None,
                                "stopped_at_generation": evolution.state.generation, "latency": provenance,
-                               "score_throughput": speed,
-                               "request": _request_dict(request)})
+                               "score_throughput": speed, "request": _request_dict(request)})
     _write_outputs(run_dir, evolution, evaluated, winners, score.name, space, model, request, provenance, main)
     if hasattr(score, "close"):
         score.close()
-    result = SearchResult(run_dir, winners, table_desc, notes, measured, correlations=summary, evaluated=len(evaluated),
-                          is_main=main)
+    result = SearchResult(run_dir, winners, None, [], measured, correlations=summary, evaluated=len(evaluated), is_main=main)
     unmet = [budget_label(b) for b, c in winners_by_budget.items() if c is None]
     if unmet:
         how = "timed on this machine" if request.measure_top else ("drawn from the sampler" if request.score == "sampler" else "searched")

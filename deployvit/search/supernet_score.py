@@ -157,7 +157,8 @@ def load_supernet_for_search(path: str, space_name: str) -> tuple[Supernet, dict
 
     supernet, meta = load_supernet(path)
     if supernet.space.name != space_name:
-        raise DeployvitError(f"supernet checkpoint {path} was trained on space {supernet.space.name!r}, not {space_name!r} (pass --space {supernet.space.name})")
+        raise DeployvitError(f"supernet checkpoint {path} was trained on space {supernet.space.name!r}, not {space_name!r} (pass --space "
+                             f"{supernet.space.name})")
     return supernet, meta
 
 

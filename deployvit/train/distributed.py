@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from deployvit.errors import DeployvitError
 
 
 @dataclass(frozen=True)
@@ -38,16 +37,11 @@ class DistInfo:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` (CUDA when available), `cpu` or `cuda`; CUDA without a GPU is bad input."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise DeployvitError("--device cuda: no CUDA GPU is available (use --device cpu)")
-        return torch.device("cuda", local_rank)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise DeployvitError(f"unknown device {name!r} (auto, cpu, cuda)")
+    """`auto` (CUDA when available), `cpu`, `cuda` (this rank's GPU) or `cuda:N`: the one parser of
+    `deployvit.compute`, so training and search say the same line for CUDA without a GPU."""
+    from deployvit.compute import compute_device
+
+    return compute_device(name, local_rank)
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

@@ -42,7 +42,7 @@ from deployvit.arch import Arch, Layer, Stage
 from deployvit.counting import count_flops
 from deployvit.errors import DeployvitError
 from deployvit.spaces import SearchSpace, space_from_dict
-from deployvit.train.samplers import ArchSampler, Score, StepPlan
+from deployvit.train.sampler_base import ArchSampler, Score, StepPlan
 
 
 @dataclass(frozen=True)

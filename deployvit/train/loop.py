@@ -133,144 +133,201 @@ def fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[di
 
 
 def _fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[dict[str, Any]]:
-    from timm.scheduler import create_scheduler_v2
-    from timm.utils import ModelEmaV3
-
-    device = info.device
-    n_train = len(task.train_set)
-    batches = EpochBatches(n_train, recipe.batch_size, info, recipe.seed)
-    if batches.steps_per_epoch == 0:
-        raise DeployvitError(
-            f"batch size {recipe.batch_size} x {info.world_size} rank(s) is larger than the {n_train} training images"
-        )
-    steps = batches.steps_per_epoch
-    ckpt_path, out = opts.out / "checkpoint.pt", opts.out
-
-    model = task.model.to(device)
-    broadcast_module(model, info)
-    optimizer = build_optimizer(model, recipe)
-    scheduler, _ = create_scheduler_v2(
-        optimizer, "cosine", num_epochs=recipe.epochs, warmup_epochs=recipe.warmup_epochs,
-        min_lr=recipe.min_lr, warmup_lr=recipe.warmup_lr, step_on_epochs=False, updates_per_epoch=steps,
-    )
-    scaler = torch.amp.GradScaler("cuda", enabled=recipe.amp == "fp16")
-    ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay > 0 else None
-    aug = recipe.aug_config
-    mixup, loss_fn = build_mixup(aug, task.meta["num_classes"]), build_loss(aug).to(device)
-    amp_dtype = AMP_DTYPES.get(recipe.amp)
-
-    def autocast() -> ContextManager:
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
-    def backward(loss: torch.Tensor) -> None:
-        scaler.scale(loss).backward()
-
-    epoch, start_step, history = 0, 0, []
-    so_far: dict[str, Any] = {"loss_sum": 0.0, "loss_n": 0, "extra": {}}  # the epoch's running loss, all ranks
-    if opts.resume:
-        saved = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
-        if saved is None:
-            raise DeployvitError(f"--resume: no checkpoint to resume in {out} (checkpoint.pt not found)")
-        _check_resumable(saved, recipe, task.kind, ckpt_path, lambda: task.check_resume(saved["meta"]))
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        if ema is not None:
-            ema.module.load_state_dict(saved["ema"])
-        task.load_state_dict(saved["sampler"])
-        restore_rng(saved["rng"])  # rank 0's; every step reseeds from (seed, step, rank) anyway
-        progress = saved["progress"]
-        if progress["steps_per_epoch"] != steps:
-            raise DeployvitError(
-                f"cannot resume {ckpt_path}: it ran {progress['steps_per_epoch']} steps per epoch, this run has {steps} "
-                f"(another number of ranks?); resume with the world size it was started with"
-            )
-        epoch, start_step = progress["epoch"], progress["step"]
-        so_far = progress.get("epoch_so_far", so_far)  # absent in checkpoints from before it was saved
-        history = list(saved["history"])
-        opts.log(f"resumed {ckpt_path} at epoch {epoch} step {start_step}")
-    elif ckpt_path.exists():
-        raise DeployvitError(f"{out} already holds a training run (checkpoint.pt); pass --resume or choose another --out")
-
-    def state(epoch_: int, step_: int, partial: dict[str, Any] | None = None) -> dict[str, Any]:
-        """`partial`: the epoch's running loss over all ranks and its extra stats, for a mid-epoch save."""
-        return {
-            "kind": task.kind,
-            "meta": task.meta,
-            "recipe": recipe.to_dict(),
-            "progress": {"epoch": epoch_, "step": step_, "global_step": epoch_ * steps + step_, "steps_per_epoch": steps,
-                         "epoch_so_far": partial or {"loss_sum": 0.0, "loss_n": 0, "extra": {}}},
-            "model": model.state_dict(),
-            "ema": ema.module.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "sampler": task.state_dict(),
-            "rng": capture_rng(),
-            "history": history,
-        }
-
-    def save(epoch_: int, step_: int, partial: dict[str, Any] | None = None) -> None:
-        if info.is_main:
-            save_checkpoint(ckpt_path, state(epoch_, step_, partial))
-
+    """Train `task` with `recipe`: resume or start, then one epoch after another, checkpointing at
+    every epoch end (and every `opts.ckpt_every` steps), so a killed run resumes exactly."""
+    run = _Run.build(task, recipe, opts, info)
+    epoch, start_step, so_far = run.resume() if opts.resume else run.start()
     if opts.banner:
         opts.log(opts.banner)
-    model.train()
+    run.model.train()
     while epoch < recipe.epochs:
-        t0, extra = time.perf_counter(), dict(so_far["extra"])
-        loss_sum, loss_n = (so_far["loss_sum"], so_far["loss_n"]) if info.is_main else (0.0, 0)
-        so_far = {"loss_sum": 0.0, "loss_n": 0, "extra": {}}
-        # seeds the loader workers' RNGs: per rank too, or every rank would draw the same augmentations
-        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([recipe.seed, epoch, start_step, info.rank]).generate_state(1)[0]))
-        loader = torch.utils.data.DataLoader(
-            task.train_set, batch_sampler=batches.epoch(epoch, start_step), num_workers=opts.num_workers,
-            pin_memory=device.type == "cuda", generator=gen,
-        )
-        it = one_line_errors(loader)
-        for step in range(start_step, steps):
-            gstep = epoch * steps + step
-            seed_step(recipe.seed, gstep, info.rank)
-            x, y = next(it)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if mixup is not None:
-                x, y = mixup(x, y)
-            scheduler.step_update(num_updates=gstep)
-            loss = task.train_step(x, y, gstep, epoch, loss_fn, autocast, backward)
-            if all_ranks_sum(0.0 if math.isfinite(loss) else 1.0, info):
-                raise TrainingDiverged(
-                    f"loss is {loss} at epoch {epoch} step {step}: training stopped; last good checkpoint "
-                    f"{ckpt_path if ckpt_path.exists() else '(none yet)'} kept (try a lower --lr or --clip-grad 1)"
-                )
-            average_gradients(model.parameters(), info)
-            if recipe.clip_grad > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update(model, step=gstep)
-            extra.update(task.after_step(gstep, info))
-            loss_sum, loss_n = loss_sum + loss, loss_n + 1
-            if info.is_main and opts.log_every and (gstep + 1) % opts.log_every == 0:
-                opts.log(f"epoch {epoch + 1} step {step + 1}/{steps} loss {loss:.4f} lr {optimizer.param_groups[0]['lr']:.2e}")
-            if opts.ckpt_every and (gstep + 1) % opts.ckpt_every == 0 and step + 1 < steps:
-                partial = {"loss_sum": all_ranks_sum(loss_sum, info), "loss_n": int(all_ranks_sum(loss_n, info)), "extra": extra}
-                save(epoch, step + 1, partial)
-        train_loss = all_ranks_sum(loss_sum, info) / max(all_ranks_sum(loss_n, info), 1)
-        metrics = task.evaluate(ema.module if ema is not None else model, info)
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"],
-               **metrics, **extra, "seconds": time.perf_counter() - t0}
-        history.append(row)
-        if info.is_main:
-            opts.log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-            io.write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-        epoch, start_step = epoch + 1, 0
-        save(epoch, 0)
+        run.epoch(epoch, start_step, so_far)
+        so_far, epoch, start_step = _NO_PROGRESS, epoch + 1, 0
+        run.save(epoch, 0)
     if info.is_main:
-        task.finish(out, ema.module if ema is not None else model, state(epoch, 0))
-    return history
+        task.finish(opts.out, run.eval_model, run.state(epoch, 0))
+    return run.history
+
+
+#: the running loss of an epoch with no step done yet (what a mid-epoch checkpoint carries instead)
+_NO_PROGRESS: dict[str, Any] = {"loss_sum": 0.0, "loss_n": 0, "extra": {}}
+
+
+@dataclass
+class _Run:
+    """What one training run holds from step to step: the model and everything its checkpoint saves."""
+
+    task: Task
+    recipe: Recipe
+    opts: RunOptions
+    info: DistInfo
+    batches: EpochBatches
+    model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    ema: Any
+    mixup: Any
+    loss_fn: nn.Module
+    history: list[dict[str, Any]]
+
+    @classmethod
+    def build(cls, task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> "_Run":
+        from timm.scheduler import create_scheduler_v2
+        from timm.utils import ModelEmaV3
+
+        n_train = len(task.train_set)
+        batches = EpochBatches(n_train, recipe.batch_size, info, recipe.seed)
+        if batches.steps_per_epoch == 0:
+            raise DeployvitError(
+                f"batch size {recipe.batch_size} x {info.world_size} rank(s) is larger than the {n_train} training images"
+            )
+        model = task.model.to(info.device)
+        broadcast_module(model, info)
+        optimizer = build_optimizer(model, recipe)
+        scheduler, _ = create_scheduler_v2(
+            optimizer, "cosine", num_epochs=recipe.epochs, warmup_epochs=recipe.warmup_epochs,
+            min_lr=recipe.min_lr, warmup_lr=recipe.warmup_lr, step_on_epochs=False, updates_per_epoch=batches.steps_per_epoch,
+        )
+        scaler = torch.amp.GradScaler("cuda", enabled=recipe.amp == "fp16")
+        ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay > 0 else None
+        aug = recipe.aug_config
+        return cls(task, recipe, opts, info, batches, model, optimizer, scheduler, scaler, ema,
+                   build_mixup(aug, task.meta["num_classes"]), build_loss(aug).to(info.device), [])
+
+    @property
+    def steps(self) -> int:
+        return self.batches.steps_per_epoch
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.opts.out / "checkpoint.pt"
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def autocast(self) -> ContextManager:
+        dtype = AMP_DTYPES.get(self.recipe.amp)
+        return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=self.info.device.type, dtype=dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def start(self) -> tuple[int, int, dict[str, Any]]:
+        if self.ckpt_path.exists():
+            raise DeployvitError(f"{self.opts.out} already holds a training run (checkpoint.pt); pass --resume or choose another --out")
+        return 0, 0, _NO_PROGRESS
+
+    def resume(self) -> tuple[int, int, dict[str, Any]]:
+        """(epoch, step, the epoch's running loss so far) of the checkpoint, every state restored."""
+        path = self.ckpt_path
+        saved = read_checkpoint(path) if path.exists() else None
+        if saved is None:
+            raise DeployvitError(f"--resume: no checkpoint to resume in {self.opts.out} (checkpoint.pt not found)")
+        _check_resumable(saved, self.recipe, self.task.kind, path, lambda: self.task.check_resume(saved["meta"]))
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(saved["ema"])
+        self.task.load_state_dict(saved["sampler"])
+        restore_rng(saved["rng"])  # rank 0's; every step reseeds from (seed, step, rank) anyway
+        progress = saved["progress"]
+        if progress["steps_per_epoch"] != self.steps:
+            raise DeployvitError(
+                f"cannot resume {path}: it ran {progress['steps_per_epoch']} steps per epoch, this run has {self.steps} "
+                f"(another number of ranks?); resume with the world size it was started with"
+            )
+        self.history = list(saved["history"])
+        self.opts.log(f"resumed {path} at epoch {progress['epoch']} step {progress['step']}")
+        return progress["epoch"], progress["step"], progress.get("epoch_so_far", _NO_PROGRESS)  # absent before it was saved
+
+    def state(self, epoch: int, step: int, partial: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`partial`: the epoch's running loss over all ranks and its extra stats, for a mid-epoch save."""
+        return {
+            "kind": self.task.kind,
+            "meta": self.task.meta,
+            "recipe": self.recipe.to_dict(),
+            "progress": {"epoch": epoch, "step": step, "global_step": epoch * self.steps + step, "steps_per_epoch": self.steps,
+                         "epoch_so_far": partial or _NO_PROGRESS},
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler": self.task.state_dict(),
+            "rng": capture_rng(),
+            "history": self.history,
+        }
+
+    def save(self, epoch: int, step: int, partial: dict[str, Any] | None = None) -> None:
+        if self.info.is_main:
+            save_checkpoint(self.ckpt_path, self.state(epoch, step, partial))
+
+    def loader(self, epoch: int, start_step: int):
+        """This rank's batches of `epoch` from `start_step` on; loader workers are seeded per rank
+        too, or every rank would draw the same augmentations."""
+        seed = np.random.SeedSequence([self.recipe.seed, epoch, start_step, self.info.rank]).generate_state(1)[0]
+        loader = torch.utils.data.DataLoader(
+            self.task.train_set, batch_sampler=self.batches.epoch(epoch, start_step), num_workers=self.opts.num_workers,
+            pin_memory=self.info.device.type == "cuda", generator=torch.Generator().manual_seed(int(seed)),
+        )
+        return one_line_errors(loader)
+
+    def epoch(self, epoch: int, start_step: int, so_far: dict[str, Any]) -> None:
+        """Train one epoch from `start_step`, evaluate, log and record its row."""
+        t0, extra = time.perf_counter(), dict(so_far["extra"])
+        loss_sum, loss_n = (so_far["loss_sum"], so_far["loss_n"]) if self.info.is_main else (0.0, 0)
+        it = self.loader(epoch, start_step)
+        for step in range(start_step, self.steps):
+            seed_step(self.recipe.seed, epoch * self.steps + step, self.info.rank)  # before the batch: it seeds its augmentation
+            x, y = next(it)
+            loss = self.step(x, y, epoch, step)
+            extra.update(self.task.after_step(epoch * self.steps + step, self.info))
+            loss_sum, loss_n = loss_sum + loss, loss_n + 1
+            self.after_step(epoch, step, loss, loss_sum, loss_n, extra)
+        train_loss = all_ranks_sum(loss_sum, self.info) / max(all_ranks_sum(loss_n, self.info), 1)
+        metrics = self.task.evaluate(self.eval_model, self.info)
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"],
+               **metrics, **extra, "seconds": time.perf_counter() - t0}
+        self.history.append(row)
+        if self.info.is_main:
+            self.opts.log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+            io.write_text(self.opts.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> float:
+        """One optimizer step on one batch; the loss (NaN/inf on any rank stops the run, exit 1)."""
+        gstep, device = epoch * self.steps + step, self.info.device
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if self.mixup is not None:
+            x, y = self.mixup(x, y)
+        self.scheduler.step_update(num_updates=gstep)
+        loss = self.task.train_step(x, y, gstep, epoch, self.loss_fn, self.autocast, self.backward)
+        if all_ranks_sum(0.0 if math.isfinite(loss) else 1.0, self.info):
+            raise TrainingDiverged(
+                f"loss is {loss} at epoch {epoch} step {step}: training stopped; last good checkpoint "
+                f"{self.ckpt_path if self.ckpt_path.exists() else '(none yet)'} kept (try a lower --lr or --clip-grad 1)"
+            )
+        average_gradients(self.model.parameters(), self.info)
+        if self.recipe.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model, step=gstep)
+        return loss
+
+    def after_step(self, epoch: int, step: int, loss: float, loss_sum: float, loss_n: int, extra: dict) -> None:
+        """The step's log line and mid-epoch checkpoint, when due."""
+        gstep = epoch * self.steps + step
+        if self.info.is_main and self.opts.log_every and (gstep + 1) % self.opts.log_every == 0:
+            self.opts.log(f"epoch {epoch + 1} step {step + 1}/{self.steps} loss {loss:.4f} lr {self.optimizer.param_groups[0]['lr']:.2e}")
+        if self.opts.ckpt_every and (gstep + 1) % self.opts.ckpt_every == 0 and step + 1 < self.steps:
+            partial = {"loss_sum": all_ranks_sum(loss_sum, self.info), "loss_n": int(all_ranks_sum(loss_n, self.info)), "extra": extra}
+            self.save(epoch, step + 1, partial)
+
+

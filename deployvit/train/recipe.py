@@ -91,11 +91,14 @@ class Recipe:
     lr: float | None = _opt(None, "Peak learning rate (auto: --lr-base scaled to the global batch).")
     lr_base: float | None = _opt(None, "Learning rate at --lr-base-size images per step (auto: 5e-4 imagenet, 8e-3 small).")
     lr_base_size: int = _opt(512, "Global batch at which --lr-base applies.")
-    lr_base_scale: str | None = _opt(None, "How lr follows the global batch: linear or sqrt (auto: linear imagenet as DeiT, sqrt small as timm for adaptive optimizers).", choices=LR_SCALES)
+    lr_base_scale: str | None = _opt(None,
+                                     "How lr follows the global batch: linear or sqrt (auto: linear imagenet as DeiT, sqrt small as timm for adaptive "
+                                     "optimizers).", choices=LR_SCALES)
     min_lr: float = _opt(1e-5, "Final learning rate of the cosine schedule.")
     warmup_lr: float = _opt(1e-6, "Learning rate at the start of the warm-up.")
     warmup_epochs: int | None = _opt(None, "Linear warm-up epochs (auto: epochs // 10, at most 5).")
-    weight_decay: float | None = _opt(None, "AdamW weight decay; position embeddings, class token, norms and biases are exempt (auto: 0.05, 0.1 with vitas-weak).")
+    weight_decay: float | None = _opt(None,
+                                      "AdamW weight decay; position embeddings, class token, norms and biases are exempt (auto: 0.05, 0.1 with vitas-weak).")
     clip_grad: float = _opt(0.0, "Max gradient norm (0: off).")
     ema_decay: float = _opt(0.0, "Model EMA decay (0: off).")
     amp: str = _opt("off", "Mixed precision (CUDA).", choices=AMP_MODES)
@@ -148,8 +151,10 @@ class Recipe:
         size = f"{facts.num_train} train images at {facts.resolution} px"
         why = "chosen" if choose_regime(facts) == self.recipe else "forced by --recipe"
         rule = f"{self.lr_base_scale} from {self.lr_base:g} at {self.lr_base_size}"
+        scaled = scaled_lr(self.lr_base, self.batch_size * world_size, self.lr_base_size, self.lr_base_scale)
+        rule = rule if math.isclose(self.lr, scaled) else "set by --lr"
         return (f"recipe {self.recipe} ({regime.why}; {why} for {size}): aug {self.aug}, batch {self.batch_size}/rank, "
-                f"lr {self.lr:.3g} ({rule if math.isclose(self.lr, scaled_lr(self.lr_base, self.batch_size * world_size, self.lr_base_size, self.lr_base_scale)) else 'set by --lr'}), "
+                f"lr {self.lr:.3g} ({rule}), "
                 f"warmup {self.warmup_epochs} of {self.epochs} epochs, weight decay {self.weight_decay:g}, "
                 f"drop path {self.drop_path:g}, pos embed std {self.pos_embed_std:g}")
 
@@ -161,7 +166,8 @@ class Recipe:
         if self.batch_size < 1 or self.lr_base_size < 1:
             raise DeployvitError(f"--batch-size and --lr-base-size must be >= 1, got {self.batch_size}, {self.lr_base_size}")
         if not self.lr > 0 or not self.lr_base > 0 or self.min_lr < 0 or self.weight_decay < 0 or self.pos_embed_std < 0:
-            raise DeployvitError(f"--lr and --lr-base must be > 0 and --min-lr, --weight-decay, --pos-embed-std >= 0 (got {self.lr}, {self.lr_base}, {self.min_lr}, {self.weight_decay}, {self.pos_embed_std})")
+            raise DeployvitError(f"--lr and --lr-base must be > 0 and --min-lr, --weight-decay, --pos-embed-std >= 0 (got {self.lr}, {self.lr_base}, "
+                                 f"{self.min_lr}, {self.weight_decay}, {self.pos_embed_std})")
         if self.lr_base_scale not in LR_SCALES:
             raise DeployvitError(f"--lr-base-scale must be linear or sqrt, got {self.lr_base_scale!r}")
         if self.warmup_epochs < 0 or (self.warmup_epochs and self.warmup_epochs >= self.epochs):

@@ -14,7 +14,7 @@ from typing import Any
 from deployvit.errors import DeployvitError
 from deployvit.arch import Arch
 from deployvit.models import ViT, build_model
-from deployvit.train.checkpoint import save_model
+from deployvit.weights import save_model
 from deployvit.train.data import Source, SplitDataset
 from deployvit.train.distributed import DistInfo
 from deployvit.train.evaluate import eval_loader, evaluate_accuracy

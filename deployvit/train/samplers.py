@@ -17,54 +17,15 @@ draws exactly what the uninterrupted run would have drawn.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Any, Callable
+from dataclasses import replace
 
-import numpy as np
 
-from deployvit.arch import Arch
 from deployvit.errors import DeployvitError
 from deployvit.spaces import SearchSpace
+from deployvit.train.focus import FocusArchSampler
+from deployvit.train.sampler_base import ArchSampler, StepPlan
 
 MIN_GROUP = 16  # ViT-ResNAS: each subnet needs enough images for a meaningful gradient
-
-
-@dataclass(frozen=True)
-class StepPlan:
-    """The subnets of one step. split: each arch gets its own slice of the batch (multi-arch);
-    otherwise each arch sees the whole batch and the gradients accumulate."""
-
-    archs: tuple[Arch, ...]
-    split: bool = False
-
-
-Score = Callable[[Arch], float]  # held-out minibatch accuracy of an arch under the current weights
-
-
-class ArchSampler:
-    """Base: a seeded, stateless sampler; stateful ones (focus) override the state methods."""
-
-    name = ""
-
-    def __init__(self, space: SearchSpace, seed: int):
-        self.space, self.seed = space, seed
-
-    def rng(self, step: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, step, 0x5A])
-
-    def plan(self, step: int, epoch: int, batch_size: int) -> StepPlan:
-        raise NotImplementedError
-
-    def after_step(self, step: int, score: Score, sync: Callable) -> dict[str, float]:
-        """Hook after the optimizer step (the focus sampler learns here); returns log values."""
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("name") != self.name:
-            raise DeployvitError(f"checkpoint was trained with sampler {state.get('name')!r}, not {self.name!r}")
 
 
 class UniformSampler(ArchSampler):
@@ -137,8 +98,6 @@ def make_sampler(name: str, space: SearchSpace, seed: int, total_steps: int = 1,
     if name == "multi-arch":
         return MultiArchSampler(space, seed, options.get("groups", 4), options.get("unlock_epochs", 5))
     if name == "focus":
-        from deployvit.train.focus import FocusArchSampler
-
         focus = {k: v for k, v in options.items() if k.startswith("focus_") and v is not None}
         return FocusArchSampler(space, seed, total_steps, **focus)
     raise DeployvitError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")

@@ -22,7 +22,7 @@ from deployvit.train.data import HeldOut, Source, SplitDataset
 from deployvit.train.distributed import DistInfo, broadcast_module
 from deployvit.train.evaluate import eval_loader, evaluate_accuracy
 from deployvit.train.loop import Recipe, RunOptions, fit
-from deployvit.train.samplers import ArchSampler
+from deployvit.train.sampler_base import ArchSampler
 from deployvit.train.recipe import REGIMES
 from deployvit.train.setup import init_position_embeddings, seed_init, transforms_for
 from deployvit.spaces import SearchSpace
