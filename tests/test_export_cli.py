@@ -272,3 +272,16 @@ def test_checkpoint_with_corrupt_arch_metadata_is_one_line(tmp_path):
     out = tmp_path / "out"
     assert_one_line_error(run_cli("export", "--checkpoint", str(bad), "--out", str(out)), "arch metadata is not valid JSON")
     assert not out.exists()
+
+
+def test_onnx_on_cuda_with_cpu_onnxruntime_is_exit_2_with_the_install_line(arch_file, tmp_path):
+    """Asking for onnxruntime on CUDA where only the CPU package is installed names what to install,
+    on any machine, before anything is exported (never a silent CPU run compared with a GPU budget)."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime here has the CUDA provider")
+    out = tmp_path / "out"
+    result = run_cli("export", "--arch", str(arch_file), "--format", "onnx", "--device", "cuda", "--out", str(out), *FAST)
+    assert_one_line_error(result, "no CUDA provider", "pip install onnxruntime-gpu")
+    assert not out.exists()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from deployvit.errors import DeployvitError
-from deployvit.latency import devices
+from deployvit import devices
 from deployvit.latency.table import LatencyTable, LatencyTableWarning, shipped_tables_dir, table_filename
 from deployvit.devices import cpu_name
 from deployvit.parts import arch_parts, space_parts

@@ -117,7 +117,7 @@ def test_patience_stops_a_converged_search_and_resume_stops_at_the_same_generati
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_patience_below_one_is_one_line_exit_2(tmp_path, value):
     result = run_cli("search", *TINY, "--patience", value, "--out", str(tmp_path / "r"))
-    assert_one_line_error(result, "patience must be at least 1")
+    assert_one_line_error(result, "--patience", "is not in the range 1<=x<=100000")
     assert not (tmp_path / "r").exists()
 
 

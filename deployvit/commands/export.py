@@ -160,6 +160,8 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
     )
     if opts["workspace"] <= 0:
         raise DeployvitError(f"--workspace must be > 0 GB, got {opts['workspace']}")
+    if formats == ["onnx"] and opts["device"] == "cuda":
+        check_onnxruntime_device("cuda")  # what to install is true on any machine: said before "no GPU here"
     device = compute_device(opts["device"]).type
     if opts["table"] is not None and not Path(opts["table"]).is_file():
         raise DeployvitError(f"latency table not found: {opts['table']}")
@@ -167,7 +169,7 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
         trt_export.import_tensorrt()  # export --format trt: a missing TensorRT is exit 2, up front
         trt_export.require_cuda()
     if formats == ["onnx"]:
-        check_onnxruntime_device(device)  # onnxruntime on CUDA without its provider: exit 2 with the install line
+        check_onnxruntime_device(device)  # onnxruntime on CUDA (auto) without its provider: exit 2 with the install line
     source = _source(opts)
     notes = ["--table ignored: a latency table predicts deployvit archs, not timm models"] if opts["table"] and source.arch is None else []
     timing = {"warmup_s": opts["warmup"], "repeats": opts["repeats"], "threads": 1 if opts["clock"] == "cpu" else None, "clock": opts["clock"]}

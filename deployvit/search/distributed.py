@@ -23,21 +23,14 @@ import torch.distributed as dist
 
 from deployvit.arch import Arch
 from deployvit.search.scores import Score, score_batch
+from deployvit.train.distributed import DistInfo
 
 
 @dataclass(frozen=True)
-class Ranks:
-    rank: int = 0
-    world_size: int = 1
+class Ranks(DistInfo):
+    """The training's rank facts (`DistInfo`), and whether this search started the process group."""
+
     owns_group: bool = False  # this process group was started here (and is closed by `close`)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
 
 
 def local_rank() -> int:
