@@ -16,7 +16,7 @@ from deployvit.spaces import get_space
 from tests.conftest import run_cli
 
 PROFILE = ["profile", "--device", "cpu", "--space", "test", "--runtime", "onnxruntime", "--precision", "fp32",
-           "--batch-size", "1", "--threads", "1", "--calib-archs", "2", "--val-archs", "2", "--repeats", "5", "--warmup", "0"]
+           "--batch-size", "1", "--threads", "1", "--calib-archs", "2", "--val-archs", "2", "--repeats", "10", "--warmup", "0.01"]
 
 
 def test_profile_then_search_then_export_use_one_table(tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ def load_script(monkeypatch):
 def test_lut_accuracy_on_fresh_archs(tmp_path, monkeypatch):
     table = tmp_path / "t.json"
     args = ["profile", "--device", "cpu", "--space", "test", "--runtime", "eager", "--precision", "fp32", "--batch-size", "1",
-            "--out", str(table), "--warmup", "0", "--repeats", "3", "--calib-archs", "3", "--val-archs", "3", "--threads", "1"]
+            "--out", str(table), "--warmup", "0.01", "--repeats", "10", "--calib-archs", "3", "--val-archs", "3", "--threads", "1"]
     assert run_cli(*args).code == 0
     out = tmp_path / "acc.json"
     assert load_script(monkeypatch).main(["--table", str(table), "--archs", "4", "--repeats", "3", "--out", str(out)]) == 0
