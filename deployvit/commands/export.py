@@ -145,10 +145,6 @@ def _samples(data: str | None, source: SourceModel, n: int) -> Samples:
     return data_samples(data, source.img_size, source.in_chans, limit=n)
 
 
-def check_writable(out: Path) -> None:
-    io.check_writable(out, "to output folder")
-
-
 def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
     """Validate every input, cheapest first; raise before anything is written."""
     precision = opts["precision"]
@@ -183,7 +179,7 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
         raise DeployvitError(f"verification needs at least {batch.max} images (the largest batch), got {len(samples)}: "
                              "raise --samples or lower the batch")
     out = Path(opts["out"]) if opts["out"] else _default_out(opts)
-    check_writable(out)
+    io.check_writable(out, "to output folder")
     spec = ExportSpec(
         img_size=source.img_size, in_chans=source.in_chans, precision=precision, batch=batch, opset=opset,
         dynamo=not opts["legacy_exporter"], device=device, workspace_gb=opts["workspace"],
@@ -265,7 +261,7 @@ def benchmark(formats: str, baselines: str, **opts: Any) -> None:
     job.spec = replace(job.spec, trt_onnx_suffix=".trt.onnx")
     if not opts["out"]:
         job.out = job.out / "benchmark"
-        check_writable(job.out)
+        io.check_writable(job.out, "to output folder")
     base_jobs = []  # every baseline is loaded before anything is exported: a typo is exit 2, up front
     for name in [b.strip() for b in baselines.split(",") if b.strip()]:
         base = load_timm_model(name, img_size=job.source.img_size,

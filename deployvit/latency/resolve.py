@@ -99,10 +99,6 @@ class TableInfo:
         value = held_out.get("median_abs_pct")
         return value if isinstance(value, (int, float)) else None
 
-    def setting(self) -> tuple:
-        m = self.meta
-        return (m["space"], m["device_label"], m["device_name"], m["runtime"], m["precision"], m["batch_size"], self.source)
-
 
 def scan_tables(dirs: Iterable[tuple[str, Path]] | None = None) -> tuple[list[TableInfo], list[str]]:
     """Every readable table under the folders (recursively), and one note per file skipped."""
@@ -231,8 +227,7 @@ def _rank(info: TableInfo, machine: Machine, kind: str) -> tuple:
         _tier(info, machine),
         ORIGINS.index(info.origin),
         meta["precision"] != preferred_precision,
-        meta["batch_size"] != 1,
-        meta["batch_size"],
+        meta["batch_size"],  # batch 1 first
         info.source == "estimated" and info.estimate_error is None,  # a validated estimate first
         RUNTIME_PREFERENCE.index(runtime) if runtime in RUNTIME_PREFERENCE else len(RUNTIME_PREFERENCE),
     )
