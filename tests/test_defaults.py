@@ -34,5 +34,5 @@ def test_search_evolution_defaults_are_evolution_config():
     cfg = EvolutionConfig()
     names = {"mutation_prob": "layer_prob", "stage_mutation_prob": "stage_prob"}
     for flag in ("population", "generations", "parents", "mutations", "crossovers", "mutation_prob", "stage_mutation_prob",
-                 "patience", "seed", "method"):
+                 "patience", "seed", "method", "screen"):
         assert d[flag] == getattr(cfg, names.get(flag, flag)), flag

@@ -39,7 +39,7 @@ def _amount(value: str | None, metric: str) -> float | None:
 @click.option("--supernet", "supernet_ckpt", type=click.Path(dir_okay=False), help="Supernet checkpoint (--score supernet/sampler).")
 @click.option("--data", help="Training data (held-out split carved from it) for --score supernet/sampler; 'digits' is built in.")
 @click.option("--sampler-k", type=bounds.ints(1, 10_000), default=64, show_default=True, help="Archs drawn from the sampler per budget (--score sampler).")
-@click.option("--method", type=click.Choice(["evolution", "random"]), default="evolution", show_default=True)
+@click.option("--method", type=click.Choice(["evolution", "random"]), default=DEFAULTS.method, show_default=True)
 @click.option("--population", type=bounds.ints(1, 100_000), default=DEFAULTS.population, show_default=True)
 @click.option("--generations", type=bounds.COUNT, default=DEFAULTS.generations, show_default=True)
 @click.option("--parents", type=bounds.ints(1, 100_000), default=DEFAULTS.parents, show_default=True, help="Top-k parents per budget.")
@@ -47,9 +47,12 @@ def _amount(value: str | None, metric: str) -> float | None:
 @click.option("--crossovers", type=bounds.COUNT, default=DEFAULTS.crossovers, show_default=True)
 @click.option("--mutation-prob", type=bounds.FRACTION, default=DEFAULTS.layer_prob, show_default=True, help="Per-layer mutation probability.")
 @click.option("--stage-mutation-prob", type=bounds.FRACTION, default=DEFAULTS.stage_prob, show_default=True, help="Depth / embed dim mutation probability.")
-@click.option("--seed", type=bounds.SEED, default=0, show_default=True)
+@click.option("--seed", type=bounds.SEED, default=DEFAULTS.seed, show_default=True)
 @click.option("--patience", type=bounds.ints(1, 100_000), default=DEFAULTS.patience, show_default=True,
               help="Stop after this many generations without a better feasible arch (>= --generations: run them all).")
+@click.option("--screen", type=bounds.ints(1, 1000), default=DEFAULTS.screen, show_default=True,
+              help="Candidate children drawn per scored child; a model fit on the scored archs picks which to score "
+                   "(1: AutoFormer's loop, every drawn child scored).")
 @click.option("--measure-top", type=bounds.ints(0, 1000), default=0,
               help="Time the top-K candidates end to end here and pick the winner on the measured latency.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/search-<space>-<time>).")
@@ -71,7 +74,7 @@ def search(**opts) -> None:
         method=opts["method"], population=opts["population"], generations=opts["generations"],
         parents=opts["parents"], mutations=opts["mutations"], crossovers=opts["crossovers"],
         layer_prob=opts["mutation_prob"], stage_prob=opts["stage_mutation_prob"], seed=opts["seed"],
-        patience=opts["patience"],
+        patience=opts["patience"], screen=opts["screen"],
     )
     request = SearchRequest(
         space=opts["space_name"], constraints=constraints, table=opts["table"], device=opts["device"],

@@ -56,7 +56,8 @@ def saliency(weight: torch.Tensor) -> float:
     return float((weight.grad * weight.detach()).abs().sum())
 
 
-_SCORED = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight", "head.fc.weight")
+_BLOCK_SCORED = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight")
+_SCORED = (*_BLOCK_SCORED, "head.fc.weight")  # names in a standalone ViT
 
 
 class DSSScore:
@@ -106,38 +107,49 @@ class DSSScore:
             return list(pool.map(self._evaluate, archs))
 
     def _evaluate(self, arch: Arch) -> float:
-        supernet = self._replicas.get()  # a replica of its own: extract() sets the supernet's arch
+        supernet = self._replicas.get()  # a replica of its own: set_arch() sets the supernet's arch
         try:
-            return self._dss(supernet.extract(arch).eval(), supernet.layer_indices(arch))
+            supernet.set_arch(arch)
+            with torch.no_grad():  # the subnet's slices as leaves of their own: dR/dW has the subnet's shapes
+                weights = [{k: v.detach().requires_grad_(k.endswith(_BLOCK_SCORED)) for k, v in part.items()}
+                           for part in supernet.part_weights()]
+                weights[-1]["fc.weight"].requires_grad_()  # the classifier
+            supernet(self.x, weights).sum().backward()
+            blocks = [part for part in weights if "attn.qkv.weight" in part]
+            return self._total(blocks, weights[-1], supernet.layer_indices(arch))
         finally:
             self._replicas.put(supernet)
 
-    def _dss(self, model, layer_indices: list[list[int]]) -> float:
-        for name, param in model.named_parameters():  # only the scored weights need dR/dW
-            param.requires_grad_(name.endswith(_SCORED))
-        model(self.x).sum().backward()
+    def _total(self, blocks: list[dict[str, torch.Tensor]], head: dict[str, torch.Tensor],
+               layer_indices: list[list[int]]) -> float:
+        """The score from the weights of the blocks (in run order) and the head, whose .grad holds dR/dW."""
         positions = [(si, li) for si, layers in enumerate(layer_indices) for li in layers]
-        blocks = [b for stage in model.stages for b in stage]
         keys, weights, grads = [], [], []
         score = 0.0
-        for (si, li), block in zip(positions, blocks):
-            qkv, proj = block.attn.qkv.weight, block.attn.proj.weight
+        for (si, li), block in zip(positions, blocks, strict=True):
+            qkv, proj = block["attn.qkv.weight"], block["attn.proj.weight"]
             for name, w, g in (*zip("qkv", qkv.chunk(3), qkv.grad.chunk(3)), ("proj", proj, proj.grad)):
                 keys.append((si, li, name, tuple(w.shape)))
                 weights.append(w)
                 grads.append(g)
-            score += saliency(block.mlp.fc1.weight) + saliency(block.mlp.fc2.weight)
+            score += saliency(block["mlp.fc1.weight"]) + saliency(block["mlp.fc2.weight"])
         missing = [i for i, k in enumerate(keys) if k not in self._weight_nuc]
         for i, value in zip(missing, nuclear_norms([weights[i] for i in missing])):
             self._weight_nuc[keys[i]] = value  # same value whichever thread computes it first
         for key, grad_nuc in zip(keys, nuclear_norms(grads)):
             score += grad_nuc * self._weight_nuc[key]
-        return score + saliency(model.head.fc.weight)
+        return score + saliency(head["fc.weight"])
 
     def reference(self, arch: Arch) -> float:
-        """The evaluation as it was before the threading work: one arch at a time on the calling
-        thread with torch's thread setting, on the shared supernet (for the test and benchmark)."""
-        return self._dss(self.supernet.extract(arch).eval(), self.supernet.layer_indices(arch))
+        """The evaluation as it was before the speed work: a standalone model extracted from the
+        shared supernet, on the calling thread with torch's thread setting (for the test and the
+        benchmark)."""
+        model = self.supernet.extract(arch).eval()
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.endswith(_SCORED))
+        model(self.x).sum().backward()
+        blocks = [dict(b.named_parameters()) for stage in model.stages for b in stage]
+        return self._total(blocks, dict(model.head.named_parameters()), self.supernet.layer_indices(arch))
 
 
 @contextmanager

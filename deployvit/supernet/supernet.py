@@ -117,15 +117,27 @@ class Supernet(nn.Module):
             self._templates[part] = module
         return module
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def part_weights(self) -> list[Sliced]:
+        """The current arch's sliced weights, one dict per part in run order (views of the supernet's
+        tensors where the channel choice is a window, so taking them copies little)."""
         if self._plan is None:
             raise RuntimeError("call set_arch(arch) before forward")
-        for part, sliced, rate in self._plan:
+        return [sliced() for _, sliced, _ in self._plan]
+
+    def forward(self, x: torch.Tensor, weights: list[Sliced] | None = None) -> torch.Tensor:
+        """Run the current arch; `weights` (from `part_weights`, possibly detached into leaves of
+        their own) stand in for the supernet's slices, for scores that need dR/dW of the subnet's
+        own tensors without building a standalone model."""
+        if self._plan is None:
+            raise RuntimeError("call set_arch(arch) before forward")
+        if weights is None:
+            weights = [sliced() for _, sliced, _ in self._plan]
+        for (part, _, rate), params in zip(self._plan, weights, strict=True):
             template = self._template(part)
             template.train(self.training)
             if isinstance(template, Block):
                 template.drop_path1.drop_prob = template.drop_path2.drop_prob = rate
-            x = functional_call(template, sliced(), (x,), strict=True)
+            x = functional_call(template, params, (x,), strict=True)
         return x
 
     # --- extraction -----------------------------------------------------------------------------------
