@@ -6,8 +6,9 @@
    (`DSSScore.reference`, torch's thread setting, and with one thread) and on the current one
    (`score_many`: one intra-op thread per evaluation, archs side by side), wall and CPU time.
 3. The default command `deployvit search --flops 1.5G` from process start (fresh process, wall and
-   CPU time, load average), and AutoFormer's loop as it ran before (`--screen 1`, every generation:
-   1,050 evaluations): the default's winner must score at least as high.
+   CPU time, load average), and AutoFormer's loop as it ran before (`--screen 1 --mutations 25
+   --crossovers 25`, every generation: 1,050 evaluations): the default's winner must score at least
+   as high.
 4. Screened evolution (the default), AutoFormer's unscreened loop and random search at an equal
    number of DSS evaluations, median over seeds.
 
@@ -122,7 +123,7 @@ def default_search(generations: int) -> dict:
     """The default command against AutoFormer's whole loop as the search ran before screening and
     patience (every drawn child scored, all generations: 1,050 evaluations), same seed."""
     default = search_command(["--flops", "1.5G"])
-    full = search_command(["--flops", "1.5G", "--screen", "1", "--patience", str(generations)])
+    full = search_command(["--flops", "1.5G", "--screen", "1", "--mutations", "25", "--crossovers", "25", "--patience", str(generations)])
     ok = None if default["winner_dss"] is None or full["winner_dss"] is None else default["winner_dss"] >= full["winner_dss"]
     return {"default": default, "all_generations": full, "default_at_least_as_good": ok}
 

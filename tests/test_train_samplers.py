@@ -121,3 +121,23 @@ def test_sampler_errors():
         make_sampler("focus", SPACE, 0).load_state_dict(make_sampler("focus", SPACE, 0, focus_lr=0.5).state_dict())
     with pytest.raises(DeployvitError, match="trained with sampler"):
         make_sampler("sandwich", SPACE, 0).load_state_dict(make_sampler("uniform", SPACE, 0).state_dict())
+
+
+def test_size_is_rewarded_by_closeness_not_by_the_scores_trend():
+    """Training feedback makes the sampler's (small) draws score higher; the reward must still prefer
+    using the budget, and among archs of one size the more accurate one."""
+    sampler = make_sampler("focus", SPACE, 0)
+    rng = np.random.default_rng(0)
+    archs = list({a.key: a for a in (SPACE.sample(rng) for _ in range(40))}.values())[:8]
+    flops = {a.key: count_flops(a) for a in archs}
+    budget = sampler.policy.budget_position(max(flops.values()))
+    top = max(flops.values())
+    trend = lambda a: 0.9 - 0.2 * flops[a.key] / top  # noqa: E731  smaller scores higher
+    reward, within = sampler.rewards(budget, archs, trend)
+    assert within == 1.0
+    order = np.argsort([flops[a.key] for a in archs])
+    ranked = reward.numpy()[order]
+    assert np.all(np.diff(ranked) >= -1e-5) and ranked[-1] > ranked[0] + 1  # more of the budget used: more reward
+    lucky = archs[int(order[3])]
+    bumped, _ = sampler.rewards(budget, archs, lambda a: trend(a) + (0.05 if a is lucky else 0.0))
+    assert bumped[int(order[3])] > reward[int(order[3])] + 1  # accurate for its size: about a unit more

@@ -15,16 +15,15 @@ the whole space keeps training. Every `update_every` steps the policy is updated
 
 Reward and penalty on one scale (issue 12: a raw accuracy fraction from 128 images differs between
 archs by 0.01-0.05 with noise about 0.04, while a fixed penalty of 0.5 made "be small" the only
-signal, and the policy collapsed onto the smallest archs whatever the budget). Now, within the draws
-of one budget, the score is standardised (z: mean 0, std 1), so "more accurate than the other
-candidates for this budget" is worth about one unit whatever the score's scale and noise. To it are
-added, in the same units, `closeness` x (FLOPs / budget) for an arch within its budget (using the
-whole budget is worth 3 units: in real supernet training the archs the sampler draws get trained more
-and so score higher, and with 1 unit the policy fed that loop and settled on archs using 16-45% of
-their budget; with 3 it still does on 2 of 3 seeds of the 10-epoch digits benchmark, where focus
-picks stay below uniform sampling's: benchmarks/focus_sampler.py) and, for an arch over it, -`penalty` - `penalty_slope` x (FLOPs /
-budget - 1), so over budget is always worse than within. The advantage is the reward minus its mean
-over the budget's draws (the per-budget baseline), plus an entropy bonus.
+signal, and the policy collapsed onto the smallest archs whatever the budget). Within the draws of
+one budget, the score's linear trend in budget use is removed and the residual standardised (z:
+mean 0, std 1): "more accurate than the other candidates *of its size*" is worth about one unit
+whatever the score's scale and noise. Without the detrending, real supernet training fed back into
+the reward (the archs the sampler draws get trained more and so score higher) and the policy settled
+on archs using 16-45% of their budget. Size is rewarded separately, in the same units:
+`closeness` x (FLOPs / budget) for an arch within its budget, and for an arch over it -`penalty` -
+`penalty_slope` x (FLOPs / budget - 1), so over budget is always worse than within. The advantage is
+the reward minus its mean over the budget's draws (the per-budget baseline), plus an entropy bonus.
 """
 
 from __future__ import annotations
@@ -149,9 +148,9 @@ class FocusOptions:
     policy_batch: int = 8  # draws per budget and update
     update_budgets: int = 4  # budgets per update
     lr: float = 0.01
-    closeness: float = 3.0  # reward units for an arch at exactly its budget (0 at no FLOPs)
-    penalty: float = 2.0  # reward units lost by any arch over its budget ...
-    penalty_slope: float = 4.0  # ... plus this per unit of FLOPs / budget above 1
+    closeness: float = 6.0  # reward units for an arch at exactly its budget (0 at no FLOPs)
+    penalty: float = 4.0  # reward units lost by any arch over its budget ...
+    penalty_slope: float = 8.0  # ... plus this per unit of FLOPs / budget above 1
     entropy: float = 0.01
     hidden: int = 64
 
@@ -225,8 +224,8 @@ class FocusArchSampler(ArchSampler):
         """Rewards of one budget's draws on one scale (module docstring), and the share within budget."""
         budget = self.policy.budget_flops(b)
         s = torch.tensor([float(score(a)) for a in archs], dtype=torch.float64)
-        z = (s - s.mean()) / s.std() if len(archs) > 1 and float(s.std()) > 0 else torch.zeros_like(s)
         use = torch.tensor([count_flops(a) / budget for a in archs], dtype=torch.float64)
+        z = _standardised(_size_residual(s, use))
         over = use > 1
         cost = torch.where(over, -self.opts.penalty - self.opts.penalty_slope * (use - 1), self.opts.closeness * use)
         return (z + cost).float(), float((~over).double().mean())
@@ -252,6 +251,23 @@ class FocusArchSampler(ArchSampler):
             raise DeployvitError("cannot resume: the checkpoint's focus sampler options differ from this run's")
         _load_policy(self.policy, state["policy"], "checkpoint sampler state")
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _size_residual(score: torch.Tensor, use: torch.Tensor) -> torch.Tensor:
+    """What is left of the scores once their linear trend in budget use is removed: accuracy *for
+    an arch's size*. Size is rewarded by the closeness term alone, so the training's feedback (the
+    archs the sampler draws are trained more, and so score higher) cannot pull the sampler away from
+    its budget, in either direction."""
+    if len(score) < 3 or float(use.std()) == 0:
+        return score - score.mean()
+    design = torch.stack([torch.ones_like(use), use], 1)
+    coef = torch.linalg.lstsq(design, score.unsqueeze(1)).solution
+    return score - (design @ coef).squeeze(1)
+
+
+def _standardised(x: torch.Tensor) -> torch.Tensor:
+    spread = float(x.std()) if len(x) > 1 else 0.0
+    return (x - x.mean()) / spread if spread > 1e-12 * max(float(x.abs().max()), 1.0) else torch.zeros_like(x)
 
 
 def policy_from_state(state: dict[str, Any]) -> FocusPolicy:
