@@ -9,7 +9,7 @@ from deployvit.errors import CheckFailed
 from deployvit.search.budgets import Constraints
 from deployvit.units import format_amount, parse_amount, parse_amounts
 from deployvit.search import SCORES
-from deployvit.search.evolution import EvolutionConfig
+from deployvit.search.evolution import METHODS, EvolutionConfig
 
 DEFAULTS = EvolutionConfig()  # AutoFormer's settings, one place
 
@@ -39,7 +39,7 @@ def _amount(value: str | None, metric: str) -> float | None:
 @click.option("--supernet", "supernet_ckpt", type=click.Path(dir_okay=False), help="Supernet checkpoint (--score supernet/sampler).")
 @click.option("--data", help="Training data (held-out split carved from it) for --score supernet/sampler; 'digits' is built in.")
 @click.option("--sampler-k", type=bounds.ints(1, 10_000), default=64, show_default=True, help="Archs drawn from the sampler per budget (--score sampler).")
-@click.option("--method", type=click.Choice(["evolution", "random"]), default=DEFAULTS.method, show_default=True)
+@click.option("--method", type=click.Choice(METHODS), default=DEFAULTS.method, show_default=True)
 @click.option("--population", type=bounds.ints(1, 100_000), default=DEFAULTS.population, show_default=True)
 @click.option("--generations", type=bounds.COUNT, default=DEFAULTS.generations, show_default=True)
 @click.option("--parents", type=bounds.ints(1, 100_000), default=DEFAULTS.parents, show_default=True, help="Top-k parents per budget.")

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 
 PATIENCE = 4
+METHODS = ("evolution", "random")  # the searchers: the click choice and the config's check
 SCREEN = 16
 MAX_EVALUATIONS = 50_000  # 48x AutoFormer's 1,050
 # search_state.json holds 1.3 kB and ~60 JSON values (autoformer) to 2.3 kB and ~90 values (resnas) per candidate
@@ -65,8 +66,8 @@ class EvolutionConfig:
     patience: int | None = PATIENCE
 
     def __post_init__(self) -> None:
-        if self.method not in ("evolution", "random"):
-            raise DeployvitError(f"unknown search method {self.method!r} (evolution, random)")
+        if self.method not in METHODS:
+            raise DeployvitError(f"unknown search method {self.method!r} ({', '.join(METHODS)})")
         for name in ("population", "parents", "max_tries", "screen"):
             if getattr(self, name) < 1:
                 raise DeployvitError(f"{name} must be at least 1, got {getattr(self, name)}")
