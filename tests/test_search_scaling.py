@@ -123,13 +123,13 @@ def test_patience_below_one_is_one_line_exit_2(tmp_path, value):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_scoring_without_a_gpu_is_one_line():
-    from deployvit.search.run import SearchRequest, make_score
+    from deployvit.search.run import make_score
 
     space = get_space("test")
     with pytest.raises(DeployvitError, match="no CUDA GPU") as err:
-        make_score(SearchRequest(space="test", score_device="cuda"), space, None)
+        make_score(space, 0, "cuda")
     assert "\n" not in str(err.value)
-    assert isinstance(make_score(SearchRequest(space="test", score_device="cpu"), space, None), DSSScore)
+    assert isinstance(make_score(space, 0, "cpu"), DSSScore)
 
 
 @pytest.mark.gpu

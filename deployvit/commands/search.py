@@ -60,7 +60,7 @@ def _amount(value: str | None, metric: str) -> float | None:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def search(**opts) -> None:
     """Find the highest-scoring arch under the budgets; writes best.arch.json, pareto.* and log.jsonl."""
-    from deployvit.search.run import SearchRequest, run_search  # heavy (torch): only when searching
+    from deployvit.search.run import SearchRequest, resolve_search, run_search  # heavy (torch): only when searching
 
     constraints = Constraints(
         max_latency=parse_amounts(opts["latency"], "latency") if opts["latency"] else [],
@@ -83,7 +83,8 @@ def search(**opts) -> None:
         out=opts["out"], resume=opts["resume"], measure_top=opts["measure_top"],
         score_device=_score_device(opts["device"]),
     )
-    result = run_search(request, echo=click.echo, progress=not opts["no_progress"])
+    job = resolve_search(request, echo=click.echo)  # every name and path becomes an object; nothing written yet
+    result = run_search(job, echo=click.echo, progress=not opts["no_progress"])
     if result.is_main:  # under torchrun, rank 0 speaks for all
         print_summary(result)
     if result.failure:

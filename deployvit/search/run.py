@@ -1,9 +1,11 @@
-"""One search run, end to end: validate the request, pick the table and score, evolve, write the run
-directory (DESIGN.md section 3). `deployvit search` is a thin wrapper around `run_search`.
+"""One search run, end to end, in two steps (DESIGN.md section 3): `resolve_search` turns the user's
+`SearchRequest` (names and paths) into a `SearchJob` (objects: space, metric model and table, score,
+sampler proposals, run directory), checking everything; `run_search` evolves and writes the run
+directory. `deployvit search` parses, resolves, runs and prints.
 
-Every check on the request happens before the run directory is created, so bad input leaves nothing
-behind; `best.arch.json` is written last, so a directory without it is visibly unfinished (and
-`--resume` continues it from `search_state.json`).
+Every check happens in the resolve step, before the run directory is created, so bad input leaves
+nothing behind; `best.arch.json` is written last, so a directory without it is visibly unfinished
+(and `--resume` continues it from `search_state.json`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from deployvit import io
 from deployvit.errors import DeployvitError
@@ -26,6 +28,8 @@ from deployvit.search.predictor import MetricModel
 from deployvit.search.scores import DSSScore, Score
 from deployvit.spaces import SearchSpace, get_space, reference_archs
 
+if TYPE_CHECKING:
+    from deployvit.latency.table import LatencyTable
 
 
 @dataclass
@@ -111,20 +115,22 @@ def resolve_space(request: SearchRequest) -> tuple[SearchSpace, tuple | None]:
     return supernet.space, (supernet, meta)
 
 
-def make_score(request: SearchRequest, space: SearchSpace, trained: tuple | None) -> Score:
-    """The score on `request.score_device`; under torchrun (WORLD_SIZE > 1) it joins the process
-    group and each batch of candidates is shared out over the ranks (`search.distributed`)."""
+def make_score(space: SearchSpace, seed: int, score_device: str | None, trained: tuple | None = None,
+               data: str | None = None, checkpoint: str | None = None) -> Score:
+    """The score on `score_device` (auto: None, cpu, cuda, cuda:N): DSS, or with `trained` (supernet,
+    meta) the supernet's held-out accuracy on `data`. Under torchrun (WORLD_SIZE > 1) it joins the
+    process group and each batch of candidates is shared out over the ranks (`search.distributed`)."""
     from deployvit.compute import compute_device
     from deployvit.search.distributed import ShardedScore, join_torchrun, local_rank
 
-    device = compute_device(request.score_device, local_rank())
+    device = compute_device(score_device, local_rank())
     ranks = join_torchrun(device)
     if trained is None:
-        score = DSSScore(space, seed=request.config.seed, device=device)
+        score = DSSScore(space, seed=seed, device=device)
     else:
         from deployvit.search.supernet_score import supernet_accuracy
 
-        score = supernet_accuracy(request.data, request.supernet, *trained, device=device)
+        score = supernet_accuracy(data, checkpoint, *trained, device=device)
     return ShardedScore(score, ranks) if ranks.distributed else score
 
 
@@ -156,20 +162,44 @@ def _append_log(path: Path, entry: dict) -> None:
     io.write_text(path, previous + json.dumps(entry) + "\n")
 
 
-def run_search(request: SearchRequest, echo: Callable[[str], None] = print, progress: bool = True) -> SearchResult:
-    """Validate, resolve the table and score, evolve (or specialise the sampler), write the run
-    directory. Under torchrun every rank searches; only rank 0 prints and writes."""
+@dataclass
+class SearchJob:
+    """A search ready to run (`resolve_search`): every name and path of a `SearchRequest` is an object
+    here (space, metric model with its latency table, score, sampler proposals), so the engine never
+    parses or opens anything the user named, and a bad name fails before anything is written."""
+
+    space: SearchSpace
+    model: MetricModel  # params, FLOPs and, with a table, latency
+    constraints: Constraints
+    score: Score
+    config: EvolutionConfig
+    run_dir: Path
+    resume: bool = False
+    table: "LatencyTable | None" = None
+    table_line: str | None = None  # which table the resolver chose, and its warnings
+    notes: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)  # content hashes a resume is checked against
+    measure_top: int = 0
+    proposals: Callable[[float, int], list] | None = None  # --score sampler: (budget position, seed) -> archs
+    record: dict = field(default_factory=dict)  # the request as given, for log.jsonl
+    main: bool = True  # rank 0 (or no torchrun): prints and writes
+
+
+def resolve_search(request: SearchRequest, echo: Callable[[str], None] = print) -> SearchJob:
+    """Every check and every lookup of a search, before its run directory exists: the space (and
+    supernet), the latency table (`deployvit.latency.resolve`), the budgets against the space, the
+    sampler, the run directory, the score. Prints which table was chosen and the budget notes."""
     from deployvit.search.distributed import is_main_process
 
     main = is_main_process()
     if not main:
-        echo, progress = (lambda *_: None), False
+        echo = lambda *_: None  # noqa: E731
     space, trained = resolve_space(request)
     resolved = resolve_latency_table(request, space)
     table = resolved.table if resolved else None
-    table_desc = "\n".join([resolved.line()] + [f"warning: {w}" for w in resolved.warnings]) if resolved else None
-    if table_desc:
-        echo(table_desc)
+    table_line = "\n".join([resolved.line()] + [f"warning: {w}" for w in resolved.warnings]) if resolved else None
+    if table_line:
+        echo(table_line)
     model = MetricModel(space, table)
     notes = check_budgets(model, request.constraints)
     for note in notes:
@@ -179,17 +209,27 @@ def run_search(request: SearchRequest, echo: Callable[[str], None] = print, prog
 
         table_settings(table.metadata)
     run_dir = _run_dir(request, space)
-    score = make_score(request, space, trained)
-    if main:
-        _make_dir(run_dir)
-    evolution, winners_by_budget = _evolve(request, space, model, score, table, run_dir, main, progress)
+    proposals = _sampler_proposals(request, space) if request.score == "sampler" else None
+    score = make_score(space, request.config.seed, request.score_device, trained, request.data, request.supernet)
+    return SearchJob(space, model, request.constraints, score, request.config, run_dir, request.resume, table, table_line,
+                     notes, _sources(request, table), request.measure_top, proposals, _request_dict(request), main)
+
+
+def run_search(job: SearchJob, echo: Callable[[str], None] = print, progress: bool = True) -> SearchResult:
+    """Evolve (or specialise the sampler), optionally time the top candidates, write the run
+    directory. Under torchrun every rank searches; only rank 0 prints and writes."""
+    if not job.main:
+        echo, progress = (lambda *_: None), False
+    if job.main:
+        _make_dir(job.run_dir)
+    evolution, winners_by_budget = _evolve(job, progress)
     measured = {}
-    if request.measure_top:
+    if job.measure_top:
         from deployvit.search.measure import measure_top
 
-        winners_by_budget, measured = measure_top(evolution, table, request.measure_top, echo)
-    result = _finish(request, space, model, score, table, evolution, winners_by_budget, measured, run_dir, main, echo)
-    result.table, result.notes = table_desc, notes
+        winners_by_budget, measured = measure_top(evolution, job.table, job.measure_top, echo)
+    result = _finish(job, evolution, winners_by_budget, measured, echo)
+    result.table, result.notes = job.table_line, job.notes
     return result
 
 
@@ -210,60 +250,61 @@ def _make_dir(run_dir: Path) -> None:
         raise DeployvitError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
 
 
-def _evolve(request, space, model, score, table, run_dir: Path, main: bool, progress: bool):
+def _evolve(job: SearchJob, progress: bool):
     """(the evolution, its winner per budget): AutoFormer's loop, or the sampler's proposals."""
-    log_path = run_dir / "log.jsonl"
+    log_path = job.run_dir / "log.jsonl"
     bar = None
-    if progress and request.score != "sampler":  # the sampler proposes archs once: no generations to count
+    if progress and job.proposals is None:  # the sampler proposes archs once: no generations to count
         from tqdm import tqdm
 
-        bar = tqdm(total=request.config.generations + 1, desc=f"search {space.name}", unit="gen", leave=False)
+        bar = tqdm(total=job.config.generations + 1, desc=f"search {job.space.name}", unit="gen", leave=False)
 
     def on_generation(generation: int, evo: Evolution) -> None:
-        best = {budget_label(b): (c[0].score if c else None) for b, c in ((b, evo.best(b)) for b in request.constraints.budgets())}
-        if main:
+        best = {budget_label(b): (c[0].score if c else None) for b, c in ((b, evo.best(b)) for b in job.constraints.budgets())}
+        if job.main:
             _append_log(log_path, {"generation": generation, "evaluated": len(evo.state.evaluated), "best_score": best,
                                    "stale_generations": evo.state.stale})
         if bar is not None:
             bar.n = generation + 1
             bar.refresh()
 
-    evolution = Evolution(space, model, request.constraints, score, request.config, run_dir / "search_state.json",
-                          on_generation, _sources(request, table), write_state=main)
-    if request.resume:
+    evolution = Evolution(job.space, job.model, job.constraints, job.score, job.config, job.run_dir / "search_state.json",
+                          on_generation, job.sources, write_state=job.main)
+    if job.resume:
         evolution.resume()
         if bar is not None:
             bar.n = evolution.state.generation + 1
-    winners = _specialise(request, evolution) if request.score == "sampler" else evolution.run()
+    winners = _specialise(job, evolution) if job.proposals is not None else evolution.run()
     if bar is not None:
         bar.close()
     return evolution, winners
 
 
-def _finish(request, space, model, score, table, evolution, winners_by_budget, measured, run_dir: Path, main: bool, echo) -> SearchResult:
+def _finish(job: SearchJob, evolution, winners_by_budget, measured, echo) -> SearchResult:
     """Say how the search ended, log its summary, write the outputs, and name unmet budgets."""
-    log_path = run_dir / "log.jsonl"
+    log_path = job.run_dir / "log.jsonl"
+    score, config = job.score, job.config
     evaluated = list(evolution.state.evaluated.values())
     winners = {budget_label(b): c for b, c in winners_by_budget.items() if c is not None}
     summary = _correlations(evaluated, score.name)
-    if evolution.converged and evolution.state.generation < request.config.generations:
-        echo(f"stopped after generation {evolution.state.generation}: no better feasible arch for {request.config.patience} generations (--patience)")
-    provenance = latency_provenance(table)
+    if evolution.converged and evolution.state.generation < config.generations:
+        echo(f"stopped after generation {evolution.state.generation}: no better feasible arch for {config.patience} generations (--patience)")
+    provenance = latency_provenance(job.table)
     speed = score.throughput() if hasattr(score, "throughput") else None
     if speed and speed.get("archs_per_s"):
         echo(f"scored {speed['archs_scored']} archs on {speed['device']} ({speed['precision']}): {speed['archs_per_s']:.2f} archs/s")
-    if main:
+    if job.main:
         _append_log(log_path, {"final": True, "winners": {k: c.to_dict() for k, c in winners.items()}, **summary, "measured": measured,
                                "held_out_images": len(getattr(score, "held_out_ids", [])) or None,
                                "stopped_at_generation": evolution.state.generation, "latency": provenance,
-                               "score_throughput": speed, "request": _request_dict(request)})
-    _write_outputs(run_dir, evolution, evaluated, winners, score.name, space, model, request, provenance, main)
+                               "score_throughput": speed, "request": job.record})
+    _write_outputs(job, evolution, evaluated, winners, provenance)
     if hasattr(score, "close"):
         score.close()
-    result = SearchResult(run_dir, winners, None, [], measured, correlations=summary, evaluated=len(evaluated), is_main=main)
+    result = SearchResult(job.run_dir, winners, None, [], measured, correlations=summary, evaluated=len(evaluated), is_main=job.main)
     unmet = [budget_label(b) for b, c in winners_by_budget.items() if c is None]
     if unmet:
-        how = "timed on this machine" if request.measure_top else ("drawn from the sampler" if request.score == "sampler" else "searched")
+        how = "timed on this machine" if job.measure_top else ("drawn from the sampler" if job.proposals is not None else "searched")
         result.failure = f"no candidate met budget {', '.join(unmet)} when {how} (see {log_path})"
     return result
 
@@ -283,13 +324,20 @@ def _sources(request: SearchRequest, table) -> dict[str, str]:
     return sources
 
 
-def _specialise(request: SearchRequest, evolution: Evolution) -> dict:
+def _sampler_proposals(request: SearchRequest, space: SearchSpace) -> Callable[[float, int], list]:
+    """FocusFormer specialisation, step one: `sampler_k` archs from the sampler trained with the
+    supernet checkpoint, for a normalised budget and a seed."""
+    from deployvit.search.supernet_score import load_sampler_for_search
+
+    policy = load_sampler_for_search(request.supernet, space)
+    return lambda position, seed: policy.propose(position, request.sampler_k, seed)
+
+
+def _specialise(job: SearchJob, evolution: Evolution) -> dict:
     """FocusFormer deployment: per budget, k archs from the trained sampler, keep those within every
     constraint, score them on the supernet, best wins (no evolution). The sampler is conditioned on a
     normalised FLOPs budget; a latency budget is mapped to the same position in the space's latency
     range (the two are monotone-related within a space; feasibility is still checked on latency)."""
-    from deployvit.search.supernet_score import sampler_proposals
-
     model, constraints = evolution.model, evolution.constraints
     winners = {}
     for i, budget in enumerate(constraints.budgets()):
@@ -297,7 +345,7 @@ def _specialise(request: SearchRequest, evolution: Evolution) -> dict:
         lo, hi = model.range(metric)
         position = 1.0 if target is None else min(max((target - lo) / max(hi - lo, 1e-12), 0.0), 1.0)
         pending = {}
-        for arch in sampler_proposals(request.supernet, model.space, position, request.sampler_k, request.config.seed + i):
+        for arch in job.proposals(position, job.config.seed + i):
             metrics = evolution.metrics(arch)
             if arch.key not in evolution.state.evaluated and evolution.feasible(metrics, budget):
                 pending[arch.key] = (arch, metrics)
@@ -328,19 +376,20 @@ def _request_dict(request: SearchRequest) -> dict:
     return data
 
 
-def _write_outputs(run_dir, evolution, evaluated, winners, score_name, space, model, request, provenance, main=True) -> None:
+def _write_outputs(job: SearchJob, evolution, evaluated, winners, provenance) -> None:
     """Rank 0 writes; every rank scores the reference archs (a collective under torchrun)."""
+    model, run_dir = job.model, job.run_dir
     cost = "latency" if "latency" in model.metrics else "flops"
     front = pareto_front(evaluated, cost)
     baselines = {}
-    for name, arch in reference_archs(space).items():
+    for name, arch in reference_archs(job.space).items():
         baselines[name] = (arch, evolution.score_of(arch), model.metrics_of(arch))
-    if not main:
+    if not job.main:
         return
     write_pareto(run_dir, front, provenance)
     plot_pareto(
-        run_dir / "pareto.png", evaluated, front, cost, score_name, request.constraints.budgets(), baselines,
-        f"{space.name}: {len(evaluated)} archs evaluated ({request.config.method}, seed {request.config.seed})",
+        run_dir / "pareto.png", evaluated, front, cost, job.score.name, job.constraints.budgets(), baselines,
+        f"{job.space.name}: {len(evaluated)} archs evaluated ({job.config.method}, seed {job.config.seed})",
     )
     labels = list(winners)
     for label, cand in winners.items():

@@ -186,12 +186,11 @@ def supernet_accuracy(data: str | None, checkpoint: str, supernet: Supernet, met
     return score
 
 
-def sampler_proposals(checkpoint: str, space: SearchSpace, budget_position: float, k: int, seed: int) -> list[Arch]:
-    """FocusFormer specialisation, step one: k archs from the sampler trained with the supernet
-    `checkpoint`, for a normalised budget."""
+def load_sampler_for_search(checkpoint: str, space: SearchSpace):
+    """The FocusFormer-style policy trained with the supernet `checkpoint`, checked against `space`."""
     from deployvit.train.focus import load_sampler
 
     policy = load_sampler(checkpoint)
     if policy.space.hash() != space.hash():
         raise DeployvitError(f"the sampler in {checkpoint} was trained on another space than {space.name!r}")
-    return policy.propose(budget_position, k, seed)
+    return policy
