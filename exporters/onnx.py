@@ -33,11 +33,11 @@ from torch import nn
 
 from deployvit import __version__, io
 from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
+from deployvit.latency.settings import PRECISIONS
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 20  # native Gelu; opset 23+ may emit Attention nodes that older TensorRT cannot parse
 BF16_MIN_OPSET = 22  # Conv accepts bfloat16 only from opset 22
-PRECISIONS = ("fp32", "fp16", "bf16")
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ONNX_DTYPES = {"fp32": onnx.TensorProto.FLOAT, "fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"

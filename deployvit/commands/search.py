@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from deployvit.latency.settings import PRECISIONS
+
 from deployvit.commands import bounds
 from deployvit.errors import CheckFailed
 from deployvit.search.budgets import Constraints
@@ -32,7 +34,7 @@ def _amount(value: str | None, metric: str) -> float | None:
                                "machine's GPU, which also runs the score (cpu: table and score on the CPU). Default: this "
                                "machine's GPU, else h100; the score runs on CUDA when available.")
 @click.option("--runtime", help="Only tables of this runtime (eager, cudagraph, compile, onnxruntime, tensorrt).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="Only tables of this precision.")
+@click.option("--precision", type=click.Choice(PRECISIONS), help="Only tables of this precision.")
 @click.option("--batch-size", type=bounds.BATCH, help="Only tables of this batch size.")
 @click.option("--score", type=click.Choice(SCORES), default="dss", show_default=True,
               help="Fitness: training-free DSS, supernet accuracy, or the trained FocusFormer sampler.")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import click
 
+from deployvit.latency.settings import PRECISIONS
+
 from deployvit.commands import bounds
 
 
 @click.command("tables")
 @click.option("--device", help="Show the pick for this target device (a label, or cuda[:N]); default as search.")
 @click.option("--runtime", help="Show the pick among tables of this runtime only.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="Show the pick among this precision only.")
+@click.option("--precision", type=click.Choice(PRECISIONS), help="Show the pick among this precision only.")
 @click.option("--batch-size", type=bounds.BATCH, help="Show the pick among this batch size only.")
 def tables_cmd(device, runtime, precision, batch_size) -> None:
     """List the user's (./latency_tables, $DEPLOYVIT_HOME/latency_tables) and the shipped latency

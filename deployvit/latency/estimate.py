@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from deployvit.errors import DeployvitError
+from deployvit.latency.settings import PRECISIONS
 from deployvit.latency.gpus import GPU
 from deployvit.latency.kernels import Flavour, Kernel, part_kernels
 from deployvit.parts import Part
@@ -50,7 +51,6 @@ REFUSED = {
     "onnxruntime": "onnxruntime's CUDA provider has no published ViT measurements here and its kernel choice and "
     "fusion differ by version and provider options; measure it with `deployvit profile`",
 }
-PRECISIONS = ("fp16", "bf16", "fp32")
 #: GEMM output tiles cuBLAS/TensorRT choose among; a smaller tile reuses less data per load, so it
 #: runs below peak (relative rate `min(1, tm*tn / (tm+tn) / 64)`: 128x128 = 1, 128x64 = 2/3, 64x64 = 1/2)
 TILES = ((256, 128), (128, 128), (128, 64), (64, 64))

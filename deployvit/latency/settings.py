@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+PRECISIONS = ("fp32", "fp16", "bf16")  # every precision a table, an export or an estimate can be in
+
 
 @dataclass(frozen=True)
 class MeasureSettings:
