@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{seed:>4} {u['budget_position']:>6} {u['pick_val_top1']:>9.1f} {f['pick_val_top1']:>7.1f} "
                   f"{f['draws_median_flops_over_budget']:>19.2f} {f['draws_within_budget']:>7.0%}")
     print(f"focus >= uniform in {sum(wins)} of {len(wins)} (seed, budget) pairs")
-    save_result(RESULTS / f"focus_sampler-{info.device.type}.json", "focus_sampler",
+    suffix = "" if args.epochs == 10 else f"-{args.epochs}ep"
+    save_result(RESULTS / f"focus_sampler-{info.device.type}{suffix}.json", "focus_sampler",
                 {"device": device_name(info.device.type), "torch": torch.__version__, "settings": vars(args),
                  "seeds": seeds, "focus_at_least_uniform": sum(wins), "pairs": len(wins)}, argv)
     return 0

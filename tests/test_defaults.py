@@ -36,3 +36,13 @@ def test_search_evolution_defaults_are_evolution_config():
     for flag in ("population", "generations", "parents", "mutations", "crossovers", "mutation_prob", "stage_mutation_prob",
                  "patience", "seed", "method", "screen"):
         assert d[flag] == getattr(cfg, names.get(flag, flag)), flag
+
+
+def test_sampler_defaults_are_the_sampler_options():
+    from deployvit.train.focus import FocusOptions
+    from deployvit.train.samplers import SamplerOptions
+
+    d = _defaults("train-supernet")
+    assert {f.name: d[f.name] for f in fields(SamplerOptions)} == {f.name: f.default for f in fields(SamplerOptions)}
+    helps = {p.name: p.help for p in cli.get_command(None, "train-supernet").params}
+    assert f"({FocusOptions.epsilon})" in helps["focus_epsilon"] and f"({FocusOptions.update_every})" in helps["focus_update_every"]

@@ -121,6 +121,11 @@ def test_sampler_errors():
         make_sampler("focus", SPACE, 0).load_state_dict(make_sampler("focus", SPACE, 0, focus_lr=0.5).state_dict())
     with pytest.raises(DeployvitError, match="trained with sampler"):
         make_sampler("sandwich", SPACE, 0).load_state_dict(make_sampler("uniform", SPACE, 0).state_dict())
+    older = make_sampler("focus", SPACE, 0).state_dict()  # a policy saved as an MLP of b, before the budget bumps
+    older["policy_config"] = {"space": older["policy_config"]["space"], "hidden": 64}
+    with pytest.raises(DeployvitError, match="centers") as err:
+        policy_from_state(older)
+    assert "\n" not in str(err.value)
 
 
 def test_size_is_rewarded_by_closeness_not_by_the_scores_trend():

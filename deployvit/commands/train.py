@@ -12,6 +12,8 @@ import click
 
 from deployvit.commands import bounds
 from deployvit.errors import DeployvitError
+from deployvit.train.focus import FocusOptions
+from deployvit.train.samplers import SamplerOptions
 
 
 #: the bound of every numeric recipe flag (shown in --help; see commands/bounds.py)
@@ -98,12 +100,17 @@ def _run(fn):
 @click.option("--space", "space_name", required=True, help="Space preset or file (class count follows the data).")
 @click.option("--sampler", default="auto", show_default=True,
               help="auto (the recipe's: sandwich small, uniform imagenet), uniform, sandwich, multi-arch or focus.")
-@click.option("--sandwich-random", type=bounds.ints(0, 64), default=2, show_default=True, help="sandwich: random subnets per step.")
-@click.option("--groups", type=bounds.ints(1, 256), default=4, show_default=True, help="multi-arch: subnets per batch (>= 16 images each).")
-@click.option("--unlock-epochs", type=bounds.ints(0, 100_000), default=5, show_default=True, help="multi-arch: epochs to unlock all widths.")
+@click.option("--sandwich-random", type=bounds.ints(0, 64), default=SamplerOptions.sandwich_random, show_default=True,
+              help="sandwich: random subnets per step.")
+@click.option("--groups", type=bounds.ints(1, 256), default=SamplerOptions.groups, show_default=True,
+              help="multi-arch: subnets per batch (>= 16 images each).")
+@click.option("--unlock-epochs", type=bounds.ints(0, 100_000), default=SamplerOptions.unlock_epochs, show_default=True,
+              help="multi-arch: epochs to unlock all widths.")
 @click.option("--focus-budgets", default=None, help="focus: comma-separated normalised FLOPs budgets in [0,1] (default uniform).")
-@click.option("--focus-epsilon", type=bounds.FRACTION, default=None, help="focus: initial share of uniform draws (0.5).")
-@click.option("--focus-update-every", type=bounds.ints(1, 10**6), default=None, help="focus: steps between sampler updates (10).")
+@click.option("--focus-epsilon", type=bounds.FRACTION, default=None,
+              help=f"focus: initial share of uniform draws ({FocusOptions.epsilon}).")
+@click.option("--focus-update-every", type=bounds.ints(1, 10**6), default=None,
+              help=f"focus: steps between sampler updates ({FocusOptions.update_every}).")
 @click.option("--cyclic", is_flag=True, help="ViTAS-style cyclic weight sharing of the embedding channels.")
 @click.option("--identity-shift", is_flag=True, help="ViTAS-style identity shifting of skipped layers.")
 @click.option("--held-out-per-class", type=bounds.ints(0, 100_000), default=25, show_default=True, help="Train images per class kept for search scoring.")

@@ -4,9 +4,11 @@ accurate archs just under each budget (the Pareto front). Design in REFERENCES.m
 paper's code is not public, so this is not a reproduction.
 
 Resource: analytic FLOPs (`count_flops`). A budget is normalised to b in [0, 1], its position between
-the space's smallest and largest arch. The policy is a small MLP b -> independent logits for every
-decision (per stage: embed dim, depth, and per layer heads and MLP ratio). A layer's decisions count
-in the log-probability only when the layer exists (depth), so equal archs have one probability.
+the space's smallest and largest arch. The policy maps b, through a few Gaussian bumps over [0, 1],
+to independent logits for every decision (per stage: embed dim, depth, and per layer heads and MLP
+ratio), so each region of budgets learns its own distribution. A layer's decisions count in the
+log-probability only when the layer exists (depth), so equal archs have one probability. Policies
+saved before the bumps (an MLP of b) are refused with one line.
 
 During training (`FocusArchSampler`): each step draws b (from `budgets`, or uniform) and an arch from
 the policy, or with probability epsilon (decaying from `epsilon` to `epsilon_min`) a uniform arch, so
@@ -64,17 +66,25 @@ def decisions(space: SearchSpace) -> list[Decision]:
 
 
 class FocusPolicy(nn.Module):
-    """Budget-conditioned architecture distribution over a space."""
+    """Budget-conditioned architecture distribution over a space.
 
-    def __init__(self, space: SearchSpace, hidden: int = 64):
+    The logits are linear in `centers` normalised Gaussian bumps of the budget position b (spaced
+    evenly over [0, 1], one spacing wide): each region of budgets has logits of its own, blended
+    smoothly in between. With a shared MLP of b (the first design) the gradients of all budgets met in
+    shared weights, the tightest budget's over-budget penalty won, and in real supernet training the
+    policy collapsed onto one small arch for every budget within 20 updates."""
+
+    def __init__(self, space: SearchSpace, centers: int = 9):
         super().__init__()
-        self.space, self.hidden = space, hidden
+        if centers < 1:
+            raise DeployvitError(f"the focus policy needs at least one budget centre, got {centers}")
+        self.space, self.centers = space, centers
         self.decisions = decisions(space)
         self.sizes = [len(d.choices) for d in self.decisions]
-        self.body = nn.Sequential(nn.Linear(1, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh())
-        self.out = nn.Linear(hidden, sum(self.sizes))
+        self.register_buffer("mu", torch.linspace(0.0, 1.0, centers), persistent=False)
+        self.width = 1.0 / max(centers - 1, 1)
+        self.out = nn.Linear(centers, sum(self.sizes), bias=False)
         nn.init.zeros_(self.out.weight)  # start uniform: every arch equally likely
-        nn.init.zeros_(self.out.bias)
         self.flops_min, self.flops_max = count_flops(space.min_arch()), count_flops(space.max_arch())
 
     # --- resources ---------------------------------------------------------------------------------
@@ -95,7 +105,9 @@ class FocusPolicy(nn.Module):
 
     def logits(self, b: torch.Tensor) -> list[torch.Tensor]:
         """Per-decision logits for a batch of budgets b [N] -> list of [N, choices]."""
-        return list(self.out(self.body(b.float().view(-1, 1) * 2 - 1)).split(self.sizes, dim=-1))
+        d = (b.float().view(-1, 1) - self.mu) / self.width
+        bumps = torch.exp(-0.5 * d * d)
+        return list(self.out(bumps / bumps.sum(-1, keepdim=True)).split(self.sizes, dim=-1))
 
     def _decode(self, picks: Sequence[int]) -> tuple[Arch, list[bool]]:
         """Arch of one choice per decision, and which decisions it actually uses."""
@@ -128,7 +140,7 @@ class FocusPolicy(nn.Module):
         return list(seen.values())
 
     def config(self) -> dict[str, Any]:
-        return {"space": self.space.to_dict(), "hidden": self.hidden}
+        return {"space": self.space.to_dict(), "centers": self.centers}
 
 
 def specialise(policy: FocusPolicy, budget_flops: float, score: Score, k: int = 50, seed: int = 0) -> Arch | None:
@@ -144,15 +156,15 @@ class FocusOptions:
     budgets: tuple[float, ...] = ()  # normalised budgets to focus on; empty: uniform in [0, 1]
     epsilon: float = 0.5  # share of uniform draws at the start ...
     epsilon_min: float = 0.1  # ... decaying linearly to this by the end of training
-    update_every: int = 10
+    update_every: int = 5
     policy_batch: int = 8  # draws per budget and update
     update_budgets: int = 4  # budgets per update
-    lr: float = 0.01
+    lr: float = 0.1  # Adam: about this much logit movement per update, for each budget region
     closeness: float = 6.0  # reward units for an arch at exactly its budget (0 at no FLOPs)
     penalty: float = 4.0  # reward units lost by any arch over its budget ...
     penalty_slope: float = 8.0  # ... plus this per unit of FLOPs / budget above 1
     entropy: float = 0.01
-    hidden: int = 64
+    centers: int = 9  # budget regions of the policy (FocusPolicy)
 
 
 class FocusArchSampler(ArchSampler):
@@ -175,7 +187,7 @@ class FocusArchSampler(ArchSampler):
         self.total_steps = max(total_steps, 1)
         torch_state = torch.random.get_rng_state()
         torch.manual_seed(seed)  # the policy's init is part of the shared seed, identical on every rank
-        self.policy = FocusPolicy(space, self.opts.hidden)
+        self.policy = FocusPolicy(space, self.opts.centers)
         torch.random.set_rng_state(torch_state)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.opts.lr)
 
@@ -274,14 +286,14 @@ def policy_from_state(state: dict[str, Any]) -> FocusPolicy:
     """Rebuild a trained policy from a sampler state dict (as stored in checkpoints)."""
     io.check_schema(state, _POLICY_SCHEMA, "sampler state", "sampler")
     cfg = state["policy_config"]
-    policy = FocusPolicy(space_from_dict(cfg["space"], allow_preset_name=True), cfg["hidden"])
+    policy = FocusPolicy(space_from_dict(cfg["space"], allow_preset_name=True), cfg["centers"])
     _load_policy(policy, state["policy"], "sampler state")
     return policy.eval()
 
 
 #: the sampler state fields `policy_from_state` and a resume read (`io.check_schema`)
-_POLICY_SCHEMA = {"policy_config": {"space": dict, "hidden": (int, 1, 4096)}, "policy": {str: torch.Tensor}}
-_RESUME_SCHEMA = {"options": dict, "policy": {str: torch.Tensor}, "policy_config": {"space": dict, "hidden": (int, 1, 4096)},
+_POLICY_SCHEMA = {"policy_config": {"space": dict, "centers": (int, 1, 4096)}, "policy": {str: torch.Tensor}}
+_RESUME_SCHEMA = {"options": dict, "policy": {str: torch.Tensor}, "policy_config": {"space": dict, "centers": (int, 1, 4096)},
                   "optimizer": dict}
 
 

@@ -17,7 +17,7 @@ draws exactly what the uninterrupted run would have drawn.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 
 from deployvit.errors import DeployvitError
@@ -26,6 +26,15 @@ from deployvit.train.focus import FocusArchSampler
 from deployvit.train.sampler_base import ArchSampler, StepPlan
 
 MIN_GROUP = 16  # ViT-ResNAS: each subnet needs enough images for a meaningful gradient
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """The samplers' own settings and their defaults (the CLI's flags read them from here)."""
+
+    sandwich_random: int = 2  # sandwich: random subnets per step besides the largest and smallest
+    groups: int = 4  # multi-arch: subnets per batch
+    unlock_epochs: int = 5  # multi-arch: epochs until every width is unlocked
 
 
 class UniformSampler(ArchSampler):
@@ -38,7 +47,7 @@ class UniformSampler(ArchSampler):
 class SandwichSampler(ArchSampler):
     name = "sandwich"
 
-    def __init__(self, space: SearchSpace, seed: int, num_random: int = 2):
+    def __init__(self, space: SearchSpace, seed: int, num_random: int = SamplerOptions.sandwich_random):
         super().__init__(space, seed)
         if num_random < 0:
             raise DeployvitError(f"--sandwich-random must be >= 0, got {num_random}")
@@ -68,7 +77,8 @@ def unlocked_space(space: SearchSpace, fraction: float) -> SearchSpace:
 class MultiArchSampler(ArchSampler):
     name = "multi-arch"
 
-    def __init__(self, space: SearchSpace, seed: int, groups: int = 4, unlock_epochs: int = 5):
+    def __init__(self, space: SearchSpace, seed: int, groups: int = SamplerOptions.groups,
+                 unlock_epochs: int = SamplerOptions.unlock_epochs):
         super().__init__(space, seed)
         if groups < 1 or unlock_epochs < 0:
             raise DeployvitError(f"--groups must be >= 1 and --unlock-epochs >= 0 (got {groups}, {unlock_epochs})")
@@ -94,9 +104,10 @@ def make_sampler(name: str, space: SearchSpace, seed: int, total_steps: int = 1,
     if name == "uniform":
         return UniformSampler(space, seed)
     if name == "sandwich":
-        return SandwichSampler(space, seed, options.get("sandwich_random", 2))
+        return SandwichSampler(space, seed, options.get("sandwich_random", SamplerOptions.sandwich_random))
     if name == "multi-arch":
-        return MultiArchSampler(space, seed, options.get("groups", 4), options.get("unlock_epochs", 5))
+        return MultiArchSampler(space, seed, options.get("groups", SamplerOptions.groups),
+                                options.get("unlock_epochs", SamplerOptions.unlock_epochs))
     if name == "focus":
         focus = {k: v for k, v in options.items() if k.startswith("focus_") and v is not None}
         return FocusArchSampler(space, seed, total_steps, **focus)
