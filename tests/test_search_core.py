@@ -142,6 +142,8 @@ def test_resume_refuses_other_settings(tmp_path):
     other = _evolution(space, Constraints(max_params=1e9), state, generations=1)
     with pytest.raises(DeployvitError, match="another constraints"):
         other.resume()
+    with pytest.raises(DeployvitError, match=r"another config \(generations 1, not 2\)"):  # what to pass to resume it
+        _evolution(space, Constraints(), state, generations=2).resume()
     state.write_text("{not json")
     with pytest.raises(DeployvitError, match="malformed search state"):
         _evolution(space, Constraints(), state, generations=1).resume()

@@ -155,6 +155,14 @@ _STATE_SCHEMA = {
 }
 
 
+def _differences(saved, now) -> str:
+    """' (population 30, not 50; ...)' for two settings dicts: what to pass to resume as it was."""
+    if not (isinstance(saved, dict) and isinstance(now, dict)):
+        return ""
+    diff = [f"{k} {saved.get(k)}, not {now.get(k)}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    return f" ({'; '.join(diff)})" if diff else ""
+
+
 class Evolution:
     def __init__(
         self,
@@ -194,7 +202,8 @@ class Evolution:
         saved.config.setdefault("screen", 1)  # a state from before screening ran AutoFormer's loop
         for name in ("config", "constraints", "score", "space_hash"):
             if getattr(saved, name) != getattr(self.state, name):
-                raise DeployvitError(f"cannot resume {self.state_path}: it was started with another {name.replace('_', ' ')}")
+                raise DeployvitError(f"cannot resume {self.state_path}: it was started with another {name.replace('_', ' ')}"
+                                     + _differences(getattr(saved, name), getattr(self.state, name)))
         if saved.sources is not None:  # an older state recorded none: nothing to compare
             for source in sorted(set(saved.sources) | set(self.state.sources)):
                 if saved.sources.get(source) != self.state.sources.get(source):
