@@ -10,6 +10,9 @@ so a generation still scores its full share (AutoFormer's loop scored ~25% fewer
 of its default search here), and evolution and random search spend the same number of evaluations.
 A search stops early once no budget's best feasible score has improved for `patience` generations
 (the count is part of the saved state, so a resumed search stops where the uninterrupted one does).
+Children are screened (`screen` > 1): each slot draws several feasible candidates and scores only
+the one a surrogate fit on every scored arch ranks highest (`search.surrogate`); the surrogate is
+refit from the saved record, so screening is as resumable and as rank-independent as the rest.
 """
 
 from __future__ import annotations
