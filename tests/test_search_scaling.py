@@ -208,3 +208,18 @@ def test_sharded_score_splits_any_score_over_gloo_ranks_and_gathers_in_order(tmp
         values, scored = results[rank]
         assert values == expected  # every rank holds every score, in the batch's order
         assert scored == [a.key for a in archs[rank::2]]  # and scored only its share
+
+
+def test_an_empty_batch_scores_nothing():
+    """A generation whose draws were all rejected or scored already hands the score an empty batch."""
+    score = DSSScore(get_space("test"), seed=0, threads=2)
+    assert score.score_many([]) == []
+
+
+def test_a_budget_that_few_archs_meet_runs_out_of_children_cleanly(tmp_path, monkeypatch):
+    """Under 0.45 MFLOPs the test space has a handful of archs: once they are scored, generations draw
+    nothing new, and the search still finishes with the best of them (it used to crash there)."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # two scoring threads, as on a 2-core machine
+    result = run_cli("search", "--space", "test", "--flops", "0.45M", "--no-progress", "--out", str(tmp_path / "run"))
+    assert result.code == 0, result.err
+    assert (tmp_path / "run" / "best.arch.json").exists()

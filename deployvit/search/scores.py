@@ -100,7 +100,7 @@ class DSSScore:
 
     def score_many(self, archs: list[Arch]) -> list[float]:
         """Scores of `archs`, in order; up to `threads` evaluated at once."""
-        if self.device.type != "cpu" or self.threads == 1 or len(archs) == 1:
+        if self.device.type != "cpu" or self.threads == 1 or len(archs) <= 1:
             with _intra_op_threads(1 if self.device.type == "cpu" else torch.get_num_threads()):
                 return [self._evaluate(arch) for arch in archs]
         with ThreadPoolExecutor(min(self.threads, len(archs)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
