@@ -48,9 +48,10 @@ class EvolutionConfig:
     """AutoFormer's loop (evolution.py of microsoft/Cream: population 50, top-10 parents, mutation
     probabilities 0.2 / 0.4, 20 generations), with each generation's children screened: 20 scored
     per generation instead of 50, each the surrogate's pick of 16 drawn. Chosen on
-    benchmarks/search_speed.py: on autoformer-tiny under 1.5 GFLOPs the default (patience 4) stops
-    after 250-370 evaluations with the winner AutoFormer's unscreened 1,050 reach, on 5 of 5 search
-    seeds (0-4); `screen=1, mutations=25, crossovers=25, patience=None` is AutoFormer's loop as published."""
+    benchmarks/search_seeds.py: on autoformer-tiny under 1.5 GFLOPs the default (patience 4) stops
+    after 250-370 evaluations with the best arch any run found, on 5 of 5 search seeds, the one
+    AutoFormer's unscreened 1,050 evaluations reach (seeds 0-2); `screen=1, mutations=25,
+    crossovers=25, patience=None` is AutoFormer's loop as published."""
 
     method: str = "evolution"  # or "random": same number of evaluations, uniform samples
     population: int = 50
