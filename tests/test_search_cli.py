@@ -173,6 +173,8 @@ def test_measure_top_with_a_gpu_table_fails_before_the_search_here(tmp_path):
         (["--score", "supernet", "--supernet", "/nonexistent.pt", "--data", "digits"], "checkpoint not found"),
         (["--batch-size", "0", "--latency", "5ms", "--device", "cpu"], "0 is not in the range 1<=x<=4096"),
         (["--population", "0"], "--population"),
+        (["--screen", "0"], "--screen"),
+        (["--screen", "many"], "--screen"),
     ] + ([] if torch.cuda.is_available() else [
         (["--flops", "2M", "--device", "cuda"], "--device cuda: torch sees no CUDA GPU"),
         (["--score", "supernet", "--device", "cuda", "--data", "digits"], "--device cuda: torch sees no CUDA GPU"),

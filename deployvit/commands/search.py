@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import click
 
-from deployvit.latency.settings import PRECISIONS
-
 from deployvit.commands import bounds
+from deployvit.latency.settings import PRECISIONS
 from deployvit.errors import CheckFailed
 from deployvit.search.budgets import Constraints
 from deployvit.units import format_amount, parse_amount, parse_amounts
 from deployvit.search import SCORES
 from deployvit.search.evolution import METHODS, EvolutionConfig
 
-DEFAULTS = EvolutionConfig()  # AutoFormer's settings, one place
+DEFAULTS = EvolutionConfig()  # the search's defaults, one place
 
 
 def _amount(value: str | None, metric: str) -> float | None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import click
 
-from deployvit.latency.settings import PRECISIONS
-
 from deployvit.commands import bounds
+from deployvit.latency.settings import PRECISIONS
 
 
 @click.command("tables")

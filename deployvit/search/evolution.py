@@ -167,6 +167,13 @@ def _differences(saved, now) -> str:
     return f" ({'; '.join(diff)})" if diff else ""
 
 
+def _favourite(options: list[tuple[Arch, dict]], surrogate: "Surrogate | None") -> tuple[Arch, dict]:
+    """The candidate the surrogate ranks highest (the first drawn when there is no surrogate)."""
+    if surrogate is None or len(options) == 1:
+        return options[0]
+    return options[int(np.argmax(surrogate.predict([arch for arch, _ in options])))]
+
+
 class Evolution:
     def __init__(
         self,
@@ -304,10 +311,8 @@ class Evolution:
                     break
                 options[drawn[0].key] = drawn
             if options:
-                chosen = list(options.values())
-                if surrogate is not None and len(chosen) > 1:
-                    chosen = [chosen[int(np.argmax(surrogate.predict([arch for arch, _ in chosen])))]]
-                pending[chosen[0][0].key] = chosen[0]
+                arch, metrics = _favourite(list(options.values()), surrogate)
+                pending[arch.key] = (arch, metrics)
         return pending
 
     def _child(self, kind: str, pool: list[Arch], budget: float | None, *taken: dict) -> tuple[Arch, dict] | None:

@@ -218,10 +218,10 @@ def resolve_search(request: SearchRequest, echo: Callable[[str], None] = print) 
 def run_search(job: SearchJob, echo: Callable[[str], None] = print, progress: bool = True) -> SearchResult:
     """Evolve (or specialise the sampler), optionally time the top candidates, write the run
     directory. Under torchrun every rank searches; only rank 0 prints and writes."""
-    if not job.main:
-        echo, progress = (lambda *_: None), False
     if job.main:
         _make_dir(job.run_dir)
+    else:
+        echo, progress = (lambda *_: None), False
     evolution, winners_by_budget = _evolve(job, progress)
     measured = {}
     if job.measure_top:

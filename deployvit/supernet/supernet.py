@@ -128,10 +128,8 @@ class Supernet(nn.Module):
         """Run the current arch; `weights` (from `part_weights`, possibly detached into leaves of
         their own) stand in for the supernet's slices, for scores that need dR/dW of the subnet's
         own tensors without building a standalone model."""
-        if self._plan is None:
-            raise RuntimeError("call set_arch(arch) before forward")
         if weights is None:
-            weights = [sliced() for _, sliced, _ in self._plan]
+            weights = self.part_weights()
         for (part, _, rate), params in zip(self._plan, weights, strict=True):
             template = self._template(part)
             template.train(self.training)
