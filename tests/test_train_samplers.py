@@ -146,3 +146,38 @@ def test_size_is_rewarded_by_closeness_not_by_the_scores_trend():
     lucky = archs[int(order[3])]
     bumped, _ = sampler.rewards(budget, archs, lambda a: trend(a) + (0.05 if a is lucky else 0.0))
     assert bumped[int(order[3])] > reward[int(order[3])] + 1  # accurate for its size: about a unit more
+
+
+def test_updates_take_the_focus_budgets_in_turn_and_score_each_arch_once():
+    budgets = (0.25, 0.5, 0.75)
+    sampler = make_sampler("focus", SPACE, 0, focus_budgets=list(budgets), focus_update_every=1, focus_update_budgets=2)
+    rng = np.random.default_rng(0)
+    seen = [b for u in range(6) for b in sampler._update_budgets(u, rng)]
+    assert [seen.count(b) for b in budgets] == [4, 4, 4]  # 6 updates x 2 budgets: each budget 4 times
+    calls = []
+
+    def score(arch):
+        calls.append(arch.key)
+        return 0.5
+
+    sampler.after_step(0, score, lambda m: None)
+    assert len(calls) == len(set(calls)) and 1 <= len(calls) <= 2 * sampler.opts.policy_batch
+
+
+def test_specialise_scores_k_distinct_archs_within_the_budget():
+    policy = FocusPolicy(SPACE)
+    with torch.no_grad():  # a policy that has focused: one embed dim and depth nearly always
+        for logits, d in zip(policy.out.weight.split(policy.sizes), policy.decisions):
+            if d.kind in ("embed_dim", "depth"):
+                logits[0] += 6.0
+    budget = policy.budget_flops(0.5)
+    scored = []
+
+    def score(arch):
+        scored.append((arch.key, count_flops(arch)))
+        return -count_flops(arch)
+
+    best = specialise(policy, budget, score, k=10, seed=1)
+    assert len(scored) == len(set(scored)) == 10 and all(f <= budget for _, f in scored)  # ten candidates, not ten draws
+    assert count_flops(best) == min(f for _, f in scored)
+    assert specialise(policy, policy.flops_min - 1, score, k=5) is None  # nothing fits: None, not an error

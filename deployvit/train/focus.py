@@ -13,7 +13,8 @@ saved before the bumps (an MLP of b) are refused with one line.
 During training (`FocusArchSampler`): each step draws b (from `budgets`, or uniform) and an arch from
 the policy, or with probability epsilon (decaying from `epsilon` to `epsilon_min`) a uniform arch, so
 the whole space keeps training. Every `update_every` steps the policy is updated with REINFORCE on
-`policy_batch` fresh draws for each of `update_budgets` budgets.
+`policy_batch` fresh draws for each of `update_budgets` budgets (the focus budgets in turn); an arch
+drawn twice in one update is scored once.
 
 Reward and penalty on one scale (issue 12: a raw accuracy fraction from 128 images differs between
 archs by 0.01-0.05 with noise about 0.04, while a fixed penalty of 0.5 made "be small" the only
@@ -143,12 +144,23 @@ class FocusPolicy(nn.Module):
         return {"space": self.space.to_dict(), "centers": self.centers}
 
 
-def specialise(policy: FocusPolicy, budget_flops: float, score: Score, k: int = 50, seed: int = 0) -> Arch | None:
-    """FocusFormer's deployment step: draw k archs for the budget, keep those within it, return the
-    best by `score` (e.g. supernet held-out accuracy); None when no draw fits the budget."""
-    b = policy.budget_position(budget_flops)
-    fitting = [a for a in policy.propose(b, k, seed) if count_flops(a) <= budget_flops]
-    return max(fitting, key=score) if fitting else None
+def specialise(policy: FocusPolicy, budget_flops: float, score: Score, k: int = 50, seed: int = 0,
+               max_draws: int | None = None) -> Arch | None:
+    """FocusFormer's deployment step: draw from the policy for the budget until k *distinct* archs
+    within it are found (or `max_draws`, default 20 k, draws are spent), return the best by `score`
+    (e.g. supernet held-out accuracy); None when no draw fits the budget. Distinct: a trained policy
+    repeats its favourites, and k evaluations should be k candidates, as many as a search over k
+    uniform archs would score."""
+    b, gen = policy.budget_position(budget_flops), torch.Generator().manual_seed(seed)
+    fitting: dict[str, Arch] = {}
+    with torch.no_grad():
+        for _ in range(max_draws or 20 * k):
+            arch = policy.sample(b, gen)[0]
+            if count_flops(arch) <= budget_flops:
+                fitting.setdefault(arch.key, arch)
+            if len(fitting) == k:
+                break
+    return max(fitting.values(), key=score) if fitting else None
 
 
 @dataclass(frozen=True)
@@ -156,9 +168,9 @@ class FocusOptions:
     budgets: tuple[float, ...] = ()  # normalised budgets to focus on; empty: uniform in [0, 1]
     epsilon: float = 0.5  # share of uniform draws at the start ...
     epsilon_min: float = 0.1  # ... decaying linearly to this by the end of training
-    update_every: int = 5
+    update_every: int = 2  # steps per policy update: about 170 updates in a 10-epoch digits run
     policy_batch: int = 8  # draws per budget and update
-    update_budgets: int = 4  # budgets per update
+    update_budgets: int = 4  # budgets per update (with `budgets`: the next ones in turn)
     lr: float = 0.1  # Adam: about this much logit movement per update, for each budget region
     closeness: float = 6.0  # reward units for an arch at exactly its budget (0 at no FLOPs)
     penalty: float = 4.0  # reward units lost by any arch over its budget ...
@@ -196,6 +208,16 @@ class FocusArchSampler(ArchSampler):
             return float(self.opts.budgets[int(rng.integers(len(self.opts.budgets)))])
         return float(rng.random())
 
+    def _update_budgets(self, update: int, rng: np.random.Generator) -> list[float]:
+        """The budgets of policy update number `update`: with focus budgets, the next
+        `update_budgets` of them in turn, so each budget's logits get the same share of updates
+        (four drawn at random from three budgets leave a given one out of one update in five);
+        otherwise uniform positions."""
+        n, k = len(self.opts.budgets), self.opts.update_budgets
+        if not n:
+            return [float(rng.random()) for _ in range(k)]
+        return [float(self.opts.budgets[(update * k + i) % n]) for i in range(k)]
+
     def epsilon(self, step: int) -> float:
         frac = min(step / self.total_steps, 1.0)
         return self.opts.epsilon + (self.opts.epsilon_min - self.opts.epsilon) * frac
@@ -216,10 +238,10 @@ class FocusArchSampler(ArchSampler):
         rng = np.random.default_rng([self.seed, step, 0xF0C5])
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         terms, rewards, within = [], [], []
-        for _ in range(self.opts.update_budgets):
-            b = self._budget(rng)
+        cached = _per_arch(score)
+        for b in self._update_budgets(step // self.opts.update_every, rng):
             draws = [self.policy.sample(b, gen) for _ in range(self.opts.policy_batch)]
-            reward, fits = self.rewards(b, [a for a, _, _ in draws], score)
+            reward, fits = self.rewards(b, [a for a, _, _ in draws], cached)
             adv = reward - reward.mean()
             terms.append(-(adv * torch.stack([lp for _, lp, _ in draws])).mean()
                          - self.opts.entropy * torch.stack([e for _, _, e in draws]).mean())
@@ -263,6 +285,19 @@ class FocusArchSampler(ArchSampler):
             raise DeployvitError("cannot resume: the checkpoint's focus sampler options differ from this run's")
         _load_policy(self.policy, state["policy"], "checkpoint sampler state")
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _per_arch(score: Score) -> Score:
+    """`score` computed once per arch: within one update the weights and the minibatch are fixed,
+    so a policy's repeated draws (most of them, once it has focused) cost nothing."""
+    seen: dict[str, float] = {}
+
+    def cached(arch: Arch) -> float:
+        if arch.key not in seen:
+            seen[arch.key] = float(score(arch))
+        return seen[arch.key]
+
+    return cached
 
 
 def _size_residual(score: torch.Tensor, use: torch.Tensor) -> torch.Tensor:
