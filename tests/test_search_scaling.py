@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import kendalltau
 import torch
 
 from deployvit.errors import DeployvitError
@@ -146,7 +147,12 @@ def test_summary_prints_kendall_tau_and_warns_when_size_decides(tmp_path):
     line = next(l for l in result.out.splitlines() if l.startswith("score vs size"))
     log = [json.loads(l) for l in (tmp_path / "r/log.jsonl").read_text().splitlines()][-1]
     tau = log["kendall_tau_dss_vs_params"]
-    assert f"Kendall tau {tau:.2f} with params" in line and "32 evaluated archs" in line
+    assert f"Kendall tau {tau:.2f} with params" in line and "the 8 archs of the random initial population" in line
+    assert log["kendall_tau_over"] == "the 8 archs of the random initial population"
+    state = json.loads((tmp_path / "r/search_state.json").read_text())
+    first = [c["score"] for c in state["evaluated"][:state["initial"]]]  # the tau is over those, not over all 32
+    assert state["initial"] == 8 and len(state["evaluated"]) == 32
+    assert tau == pytest.approx(kendalltau(first, [c["metrics"]["params"] for c in state["evaluated"][:8]]).statistic)
     assert ("--min-params/--min-flops" in result.err) == (max(tau, log["kendall_tau_dss_vs_flops"]) > 0.7)
 
 

@@ -124,13 +124,13 @@ SIZE_TAU_WARNING = 0.7  # TF-TAS's caveat: above this, the budget rather than th
 
 
 def print_score_vs_size(result) -> None:
-    """How strongly the score ranked archs by size over everything evaluated, and a warning when the
-    size budget, not the score, decides the winner."""
+    """How strongly the score ranks archs by size (over the random initial population), and a warning
+    when the size budget, not the score, decides the winner."""
     taus = {m: result.correlations.get(k) for m in ("params", "flops") for k in result.correlations if k.endswith(f"_vs_{m}")}
     if not taus:
         return
     shown = ", ".join(f"{'-' if t is None else f'{t:.2f}'} with {m if m == 'params' else 'FLOPs'}" for m, t in taus.items())
-    click.echo(f"score vs size over {result.evaluated} evaluated archs: Kendall tau {shown}")
+    click.echo(f"score vs size over {result.correlated_over}: Kendall tau {shown}")
     if max((t for t in taus.values() if t is not None), default=0.0) > SIZE_TAU_WARNING:
         click.echo(
             f"warning: the score ranks archs mostly by size (Kendall tau > {SIZE_TAU_WARNING}), so the size budget decides the "

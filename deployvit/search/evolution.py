@@ -126,6 +126,8 @@ class SearchState:
     generation: int = -1  # last completed generation; -1: initial population not done
     rng: dict = field(default_factory=dict)
     stale: int = 0  # generations since the last better feasible arch (for --patience)
+    # archs of the random initial population: the first entries of `evaluated` (0: not recorded, a state from before)
+    initial: int = 0
     evaluated: dict[str, Candidate] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -141,6 +143,7 @@ class SearchState:
         fields = {k: data[k] for k in ("config", "constraints", "score", "space_hash", "generation", "rng")}
         fields["sources"] = data.get("sources")
         fields["stale"] = data.get("stale", 0)
+        fields["initial"] = data.get("initial", 0)
         return cls(**fields, evaluated={c.arch.key: c for c in evaluated})
 
 
@@ -154,7 +157,7 @@ _SOURCE_NAMES = {"table": "latency table", "supernet": "supernet checkpoint", "d
 #: what `resume` checks a search_state.json against before anything uses it (`io.check_schema`)
 _STATE_SCHEMA = {
     "config": dict, "constraints": dict, "score": str, "space_hash": str, "generation": (int, -1, 10**9),
-    "rng": dict, "sources?": io.nullable({str: io.nullable(str)}),
+    "rng": dict, "sources?": io.nullable({str: io.nullable(str)}), "initial?": (int, 0, 10**9),
     "evaluated": [{"arch": dict, "score": float, "metrics": {str: float}}],
 }
 
@@ -363,6 +366,7 @@ class Evolution:
                     f"no arch of space {self.space.name!r} satisfies the constraints after {self.config.max_tries} tries"
                 )
             self.evaluate(pending)
+            self.state.initial = len(self.state.evaluated)
             self.checkpoint(0)
             if self.on_generation:
                 self.on_generation(0, self)
