@@ -361,8 +361,8 @@ def _specialise(job: SearchJob, evolution: Evolution) -> dict:
 def _size_sample(evolution: Evolution, evaluated: list[Candidate]) -> tuple[list[Candidate], str]:
     """The archs to correlate score with size over, and their description: the random initial
     population when there is one. Evolution's later picks are the high scorers, bunched at the top of
-    the size range, and over them the tau understates how much the score follows size (a screened
-    default search read 0.18 with params over all it evaluated)."""
+    the size range, and over them the tau understates how much the score follows size (`search
+    --latency 5ms`: 0.47 with params over all 310 it evaluated, 0.73 over its first 50)."""
     initial = evolution.state.initial
     if 3 <= initial <= len(evaluated):
         return evaluated[:initial], f"the {initial} archs of the random initial population"
