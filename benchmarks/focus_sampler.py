@@ -19,6 +19,7 @@ At 30 epochs the same two uniform streams differ by about two points.
 
     python benchmarks/focus_sampler.py                 # 3 seeds, 30 epochs (about 15 min on one core)
     python benchmarks/focus_sampler.py --epochs 10     # focus_sampler-cpu-10ep.json
+    python benchmarks/focus_sampler.py --seeds 3,4     # focus_sampler-cpu-seeds3-4.json
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from deployvit.train.supernet_train import new_supernet, train_supernet
 
 BUDGETS = (0.25, 0.5, 0.75)
 DEFAULT_EPOCHS = 30
+DEFAULT_SEEDS = "0,1,2"
 OTHER_STREAM = 1000  # the second uniform run's sampler seed offset
 
 
@@ -130,7 +132,7 @@ def sampler_budget(space, b: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default=DEFAULT_SEEDS)
     ap.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     ap.add_argument("--candidates", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"focus >= uniform under {summary['budgets_focus_at_least_uniform']} of {len(BUDGETS)} budgets (mean over seeds); "
           f"in {summary['pairs_focus_at_least_uniform']} of {summary['pairs']} (seed, budget) pairs "
           f"(two uniform streams agree within {summary['max_abs_uniform_stream_difference']:.1f} points)")
-    suffix = "" if args.epochs == DEFAULT_EPOCHS else f"-{args.epochs}ep"
+    suffix = ("" if args.epochs == DEFAULT_EPOCHS else f"-{args.epochs}ep") + ("" if args.seeds == DEFAULT_SEEDS else f"-seeds{args.seeds.replace(',', '-')}")
     save_result(RESULTS / f"focus_sampler-{info.device.type}{suffix}.json", "focus_sampler",
                 {"device": device_name(info.device.type), "torch": torch.__version__, "settings": vars(args),
                  "seeds": seeds, "summary": summary}, argv)
