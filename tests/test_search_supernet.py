@@ -52,6 +52,8 @@ def test_sampler_specialisation_respects_the_budget(checkpoint, tmp_path):
     assert count_flops(load_arch(out / "best.arch.json")) <= 2e6
     final = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
     assert final["request"]["score"] == "sampler"
+    state = json.loads((out / "search_state.json").read_text())
+    assert len(state["evaluated"]) == 16  # --sampler-k distinct archs within the budget were scored, not 16 draws
 
 
 def test_checkpoint_for_another_space_or_missing_data_is_refused(checkpoint, tmp_path):

@@ -177,6 +177,9 @@ def test_specialise_scores_k_distinct_archs_within_the_budget():
         scored.append((arch.key, count_flops(arch)))
         return -count_flops(arch)
 
+    small = policy.propose(0.5, 10, 1, accept=lambda a: count_flops(a) <= budget)
+    assert len({a.key for a in small}) == 10 and all(count_flops(a) <= budget for a in small)
+    assert len(policy.propose(0.5, 10, 1, max_draws=3)) <= 3  # the draws are bounded
     best = specialise(policy, budget, score, k=10, seed=1)
     assert len(scored) == len(set(scored)) == 10 and all(f <= budget for _, f in scored)  # ten candidates, not ten draws
     assert count_flops(best) == min(f for _, f in scored)

@@ -181,7 +181,7 @@ class SearchJob:
     notes: list[str] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # content hashes a resume is checked against
     measure_top: int = 0
-    proposals: Callable[[float, int], list] | None = None  # --score sampler: (budget position, seed) -> archs
+    proposals: Callable[[float, int, Callable], list] | None = None  # --score sampler: (budget position, seed, accept) -> archs
     record: dict = field(default_factory=dict)  # the request as given, for log.jsonl
     main: bool = True  # rank 0 (or no torchrun): prints and writes
 
@@ -327,18 +327,18 @@ def _sources(request: SearchRequest, table) -> dict[str, str]:
     return sources
 
 
-def _sampler_proposals(request: SearchRequest, space: SearchSpace) -> Callable[[float, int], list]:
-    """FocusFormer specialisation, step one: `sampler_k` archs from the sampler trained with the
-    supernet checkpoint, for a normalised budget and a seed."""
+def _sampler_proposals(request: SearchRequest, space: SearchSpace) -> Callable[[float, int, Callable], list]:
+    """FocusFormer specialisation, step one: `sampler_k` distinct archs that `accept` admits, from
+    the sampler trained with the supernet checkpoint, for a normalised budget and a seed."""
     from deployvit.search.supernet_score import load_sampler_for_search
 
     policy = load_sampler_for_search(request.supernet, space)
-    return lambda position, seed: policy.propose(position, request.sampler_k, seed)
+    return lambda position, seed, accept: policy.propose(position, request.sampler_k, seed, accept=accept)
 
 
 def _specialise(job: SearchJob, evolution: Evolution) -> dict:
-    """FocusFormer deployment: per budget, k archs from the trained sampler, keep those within every
-    constraint, score them on the supernet, best wins (no evolution). The sampler is conditioned on a
+    """FocusFormer deployment: per budget, k distinct archs from the trained sampler that meet every
+    constraint, scored on the supernet, best wins (no evolution). The sampler is conditioned on a
     normalised FLOPs budget; a latency budget is mapped to the same position in the space's latency
     range (the two are monotone-related within a space; feasibility is still checked on latency)."""
     model, constraints = evolution.model, evolution.constraints
@@ -347,12 +347,8 @@ def _specialise(job: SearchJob, evolution: Evolution) -> dict:
         metric, target = ("latency", budget) if budget is not None else ("flops", constraints.upper("flops"))
         lo, hi = model.range(metric)
         position = 1.0 if target is None else min(max((target - lo) / max(hi - lo, 1e-12), 0.0), 1.0)
-        pending = {}
-        for arch in job.proposals(position, job.config.seed + i):
-            metrics = evolution.metrics(arch)
-            if arch.key not in evolution.state.evaluated and evolution.feasible(metrics, budget):
-                pending[arch.key] = (arch, metrics)
-        evolution.evaluate(pending)
+        fresh = lambda a: a.key not in evolution.state.evaluated and evolution.feasible(evolution.metrics(a), budget)  # noqa: E731
+        evolution.evaluate({a.key: (a, evolution.metrics(a)) for a in job.proposals(position, job.config.seed + i, fresh)})
         winners[budget] = next(iter(evolution.best(budget)), None)
     evolution.checkpoint(0)  # the run directory holds its state like any other search (DESIGN.md section 3)
     return winners

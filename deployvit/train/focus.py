@@ -131,36 +131,32 @@ class FocusPolicy(nn.Module):
         return arch, logp, ent
 
     @torch.no_grad()
-    def propose(self, b: float, k: int, seed: int = 0) -> list[Arch]:
-        """k draws for normalised budget b (duplicates removed, order kept)."""
+    def propose(self, b: float, k: int, seed: int = 0, accept: Callable[[Arch], bool] | None = None,
+                max_draws: int | None = None) -> list[Arch]:
+        """Up to k *distinct* archs for normalised budget b that `accept` admits (e.g. "within the
+        budget"; every arch when None), in the order drawn, from at most `max_draws` (default 20 k)
+        draws. Distinct: a trained policy repeats its favourites, and k candidates should be k archs
+        to score, as many as a search over k uniform archs would score."""
         gen = torch.Generator().manual_seed(seed)
-        seen: dict[str, Arch] = {}
-        for _ in range(k):
+        found: dict[str, Arch] = {}
+        for _ in range(max_draws or 20 * k):
             arch = self.sample(b, gen)[0]
-            seen.setdefault(arch.key, arch)
-        return list(seen.values())
+            if arch.key not in found and (accept is None or accept(arch)):
+                found[arch.key] = arch
+                if len(found) == k:
+                    break
+        return list(found.values())
 
     def config(self) -> dict[str, Any]:
         return {"space": self.space.to_dict(), "centers": self.centers}
 
 
-def specialise(policy: FocusPolicy, budget_flops: float, score: Score, k: int = 50, seed: int = 0,
-               max_draws: int | None = None) -> Arch | None:
-    """FocusFormer's deployment step: draw from the policy for the budget until k *distinct* archs
-    within it are found (or `max_draws`, default 20 k, draws are spent), return the best by `score`
-    (e.g. supernet held-out accuracy); None when no draw fits the budget. Distinct: a trained policy
-    repeats its favourites, and k evaluations should be k candidates, as many as a search over k
-    uniform archs would score."""
-    b, gen = policy.budget_position(budget_flops), torch.Generator().manual_seed(seed)
-    fitting: dict[str, Arch] = {}
-    with torch.no_grad():
-        for _ in range(max_draws or 20 * k):
-            arch = policy.sample(b, gen)[0]
-            if count_flops(arch) <= budget_flops:
-                fitting.setdefault(arch.key, arch)
-            if len(fitting) == k:
-                break
-    return max(fitting.values(), key=score) if fitting else None
+def specialise(policy: FocusPolicy, budget_flops: float, score: Score, k: int = 50, seed: int = 0) -> Arch | None:
+    """FocusFormer's deployment step: k distinct proposals of the policy within the budget
+    (`FocusPolicy.propose`), the best by `score` (e.g. supernet held-out accuracy); None when no
+    draw fits the budget."""
+    fits = policy.propose(policy.budget_position(budget_flops), k, seed, accept=lambda a: count_flops(a) <= budget_flops)
+    return max(fits, key=score) if fits else None
 
 
 @dataclass(frozen=True)
