@@ -39,7 +39,8 @@ def _amount(value: str | None, metric: str) -> float | None:
               help="Fitness: training-free DSS, supernet accuracy, or the trained FocusFormer sampler.")
 @click.option("--supernet", "supernet_ckpt", type=click.Path(dir_okay=False), help="Supernet checkpoint (--score supernet/sampler).")
 @click.option("--data", help="Training data (held-out split carved from it) for --score supernet/sampler; 'digits' is built in.")
-@click.option("--sampler-k", type=bounds.ints(1, 10_000), default=64, show_default=True, help="Distinct archs within the constraints that the sampler proposes per budget, from at most 20x as many draws (--score sampler).")
+@click.option("--sampler-k", type=bounds.ints(1, 10_000), default=64, show_default=True,
+              help="Distinct archs within the constraints that the sampler proposes per budget, from at most 20x as many draws (--score sampler).")
 @click.option("--method", type=click.Choice(METHODS), default=DEFAULTS.method, show_default=True)
 @click.option("--population", type=bounds.ints(1, 100_000), default=DEFAULTS.population, show_default=True)
 @click.option("--generations", type=bounds.COUNT, default=DEFAULTS.generations, show_default=True)
