@@ -234,3 +234,21 @@ def test_pareto_front_is_non_dominated():
     for c in cands:  # and it is complete: everything left out is dominated by (or ties) a front member
         if c.arch.key not in on_front:
             assert any(f.score >= c.score and f.metrics["flops"] <= c.metrics["flops"] for f in front), c.arch.summary()
+
+
+def test_size_correlation_is_over_the_initial_population_and_older_states_fall_back():
+    from types import SimpleNamespace
+
+    from deployvit.search.evolution import Candidate, SearchState
+    from deployvit.search.run import _size_sample
+
+    space, rng = get_space("test"), np.random.default_rng(0)
+    archs = list({a.key: a for a in (space.sample(rng) for _ in range(30))}.values())[:12]
+    cands = [Candidate(a, float(i), {"params": float(count_params(a))}) for i, a in enumerate(archs)]
+    state = SearchState({}, {}, "dss", "h", initial=5, evaluated={c.arch.key: c for c in cands})
+    sample, over = _size_sample(SimpleNamespace(state=state), cands)
+    assert sample == cands[:5] and over == "the 5 archs of the random initial population"
+    older = state.to_dict()
+    del older["initial"]  # a search_state.json written before the count was recorded
+    loaded = SearchState.from_dict(older)
+    assert loaded.initial == 0 and _size_sample(SimpleNamespace(state=loaded), cands) == (cands, "12 evaluated archs")
