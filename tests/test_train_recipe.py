@@ -121,3 +121,13 @@ def test_one_drop_path_formula_for_supernet_and_extracted_model():
     model = supernet.extract(arch, drop_path_rate=0.3)
     want = [b.drop_path1.drop_prob for stage in model.stages for b in stage]
     assert [0.0, *rates] == pytest.approx(want)
+
+
+def test_one_subnet_per_step_on_small_data_and_few_epochs_is_flagged():
+    from deployvit.train.supernet_train import SINGLE_PATH_SMALL_EPOCHS, default_sampler, sampler_caveat
+
+    short = Recipe(epochs=10).resolve(DIGITS)
+    assert default_sampler(short) == "sandwich" and sampler_caveat(short, "sandwich") == ""
+    assert "one subnet per step" in sampler_caveat(short, "focus") and "this run has 10" in sampler_caveat(short, "uniform")
+    assert sampler_caveat(Recipe(epochs=SINGLE_PATH_SMALL_EPOCHS).resolve(DIGITS), "focus") == ""
+    assert sampler_caveat(Recipe(epochs=10).resolve(IMAGENET), "uniform") == ""  # AutoFormer's own recipe: no caveat

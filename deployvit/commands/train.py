@@ -122,7 +122,7 @@ def train_supernet_cmd(kw, info, opts) -> None:
     from deployvit.train.data import data_facts, held_out_split, open_data
     from deployvit.train.samplers import MIN_GROUP, make_sampler
     from deployvit.train.setup import fit_space
-    from deployvit.train.supernet_train import default_sampler, new_supernet, train_supernet
+    from deployvit.train.supernet_train import default_sampler, new_supernet, sampler_caveat, train_supernet
 
     source = open_data(kw["data"])
     facts = data_facts(source)
@@ -145,7 +145,8 @@ def train_supernet_cmd(kw, info, opts) -> None:
         unlock_epochs=kw["unlock_epochs"], focus_budgets=budgets, focus_epsilon=kw["focus_epsilon"],
         focus_update_every=kw["focus_update_every"],
     )
-    opts.banner = f"{recipe.describe(facts, info.world_size)}; sampler {name}"
+    caveat = sampler_caveat(recipe, name)
+    opts.banner = f"{recipe.describe(facts, info.world_size)}; sampler {name}" + (f"\n{caveat}" if caveat else "")
     supernet = new_supernet(space, recipe, cyclic=kw["cyclic"], identity_shift=kw["identity_shift"])
     history = train_supernet(supernet, source, held, sampler, recipe, opts, info)
     opts.log(f"supernet saved to {opts.out / 'last.pt'} ({len(history)} epochs)")

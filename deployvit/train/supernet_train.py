@@ -133,6 +133,20 @@ def default_sampler(recipe: Recipe) -> str:
     return REGIMES[recipe.recipe].sampler
 
 
+#: below this many epochs on small data, one subnet per step (uniform, focus) had not left the loss
+#: plateau reliably: two uniform arch streams ended 16 points apart at 10 epochs, 5 at 30
+#: (benchmarks/results/focus_sampler-cpu-10ep.json, focus_sampler-cpu.json)
+SINGLE_PATH_SMALL_EPOCHS = 30
+
+
+def sampler_caveat(recipe: Recipe, sampler: str) -> str:
+    """A warning for the run's banner when the chosen sampler is a poor fit for the run, else ''."""
+    if recipe.recipe == "small" and sampler in ("uniform", "focus") and recipe.epochs < SINGLE_PATH_SMALL_EPOCHS:
+        return (f"note: --sampler {sampler} trains one subnet per step; on small data it needs about {SINGLE_PATH_SMALL_EPOCHS} epochs "
+                f"(this run has {recipe.epochs}) to learn reliably, where the default sandwich sampler learns in 10")
+    return ""
+
+
 def new_supernet(space: SearchSpace, recipe: Recipe, cyclic: bool = False, identity_shift: bool = False) -> Supernet:
     """Fresh supernet weights for `recipe` (seeded, position embeddings at the recipe's std): what
     `train-supernet` trains, so the Python API and the CLI start from the same weights."""
