@@ -15,9 +15,9 @@ Why 30 epochs by default: at 10 (`--epochs 10`, the recipe's 340 steps) one-arch
 sits at loss 2.30 for two or three epochs and how soon it leaves depends on the arch stream: uniform
 runs that differed only in it ended 63-81% (largest subnet), and a focus run whose policy was frozen
 at uniform did as badly as the trained one, so the sampler cannot be told apart from luck there.
-At 30 epochs the same two uniform streams differ by about two points.
+The two uniform streams of this benchmark differ by up to 16 points at 10 epochs, 5 at 30.
 
-    python benchmarks/focus_sampler.py                 # 3 seeds, 30 epochs (about 15 min on one core)
+    python benchmarks/focus_sampler.py                 # 3 seeds, 30 epochs (about 9 min on one core)
     python benchmarks/focus_sampler.py --epochs 10     # focus_sampler-cpu-10ep.json
     python benchmarks/focus_sampler.py --seeds 3,4     # focus_sampler-cpu-seeds3-4.json
 """
