@@ -347,8 +347,13 @@ def _specialise(job: SearchJob, evolution: Evolution) -> dict:
         metric, target = ("latency", budget) if budget is not None else ("flops", constraints.upper("flops"))
         lo, hi = model.range(metric)
         position = 1.0 if target is None else min(max((target - lo) / max(hi - lo, 1e-12), 0.0), 1.0)
-        fresh = lambda a: a.key not in evolution.state.evaluated and evolution.feasible(evolution.metrics(a), budget)  # noqa: E731
-        evolution.evaluate({a.key: (a, evolution.metrics(a)) for a in job.proposals(position, job.config.seed + i, fresh)})
+        metrics: dict[str, dict] = {}
+
+        def fresh(arch, budget=budget) -> bool:  # a new arch within every constraint; its metrics kept for scoring
+            metrics[arch.key] = evolution.metrics(arch)
+            return arch.key not in evolution.state.evaluated and evolution.feasible(metrics[arch.key], budget)
+
+        evolution.evaluate({a.key: (a, metrics[a.key]) for a in job.proposals(position, job.config.seed + i, fresh)})
         winners[budget] = next(iter(evolution.best(budget)), None)
     evolution.checkpoint(0)  # the run directory holds its state like any other search (DESIGN.md section 3)
     return winners
