@@ -32,7 +32,7 @@ only what the data cannot.
 Then the constants are fitted on all rows and written, with these statistics and this command, to
 deployvit/latency/estimate_constants.json (and the report to benchmarks/results/estimate_accuracy.json).
 
-    python benchmarks/estimate_accuracy.py     # a few minutes on the shared 2-core machine (~17 fits)
+    python benchmarks/estimate_accuracy.py     # about 6 min wall on the shared 2-core machine (15 fits)
 
 Regenerate the shipped estimated tables after it (latency_tables/README.md has the commands).
 """

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from importlib.resources import files
@@ -140,7 +141,7 @@ def check_request(runtime: str, precision: str, batch: int, gpu: GPU) -> None:
         raise DeployvitError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     if precision == "bf16" and gpu.bf16_tensor_tflops is None:
         raise DeployvitError(f"{gpu.name} ({gpu.architecture}) has no bf16 support; use fp16 or fp32")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
         raise DeployvitError(f"batch size must be an integer >= 1, got {batch!r}")
 
 
