@@ -4,6 +4,12 @@ The facts live in `gpu_catalogue.json` (package data, one entry per GPU, every v
 named) so that adding a GPU is a data change. Loading checks every entry completely: an estimate
 silently built on a missing bandwidth would be a wrong number under a trusted name, so a missing or
 malformed field is a one-line DeployvitError naming the entry and the field.
+
+A GPU is found by its catalogue key, an alias or the name `torch.cuda.get_device_name` reports
+(case-insensitive; a leading "NVIDIA", "GeForce" or "Tesla" and spaces versus dashes do not matter),
+so `"h100"`, `"H100-SXM"` and `"NVIDIA H100 80GB HBM3"` are the same entry. Jetson modules all report
+"Orin", so their entries carry no device name and are chosen by key or alias (`orin` is the AGX Orin
+64GB, `orin-nx` the Orin NX 16GB).
 """
 
 from __future__ import annotations
@@ -18,14 +24,18 @@ from typing import Any
 
 from deployvit.errors import DeployvitError
 
-CATALOGUE_FORMAT = "deployvit.gpu_catalogue/1"
+CATALOGUE_FORMAT = "deployvit.gpu_catalogue/2"
 #: numeric fields every entry needs (> 0); the tensor modes in OPTIONAL_MODES may be null (not supported).
-NUMBERS = ("sm_count", "boost_clock_mhz", "fp16_tensor_tflops", "bf16_tensor_tflops", "tf32_tensor_tflops",
-           "fp32_tflops", "memory_bandwidth_gbs", "l2_mb", "memory_gb")
+NUMBERS = ("sm_count", "boost_clock_mhz", "fp16_tensor_tflops", "fp16_acc16_tensor_tflops", "bf16_tensor_tflops", "tf32_tensor_tflops",
+           "fp32_tflops", "memory_bandwidth_gbs", "l2_mb", "memory_gb", "tdp_w", "host_launch_scale")
 OPTIONAL_MODES = ("bf16_tensor_tflops", "tf32_tensor_tflops")
-TEXTS = ("name", "architecture", "compute_capability", "segment", "source")
-SEGMENTS = ("datacenter", "workstation", "geforce")
+TEXTS = ("name", "architecture", "compute_capability", "segment", "host_cpu", "source")
+FLAGS = ("power_limited",)
+#: embedded = Jetson-class modules: integrated GPU, Arm host, shared LPDDR memory
+SEGMENTS = ("datacenter", "workstation", "geforce", "embedded")
 LISTS = ("device_names", "aliases")
+#: prefixes torch and users put before a GPU's model name
+_VENDOR_PREFIXES = ("nvidia-", "geforce-", "tesla-")
 
 
 @dataclass(frozen=True)
@@ -38,22 +48,44 @@ class GPU:
     aliases: tuple[str, ...]
     architecture: str
     compute_capability: str
-    segment: str  # datacenter, workstation or geforce
+    segment: str  # datacenter, workstation, geforce or embedded
     sm_count: int
     boost_clock_mhz: float
-    fp16_tensor_tflops: float
+    fp16_tensor_tflops: float  # FP16 inputs, FP32 accumulation (what PyTorch's kernels use)
+    fp16_acc16_tensor_tflops: float  # FP16 accumulation (2x the above on GeForce and the L40)
     bf16_tensor_tflops: float | None
     tf32_tensor_tflops: float | None
-    fp32_tflops: float
+    fp32_tflops: float  # CUDA cores: fp32 without TF32
     memory_bandwidth_gbs: float
     l2_mb: float
     memory_gb: float
+    tdp_w: float
+    power_limited: bool  # the TDP does not sustain the boost clock under dense tensor work
+    host_cpu: str
+    host_launch_scale: float  # host time per launch relative to the published data's x86 servers
     source: str
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["device_names"], d["aliases"] = list(self.device_names), list(self.aliases)
         return d
+
+    def names(self) -> set[str]:
+        """Every normalised name this entry answers to."""
+        return {normalise_name(n) for n in (self.key, *self.aliases, *self.device_names)}
+
+
+def normalise_name(name: str) -> str:
+    """Lower case, spaces and underscores as dashes, without a vendor prefix: "NVIDIA GeForce RTX
+    4090" -> "rtx-4090", "Tesla V100-SXM2-16GB" -> "v100-sxm2-16gb"."""
+    out = "-".join(name.strip().lower().replace("_", " ").split())
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _VENDOR_PREFIXES:
+            if out.startswith(prefix):
+                out, changed = out[len(prefix):], True
+    return out
 
 
 @dataclass(frozen=True)
@@ -62,19 +94,23 @@ class Catalogue:
     reference: str
     path: str
 
-    def get(self, name: str) -> GPU:
-        """The entry for a catalogue key, an alias or a name torch reports (case-insensitive);
-        DeployvitError listing the catalogue otherwise."""
-        wanted = name.strip().lower()
+    def get(self, name: "str | GPU") -> GPU:
+        """The entry for a catalogue key, an alias or a name torch reports (see the module docstring);
+        a GPU is returned as is. DeployvitError listing the catalogue otherwise."""
+        if isinstance(name, GPU):
+            return name
+        wanted = normalise_name(str(name))
         for gpu in self.gpus.values():
-            if wanted == gpu.key or wanted in (a.lower() for a in gpu.aliases) or wanted in (d.lower() for d in gpu.device_names):
+            if wanted in gpu.names():
                 return gpu
-        raise DeployvitError(f"unknown GPU {name!r} for an estimate; the catalogue has: {', '.join(self.gpus)}")
+        raise DeployvitError(f"unknown GPU {name!r} for an estimate; the catalogue has: {', '.join(self.gpus)} "
+                             "(a key, an alias or the name torch reports)")
 
     def match_device(self, device_name: str) -> GPU | None:
         """The entry a detected GPU name (torch.cuda.get_device_name) belongs to, if any."""
+        wanted = normalise_name(device_name)
         for gpu in self.gpus.values():
-            if any(device_name.strip().lower() == d.lower() for d in gpu.device_names):
+            if any(wanted == normalise_name(d) for d in gpu.device_names):
                 return gpu
         return None
 
@@ -91,7 +127,7 @@ def _check_entry(key: str, raw: Any, where: str) -> GPU:
         raise bad("has a key that is not a lower-case label (letters, digits, '.', '_', '-')")
     if not isinstance(raw, dict):
         raise bad("is not an object")
-    unknown = set(raw) - set(NUMBERS) - set(TEXTS) - set(LISTS)
+    unknown = set(raw) - set(NUMBERS) - set(TEXTS) - set(LISTS) - set(FLAGS)
     if unknown:
         raise bad(f"has unknown field(s) {', '.join(sorted(unknown))}")
     for f in TEXTS:
@@ -100,7 +136,10 @@ def _check_entry(key: str, raw: Any, where: str) -> GPU:
     for f in LISTS:
         if not isinstance(raw.get(f), list) or not all(isinstance(x, str) and x for x in raw[f]):
             raise bad(f"is missing {f!r} (a list of names)")
-    if not raw["device_names"]:
+    for f in FLAGS:
+        if not isinstance(raw.get(f), bool):
+            raise bad(f"is missing {f!r} (true or false)")
+    if raw.get("segment") in SEGMENTS and raw["segment"] != "embedded" and not raw["device_names"]:
         raise bad("needs at least one entry in 'device_names' (the name torch.cuda.get_device_name reports)")
     for f in NUMBERS:
         if f not in raw:
@@ -114,7 +153,9 @@ def _check_entry(key: str, raw: Any, where: str) -> GPU:
         raise bad(f"has segment {raw['segment']!r}; choose from {', '.join(SEGMENTS)}")
     if raw["tf32_tensor_tflops"] is not None and raw["tf32_tensor_tflops"] > raw["fp16_tensor_tflops"]:
         raise bad("has tf32_tensor_tflops above fp16_tensor_tflops (a datasheet sparsity figure?)")
-    values = {f: raw[f] for f in (*NUMBERS, *TEXTS)}
+    if raw["fp16_acc16_tensor_tflops"] < raw["fp16_tensor_tflops"]:
+        raise bad("has fp16_acc16_tensor_tflops below fp16_tensor_tflops (FP16 accumulation is never slower)")
+    values = {f: raw[f] for f in (*NUMBERS, *TEXTS, *FLAGS)}
     values["sm_count"] = int(values["sm_count"])
     return GPU(key=key, device_names=tuple(raw["device_names"]), aliases=tuple(raw["aliases"]), **values)
 
@@ -130,7 +171,7 @@ def parse_catalogue(data: Any, where: str) -> Catalogue:
     names: dict[str, str] = {}
     for gpu in gpus.values():
         for n in (gpu.key, *gpu.aliases, *gpu.device_names):
-            other = names.setdefault(n.lower(), gpu.key)
+            other = names.setdefault(normalise_name(n), gpu.key)
             if other != gpu.key:
                 raise DeployvitError(f"GPU catalogue {where}: name {n!r} is used by both {other!r} and {gpu.key!r}")
     reference = data.get("reference")

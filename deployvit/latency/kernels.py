@@ -1,16 +1,27 @@
-"""The kernels each ViT part launches, per runtime: the structure of the latency estimate.
+"""The kernels each ViT part launches, per runtime, and who launches them: the structure of the estimate.
 
 Not fitted: these lists are read off what the code runs. deployvit's parts (`models.py`) are timm
-layers: in eager PyTorch and its CUDA-graph replay a block is LayerNorm, qkv GEMM (bias in the
-cuBLAS epilogue), fused scaled-dot-product attention, the head-merging transpose copy, projection
-GEMM, residual add, LayerNorm, fc1 GEMM, GELU, fc2 GEMM, residual add (11 kernels). Inductor
-(`compile`) fuses the residual add into the following LayerNorm (10). TensorRT fuses bias, GELU
-and residual adds into GEMM epilogues and reads packed qkv in its fused attention (7).
+layers. In eager PyTorch and its CUDA-graph replay a block is LayerNorm, qkv GEMM (bias in the
+cuBLAS epilogue), fused scaled-dot-product attention, projection GEMM, residual add, LayerNorm, fc1
+GEMM, GELU, fc2 GEMM, residual add: 10 kernels (the head merge `transpose(1, 2).reshape` is a view:
+SDPA's flash and memory-efficient kernels write their output token-major). Inductor (`compile`)
+fuses each residual add into the LayerNorm after it and the fc1 bias into GELU, and calls cuBLAS
+and the attention kernel as extern kernels: 8 launches per block. TensorRT fuses bias, GELU and
+residual adds into GEMM epilogues and runs fused attention in fp16 (7 kernels); in fp32 it has no
+fused attention kernel, so attention is two batched GEMMs around a softmax (9).
 
-Two variants exist only to model the published measurements the constants are fitted on:
-`attention="explicit"` (torch < 2.1-era models: QK^T GEMM, scale, softmax, AV GEMM, with the
-N x N scores through memory) and `amp` (torch.autocast as timm benchmarks: the residual stream,
-LayerNorm and softmax in fp32, casts before GEMMs, weights cast from fp32 on every call).
+Who launches a kernel decides its host cost (`HOST_PATHS`, per runtime): eager PyTorch launches each
+one from Python (an nn.Module call, the op's binding and the ATen dispatcher per kernel), inductor's
+generated Python wrapper launches each fused kernel (a wrapper line and a Triton or extern call per
+kernel, plus guards once per call), a CUDA graph is one replay with no per-kernel host work, and a
+C++ runtime (TensorRT, FasterTransformer, AITemplate) enqueues each kernel from C++.
+
+Variants that exist only to model the published measurements the constants are fitted on:
+`attention="explicit"` (torch < 2.1-era models: QK^T GEMM, scale, softmax, AV GEMM, head-merge copy,
+with the N x N scores through memory), `amp` (torch.autocast as timm benchmarks: the residual
+stream, LayerNorm and softmax in fp32, casts before GEMMs, weights cast from fp32 on every call) and
+`fusion="fastertransformer"` (NVIDIA FasterTransformer's ViT: cuBLAS GEMMs without epilogues, then
+its own bias+transpose, bias+residual+LayerNorm and bias+GELU kernels: 9 per block).
 """
 
 from __future__ import annotations
@@ -20,6 +31,9 @@ from dataclasses import dataclass
 from deployvit.parts import BlockPart, HeadPart, Part, ReductionPart, StemPart
 
 FUSIONS = {"eager": "none", "cudagraph": "none", "compile": "inductor", "tensorrt": "tensorrt"}
+#: who launches each kernel, per runtime: "python" (eager), "inductor" (compile's generated
+#: wrapper), "graph" (one CUDA-graph replay per call), "native" (a C++ runtime's enqueue)
+HOST_PATHS = {"eager": "python", "cudagraph": "graph", "compile": "inductor", "tensorrt": "native"}
 
 
 @dataclass(frozen=True)
@@ -44,14 +58,18 @@ class Flavour:
 
     runtime: str
     fusion: str  # "none", "inductor" or "tensorrt"
-    host_launch: bool  # every kernel launched from Python (eager)
-    tf32: bool = False  # fp32 GEMMs on TF32 tensor cores (TensorRT's default; torch's is off)
+    host: str  # "python", "inductor", "graph" or "native" (HOST_PATHS)
+    tf32: bool = False  # fp32 GEMMs on TF32 tensor cores (off in torch by default, and in deployvit's TensorRT builds)
     attention: str = "fused"
     amp: bool = False
 
     @classmethod
     def for_runtime(cls, runtime: str, precision: str) -> "Flavour":
-        return cls(runtime, FUSIONS[runtime], host_launch=runtime == "eager", tf32=runtime == "tensorrt" and precision == "fp32")
+        """deployvit's own runners: fp32 is fp32 everywhere (TF32 off: torch's default for matmuls and
+        `exporters.tensorrt`'s default build), so fp32 GEMMs run on CUDA cores. TensorRT has no fused
+        attention kernel in fp32: its attention is explicit there."""
+        attention = "explicit" if runtime == "tensorrt" and precision == "fp32" else "fused"
+        return cls(runtime, FUSIONS[runtime], HOST_PATHS[runtime], tf32=False, attention=attention)
 
 
 def element_bytes(precision: str) -> int:
@@ -77,11 +95,8 @@ def _weight_casts(fl: Flavour, n_weights: float) -> list[Kernel]:
 
 def block_kernels(p: BlockPart, batch: int, precision: str, fl: Flavour, layer_scale: bool = False) -> list[Kernel]:
     s = element_bytes(precision)
-    r = 4 if fl.amp else s  # residual stream element size
-    t, e, a, m, h, n, d = batch * p.tokens, p.embed_dim, p.attn_dim, p.mlp_hidden, p.num_heads, p.tokens, p.head_dim
-    bh = batch * h
-    attn = _attention(t, a, bh, n, d, s, fl)
-    weights = e * 3 * a + a * e + 2 * e * m
+    t, e, a, m = batch * p.tokens, p.embed_dim, p.attn_dim, p.mlp_hidden
+    attn = _attention(t, a, batch * p.num_heads, p.tokens, p.head_dim, s, fl)
     if fl.fusion == "tensorrt":
         return [
             _mem("layernorm", t * e * 2 * s),
@@ -92,33 +107,65 @@ def block_kernels(p: BlockPart, batch: int, precision: str, fl: Flavour, layer_s
             _gemm("fc1+gelu", t, m, e, s),
             _gemm("fc2+residual", t, e, m, s, extra_bytes=t * e * s),
         ]
-    ln_out = s if (fl.fusion == "inductor" or not fl.amp) else 4
-    cast = [] if ln_out == s else [_mem("cast (autocast)", t * e * (4 + s))]
-    ls = [_mem("layer scale", 2 * t * e * s)] if layer_scale and fl.fusion == "none" else []
+    if fl.fusion == "inductor":
+        return _inductor_block(t, e, a, m, s, attn, fl, e * 3 * a + a * e + 2 * e * m)
+    if fl.fusion == "fastertransformer":
+        return [
+            _gemm("qkv", t, 3 * a, e, s),
+            _mem("add bias + transpose", 2 * 3 * t * a * s),
+            *attn,
+            _gemm("proj", t, e, a, s),
+            _mem("add bias + residual + layernorm", 4 * t * e * s),
+            _gemm("fc1", t, m, e, s),
+            _mem("add bias + gelu", 2 * t * m * s),
+            _gemm("fc2", t, e, m, s),
+            _mem("add bias + residual + layernorm", 4 * t * e * s),
+        ]
+    return _eager_block(t, e, a, m, s, attn, fl, layer_scale)
+
+
+def _eager_block(t: int, e: int, a: int, m: int, s: int, attn: list[Kernel], fl: Flavour, layer_scale: bool) -> list[Kernel]:
+    r = 4 if fl.amp else s  # residual stream element size (autocast keeps it fp32)
+    ln_out = 4 if fl.amp else s  # autocast runs LayerNorm in fp32 ...
+    cast = [_mem("cast (autocast)", t * e * (4 + s))] if fl.amp else []  # ... and casts its output before the GEMM
+    ls = [_mem("layer scale", 2 * t * e * s)] if layer_scale else []
     ks = [
         _mem("layernorm", t * e * (r + ln_out)),
         *cast,
-        *_weight_casts(fl, weights),
+        *_weight_casts(fl, e * 3 * a + a * e + 2 * e * m),
         _gemm("qkv", t, 3 * a, e, s),
         *attn,
-        _mem("transpose copy", 2 * t * a * s),
         _gemm("proj", t, e, a, s),
         *ls,
-    ]
-    if fl.fusion == "inductor":
-        ks.append(_mem("residual add+layernorm", t * e * (r + s + r + s)))
-    else:
-        ks += [_mem("residual add", t * e * (2 * r + s)), _mem("layernorm", t * e * (r + ln_out)), *cast]
-    ks += [
+        _mem("residual add", t * e * (2 * r + s)),
+        _mem("layernorm", t * e * (r + ln_out)),
+        *cast,
         _gemm("fc1", t, m, e, s),
         _mem("gelu", 2 * t * m * s),
         _gemm("fc2", t, e, m, s),
         *ls,
         _mem("residual add", t * e * (2 * r + s)),
     ]
-    if fl.amp and fl.fusion == "none":  # one weight cast per Linear, not one for all
+    if fl.amp:  # one weight cast per Linear, not one for all
         ks += [_mem("weight cast (autocast)", 0.0)] * 3
     return ks
+
+
+def _inductor_block(t: int, e: int, a: int, m: int, s: int, attn: list[Kernel], fl: Flavour, n_weights: int) -> list[Kernel]:
+    """The residual add that ends a block is fused into the LayerNorm that opens the next one (or the
+    head's): a block is charged that fused kernel at its start, so parts add up to whole models."""
+    r = 4 if fl.amp else s
+    return [
+        _mem("residual add+layernorm", t * e * (r + s + r + s)),
+        *_weight_casts(fl, n_weights),
+        _gemm("qkv", t, 3 * a, e, s),
+        *attn,
+        _gemm("proj", t, e, a, s),
+        _mem("residual add+layernorm", t * e * (r + s + r + s)),
+        _gemm("fc1", t, m, e, s),
+        _mem("bias+gelu", 2 * t * m * s),
+        _gemm("fc2", t, e, m, s),
+    ]
 
 
 def _attention(t: int, a: int, bh: int, n: int, d: int, s: int, fl: Flavour) -> list[Kernel]:
@@ -133,6 +180,8 @@ def _attention(t: int, a: int, bh: int, n: int, d: int, s: int, fl: Flavour) -> 
     if sm_out != s and fl.fusion == "none":
         ks.append(_mem("cast (autocast)", scores * (sm_out + s)))
     ks.append(_gemm("attn @ v", n, d, n, s, groups=bh, weights=False))
+    if fl.fusion in ("none", "fastertransformer"):  # a batched GEMM's output is head-major: merging heads is a copy
+        ks.append(_mem("head merge copy", 2 * t * a * s))
     return ks
 
 
@@ -160,7 +209,9 @@ def head_kernels(p: HeadPart, batch: int, precision: str, fl: Flavour, pool: str
     s = element_bytes(precision)
     r = 4 if fl.amp else s
     t = batch * p.tokens
-    ks = [_mem("layernorm", t * p.embed_dim * (r + s))]
+    # inductor: the last block's residual add is fused into this LayerNorm (see _inductor_block)
+    ln_bytes = t * p.embed_dim * ((r + s + r + s) if fl.fusion == "inductor" else (r + s))
+    ks = [_mem("layernorm", ln_bytes)]
     if pool == "avg":
         ks.append(_mem("mean pool", (t + batch) * p.embed_dim * s))
     ks.append(_gemm("classifier", batch, p.num_classes, p.embed_dim, s))
