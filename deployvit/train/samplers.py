@@ -17,11 +17,10 @@ draws exactly what the uninterrupted run would have drawn.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-
+from dataclasses import dataclass
 
 from deployvit.errors import DeployvitError
-from deployvit.spaces import SearchSpace
+from deployvit.spaces import Axis, SearchSpace
 from deployvit.train.focus import FocusArchSampler
 from deployvit.train.sampler_base import ArchSampler, StepPlan
 
@@ -60,18 +59,14 @@ class SandwichSampler(ArchSampler):
 
 
 def unlocked_space(space: SearchSpace, fraction: float) -> SearchSpace:
-    """The space with only the largest ceil(fraction * K) of each width choice (embed dim, heads, MLP
-    ratio) per stage; depths untouched. fraction 1 is the whole space."""
+    """The space with only the largest ceil(fraction * K) of each width choice (every axis but depth:
+    embed dim, heads, MLP ratio) per stage; depths untouched. fraction 1 is the whole space."""
 
-    def top(values: tuple) -> tuple:
-        k = max(1, math.ceil(fraction * len(values)))
+    def top(stage: int, axis: Axis, values: tuple) -> tuple:
+        k = len(values) if axis.name == "depth" else max(1, math.ceil(fraction * len(values)))
         return tuple(sorted(values)[-k:])
 
-    stages = tuple(
-        replace(s, embed_dims=top(s.embed_dims), num_heads=top(s.num_heads), mlp_ratios=top(s.mlp_ratios))
-        for s in space.stages
-    )
-    return replace(space, stages=stages)
+    return space.with_choices(top)
 
 
 class MultiArchSampler(ArchSampler):
