@@ -177,6 +177,11 @@ class FocusArchSampler(ArchSampler):
         torch.random.set_rng_state(torch_state)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.opts.lr)
 
+    @classmethod
+    def from_options(cls, space: SearchSpace, seed: int, total_steps: int, options: dict) -> "FocusArchSampler":
+        """Reads the `focus_*` options that are set (None: this sampler's default)."""
+        return cls(space, seed, total_steps, **{k: v for k, v in options.items() if k.startswith("focus_") and v is not None})
+
     def _budget(self, rng: np.random.Generator) -> float:
         if self.opts.budgets:
             return float(self.opts.budgets[int(rng.integers(len(self.opts.budgets)))])
