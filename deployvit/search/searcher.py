@@ -282,7 +282,8 @@ class Searcher:
             raise io.in_file(self.state_path, exc) from None
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:  # OverflowError: a mangled rng state
             raise DeployvitError(f"corrupt search state {self.state_path}: {type(exc).__name__} {exc}") from None
-        saved.method = saved.method or method_of_older_state(saved, self.state_path)
+        if saved.method is None:
+            saved.method = method_of_older_state(saved, self.state_path)
         if (saved.method, saved.score) != (self.state.method, self.state.score):
             raise DeployvitError(f"cannot resume {self.state_path}: it was started with --method {saved.method} --score {saved.score}, "
                                  f"not --method {self.state.method} --score {self.state.score}")

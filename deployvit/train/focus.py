@@ -319,7 +319,7 @@ def _load_policy(policy: FocusPolicy, weights: dict, where: str) -> None:
 
 
 def load_sampler(path: str | os.PathLike) -> FocusPolicy:
-    """The trained FocusFormer-style policy of a supernet checkpoint (`search --score sampler`)."""
+    """The trained FocusFormer-style policy of a supernet checkpoint (`search --method focus`)."""
     from deployvit.train.checkpoint import read_checkpoint
 
     state = read_checkpoint(path)
