@@ -3,17 +3,26 @@
 A space is a list of stages; each stage lists its choices (embed dims, depths, heads, MLP ratios) and
 its fixed head dim. One stage is an AutoFormer space, three with halving token grids a ViT-ResNAS
 space. Everything search and training need from a space (sampling, mutation, crossover, membership,
-size, extremes) lives here so no other module re-derives the choices.
+size, extremes, the choice-index encoding) lives here so no other module re-derives the choices.
+
+The choices are data (ModelOpt's configurable hparams, Once-for-All's per-family encoding): `AXES`
+names each kind of choice, `SearchSpace.decisions()` lists every choice an arch of the space makes,
+and sampling, mutation, crossover, size, membership and `encode` are written over those, as are the
+search's predictor and surrogate, the FocusFormer policy and the training samplers. A new kind of
+choice is a row of `AXES`, its `StageSpace` field (and file key) and its `Stage`/`Layer` field in
+`deployvit.arch`; the operations above pick it up unchanged.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -47,6 +56,10 @@ class StageSpace:
     def max_mlp_hidden(self) -> int:
         return max(mlp_hidden(e, r) for e in self.embed_dims for r in self.mlp_ratios)
 
+    def choices(self, axis: Axis) -> tuple:
+        """The values this stage allows on `axis`."""
+        return tuple(getattr(self, axis.field))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "embed_dim": list(self.embed_dims),
@@ -59,6 +72,49 @@ class StageSpace:
 
 def _pick(values: Sequence, rng: np.random.Generator):
     return values[int(rng.integers(len(values)))]
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One kind of choice of a stage: `name` is the `Stage` or `Layer` field it sets (and its key in a
+    space file), `field` the `StageSpace` field that lists its values, `per_layer` whether every layer
+    chooses its own value (else the stage chooses one)."""
+
+    name: str
+    field: str
+    per_layer: bool
+
+
+#: Every kind of choice, in the order of `SearchSpace.decisions()` (the FocusFormer policy's logits are
+#: laid out in it, so saved policies depend on it: append new axes, never reorder). `depth` is the one
+#: structural axis: it decides how many layers choose their per-layer values.
+AXES = (
+    Axis("embed_dim", "embed_dims", per_layer=False),
+    Axis("depth", "depths", per_layer=False),
+    Axis("num_heads", "num_heads", per_layer=True),
+    Axis("mlp_ratio", "mlp_ratios", per_layer=True),
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One choice an arch of a space makes: axis `kind` of stage `stage`, for layer position `layer`
+    (-1: a choice of the stage itself), among `choices` (sorted)."""
+
+    stage: int
+    kind: str
+    layer: int
+    choices: tuple
+
+
+@dataclass(frozen=True)
+class _StageDecisions:
+    """A stage's decisions grouped the way the operations walk them."""
+
+    own: tuple[Decision, ...]  # the stage's own choices, in AXES order (embed dim, depth)
+    depth: Decision  # the one of them that decides how many layers there are
+    others: tuple[Decision, ...]  # the rest of them (embed dim)
+    layers: tuple[tuple[Decision, ...], ...]  # per layer position up to the largest depth: that layer's choices
 
 
 @dataclass(frozen=True)
@@ -118,6 +174,60 @@ class SearchSpace:
         _check_geometry(space)
         return space
 
+    # --- the choices as data ----------------------------------------------------------------------
+
+    def decisions(self) -> tuple[Decision, ...]:
+        """Every choice an arch of this space makes, as data: per stage its own choices (embed dim,
+        depth), then per layer position up to the largest depth that layer's (heads, MLP ratio), in
+        `AXES` order. A shallower arch leaves the decisions of its missing layers unused."""
+        return self._decisions
+
+    @cached_property
+    def _decisions(self) -> tuple[Decision, ...]:
+        return tuple(d for g in self._grouped for d in (*g.own, *(d for layer in g.layers for d in layer)))
+
+    @cached_property
+    def _grouped(self) -> tuple[_StageDecisions, ...]:
+        groups = []
+        for si, s in enumerate(self.stages):
+            own = tuple(Decision(si, a.name, -1, s.choices(a)) for a in AXES if not a.per_layer)
+            layers = tuple(tuple(Decision(si, a.name, li, s.choices(a)) for a in AXES if a.per_layer) for li in range(s.max_depth))
+            (depth,) = (d for d in own if d.kind == "depth")
+            groups.append(_StageDecisions(own, depth, tuple(d for d in own if d is not depth), layers))
+        return tuple(groups)
+
+    @cached_property
+    def _columns(self) -> tuple[tuple[list, list], ...]:
+        """Per stage, for `encode`: (column, field, value -> index) of its own decisions, and of each
+        layer position's."""
+        column = {(d.stage, d.kind, d.layer): i for i, d in enumerate(self.decisions())}
+
+        def entry(d: Decision) -> tuple:
+            return column[(d.stage, d.kind, d.layer)], d.kind, {v: i for i, v in enumerate(d.choices)}
+
+        return tuple(([entry(d) for d in g.own], [[entry(d) for d in layer] for layer in g.layers]) for g in self._grouped)
+
+    def encode(self, archs: Sequence[Arch]) -> np.ndarray:
+        """[n, len(decisions())] int64: per arch and decision the index of its choice, -1 for the
+        layer positions the arch does not have (the encoding the predictor and surrogate read)."""
+        rows = []
+        for arch in archs:
+            row = [-1] * len(self.decisions())
+            for stage, (own, layers) in zip(arch.stages, self._columns):
+                for col, name, index in own:
+                    row[col] = index[getattr(stage, name)]  # Stage.depth is its layer count
+                for layer, entries in zip(stage.layers, layers):
+                    for col, name, index in entries:
+                        row[col] = index[getattr(layer, name)]
+            rows.append(row)
+        return np.array(rows, dtype=np.int64).reshape(len(rows), len(self.decisions()))
+
+    def with_choices(self, choose: Callable[[int, Axis, tuple], tuple]) -> "SearchSpace":
+        """The space with each stage's values on each axis replaced by `choose(stage, axis, values)`
+        (e.g. only the largest widths: `train.samplers.unlocked_space`)."""
+        stages = tuple(replace(s, **{a.field: tuple(choose(si, a, s.choices(a))) for a in AXES}) for si, s in enumerate(self.stages))
+        return replace(self, stages=stages)
+
     # --- membership -----------------------------------------------------------------------------------
 
     def validate(self, arch: Arch) -> None:
@@ -130,16 +240,16 @@ class SearchSpace:
                 raise ArchError(f"{field}: {got} does not match space {self.name!r} ({want})")
         if len(arch.stages) != len(self.stages):
             raise ArchError(f"stages: arch has {len(arch.stages)} stages, space {self.name!r} has {len(self.stages)}")
-        for si, (stage, choices) in enumerate(zip(arch.stages, self.stages)):
+        for si, (stage, choices, g) in enumerate(zip(arch.stages, self.stages, self._grouped)):
             prefix = f"stages[{si}]." if self.multi_stage else ""
-            _check_choice(stage.embed_dim, choices.embed_dims, f"{prefix}embed_dim", self.name)
-            _check_choice(stage.depth, choices.depths, f"{prefix}depth", self.name)
+            for d in g.own:
+                _check_choice(getattr(stage, d.kind), d.choices, f"{prefix}{d.kind}", self.name)
             if stage.head_dim != choices.head_dim:
                 omitted = f" (an arch without head_dim means {DEFAULT_HEAD_DIM})" if stage.head_dim == DEFAULT_HEAD_DIM else ""
                 raise ArchError(f"{prefix}head_dim: {stage.head_dim} does not match space {self.name!r} ({choices.head_dim}){omitted}")
-            for li, layer in enumerate(stage.layers):
-                _check_choice(layer.num_heads, choices.num_heads, f"{prefix}layers[{li}].num_heads", self.name)
-                _check_choice(layer.mlp_ratio, choices.mlp_ratios, f"{prefix}layers[{li}].mlp_ratio", self.name)
+            for li, (layer, decisions) in enumerate(zip(stage.layers, g.layers)):
+                for d in decisions:
+                    _check_choice(getattr(layer, d.kind), d.choices, f"{prefix}layers[{li}].{d.kind}", self.name)
 
     def contains(self, arch: Arch) -> bool:
         try:
@@ -149,11 +259,11 @@ class SearchSpace:
         return True
 
     def size(self) -> int:
-        """Number of distinct (canonical) archs: per stage |embed| * sum_d (|heads| * |ratios|)^d."""
+        """Number of distinct (canonical) archs: per stage (its own choices) * sum_d (one layer's choices)^d."""
         total = 1
-        for s in self.stages:
-            per_layer = len(s.num_heads) * len(s.mlp_ratios)
-            total *= len(s.embed_dims) * sum(per_layer**d for d in s.depths)
+        for g in self._grouped:
+            per_layer = math.prod(len(d.choices) for d in g.layers[0]) if g.layers else 1
+            total *= math.prod(len(d.choices) for d in g.others) * sum(per_layer**depth for depth in g.depth.choices)
         return total
 
     # --- construction ----------------------------------------------------------------------------------
@@ -161,61 +271,64 @@ class SearchSpace:
     def make_arch(self, stages: Sequence[Stage]) -> Arch:
         return Arch(self.name, self.img_size, self.patch_size, self.in_chans, self.num_classes, tuple(stages))
 
-    def _uniform(self, pick_embed, pick_depth, pick_heads, pick_ratio) -> Arch:
+    def compose(self, pick: Callable[[Decision], Any]) -> Arch:
+        """The arch whose every decision is `pick(decision)`. Asked in a fixed order, the order of
+        AutoFormer's sampling (so a seeded `sample` draws what it always drew): per stage the depth,
+        then each existing layer's decisions, then the stage's other decisions."""
         stages = []
-        for s in self.stages:
-            depth = pick_depth(s.depths)
-            layers = tuple(Layer(pick_heads(s.num_heads), pick_ratio(s.mlp_ratios)) for _ in range(depth))
-            stages.append(Stage(pick_embed(s.embed_dims), s.head_dim, layers))
+        for s, g in zip(self.stages, self._grouped):
+            depth = pick(g.depth)
+            layers = tuple(Layer(**{d.kind: pick(d) for d in g.layers[li]}) for li in range(depth))
+            stages.append(Stage(head_dim=s.head_dim, layers=layers, **{d.kind: pick(d) for d in g.others}))
         return self.make_arch(stages)
 
     def max_arch(self) -> Arch:
-        return self._uniform(max, max, max, max)
+        return self.compose(lambda d: max(d.choices))
 
     def min_arch(self) -> Arch:
-        return self._uniform(min, min, min, min)
+        return self.compose(lambda d: min(d.choices))
 
     def sample(self, rng: np.random.Generator) -> Arch:
         """Uniform over each choice (AutoFormer's sampling), seeded by `rng`."""
-        pick = lambda values: _pick(values, rng)  # noqa: E731
-        return self._uniform(pick, pick, pick, pick)
+        return self.compose(lambda d: _pick(d.choices, rng))
 
     def mutate(
         self, arch: Arch, rng: np.random.Generator, layer_prob: float = 0.2, stage_prob: float = 0.4
     ) -> Arch:
-        """AutoFormer mutation: depth and embed dim re-drawn with `stage_prob`, each layer's heads and
-        MLP ratio with `layer_prob`; layers added by a deeper depth are drawn fresh."""
+        """AutoFormer mutation: depth and the stage's other choices (embed dim) re-drawn with
+        `stage_prob`, each layer's choices (heads, MLP ratio) with `layer_prob`; layers added by a
+        deeper depth are drawn fresh."""
+
+        def redraw(d: Decision, value, prob: float):
+            return _pick(d.choices, rng) if rng.random() < prob else value
+
         stages = []
-        for stage, s in zip(arch.stages, self.stages):
-            depth = _pick(s.depths, rng) if rng.random() < stage_prob else stage.depth
-            embed = _pick(s.embed_dims, rng) if rng.random() < stage_prob else stage.embed_dim
+        for stage, s, g in zip(arch.stages, self.stages, self._grouped):
+            depth = redraw(g.depth, stage.depth, stage_prob)
+            own = {d.kind: redraw(d, getattr(stage, d.kind), stage_prob) for d in g.others}
             layers = []
             for i in range(depth):
                 if i < stage.depth:
-                    heads, ratio = stage.layers[i].num_heads, stage.layers[i].mlp_ratio
-                    if rng.random() < layer_prob:
-                        heads = _pick(s.num_heads, rng)
-                    if rng.random() < layer_prob:
-                        ratio = _pick(s.mlp_ratios, rng)
+                    layers.append(Layer(**{d.kind: redraw(d, getattr(stage.layers[i], d.kind), layer_prob) for d in g.layers[i]}))
                 else:
-                    heads, ratio = _pick(s.num_heads, rng), _pick(s.mlp_ratios, rng)
-                layers.append(Layer(heads, ratio))
-            stages.append(Stage(embed, s.head_dim, tuple(layers)))
+                    layers.append(Layer(**{d.kind: _pick(d.choices, rng) for d in g.layers[i]}))
+            stages.append(Stage(head_dim=s.head_dim, layers=tuple(layers), **own))
         return self.make_arch(stages)
 
     def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch:
         """Uniform crossover that stays valid across depths (AutoFormer's can emit malformed archs):
-        depth and embed dim come from a random parent; layer i from a random parent among those that
-        have a layer i, so a child deeper than one parent takes its tail from the deeper one."""
+        depth and each of the stage's other choices come from a random parent; layer i from a random
+        parent among those that have a layer i, so a child deeper than one parent takes its tail from
+        the deeper one."""
         stages = []
-        for sa, sb in zip(a.stages, b.stages):
+        for sa, sb, g in zip(a.stages, b.stages, self._grouped):
             depth = sa.depth if rng.random() < 0.5 else sb.depth
-            embed = sa.embed_dim if rng.random() < 0.5 else sb.embed_dim
+            own = {d.kind: getattr(sa, d.kind) if rng.random() < 0.5 else getattr(sb, d.kind) for d in g.others}
             layers = []
             for i in range(depth):
                 owners = [s for s in (sa, sb) if i < s.depth]
                 layers.append(owners[int(rng.integers(len(owners)))].layers[i])
-            stages.append(Stage(embed, sa.head_dim, tuple(layers)))
+            stages.append(Stage(head_dim=sa.head_dim, layers=tuple(layers), **own))
         return self.make_arch(stages)
 
 

@@ -20,6 +20,8 @@ BASE = {"deployvit", "deployvit.errors", "deployvit.io", "deployvit.arch", "depl
         "deployvit.compute", "deployvit.units", "deployvit.weights", "deployvit.devices"}
 SIBLINGS = ("deployvit.train", "deployvit.latency")
 
+BASE |= {"deployvit.registry"}  # the records of scores, search methods and samplers (names and targets, no imports)
+
 
 def modules() -> dict[str, Path]:
     out = {}

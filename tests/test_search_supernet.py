@@ -56,6 +56,30 @@ def test_sampler_specialisation_respects_the_budget(checkpoint, tmp_path):
     assert len(state["evaluated"]) == 16  # --sampler-k distinct archs within the budget were scored, not 16 draws
 
 
+def test_focus_records_its_method_and_score_and_refuses_another_on_resume(checkpoint, tmp_path):
+    """`--score sampler` is the former spelling of `--method focus --score supernet`; its state says
+    so, and can no longer be continued by evolution under `--score supernet` (or by another score)."""
+    out, focus = tmp_path / "f", ["--supernet", str(checkpoint), "--flops", "2M", "--sampler-k", "8"]
+    result = run_cli("search", *SEARCH, "--score", "sampler", *focus, "--out", str(out))
+    assert result.code == 0, result.err
+    assert "note: --score sampler is the former spelling of --method focus --score supernet" in result.out
+    state = json.loads((out / "search_state.json").read_text())
+    assert (state["method"], state["score"], len(state["evaluated"])) == ("focus", "supernet", 8)
+    assert_one_line_error(run_cli("search", *SEARCH, "--score", "supernet", *focus, "--out", str(out), "--resume"),
+                          "started with --method focus --score supernet, not --method evolution --score supernet")
+    assert_one_line_error(run_cli("search", *SEARCH, "--method", "focus", "--score", "dss", *focus, "--out", str(out), "--resume"),
+                          "not --method focus --score dss")
+    best = (out / "best.arch.json").read_text()
+    result = run_cli("search", *SEARCH, "--method", "focus", *focus, "--out", str(out), "--resume")  # the new spelling
+    assert result.code == 0, result.err
+    assert (out / "best.arch.json").read_text() == best and len(json.loads((out / "search_state.json").read_text())["evaluated"]) == 8
+    dss = tmp_path / "d"  # the sampler's proposals ranked by another score
+    result = run_cli("search", *SEARCH, "--method", "focus", "--score", "dss", *focus, "--out", str(dss))
+    assert result.code == 0, result.err
+    state = json.loads((dss / "search_state.json").read_text())
+    assert (state["method"], state["score"]) == ("focus", "dss") and count_flops(load_arch(dss / "best.arch.json")) <= 2e6
+
+
 def test_checkpoint_for_another_space_or_missing_data_is_refused(checkpoint, tmp_path):
     out = tmp_path / "never"
     assert_one_line_error(

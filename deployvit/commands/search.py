@@ -6,13 +6,14 @@ import click
 
 from deployvit.commands import bounds
 from deployvit.latency.settings import PRECISIONS
-from deployvit.errors import CheckFailed
+from deployvit.errors import CheckFailed, DeployvitError
 from deployvit.search.budgets import Constraints
 from deployvit.units import format_amount, parse_amount, parse_amounts
-from deployvit.search import SCORES
-from deployvit.search.evolution import METHODS, EvolutionConfig
+from deployvit.search import METHODS, SCORE_ALIASES, SCORES
+from deployvit.search.searcher import SearchConfig
 
-DEFAULTS = EvolutionConfig()  # the search's defaults, one place
+DEFAULTS = SearchConfig()  # the search's defaults, one place
+_ALIASES = "; ".join(f"{a}: the former spelling of --method {m} --score {s}" for a, (m, s) in SCORE_ALIASES.items())
 
 
 def _amount(value: str | None, metric: str) -> float | None:
@@ -35,26 +36,40 @@ def _amount(value: str | None, metric: str) -> float | None:
 @click.option("--runtime", help="Only tables of this runtime (eager, cudagraph, compile, onnxruntime, tensorrt).")
 @click.option("--precision", type=click.Choice(PRECISIONS), help="Only tables of this precision.")
 @click.option("--batch-size", type=bounds.BATCH, help="Only tables of this batch size.")
-@click.option("--score", type=click.Choice(SCORES), default="dss", show_default=True,
-              help="Fitness: training-free DSS, supernet accuracy, or the trained FocusFormer sampler.")
-@click.option("--supernet", "supernet_ckpt", type=click.Path(dir_okay=False), help="Supernet checkpoint (--score supernet/sampler).")
-@click.option("--data", help="Training data (held-out split carved from it) for --score supernet/sampler; 'digits' is built in.")
-@click.option("--sampler-k", type=bounds.ints(1, 10_000), default=64, show_default=True,
-              help="Distinct archs within the constraints that the sampler proposes per budget, from at most 20x as many draws (--score sampler).")
-@click.option("--method", type=click.Choice(METHODS), default=DEFAULTS.method, show_default=True)
-@click.option("--population", type=bounds.ints(1, 100_000), default=DEFAULTS.population, show_default=True)
-@click.option("--generations", type=bounds.COUNT, default=DEFAULTS.generations, show_default=True)
-@click.option("--parents", type=bounds.ints(1, 100_000), default=DEFAULTS.parents, show_default=True, help="Top-k parents per budget.")
-@click.option("--mutations", type=bounds.COUNT, default=DEFAULTS.mutations, show_default=True)
-@click.option("--crossovers", type=bounds.COUNT, default=DEFAULTS.crossovers, show_default=True)
-@click.option("--mutation-prob", type=bounds.FRACTION, default=DEFAULTS.layer_prob, show_default=True, help="Per-layer mutation probability.")
-@click.option("--stage-mutation-prob", type=bounds.FRACTION, default=DEFAULTS.stage_prob, show_default=True, help="Depth / embed dim mutation probability.")
-@click.option("--seed", type=bounds.SEED, default=DEFAULTS.seed, show_default=True)
+@click.option("--method", type=click.Choice(METHODS.names()), default=DEFAULTS.method, show_default=True,
+              help=f"How archs are chosen to score. {METHODS.describe()}.")
+@click.option("--score", type=click.Choice([*SCORES, *SCORE_ALIASES]), default=None,
+              help=f"How archs are ranked. {SCORES.describe()}. Default: the method's own "
+                   f"({', '.join(f'{m}: {METHODS[m].score}' for m in METHODS)}). {_ALIASES}.")
+@click.option("--supernet", "supernet_ckpt", type=click.Path(dir_okay=False),
+              help="Supernet checkpoint from train-supernet (--score supernet; --method focus: trained with --sampler focus).")
+@click.option("--data", help="Training data (held-out split carved from it) for --score supernet; 'digits' is built in.")
+@click.option("--sampler-k", type=bounds.ints(1, 10_000), default=DEFAULTS.sampler_k, show_default=True,
+              help="--method focus: distinct archs within the constraints that the sampler proposes and the score ranks per budget, "
+                   "from at most 20x as many draws.")
+@click.option("--population", type=bounds.ints(1, 100_000), default=DEFAULTS.population, show_default=True,
+              help="--method evolution/random: random archs scored first (the initial population).")
+@click.option("--generations", type=bounds.COUNT, default=DEFAULTS.generations, show_default=True,
+              help="--method evolution/random: generations after the initial population, at most (see --patience).")
+@click.option("--parents", type=bounds.ints(1, 100_000), default=DEFAULTS.parents, show_default=True,
+              help="--method evolution: top-k parents per budget.")
+@click.option("--mutations", type=bounds.COUNT, default=DEFAULTS.mutations, show_default=True,
+              help="--method evolution: children made by mutation and scored per generation (random: --mutations + --crossovers "
+                   "uniform archs per generation, as many as evolution scores).")
+@click.option("--crossovers", type=bounds.COUNT, default=DEFAULTS.crossovers, show_default=True,
+              help="--method evolution: children made by crossover and scored per generation (see --mutations).")
+@click.option("--mutation-prob", type=bounds.FRACTION, default=DEFAULTS.layer_prob, show_default=True,
+              help="--method evolution: per-layer mutation probability.")
+@click.option("--stage-mutation-prob", type=bounds.FRACTION, default=DEFAULTS.stage_prob, show_default=True,
+              help="--method evolution: depth / embed dim mutation probability.")
+@click.option("--seed", type=bounds.SEED, default=DEFAULTS.seed, show_default=True,
+              help="Seed of the search (and of the DSS score's random weights); the same seed gives the same winner.")
 @click.option("--patience", type=bounds.ints(1, 100_000), default=DEFAULTS.patience, show_default=True,
-              help="Stop after this many generations without a better feasible arch (>= --generations: run them all).")
+              help="--method evolution/random: stop after this many generations without a better feasible arch "
+                   "(>= --generations: run them all).")
 @click.option("--screen", type=bounds.ints(1, 1000), default=DEFAULTS.screen, show_default=True,
-              help="Candidate children drawn per scored child; a model fit on the scored archs picks which to score "
-                   "(1: AutoFormer's loop, every drawn child scored).")
+              help="--method evolution: candidate children drawn per scored child; a model fit on the scored archs picks which "
+                   "to score (1: AutoFormer's loop, every drawn child scored).")
 @click.option("--measure-top", type=bounds.ints(0, 1000), default=0,
               help="Time the top-K candidates end to end here and pick the winner on the measured latency.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/search-<space>-<time>).")
@@ -72,16 +87,17 @@ def search(**opts) -> None:
         min_flops=_amount(opts["min_flops"], "flops"),
         min_params=_amount(opts["min_params"], "params"),
     )
-    config = EvolutionConfig(
+    _check_alias(opts["score"], opts["method"])
+    config = SearchConfig(
         method=opts["method"], population=opts["population"], generations=opts["generations"],
         parents=opts["parents"], mutations=opts["mutations"], crossovers=opts["crossovers"],
         layer_prob=opts["mutation_prob"], stage_prob=opts["stage_mutation_prob"], seed=opts["seed"],
-        patience=opts["patience"], screen=opts["screen"],
+        patience=opts["patience"], screen=opts["screen"], sampler_k=opts["sampler_k"],
     )
     request = SearchRequest(
         space=opts["space_name"], constraints=constraints, table=opts["table"], device=opts["device"],
         runtime=opts["runtime"], precision=opts["precision"], batch_size=opts["batch_size"], score=opts["score"],
-        supernet=opts["supernet_ckpt"], data=opts["data"], sampler_k=opts["sampler_k"], config=config,
+        supernet=opts["supernet_ckpt"], data=opts["data"], config=config,
         out=opts["out"], resume=opts["resume"], measure_top=opts["measure_top"],
         score_device=_score_device(opts["device"]),
     )
@@ -91,6 +107,16 @@ def search(**opts) -> None:
         print_summary(result)
     if result.failure:
         raise CheckFailed(result.failure)
+
+
+def _check_alias(score: str | None, method: str) -> None:
+    """`--score sampler` names its own method: with an explicit --method other than that, one line
+    (the library cannot tell an explicit `--method evolution` from the default)."""
+    if score in SCORE_ALIASES and click.get_current_context().get_parameter_source("method") != click.core.ParameterSource.DEFAULT:
+        alias_method, alias_score = SCORE_ALIASES[score]
+        if method != alias_method:
+            raise DeployvitError(f"--score {score} means --method {alias_method} --score {alias_score}; "
+                                 f"it cannot be combined with --method {method}")
 
 
 def _score_device(device: str | None) -> str | None:

@@ -13,6 +13,8 @@ import click
 from deployvit.commands import bounds
 from deployvit.errors import DeployvitError
 from deployvit.train.focus import FocusOptions
+from deployvit.train.recipe import REGIMES
+from deployvit.train.sampler_base import SAMPLERS
 from deployvit.train.samplers import SamplerOptions
 
 
@@ -98,8 +100,9 @@ def _run(fn):
 
 @click.command("train-supernet")
 @click.option("--space", "space_name", required=True, help="Space preset or file (class count follows the data).")
-@click.option("--sampler", default="auto", show_default=True,
-              help="auto (the recipe's: sandwich small, uniform imagenet), uniform, sandwich, multi-arch or focus.")
+@click.option("--sampler", type=click.Choice(["auto", *SAMPLERS]), default="auto", show_default=True,
+              help=f"Which subnets each step trains. auto: the recipe's ({', '.join(f'{r.sampler} {n}' for n, r in REGIMES.items())}); "
+                   f"{SAMPLERS.describe()}.")
 @click.option("--sandwich-random", type=bounds.ints(0, 64), default=SamplerOptions.sandwich_random, show_default=True,
               help="sandwich: random subnets per step.")
 @click.option("--groups", type=bounds.ints(1, 256), default=SamplerOptions.groups, show_default=True,

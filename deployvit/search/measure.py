@@ -9,10 +9,10 @@ from deployvit.search.budgets import budget_label
 
 if TYPE_CHECKING:
     from deployvit.latency.table import LatencyTable
-    from deployvit.search.evolution import Candidate, Evolution
+    from deployvit.search.searcher import Candidate, Searcher
 
 
-def measure_top(evolution: "Evolution", table: "LatencyTable", k: int, echo: Callable[[str], None]):
+def measure_top(evolution: "Searcher", table: "LatencyTable", k: int, echo: Callable[[str], None]):
     """Per budget: time the top-k candidates (by score) here; the winner is the best-scoring one whose
     measured latency meets the budget (None when none does). Returns (winners, measured rows)."""
     from deployvit.latency.profile import apply_threads, measure_arch, table_settings

@@ -9,7 +9,7 @@ from typing import Sequence
 
 from deployvit import io
 from deployvit.arch import Arch
-from deployvit.search.evolution import Candidate
+from deployvit.search.searcher import Candidate
 
 
 def pareto_front(candidates: Sequence[Candidate], cost: str) -> list[Candidate]:

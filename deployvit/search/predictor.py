@@ -26,12 +26,15 @@ if TYPE_CHECKING:
 
 @dataclass
 class Encoded:
-    """A population as choice indices: embed [n, S], depth [n, S], heads/ratio [n, S, max depth]."""
+    """A population as choice indices: embed [n, S], depth (values) [n, S], heads/ratio [n, S, max
+    depth] (0 past a stage's depth), gathered from `codes`, the space's own encoding
+    (`SearchSpace.encode`: [n, decisions], -1 for missing layers), which the surrogate reads."""
 
     embed: np.ndarray
     depth: np.ndarray
     heads: np.ndarray
     ratio: np.ndarray
+    codes: np.ndarray
 
     def __len__(self) -> int:
         return len(self.embed)
@@ -49,11 +52,8 @@ class MetricModel:
     def __init__(self, space: SearchSpace, table: "LatencyTable | None" = None):
         self.space, self.table = space, table
         self.metrics = ["params", "flops"] + (["latency"] if table is not None else [])
-        self._index = [
-            ({e: i for i, e in enumerate(s.embed_dims)}, {h: i for i, h in enumerate(s.num_heads)}, {r: i for i, r in enumerate(s.mlp_ratios)})
-            for s in space.stages
-        ]
         self._max_depth = max(s.max_depth for s in space.stages)
+        self._gather = _columns(space, self._max_depth)
         first, last = space.stages[0], space.stages[-1]
         self._stem = np.stack([self._values(StemPart(space.img_size, space.patch_size, space.in_chans, e)) for e in first.embed_dims], 1)
         last_tokens = space.tokens(len(space.stages) - 1)
@@ -78,18 +78,11 @@ class MetricModel:
     # --- encoding ---------------------------------------------------------------------------------
 
     def encode(self, archs: Sequence[Arch]) -> Encoded:
-        n, s_count = len(archs), len(self.space.stages)
-        embed = np.zeros((n, s_count), dtype=np.int64)
-        depth = np.zeros((n, s_count), dtype=np.int64)
-        heads = np.zeros((n, s_count, self._max_depth), dtype=np.int64)
-        ratio = np.zeros((n, s_count, self._max_depth), dtype=np.int64)
-        for i, arch in enumerate(archs):
-            for si, stage in enumerate(arch.stages):
-                e_idx, h_idx, r_idx = self._index[si]
-                embed[i, si], depth[i, si] = e_idx[stage.embed_dim], stage.depth
-                for li, layer in enumerate(stage.layers):
-                    heads[i, si, li], ratio[i, si, li] = h_idx[layer.num_heads], r_idx[layer.mlp_ratio]
-        return Encoded(embed, depth, heads, ratio)
+        codes = self.space.encode(archs)
+        padded = np.concatenate([np.maximum(codes, 0), np.zeros((len(codes), 1), dtype=np.int64)], 1)  # last column: padding
+        g = self._gather
+        depth = g["depths"][np.arange(len(g["depth"])), padded[:, g["depth"]]]  # the values, not their indices
+        return Encoded(padded[:, g["embed_dim"]], depth, padded[:, g["num_heads"]], padded[:, g["mlp_ratio"]], codes)
 
     # --- prediction -------------------------------------------------------------------------------
 
@@ -133,3 +126,17 @@ class MetricModel:
             assert self.table is not None
             best = [self.table.scale * v + self.table.bias for v in best]
         return float(best[0]), float(best[1])
+
+
+def _columns(space: SearchSpace, max_depth: int) -> dict[str, np.ndarray]:
+    """Where `Encoded`'s arrays come from in the space's encoding: the columns of the embed dim and
+    depth per stage [S], of heads and MLP ratio per stage and layer position [S, max depth] (a
+    position past a stage's largest depth reads the padding column), and each stage's depth values."""
+    column = {(d.stage, d.kind, d.layer): i for i, d in enumerate(space.decisions())}
+    pad, stages = len(column), range(len(space.stages))
+    out = {kind: np.array([column[(si, kind, -1)] for si in stages]) for kind in ("embed_dim", "depth")}
+    for kind in ("num_heads", "mlp_ratio"):
+        out[kind] = np.array([[column.get((si, kind, li), pad) for li in range(max_depth)] for si in stages])
+    width = max(len(s.depths) for s in space.stages)
+    out["depths"] = np.array([list(s.depths) + [0] * (width - len(s.depths)) for s in space.stages])  # [S, choice]
+    return out

@@ -1,7 +1,8 @@
 """One search run, end to end, in two steps (DESIGN.md section 3): `resolve_search` turns the user's
 `SearchRequest` (names and paths) into a `SearchJob` (objects: space, metric model and table, score,
-sampler proposals, run directory), checking everything; `run_search` evolves and writes the run
-directory. `deployvit search` parses, resolves, runs and prints.
+the search method's inputs, run directory), checking everything; `run_search` runs the method
+(`deployvit.search.METHODS`) and writes the run directory. `deployvit search` parses, resolves, runs
+and prints.
 
 Every check happens in the resolve step, before the run directory is created, so bad input leaves
 nothing behind; `best.arch.json` is written last, so a directory without it is visibly unfinished
@@ -13,19 +14,19 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from deployvit import io
 from deployvit.errors import DeployvitError
-from deployvit.search import SCORES
+from deployvit.search import METHODS, SCORE_ALIASES, SCORES, ScoreInputs
 from deployvit.search.budgets import METRICS, Constraints, budget_label
 from deployvit.units import format_amount
-from deployvit.search.evolution import Candidate, Evolution, EvolutionConfig
 from deployvit.search.pareto import pareto_front, plot_pareto, write_pareto
 from deployvit.search.predictor import MetricModel
-from deployvit.search.scores import DSSScore, Score
+from deployvit.search.scores import Score
+from deployvit.search.searcher import Candidate, SearchConfig, Searcher, make_searcher
 from deployvit.spaces import SearchSpace, get_space, reference_archs
 
 if TYPE_CHECKING:
@@ -41,11 +42,11 @@ class SearchRequest:
     runtime: str | None = None
     precision: str | None = None
     batch_size: int | None = None
-    score: str = "dss"
+    # a key of SCORES (or of SCORE_ALIASES); None: the method's own (METHODS[config.method].score)
+    score: str | None = None
     supernet: str | None = None
     data: str | None = None
-    sampler_k: int = 64
-    config: EvolutionConfig = field(default_factory=EvolutionConfig)
+    config: SearchConfig = field(default_factory=SearchConfig)  # the method (config.method) and its settings
     out: str | None = None
     resume: bool = False
     measure_top: int = 0
@@ -100,38 +101,53 @@ def _larger_space_hint(name: str) -> str:
     return "a larger space, "
 
 
-def resolve_space(request: SearchRequest) -> tuple[SearchSpace, tuple | None]:
-    """The search space, and (supernet, meta) when the score needs one. With a supernet the space is
-    the one it was trained on (the preset of that name, possibly with another class count or size)."""
-    if request.score not in SCORES:
-        raise DeployvitError(f"unknown score {request.score!r} (choose from {', '.join(SCORES)})")
+def method_and_score(request: SearchRequest) -> tuple[str, str, str | None]:
+    """The search method and the score a request names: an alias (`SCORE_ALIASES`: `--score sampler`)
+    resolved, a missing score filled with the method's own; and a note when an alias was used. An
+    alias that names another method than the one asked for is refused (the default method yields)."""
+    method, score = request.config.method, request.score
+    if score in SCORE_ALIASES:
+        alias_method, alias_score = SCORE_ALIASES[score]
+        if method not in (alias_method, SearchConfig.method):
+            raise DeployvitError(f"--score {score} means --method {alias_method} --score {alias_score}; it cannot be combined with --method {method}")
+        return alias_method, alias_score, f"--score {score} is the former spelling of --method {alias_method} --score {alias_score}"
+    score = score or METHODS[method].score
+    SCORES[score]  # an unknown score: one line naming the registered ones
+    return method, score, None
+
+
+def resolve_space(request: SearchRequest, method: str, score: str) -> tuple[SearchSpace, tuple | None]:
+    """The search space, and (supernet, meta) when the score or the method needs a trained supernet.
+    With a supernet the space is the one it was trained on (the preset of that name, possibly with
+    another class count or size)."""
     space = get_space(request.space)
-    if request.score == "dss":
+    needs = [f"--score {score}"] * SCORES[score].needs_supernet + [f"--method {method}"] * METHODS[method].needs_supernet
+    if not needs:
         return space, None
     from deployvit.search.supernet_score import load_supernet_for_search
 
     if request.supernet is None:
-        raise DeployvitError(f"--score {request.score} needs --supernet CHECKPOINT and --data DIR")
+        data = " and --data DIR" if SCORES[score].needs_data else ""
+        raise DeployvitError(f"{' and '.join(needs)} need{'s' * (len(needs) == 1)} --supernet CHECKPOINT{data} (a supernet trained by train-supernet"
+                             + (", --sampler focus)" if METHODS[method].needs_supernet else ")"))
     supernet, meta = load_supernet_for_search(request.supernet, space.name)
     return supernet.space, (supernet, meta)
 
 
 def make_score(space: SearchSpace, seed: int, score_device: str | None, trained: tuple | None = None,
-               data: str | None = None, checkpoint: str | None = None) -> Score:
-    """The score on `score_device` (auto: None, cpu, cuda, cuda:N): DSS, or with `trained` (supernet,
-    meta) the supernet's held-out accuracy on `data`. Under torchrun (WORLD_SIZE > 1) it joins the
-    process group and each batch of candidates is shared out over the ranks (`search.distributed`)."""
+               data: str | None = None, checkpoint: str | None = None, name: str = "dss") -> Score:
+    """The score `name` (`deployvit.search.SCORES`) on `score_device` (auto: None, cpu, cuda, cuda:N);
+    `trained` is (supernet, meta) for a score that needs one, with the `data` it was trained on. Under
+    torchrun (WORLD_SIZE > 1) it joins the process group and each batch of candidates is shared out
+    over the ranks (`search.distributed`)."""
     from deployvit.compute import compute_device
     from deployvit.search.distributed import ShardedScore, join_torchrun, local_rank
 
+    factory = SCORES[name].load()
     device = compute_device(score_device, local_rank())
     ranks = join_torchrun(device)
-    if trained is None:
-        score = DSSScore(space, seed=seed, device=device)
-    else:
-        from deployvit.search.supernet_score import supernet_accuracy
-
-        score = supernet_accuracy(data, checkpoint, *trained, device=device)
+    supernet, meta = trained or (None, None)
+    score = factory(ScoreInputs(space, device, seed, supernet, meta, checkpoint, data))
     return ShardedScore(score, ranks) if ranks.distributed else score
 
 
@@ -166,14 +182,14 @@ def _append_log(path: Path, entry: dict) -> None:
 @dataclass
 class SearchJob:
     """A search ready to run (`resolve_search`): every name and path of a `SearchRequest` is an object
-    here (space, metric model with its latency table, score, sampler proposals), so the engine never
+    here (space, metric model with its latency table, score, the method's inputs), so the engine never
     parses or opens anything the user named, and a bad name fails before anything is written."""
 
     space: SearchSpace
     model: MetricModel  # params, FLOPs and, with a table, latency
     constraints: Constraints
     score: Score
-    config: EvolutionConfig
+    config: SearchConfig  # config.method: the searcher
     run_dir: Path
     resume: bool = False
     table: "LatencyTable | None" = None
@@ -181,21 +197,26 @@ class SearchJob:
     notes: list[str] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # content hashes a resume is checked against
     measure_top: int = 0
-    proposals: Callable[[float, int, Callable], list] | None = None  # --score sampler: (budget position, seed, accept) -> archs
+    inputs: dict = field(default_factory=dict)  # what the method loaded besides the above (focus: its sampler policy)
     record: dict = field(default_factory=dict)  # the request as given, for log.jsonl
     main: bool = True  # rank 0 (or no torchrun): prints and writes
 
 
 def resolve_search(request: SearchRequest, echo: Callable[[str], None] = print) -> SearchJob:
-    """Every check and every lookup of a search, before its run directory exists: the space (and
-    supernet), the latency table (`deployvit.latency.resolve`), the budgets against the space, the
-    sampler, the run directory, the score. Prints which table was chosen and the budget notes."""
+    """Every check and every lookup of a search, before its run directory exists: the method and
+    score, the space (and supernet), the latency table (`deployvit.latency.resolve`), the budgets
+    against the space, the run directory, the method's inputs, the score. Prints which table was
+    chosen and the notes."""
     from deployvit.search.distributed import is_main_process
 
     main = is_main_process()
     if not main:
         echo = lambda *_: None  # noqa: E731
-    space, trained = resolve_space(request)
+    method, score_name, alias = method_and_score(request)
+    if alias:
+        echo(f"note: {alias}")
+    config = replace(request.config, method=method)
+    space, trained = resolve_space(request, method, score_name)
     resolved = resolve_latency_table(request, space)
     table = resolved.table if resolved else None
     table_line = "\n".join([resolved.line()] + [f"warning: {w}" for w in resolved.warnings]) if resolved else None
@@ -210,26 +231,26 @@ def resolve_search(request: SearchRequest, echo: Callable[[str], None] = print) 
 
         table_settings(table.metadata)
     run_dir = _run_dir(request, space)
-    proposals = _sampler_proposals(request, space) if request.score == "sampler" else None
-    score = make_score(space, request.config.seed, request.score_device, trained, request.data, request.supernet)
-    return SearchJob(space, model, request.constraints, score, request.config, run_dir, request.resume, table, table_line,
-                     notes, _sources(request, table), request.measure_top, proposals, _request_dict(request), main)
+    inputs = METHODS[method].load().inputs(request.supernet, space)
+    score = make_score(space, config.seed, request.score_device, trained, request.data, request.supernet, score_name)
+    return SearchJob(space, model, request.constraints, score, config, run_dir, request.resume, table, table_line,
+                     notes, _sources(request, table), request.measure_top, inputs, _request_dict(request), main)
 
 
 def run_search(job: SearchJob, echo: Callable[[str], None] = print, progress: bool = True) -> SearchResult:
-    """Evolve (or specialise the sampler), optionally time the top candidates, write the run
-    directory. Under torchrun every rank searches; only rank 0 prints and writes."""
+    """Run the search method, optionally time the top candidates, write the run directory. Under
+    torchrun every rank searches; only rank 0 prints and writes."""
     if job.main:
         _make_dir(job.run_dir)
     else:
         echo, progress = (lambda *_: None), False
-    evolution, winners_by_budget = _evolve(job, progress)
+    searcher, winners_by_budget = _search(job, progress)
     measured = {}
     if job.measure_top:
         from deployvit.search.measure import measure_top
 
-        winners_by_budget, measured = measure_top(evolution, job.table, job.measure_top, echo)
-    result = _finish(job, evolution, winners_by_budget, measured, echo)
+        winners_by_budget, measured = measure_top(searcher, job.table, job.measure_top, echo)
+    result = _finish(job, searcher, winners_by_budget, measured, echo)
     result.table, result.notes = job.table_line, job.notes
     return result
 
@@ -251,46 +272,44 @@ def _make_dir(run_dir: Path) -> None:
         raise DeployvitError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
 
 
-def _evolve(job: SearchJob, progress: bool):
-    """(the evolution, its winner per budget): AutoFormer's loop, or the sampler's proposals."""
+def _search(job: SearchJob, progress: bool) -> tuple[Searcher, dict]:
+    """(the searcher, its winner per budget), logging each completed step (a generation; a budget for
+    focus) to log.jsonl."""
     log_path = job.run_dir / "log.jsonl"
     bar = None
-    if progress and job.proposals is None:  # the sampler proposes archs once: no generations to count
-        from tqdm import tqdm
 
-        bar = tqdm(total=job.config.generations + 1, desc=f"search {job.space.name}", unit="gen", leave=False)
-
-    def on_generation(generation: int, evo: Evolution) -> None:
-        best = {budget_label(b): (c[0].score if c else None) for b, c in ((b, evo.best(b)) for b in job.constraints.budgets())}
+    def on_step(step: int, searcher: Searcher) -> None:
+        best = {budget_label(b): (c[0].score if c else None) for b, c in ((b, searcher.best(b)) for b in job.constraints.budgets())}
         if job.main:
-            _append_log(log_path, {"generation": generation, "evaluated": len(evo.state.evaluated), "best_score": best,
-                                   "stale_generations": evo.state.stale})
+            _append_log(log_path, {"generation": step, "evaluated": len(searcher.state.evaluated), "best_score": best,
+                                   "stale_generations": searcher.state.stale})
         if bar is not None:
-            bar.n = generation + 1
+            bar.n = step + 1
             bar.refresh()
 
-    evolution = Evolution(job.space, job.model, job.constraints, job.score, job.config, job.run_dir / "search_state.json",
-                          on_generation, job.sources, write_state=job.main)
-    if job.resume:
-        evolution.resume()
-        if bar is not None:
-            bar.n = evolution.state.generation + 1
-    winners = _specialise(job, evolution) if job.proposals is not None else evolution.run()
+    searcher = make_searcher(job.space, job.model, job.constraints, job.score, job.config, job.run_dir / "search_state.json",
+                             on_step, job.sources, write_state=job.main, **job.inputs)
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=searcher.steps, desc=f"search {job.space.name} ({searcher.name})", unit="step", leave=False)
+    winners = searcher.search(resume=job.resume)
     if bar is not None:
         bar.close()
-    return evolution, winners
+    return searcher, winners
 
 
-def _finish(job: SearchJob, evolution, winners_by_budget, measured, echo) -> SearchResult:
+def _finish(job: SearchJob, searcher, winners_by_budget, measured, echo) -> SearchResult:
     """Say how the search ended, log its summary, write the outputs, and name unmet budgets."""
     log_path = job.run_dir / "log.jsonl"
     score, config = job.score, job.config
-    evaluated = list(evolution.state.evaluated.values())
+    evaluated = list(searcher.state.evaluated.values())
     winners = {budget_label(b): c for b, c in winners_by_budget.items() if c is not None}
-    sample, over = _size_sample(evolution, evaluated)
+    sample, over = _size_sample(searcher, evaluated)
     summary = {**_correlations(sample, score.name), "kendall_tau_over": over}
-    if evolution.converged and evolution.state.generation < config.generations:
-        echo(f"stopped after generation {evolution.state.generation}: no better feasible arch for {config.patience} generations (--patience)")
+    stopped = searcher.stopped_early()
+    if stopped:
+        echo(stopped)
     provenance = latency_provenance(job.table)
     speed = score.throughput() if hasattr(score, "throughput") else None
     if speed and speed.get("archs_per_s"):
@@ -298,22 +317,22 @@ def _finish(job: SearchJob, evolution, winners_by_budget, measured, echo) -> Sea
     if job.main:
         _append_log(log_path, {"final": True, "winners": {k: c.to_dict() for k, c in winners.items()}, **summary, "measured": measured,
                                "held_out_images": len(getattr(score, "held_out_ids", [])) or None,
-                               "stopped_at_generation": evolution.state.generation, "latency": provenance,
-                               "score_throughput": speed, "request": job.record})
-    _write_outputs(job, evolution, evaluated, winners, provenance)
+                               "stopped_at_generation": searcher.state.generation, "latency": provenance,
+                               "score_throughput": speed, "method": config.method, "score": score.name, "request": job.record})
+    _write_outputs(job, searcher, evaluated, winners, provenance)
     if hasattr(score, "close"):
         score.close()
     result = SearchResult(job.run_dir, winners, None, [], measured, correlations=summary, evaluated=len(evaluated),
                           correlated_over=over, is_main=job.main)
     unmet = [budget_label(b) for b, c in winners_by_budget.items() if c is None]
     if unmet:
-        how = "timed on this machine" if job.measure_top else ("drawn from the sampler" if job.proposals is not None else "searched")
+        how = "timed on this machine" if job.measure_top else searcher.ended_how
         result.failure = f"no candidate met budget {', '.join(unmet)} when {how} (see {log_path})"
     return result
 
 
 def _sources(request: SearchRequest, table) -> dict[str, str]:
-    """What the run's predictions and scores come from, for `Evolution.resume` to compare: the
+    """What the run's predictions and scores come from, for `Searcher.resume` to compare: the
     latency table's and the supernet checkpoint's content hashes, and the data directory."""
     sources = {}
     if table is not None and table.path is not None:
@@ -327,44 +346,12 @@ def _sources(request: SearchRequest, table) -> dict[str, str]:
     return sources
 
 
-def _sampler_proposals(request: SearchRequest, space: SearchSpace) -> Callable[[float, int, Callable], list]:
-    """FocusFormer specialisation, step one: `sampler_k` distinct archs that `accept` admits, from
-    the sampler trained with the supernet checkpoint, for a normalised budget and a seed."""
-    from deployvit.search.supernet_score import load_sampler_for_search
-
-    policy = load_sampler_for_search(request.supernet, space)
-    return lambda position, seed, accept: policy.propose(position, request.sampler_k, seed, accept=accept)
-
-
-def _specialise(job: SearchJob, evolution: Evolution) -> dict:
-    """FocusFormer deployment: per budget, k distinct archs from the trained sampler that meet every
-    constraint, scored on the supernet, best wins (no evolution). The sampler is conditioned on a
-    normalised FLOPs budget; a latency budget is mapped to the same position in the space's latency
-    range (the two are monotone-related within a space; feasibility is still checked on latency)."""
-    model, constraints = evolution.model, evolution.constraints
-    winners = {}
-    for i, budget in enumerate(constraints.budgets()):
-        metric, target = ("latency", budget) if budget is not None else ("flops", constraints.upper("flops"))
-        lo, hi = model.range(metric)
-        position = 1.0 if target is None else min(max((target - lo) / max(hi - lo, 1e-12), 0.0), 1.0)
-        metrics: dict[str, dict] = {}
-
-        def fresh(arch, budget=budget) -> bool:  # a new arch within every constraint; its metrics kept for scoring
-            metrics[arch.key] = evolution.metrics(arch)
-            return arch.key not in evolution.state.evaluated and evolution.feasible(metrics[arch.key], budget)
-
-        evolution.evaluate({a.key: (a, metrics[a.key]) for a in job.proposals(position, job.config.seed + i, fresh)})
-        winners[budget] = next(iter(evolution.best(budget)), None)
-    evolution.checkpoint(0)  # the run directory holds its state like any other search (DESIGN.md section 3)
-    return winners
-
-
-def _size_sample(evolution: Evolution, evaluated: list[Candidate]) -> tuple[list[Candidate], str]:
+def _size_sample(searcher: Searcher, evaluated: list[Candidate]) -> tuple[list[Candidate], str]:
     """The archs to correlate score with size over, and their description: the random initial
     population when there is one. Evolution's later picks are the high scorers, bunched at the top of
     the size range, and over them the tau understates how much the score follows size (`search
     --latency 5ms`: 0.47 with params over all 310 it evaluated, 0.73 over its first 50)."""
-    initial = evolution.state.initial
+    initial = searcher.state.initial
     if 3 <= initial <= len(evaluated):
         return evaluated[:initial], f"the {initial} archs of the random initial population"
     return evaluated, f"{len(evaluated)} evaluated archs"
@@ -391,14 +378,14 @@ def _request_dict(request: SearchRequest) -> dict:
     return data
 
 
-def _write_outputs(job: SearchJob, evolution, evaluated, winners, provenance) -> None:
+def _write_outputs(job: SearchJob, searcher, evaluated, winners, provenance) -> None:
     """Rank 0 writes; every rank scores the reference archs (a collective under torchrun)."""
     model, run_dir = job.model, job.run_dir
     cost = "latency" if "latency" in model.metrics else "flops"
     front = pareto_front(evaluated, cost)
     baselines = {}
     for name, arch in reference_archs(job.space).items():
-        baselines[name] = (arch, evolution.score_of(arch), model.metrics_of(arch))
+        baselines[name] = (arch, searcher.score_of(arch), model.metrics_of(arch))
     if not job.main:
         return
     write_pareto(run_dir, front, provenance)

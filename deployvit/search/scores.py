@@ -16,13 +16,16 @@ import copy
 import queue
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from deployvit.arch import Arch
 from deployvit.spaces import SearchSpace
 from deployvit.supernet import Supernet
+
+if TYPE_CHECKING:
+    from deployvit.search import ScoreInputs
 
 
 class Score(Protocol):
@@ -160,6 +163,11 @@ def _intra_op_threads(n: int):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def dss_score(inputs: "ScoreInputs") -> DSSScore:
+    """The `dss` score (`deployvit.search.SCORES`): DSS on the search's seed and device."""
+    return DSSScore(inputs.space, seed=inputs.seed, device=inputs.device)
 
 
 def score_batch(score: Score, archs: list[Arch]) -> list[float]:

@@ -1,5 +1,5 @@
-"""Scores that need a trained supernet: inherited-weight accuracy on the held-out split, and the
-FocusFormer-style sampler's specialisation (whose proposals are scored the same way).
+"""Scores that need a trained supernet: inherited-weight accuracy on the held-out split (the
+`supernet` score, with which FocusFormer specialisation, `--method focus`, scores its proposals).
 
 The held-out images are the ones `train-supernet` carved from the training data and recorded by id
 in the checkpoint (never the validation split users report on). They are streamed in batches, not
@@ -17,14 +17,16 @@ from __future__ import annotations
 import os
 import time
 from contextlib import nullcontext
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
 from deployvit.arch import Arch
 from deployvit.errors import DeployvitError
-from deployvit.spaces import SearchSpace
 from deployvit.supernet import Supernet
+
+if TYPE_CHECKING:
+    from deployvit.search import ScoreInputs
 
 CPU = torch.device("cpu")
 DEFAULT_CACHE_BYTES = 2 << 30
@@ -162,17 +164,22 @@ def load_supernet_for_search(path: str, space_name: str) -> tuple[Supernet, dict
     return supernet, meta
 
 
+def supernet_score(inputs: "ScoreInputs") -> SupernetAccuracy:
+    """The `supernet` score (`deployvit.search.SCORES`): the loaded supernet's held-out accuracy."""
+    return supernet_accuracy(inputs.data, inputs.checkpoint, inputs.supernet, inputs.meta or {}, device=inputs.device)
+
+
 def supernet_accuracy(data: str | None, checkpoint: str, supernet: Supernet, meta: dict, device: torch.device = CPU,
                       **options) -> SupernetAccuracy:
-    """The `supernet` (and `sampler`) score on the held-out images of `data` that the supernet
-    `checkpoint` recorded, computed on `device`; `options` go to `SupernetAccuracy` (batch_size,
-    workers, amp, cache_bytes)."""
+    """The `supernet` score on the held-out images of `data` that the supernet `checkpoint`
+    recorded, computed on `device`; `options` go to `SupernetAccuracy` (batch_size, workers, amp,
+    cache_bytes)."""
     from deployvit.train.augment import get_aug
     from deployvit.train.data import held_out_from_ids, open_data
     from deployvit.train.setup import eval_dataset, transforms_for
 
     if data is None:
-        raise DeployvitError("--score supernet/sampler needs --data (the data the supernet was trained on)")
+        raise DeployvitError("--score supernet needs --data (the data the supernet was trained on)")
     source = open_data(data)
     ids = meta.get("held_out", {}).get("ids") or []
     if not ids:
@@ -185,12 +192,3 @@ def supernet_accuracy(data: str | None, checkpoint: str, supernet: Supernet, met
     score.held_out_ids = list(held.held_out_ids)
     return score
 
-
-def load_sampler_for_search(checkpoint: str, space: SearchSpace):
-    """The FocusFormer-style policy trained with the supernet `checkpoint`, checked against `space`."""
-    from deployvit.train.focus import load_sampler
-
-    policy = load_sampler(checkpoint)
-    if policy.space.hash() != space.hash():
-        raise DeployvitError(f"the sampler in {checkpoint} was trained on another space than {space.name!r}")
-    return policy

@@ -6,10 +6,11 @@ only the one this model ranks highest (predictor-guided evolution, as in BRP-NAS
 model never stands in for a score: parents, winners and everything written are real scores; a poor
 fit only wastes evaluations, it cannot put a wrong number in a result.
 
-The model is ridge regression on one-hot arch choices: per stage the embed width and depth, per
-layer position whether it is active, its head count and MLP ratio, each layer feature also crossed
-with its stage's width. On autoformer-tiny DSS this ranks held-out archs with Kendall tau ~0.9 from
-200 scored archs (layer terms are nearly additive once the width is fixed). It is deterministic:
+The model is ridge regression on one-hot arch choices (`SearchSpace.decisions()`): per stage its own
+choices (embed width, depth), per layer position whether it is active and its choices (head count,
+MLP ratio), each layer feature also crossed with its stage's choices other than depth (the width).
+On autoformer-tiny DSS this ranks held-out archs with Kendall tau ~0.9 from 200 scored archs (layer
+terms are nearly additive once the width is fixed). It is deterministic:
 the same scored archs in the same order give the same ranking on every rank and after a resume.
 """
 
@@ -26,18 +27,25 @@ RIDGE = 1.0  # on standardised scores
 
 
 def features(model: MetricModel, enc: Encoded) -> np.ndarray:
-    """[n, f] design matrix of encoded archs (see the module docstring); column 0 is the intercept."""
-    n = len(enc)
+    """[n, f] design matrix of encoded archs (see the module docstring); column 0 is the intercept.
+    Each choice is one-hot without its first value (the intercept and the active flag stand for it)."""
+    n, codes = len(enc), enc.codes
     columns = [np.ones((n, 1))]
-    for si, stage in enumerate(model.space.stages):
-        width = np.eye(len(stage.embed_dims))[enc.embed[:, si]]  # [n, E]
-        columns += [width[:, 1:], (enc.depth[:, si, None] == np.array(stage.depths)[None, 1:]).astype(float)]
-        for li in range(stage.max_depth):
+    decisions = model.space.decisions()
+
+    def one_hot(col: int) -> np.ndarray:  # [n, choices - 1]; a missing layer's -1 reads as the first value
+        return np.eye(len(decisions[col].choices))[np.maximum(codes[:, col], 0)][:, 1:]
+
+    for si in range(len(model.space.stages)):
+        own = [i for i, d in enumerate(decisions) if d.stage == si and d.layer < 0]
+        columns += [one_hot(i) for i in own]
+        cross = np.concatenate([np.zeros((n, 0))] + [one_hot(i) for i in own if decisions[i].kind != "depth"], 1)
+        positions = sorted({d.layer for d in decisions if d.stage == si and d.layer >= 0})
+        for li in positions:
             active = (enc.depth[:, si] > li).astype(float)[:, None]
-            heads = np.eye(len(stage.num_heads))[enc.heads[:, si, li]][:, 1:]
-            ratio = np.eye(len(stage.mlp_ratios))[enc.ratio[:, si, li]][:, 1:]
-            layer = active * np.concatenate([np.ones((n, 1)), heads, ratio], 1)
-            columns += [layer, (layer[:, :, None] * width[:, None, 1:]).reshape(n, -1)]
+            choices = [one_hot(i) for i, d in enumerate(decisions) if d.stage == si and d.layer == li]
+            layer = active * np.concatenate([np.ones((n, 1)), *choices], 1)
+            columns += [layer, (layer[:, :, None] * cross[:, None, :]).reshape(n, -1)]
     return np.concatenate(columns, 1)
 
 

@@ -5,8 +5,8 @@ paper's code is not public, so this is not a reproduction.
 
 Resource: analytic FLOPs (`count_flops`). A budget is normalised to b in [0, 1], its position between
 the space's smallest and largest arch. The policy maps b, through a few Gaussian bumps over [0, 1],
-to independent logits for every decision (per stage: embed dim, depth, and per layer heads and MLP
-ratio), so each region of budgets learns its own distribution. A layer's decisions count in the
+to independent logits for every decision of the space (`SearchSpace.decisions()`: per stage embed
+dim, depth, and per layer heads and MLP ratio), so each region of budgets learns its own distribution. A layer's decisions count in the
 log-probability only when the layer exists (depth), so equal archs have one probability. Policies
 saved before the bumps (an MLP of b) are refused with one line.
 
@@ -40,30 +40,11 @@ import torch
 from torch import nn
 
 from deployvit import io
-from deployvit.arch import Arch, Layer, Stage
+from deployvit.arch import Arch
 from deployvit.counting import count_flops
 from deployvit.errors import DeployvitError
 from deployvit.spaces import SearchSpace, space_from_dict
 from deployvit.train.sampler_base import ArchSampler, Score, StepPlan
-
-
-@dataclass(frozen=True)
-class Decision:
-    stage: int
-    kind: str  # "embed_dim" | "depth" | "num_heads" | "mlp_ratio"
-    layer: int  # -1 for stage-level decisions
-    choices: tuple
-
-
-def decisions(space: SearchSpace) -> list[Decision]:
-    out = []
-    for si, s in enumerate(space.stages):
-        out.append(Decision(si, "embed_dim", -1, tuple(s.embed_dims)))
-        out.append(Decision(si, "depth", -1, tuple(s.depths)))
-        for li in range(s.max_depth):
-            out.append(Decision(si, "num_heads", li, tuple(s.num_heads)))
-            out.append(Decision(si, "mlp_ratio", li, tuple(s.mlp_ratios)))
-    return out
 
 
 class FocusPolicy(nn.Module):
@@ -80,7 +61,7 @@ class FocusPolicy(nn.Module):
         if centers < 1:
             raise DeployvitError(f"the focus policy needs at least one budget centre, got {centers}")
         self.space, self.centers = space, centers
-        self.decisions = decisions(space)
+        self.decisions = space.decisions()  # one logit group each, in this order (a saved policy's layout)
         self.sizes = [len(d.choices) for d in self.decisions]
         self.register_buffer("mu", torch.linspace(0.0, 1.0, centers), persistent=False)
         self.width = 1.0 / max(centers - 1, 1)
@@ -111,15 +92,12 @@ class FocusPolicy(nn.Module):
         return list(self.out(bumps / bumps.sum(-1, keepdim=True)).split(self.sizes, dim=-1))
 
     def _decode(self, picks: Sequence[int]) -> tuple[Arch, list[bool]]:
-        """Arch of one choice per decision, and which decisions it actually uses."""
-        chosen = {(d.stage, d.kind, d.layer): d.choices[p] for d, p in zip(self.decisions, picks)}
-        stages = []
-        for si, s in enumerate(self.space.stages):
-            depth = chosen[(si, "depth", -1)]
-            layers = tuple(Layer(chosen[(si, "num_heads", li)], chosen[(si, "mlp_ratio", li)]) for li in range(depth))
-            stages.append(Stage(chosen[(si, "embed_dim", -1)], s.head_dim, layers))
-        used = [d.layer < chosen[(d.stage, "depth", -1)] for d in self.decisions]
-        return self.space.make_arch(stages), used
+        """Arch of one choice per decision, and which decisions it actually uses (a layer's only
+        when the arch has that layer)."""
+        chosen = {d: d.choices[p] for d, p in zip(self.decisions, picks)}
+        arch = self.space.compose(chosen.__getitem__)
+        used = [d.layer < arch.stages[d.stage].depth for d in self.decisions]
+        return arch, used
 
     def sample(self, b: float, generator: torch.Generator) -> tuple[Arch, torch.Tensor, torch.Tensor]:
         """One arch for budget b with its log-probability and entropy (differentiable)."""
@@ -198,6 +176,11 @@ class FocusArchSampler(ArchSampler):
         self.policy = FocusPolicy(space, self.opts.centers)
         torch.random.set_rng_state(torch_state)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.opts.lr)
+
+    @classmethod
+    def from_options(cls, space: SearchSpace, seed: int, total_steps: int, options: dict) -> "FocusArchSampler":
+        """Reads the `focus_*` options that are set (None: this sampler's default)."""
+        return cls(space, seed, total_steps, **{k: v for k, v in options.items() if k.startswith("focus_") and v is not None})
 
     def _budget(self, rng: np.random.Generator) -> float:
         if self.opts.budgets:
@@ -336,7 +319,7 @@ def _load_policy(policy: FocusPolicy, weights: dict, where: str) -> None:
 
 
 def load_sampler(path: str | os.PathLike) -> FocusPolicy:
-    """The trained FocusFormer-style policy of a supernet checkpoint (`search --score sampler`)."""
+    """The trained FocusFormer-style policy of a supernet checkpoint (`search --method focus`)."""
     from deployvit.train.checkpoint import read_checkpoint
 
     state = read_checkpoint(path)

@@ -1,6 +1,8 @@
-"""What every subnet sampler is (`deployvit.train.samplers` holds the samplers and their factory):
-the plan of one step and the base class, in a module of their own so that the samplers' factory
-and the FocusFormer sampler can both build on it without importing each other."""
+"""What every subnet sampler is: the plan of one step, the base class and the registry (`SAMPLERS`,
+read by `train-supernet --sampler`'s choices and help and by `samplers.make_sampler`), in a module of
+their own so that the samplers (`deployvit.train.samplers`) and the FocusFormer sampler
+(`deployvit.train.focus`) can both build on it without importing each other. A new sampler: an
+`ArchSampler` subclass in its module (`from_options` if it has settings) plus one record in `SAMPLERS`."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 
 from deployvit.arch import Arch
 from deployvit.errors import DeployvitError
+from deployvit.registry import Entry, Registry
 from deployvit.spaces import SearchSpace
 
 
@@ -34,6 +37,12 @@ class ArchSampler:
     def __init__(self, space: SearchSpace, seed: int):
         self.space, self.seed = space, seed
 
+    @classmethod
+    def from_options(cls, space: SearchSpace, seed: int, total_steps: int, options: dict[str, Any]) -> "ArchSampler":
+        """The sampler for a run of `total_steps` steps, with the settings it reads from `options`
+        (every sampler's flags: each ignores the others')."""
+        return cls(space, seed)
+
     def rng(self, step: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, step, 0x5A])
 
@@ -50,3 +59,14 @@ class ArchSampler:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("name") != self.name:
             raise DeployvitError(f"checkpoint was trained with sampler {state.get('name')!r}, not {self.name!r}")
+
+
+SAMPLERS: Registry[Entry] = Registry("sampler", [
+    Entry("uniform", "deployvit.train.samplers:UniformSampler", "one uniformly random subnet per step (AutoFormer)"),
+    Entry("sandwich", "deployvit.train.samplers:SandwichSampler",
+          "the largest, the smallest and --sandwich-random random subnets per step (BigNAS)"),
+    Entry("multi-arch", "deployvit.train.samplers:MultiArchSampler",
+          "--groups subnets per batch, widths unlocked largest first over --unlock-epochs (ViT-ResNAS)"),
+    Entry("focus", "deployvit.train.focus:FocusArchSampler",
+          "a budget-conditioned sampler learnt alongside the supernet (FocusFormer; search --method focus draws from it)"),
+])

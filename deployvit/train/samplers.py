@@ -1,4 +1,5 @@
-"""Which subnets a supernet training step trains (`--sampler`).
+"""Which subnets a supernet training step trains (`--sampler`; the registry is
+`sampler_base.SAMPLERS`).
 
 Every sampler draws from `numpy.random.default_rng([seed, step])`: a pure function of the shared seed
 and the global step, so all ranks train the same subnets without communicating, and a resumed run
@@ -17,13 +18,11 @@ draws exactly what the uninterrupted run would have drawn.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-
+from dataclasses import dataclass
 
 from deployvit.errors import DeployvitError
-from deployvit.spaces import SearchSpace
-from deployvit.train.focus import FocusArchSampler
-from deployvit.train.sampler_base import ArchSampler, StepPlan
+from deployvit.spaces import Axis, SearchSpace
+from deployvit.train.sampler_base import SAMPLERS, ArchSampler, StepPlan
 
 MIN_GROUP = 16  # ViT-ResNAS: each subnet needs enough images for a meaningful gradient
 
@@ -53,6 +52,10 @@ class SandwichSampler(ArchSampler):
             raise DeployvitError(f"--sandwich-random must be >= 0, got {num_random}")
         self.num_random = num_random
 
+    @classmethod
+    def from_options(cls, space: SearchSpace, seed: int, total_steps: int, options: dict) -> "SandwichSampler":
+        return cls(space, seed, options.get("sandwich_random", SamplerOptions.sandwich_random))
+
     def plan(self, step: int, epoch: int, batch_size: int) -> StepPlan:
         rng = self.rng(step)
         randoms = tuple(self.space.sample(rng) for _ in range(self.num_random))
@@ -60,18 +63,14 @@ class SandwichSampler(ArchSampler):
 
 
 def unlocked_space(space: SearchSpace, fraction: float) -> SearchSpace:
-    """The space with only the largest ceil(fraction * K) of each width choice (embed dim, heads, MLP
-    ratio) per stage; depths untouched. fraction 1 is the whole space."""
+    """The space with only the largest ceil(fraction * K) of each width choice (every axis but depth:
+    embed dim, heads, MLP ratio) per stage; depths untouched. fraction 1 is the whole space."""
 
-    def top(values: tuple) -> tuple:
-        k = max(1, math.ceil(fraction * len(values)))
+    def top(stage: int, axis: Axis, values: tuple) -> tuple:
+        k = len(values) if axis.name == "depth" else max(1, math.ceil(fraction * len(values)))
         return tuple(sorted(values)[-k:])
 
-    stages = tuple(
-        replace(s, embed_dims=top(s.embed_dims), num_heads=top(s.num_heads), mlp_ratios=top(s.mlp_ratios))
-        for s in space.stages
-    )
-    return replace(space, stages=stages)
+    return space.with_choices(top)
 
 
 class MultiArchSampler(ArchSampler):
@@ -84,6 +83,10 @@ class MultiArchSampler(ArchSampler):
             raise DeployvitError(f"--groups must be >= 1 and --unlock-epochs >= 0 (got {groups}, {unlock_epochs})")
         self.groups, self.unlock_epochs = groups, unlock_epochs
 
+    @classmethod
+    def from_options(cls, space: SearchSpace, seed: int, total_steps: int, options: dict) -> "MultiArchSampler":
+        return cls(space, seed, options.get("groups", SamplerOptions.groups), options.get("unlock_epochs", SamplerOptions.unlock_epochs))
+
     def space_at(self, epoch: int) -> SearchSpace:
         if epoch >= self.unlock_epochs:
             return self.space
@@ -95,20 +98,7 @@ class MultiArchSampler(ArchSampler):
         return StepPlan(tuple(space.sample(rng) for _ in range(groups)), split=True)
 
 
-SAMPLERS = ("uniform", "sandwich", "multi-arch", "focus")
-
-
 def make_sampler(name: str, space: SearchSpace, seed: int, total_steps: int = 1, **options) -> ArchSampler:
-    """The sampler `name` with its options (unused options of other samplers are ignored);
-    `total_steps` of the run sets the focus sampler's epsilon decay."""
-    if name == "uniform":
-        return UniformSampler(space, seed)
-    if name == "sandwich":
-        return SandwichSampler(space, seed, options.get("sandwich_random", SamplerOptions.sandwich_random))
-    if name == "multi-arch":
-        return MultiArchSampler(space, seed, options.get("groups", SamplerOptions.groups),
-                                options.get("unlock_epochs", SamplerOptions.unlock_epochs))
-    if name == "focus":
-        focus = {k: v for k, v in options.items() if k.startswith("focus_") and v is not None}
-        return FocusArchSampler(space, seed, total_steps, **focus)
-    raise DeployvitError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
+    """The sampler `name` (`SAMPLERS`) with its options (unused options of other samplers are
+    ignored); `total_steps` of the run sets the focus sampler's epsilon decay."""
+    return SAMPLERS[name].load().from_options(space, seed, total_steps, options)
