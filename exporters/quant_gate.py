@@ -2,9 +2,9 @@
 
 `check_accuracy` runs the fp32 reference and the quantised artifact on the verification images and
 applies `verify`'s comparisons (`compare`, `failures`) to them: top-1 drop vs the fp32 model (default
-at most 1 point, `max_accuracy_drop`), top-1 agreement and the worst sample's logit cosine over all
-images, plus the same metrics per batch (where in the data it diverges). A miss fails the gate, as
-any verification miss does (exit 1 once export runs it).
+at most 1 point, `max_accuracy_drop`) and top-1 agreement over all images, and the mean logit cosine
+of every batch (`GateThresholds`: why these and these defaults). A miss fails the gate, as any
+verification miss does (exit 1 once export runs it).
 
 `sensitivity` says what to do about a miss, in bounded time. It starts from the graph with every
 layer quantised (`QuantizeResult.full_model`) and never recalibrates: keeping a layer float is
@@ -45,35 +45,71 @@ from exporters.quantize import Layer, QuantizeResult, keep_float
 from exporters.verify import Metrics, Runner, Samples, Thresholds, compare, failures, run_batched
 
 DEFAULT_MAX_ACCURACY_DROP = 1.0  # top-1 points, the issue's default gate
-#: chosen gates, not measured ones (like fp16's): they matter most without labels, where top-1 drop
-#: cannot be computed. Measured on the digits models of benchmarks/int8.py: agreement 98-99.7%,
-#: worst-sample cosine 0.996-0.999 (benchmarks/results/int8-cpu.json).
-DEFAULT_MIN_AGREEMENT = 0.97
-DEFAULT_MIN_COSINE = 0.98
+#: chosen gates, not measured ones (like fp16's), looser than what INT8 achieved on the digits models
+#: of benchmarks/int8.py (agreement 99.2-100%, every batch's mean cosine above 0.998: results/int8-cpu.json)
+#: so that the top-1 drop stays the deciding check when labels exist; without labels they are the gate.
+#: Agreement is not 0.99: a model at 80% top-1 on a hard data set has many near-tied images, and
+#: INT8 flips some of them without costing accuracy. The cosine is a batch's mean, not its worst
+#: sample's (verify's `cosine`, reported but not gated here): one near-tied image must not fail an
+#: artifact, a batch whose logits all moved must.
+DEFAULT_MIN_AGREEMENT = 0.95
+DEFAULT_MIN_BATCH_COSINE = 0.99
 GATE_BATCH = 32
 SENSITIVITY_BUDGET_S = 120.0
 SENSITIVITY_SUBSET = 128  # images the one-at-a-time passes are scored on
 
 
-def int8_thresholds(max_accuracy_drop: float | None = DEFAULT_MAX_ACCURACY_DROP, min_agreement: float | None = DEFAULT_MIN_AGREEMENT,
-                    min_cosine: float | None = DEFAULT_MIN_COSINE) -> Thresholds:
-    """The INT8 gate as `verify.Thresholds` (no max-|diff| bound: int8 rounding moves every logit)."""
-    for name, value in (("max_accuracy_drop", max_accuracy_drop), ("min_agreement", min_agreement), ("min_cosine", min_cosine)):
-        if value is not None and not math.isfinite(value):
-            raise DeployvitError(f"{name} must be a finite number, got {value}")
-    if min_agreement is not None and not 0 <= min_agreement <= 1:
-        raise DeployvitError(f"min_agreement is a fraction in [0, 1], got {min_agreement}")
-    return Thresholds(max_abs_diff=None, min_cosine=min_cosine, min_agreement=min_agreement, max_top1_drop=max_accuracy_drop)
+@dataclass(frozen=True)
+class GateThresholds:
+    """The INT8 accuracy gate; None disables a check. Drop in top-1 points (may be negative: demand a
+    gain), agreement a fraction, cosine the mean over one batch of the per-image logit cosine."""
+
+    max_accuracy_drop: float | None = DEFAULT_MAX_ACCURACY_DROP
+    min_agreement: float | None = DEFAULT_MIN_AGREEMENT
+    min_batch_cosine: float | None = DEFAULT_MIN_BATCH_COSINE
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise DeployvitError(f"{name} must be a finite number, got {value!r}")
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
+            raise DeployvitError(f"min_agreement is a fraction in [0, 1], got {self.min_agreement}")
+        if self.min_batch_cosine is not None and not -1 <= self.min_batch_cosine <= 1:
+            raise DeployvitError(f"min_batch_cosine is a cosine in [-1, 1], got {self.min_batch_cosine}")
+
+    @property
+    def verify(self) -> Thresholds:
+        """The checks `verify.failures` applies (no max-|diff| bound: int8 rounding moves every logit)."""
+        return Thresholds(max_abs_diff=None, min_cosine=None, min_agreement=self.min_agreement, max_top1_drop=self.max_accuracy_drop)
+
+
+def batch_cosines(ref_logits: torch.Tensor, logits: torch.Tensor, batch_size: int) -> list[float]:
+    """The mean per-image logit cosine of each consecutive chunk of `batch_size` images."""
+    cos = torch.nn.functional.cosine_similarity(ref_logits.double(), logits.double(), dim=1, eps=1e-12)
+    cos = torch.where(torch.isfinite(cos), cos, torch.full_like(cos, -1.0))  # a NaN logit fails its batch
+    return [float(cos[i : i + batch_size].mean()) for i in range(0, len(cos), batch_size)]
+
+
+def gate_failures(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor | None, batch_size: int,
+                  thresholds: GateThresholds) -> tuple[Metrics, list[float], list[str]]:
+    """`verify.compare` over all images, the per-batch cosines, and one line per missed threshold."""
+    overall = compare(ref_logits, logits, labels, batch_size)
+    cosines = batch_cosines(ref_logits, logits, batch_size)
+    failed = [f"int8 gate, {line}" for line in failures(overall, thresholds.verify)]
+    low = thresholds.min_batch_cosine
+    failed += [f"int8 gate, batch {k + 1} of {len(cosines)} ({batch_size} images): mean cosine {c:.5f} < {low:g}"
+               for k, c in enumerate(cosines) if low is not None and not c >= low]
+    return overall, cosines, failed
 
 
 @dataclass
 class Gate:
-    """The gate's verdict: metrics over every image (`overall`), per batch, and what failed."""
+    """The gate's verdict: metrics over every image (`overall`), each batch's mean cosine, what failed."""
 
-    thresholds: Thresholds
+    thresholds: GateThresholds
     source: str
     overall: Metrics
-    batches: list[Metrics]
+    batch_cosines: list[float]
     failed: list[str]
 
     @property
@@ -81,29 +117,21 @@ class Gate:
         return not self.failed
 
     def to_dict(self) -> dict[str, Any]:
-        row = lambda m: {**asdict(m), "top1_drop": m.top1_drop}  # noqa: E731
-        return {"passed": self.passed, "data": self.source, "thresholds": asdict(self.thresholds), "overall": row(self.overall),
-                "batch_cosines": [m.cosine for m in self.batches], "batches": [row(m) for m in self.batches], "failed": self.failed}
+        return {"passed": self.passed, "data": self.source, "thresholds": asdict(self.thresholds),
+                "overall": {**asdict(self.overall), "top1_drop": self.overall.top1_drop}, "batch_cosines": self.batch_cosines,
+                "failed": self.failed}
 
 
-def gate_metrics(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> tuple[Metrics, list[Metrics]]:
-    """`compare` over all images, and over each consecutive chunk of `batch_size` images."""
-    overall = compare(ref_logits, logits, labels, batch_size)
-    chunks = [compare(ref_logits[i : i + batch_size], logits[i : i + batch_size], None if labels is None else labels[i : i + batch_size],
-                      batch_size) for i in range(0, len(logits), batch_size)]
-    return overall, chunks
-
-
-def check_accuracy(reference: Runner | torch.Tensor, artifact: Runner, samples: Samples, *, thresholds: Thresholds | None = None,
+def check_accuracy(reference: Runner | torch.Tensor, artifact: Runner, samples: Samples, *, thresholds: GateThresholds | None = None,
                    batch_size: int = GATE_BATCH) -> Gate:
     """The INT8 gate: `artifact` against `reference` (the fp32 model, or its logits on `samples`) on
     every image of `samples`, run in chunks of `batch_size`. Never raises on a miss: `Gate.failed`."""
     if batch_size < 1 or len(samples) < 1:
         raise DeployvitError(f"the accuracy gate needs images and a batch size >= 1, got {len(samples)} images, batch {batch_size}")
-    thresholds = thresholds or int8_thresholds()
+    thresholds = thresholds or GateThresholds()
     ref = reference if isinstance(reference, torch.Tensor) else run_batched(reference, samples.images, batch_size)
-    overall, chunks = gate_metrics(ref, run_batched(artifact, samples.images, batch_size), samples.labels, batch_size)
-    return Gate(thresholds, samples.source, overall, chunks, [f"int8 gate, {line}" for line in failures(overall, thresholds)])
+    overall, cosines, failed = gate_failures(ref, run_batched(artifact, samples.images, batch_size), samples.labels, batch_size, thresholds)
+    return Gate(thresholds, samples.source, overall, cosines, failed)
 
 
 # --- sensitivity -----------------------------------------------------------------------------------
@@ -206,7 +234,7 @@ def _rank(layers: Sequence[Layer], kept: set[str], trials: _Trials, subset: Samp
 
 
 def sensitivity(result: QuantizeResult, fp32_path: str | Path, samples: Samples, *, runner_for: Callable[[Path], Runner],
-                reference: Runner | torch.Tensor | None = None, thresholds: Thresholds | None = None, budget_s: float = SENSITIVITY_BUDGET_S,
+                reference: Runner | torch.Tensor | None = None, thresholds: GateThresholds | None = None, budget_s: float = SENSITIVITY_BUDGET_S,
                 subset: int = SENSITIVITY_SUBSET, batch_size: int = GATE_BATCH) -> Sensitivity:
     """Rank the quantised layers of `result` by the damage each does alone and name the fewest to
     keep float for the gate to pass on `samples` (module docstring). `reference`: the fp32 model
@@ -214,7 +242,7 @@ def sensitivity(result: QuantizeResult, fp32_path: str | Path, samples: Samples,
     bounds the wall time of the whole pass."""
     if budget_s <= 0 or subset < 1:
         raise DeployvitError(f"sensitivity needs a positive time budget and subset, got {budget_s} s, {subset} images")
-    start, thresholds = time.monotonic(), thresholds or int8_thresholds()
+    start, thresholds = time.monotonic(), thresholds or GateThresholds()
     deadline, fp32_path = start + budget_s, Path(fp32_path)
     work = Path(tempfile.mkdtemp(prefix="deployvit-sensitivity-"))
     try:
@@ -230,7 +258,7 @@ def sensitivity(result: QuantizeResult, fp32_path: str | Path, samples: Samples,
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _advise(units: list[Unit], result: QuantizeResult, trials: _Trials, samples: Samples, ref: torch.Tensor, thresholds: Thresholds,
+def _advise(units: list[Unit], result: QuantizeResult, trials: _Trials, samples: Samples, ref: torch.Tensor, thresholds: GateThresholds,
             deadline: float) -> tuple[list[str], Metrics | None, list[str], bool]:
     """Keep the k most damaging units float, k = 1, 2, 4, ... then bisect down to the fewest that
     pass; (keep_fp patterns, their metrics, their misses, finished in time)."""
@@ -241,9 +269,9 @@ def _advise(units: list[Unit], result: QuantizeResult, trials: _Trials, samples:
     def attempt(k: int) -> bool:
         dropped = {n for u in units[:k] for n in u.nodes}
         out = trials.logits(quantizable - dropped, samples.images)
-        metrics = compare(ref, out, samples.labels, trials.batch_size)
-        tried[k] = (metrics, failures(metrics, thresholds))
-        return not tried[k][1]
+        metrics, _, failed = gate_failures(ref, out, samples.labels, trials.batch_size, thresholds)
+        tried[k] = (metrics, failed)
+        return not failed
 
     lo, hi, k, done = 0, None, 1, True  # lo: largest k known to fail; hi: smallest k known to pass
     while hi is None and units:

@@ -17,7 +17,7 @@ from deployvit.errors import DeployvitError
 from deployvit.train.calibration import calibration_indices, calibration_samples
 from exporters.images import MIN_NEIGHBOUR_CORRELATION, natural_samples, neighbour_correlation
 from exporters.onnx import export_onnx, read_metadata
-from exporters.quant_gate import DEFAULT_MAX_ACCURACY_DROP, check_accuracy, int8_thresholds, sensitivity
+from exporters.quant_gate import DEFAULT_MAX_ACCURACY_DROP, GateThresholds, check_accuracy, sensitivity
 from exporters.quantize import QUANTIZED_OPS, keep_float, quantizable_layers, quantize_onnx, select_layers
 from exporters.verify import synthetic_samples
 from tests.test_export_verify import train_briefly
@@ -85,27 +85,27 @@ def test_int8_graph_runs_in_onnxruntime_and_passes_the_default_gate(model_files)
     gate = check_accuracy(ort(model_files["fp32"]), ort(model_files["int8"]), val)
     drop = gate.overall.top1_drop
     print(f"\nINT8 vs fp32 on {len(val)} digits val images: top-1 {gate.overall.top1_reference:.2f} -> {gate.overall.top1:.2f} "
-          f"(drop {drop:.2f}), agreement {gate.overall.agreement:.2%}, worst cosine {gate.overall.cosine:.5f}")
+          f"(drop {drop:.2f}), agreement {gate.overall.agreement:.2%}, lowest batch cosine {min(gate.batch_cosines):.5f}")
     assert gate.overall.top1_reference > 60  # the model learned something: the gate means something
     assert gate.passed, gate.failed
     assert drop is not None and drop <= DEFAULT_MAX_ACCURACY_DROP
     assert gate.overall.max_abs_diff > 0  # really quantised: the logits moved
-    assert len(gate.batches) == -(-len(val) // 32) and all(m.cosine <= 1 + 1e-9 for m in gate.batches)
+    assert len(gate.batch_cosines) == -(-len(val) // 32) and all(0.99 <= c <= 1 + 1e-9 for c in gate.batch_cosines)
     assert json.dumps(gate.to_dict())
 
 
 def test_a_gate_below_the_measured_drop_fails_and_sensitivity_names_the_layers_that_fix_it(model_files):
     val, fp32 = model_files["val"], model_files["fp32"]
     ref = torch.cat([ort(fp32)(val.images[i : i + 32]) for i in range(0, len(val), 32)])
-    measured = check_accuracy(ref, ort(model_files["int8"]), val).overall
+    measured = check_accuracy(ref, ort(model_files["int8"]), val)
     # tighter than what int8 achieved, loose enough for an all-float graph: on the top-1 drop when
-    # int8 lost accuracy here, on the worst-sample cosine otherwise (both are part of the gate)
-    if measured.top1_drop > 0:
-        strict = int8_thresholds(max_accuracy_drop=measured.top1_drop / 2)
+    # int8 lost accuracy here, on the batch cosine otherwise (both are part of the gate)
+    if measured.overall.top1_drop > 0:
+        strict = GateThresholds(max_accuracy_drop=measured.overall.top1_drop / 2)
     else:
-        strict = int8_thresholds(min_cosine=1 - (1 - measured.cosine) / 4)
+        strict = GateThresholds(min_batch_cosine=1 - (1 - min(measured.batch_cosines)) / 4)
     gate = check_accuracy(ref, ort(model_files["int8"]), val, thresholds=strict)
-    assert not gate.passed and gate.failed[0].startswith("int8 gate")
+    assert not gate.passed and gate.failed[0].startswith("int8 gate, batch ")
     sens = sensitivity(model_files["result"], fp32, val, runner_for=ort, reference=ref, thresholds=strict, budget_s=120, subset=64)
     assert sens.complete and sens.passed, sens.advice()
     advised = [name for name in sens.keep_fp if name not in model_files["result"].kept]
@@ -114,6 +114,14 @@ def test_a_gate_below_the_measured_drop_fails_and_sensitivity_names_the_layers_t
     again = quantize_onnx(fp32, model_files["work"] / "advised.onnx", model_files["calib"], keep_fp=sens.keep_fp)
     assert all(l.name in again.kept for l in select_layers(again.layers, advised))
     assert check_accuracy(ref, ort(again.path), val, thresholds=strict).passed  # the advice holds when quantising for real
+
+
+def test_gate_thresholds_are_checked():
+    with pytest.raises(DeployvitError, match="min_agreement is a fraction"):
+        GateThresholds(min_agreement=95)
+    with pytest.raises(DeployvitError, match="max_accuracy_drop must be a finite number"):
+        GateThresholds(max_accuracy_drop=float("nan"))
+    assert GateThresholds(min_batch_cosine=None).verify.min_cosine is None
 
 
 def test_a_sensitivity_pass_with_no_time_says_it_is_incomplete(model_files):
