@@ -57,7 +57,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -78,7 +78,7 @@ QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
 METHODS = {"minmax": "MinMax", "percentile": "Percentile"}
 DEFAULT_METHOD = "minmax"
 DEFAULT_KEEP_FP = ("head",)  # the classifier: ten-odd outputs, a few thousand weights, and the logits themselves
-DEFAULT_CALIBRATION = 512  # images; TensorRT's and ModelOpt's guidance for ImageNet classifiers is about 500
+DEFAULT_CALIBRATION = 512  # images; TensorRT's developer guide finds about 500 enough for ImageNet classifiers
 MIN_CALIBRATION = 32
 CALIBRATION_BATCH = 32
 NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # the dynamo exporter's per-node module path
@@ -107,7 +107,7 @@ class QuantizeResult:
     layers: list[Layer]
     quantized: list[str]  # layer names, graph order
     kept: list[str]
-    calibration: str  # where the images came from (Samples.source), or "caller's tensor"
+    calibration: str  # where the images came from (Samples.source), or "caller's images"
     calibration_count: int
     calibration_sha256: str  # of the float32 calibration tensor: same images, same hash
     size_bytes: int
@@ -116,7 +116,7 @@ class QuantizeResult:
     full_model: onnx.ModelProto | None = field(default=None, repr=False, compare=False)  # every layer quantised
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k not in ("full_model", "layers")}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("full_model", "layers")}  # asdict would deep-copy the graph
         out["path"] = str(self.path)
         out["layers"] = {l.name: {"group": l.group, "op": l.op, "nodes": list(l.nodes)} for l in self.layers}
         return out

@@ -224,3 +224,23 @@ def test_natural_photographs_are_accepted_for_calibration(model_files, tmp_path)
     result = quantize_onnx(model_files["fp32"], tmp_path / "nat.onnx", natural_samples(32, 32, mean=(0.3,) * 3, std=(0.37,) * 3))
     assert result.calibration.startswith("natural:") and result.calibration_count == 32
     assert ort(result.path)(model_files["val"].images[:4]).shape == (4, 10)
+
+
+def test_calibration_reads_an_image_folder_and_refuses_one_too_small(tmp_path):
+    from PIL import Image
+
+    photos = natural_samples(44, 40, mean=(0, 0, 0), std=(1, 1, 1)).images  # photographs as [0, 1] pixels
+    pixels = (photos.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    for i, arr in enumerate(pixels):
+        split = "val" if i >= 40 else "train"
+        (tmp_path / "big" / split / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(tmp_path / "big" / split / f"c{i % 2}" / f"{i}.png")
+    calib = calibration_samples(str(tmp_path / "big"), 32, n=32)
+    assert calib.images.shape == (32, 3, 32, 32) and calib.source.startswith("imagefolder ") and "32 of 40 train images" in calib.source
+    assert neighbour_correlation(calib.images) > MIN_NEIGHBOUR_CORRELATION
+    for i in range(4):
+        for split in ("train", "val"):
+            (tmp_path / "small" / split / "c0").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels[i]).save(tmp_path / "small" / split / "c0" / f"{i}.png")
+    with pytest.raises(DeployvitError, match="needs at least 32 training images, the train split has 4"):
+        calibration_samples(str(tmp_path / "small"), 32)
