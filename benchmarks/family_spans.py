@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from _record import RESULTS, save_result
+from deployvit.latency.estimate import MODEL_VERSION, fitted
 from deployvit.latency.gpus import load_catalogue
 from deployvit.search.families import estimated_ladder
 from deployvit.spaces import FAMILIES
@@ -65,8 +66,11 @@ def main() -> None:
     print("worst over all targets: " + ", ".join(f"{k} {v:.3f}" for k, v in worst.items()))
     print(f"requirement: {'holds' if not failed else 'FAILS'}" + "".join(f"\n  {p}" for p in failed))
     print(f"design margins {DESIGN}: {'hold' if not short else 'short'}" + "".join(f"\n  {p}" for p in short))
+    fit = fitted()
     save_result(Path(args.out), "family_spans",
-                {"source": "estimated (deployvit.latency.estimate), not measured", "design_margins": DESIGN, "worst": worst,
+                {"source": "estimated (deployvit.latency.estimate), not measured",
+                 "estimator": {"model_version": MODEL_VERSION, "fitted_on": fit.date, "catalogue_gpus": len(catalogue.gpus)},
+                 "design_margins": DESIGN, "worst": worst,
                  "requirement_problems": failed, "design_problems": short, "targets": rows})
     sys.exit(1 if failed else 0)
 

@@ -288,7 +288,7 @@ PRESETS: dict[str, SearchSpace] = {
         # The ViT families (FAMILIES above): published model in the middle of each, 224 px.
         _vit_family("vit-tiny", 16, 64, (160, 176, 192, 208, 224, 240), tuple(range(8, 15)), (2, 3, 4)),
         _vit_family("vit-small", 16, 64, (288, 320, 352, 384, 416, 448), tuple(range(8, 15)), (4, 5, 6, 7)),
-        _vit_family("vit-base", 16, 64, (576, 640, 704, 768, 832), tuple(range(8, 17)), (9, 10, 11, 12, 13)),
+        _vit_family("vit-base", 16, 64, (512, 576, 640, 704, 768, 832), tuple(range(8, 17)), (9, 10, 11, 12, 13)),
         _vit_family("vit-large", 16, 64, (832, 896, 960, 1024, 1088, 1152), tuple(range(12, 29, 2)), (14, 16, 18)),
         _vit_family("vit-huge", 14, 80, (1024, 1088, 1152, 1216, 1280, 1344), tuple(range(20, 37, 2)), (12, 14, 16, 18)),
         # Tiny spaces for CI and demos (32x32 images, 10 classes: the built-in digits data set).
