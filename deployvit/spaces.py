@@ -245,7 +245,7 @@ def _vit_family(name: str, patch: int, head_dim: int, embed: tuple, depth: tuple
 
 #: The ViT families, smallest first: together their estimated latencies reach from below DeiT-Tiny's
 #: to above ViT-H/14's on every catalogue GPU (TensorRT and CUDA graphs, fp16, batch 1 and 64), each
-#: spanning >= 1.8x, neighbours overlapping by >= 25% (`benchmarks/family_spans.py` checks it).
+#: spanning well over 1.5x, neighbours overlapping by over 20% (`benchmarks/family_spans.py` checks it).
 #: Each is centred on published models (ViT: Dosovitskiy et al. 2021, Table 1; DeiT: Touvron et al.
 #: 2021, Table 1; timm's vit_*/deit_* configs), which are members (`reference_archs`). Head dim is
 #: the published one (64; ViT-H/14: 16 heads x 80 = 1280). Widths step by 16-64 and depths reach well
