@@ -141,12 +141,13 @@ class Arch:
         return _parse_arch(data)
 
     def summary(self) -> str:
-        """One human line: widths, depths and per-layer choices."""
+        """One human line: widths, depths and per-layer choices, comma-separated per layer (two-digit
+        head counts stay readable: `heads [12,10,12]`)."""
         parts = []
         for s in self.stages:
-            heads = "".join(str(l.num_heads) for l in s.layers)
+            heads = ",".join(str(l.num_heads) for l in s.layers)
             ratios = ",".join(f"{l.mlp_ratio:g}" for l in s.layers)
-            parts.append(f"embed {s.embed_dim} depth {s.depth} heads {heads} mlp [{ratios}]")
+            parts.append(f"embed {s.embed_dim} depth {s.depth} heads [{heads}] mlp [{ratios}]")
         return " | ".join(parts)
 
 

@@ -349,6 +349,38 @@ def _autoformer(name: str, embed: tuple, depth: tuple, heads: tuple) -> SearchSp
 
 _RESNAS_RATIOS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)  # 7 MLP widths per stage
 
+
+def _vit_family(name: str, patch: int, head_dim: int, embed: tuple, depth: tuple, heads: tuple) -> SearchSpace:
+    """A space around published plain ViTs (one stage, MLP ratios {3, 3.5, 4} as AutoFormer's)."""
+    stage = StageSpace(embed, depth, heads, (3.0, 3.5, 4.0), head_dim=head_dim)
+    return SearchSpace(name, 224, patch, 3, 1000, (stage,))
+
+
+#: The ViT families, smallest first: together their estimated latencies reach from below DeiT-Tiny's
+#: to above ViT-H/14's on every catalogue GPU (TensorRT and CUDA graphs, fp16, batch 1 and 64), each
+#: spanning well over 1.5x, neighbours overlapping by over 20% (`benchmarks/family_spans.py` checks it).
+#: Each is centred on published models (ViT: Dosovitskiy et al. 2021, Table 1; DeiT: Touvron et al.
+#: 2021, Table 1; timm's vit_*/deit_* configs), which are members (`reference_archs`). Head dim is
+#: the published one (64; ViT-H/14: 16 heads x 80 = 1280). Widths step by 16-64 and depths reach well
+#: below the published ones: at batch 1 a fast GPU's latency is mostly a cost per layer, so depth is
+#: what moves it there; at batch 64 width is. `search --space auto` picks among these.
+FAMILIES = ("vit-tiny", "vit-small", "vit-base", "vit-large", "vit-huge")
+
+#: Where each preset's choices come from, and the published models that are its members.
+PRESET_SOURCES = {
+    "autoformer-tiny": "AutoFormer-T space (Chen et al. 2021; REFERENCES.md section 1); members: DeiT-Ti, AutoFormer-T",
+    "autoformer-small": "AutoFormer-S space (Chen et al. 2021); members: DeiT-S, AutoFormer-S",
+    "autoformer-base": "AutoFormer-B space (Chen et al. 2021); members: AutoFormer-B",
+    "resnas-small": "ViT-ResNAS small space (Liao et al. 2021; REFERENCES.md section 4)",
+    "vit-tiny": "around ViT-Ti/16 = DeiT-Ti (192 wide, 12 deep, 3 heads; DeiT, timm vit_tiny_patch16_224); members: DeiT-Ti",
+    "vit-small": "around ViT-S/16 = DeiT-S (384, 12, 6 heads; DeiT, timm vit_small_patch16_224); members: DeiT-S",
+    "vit-base": "around ViT-B/16 = DeiT-B (768, 12, 12 heads; ViT, DeiT, timm vit_base_patch16_224); members: DeiT-B",
+    "vit-large": "around ViT-L/16 (1024, 24, 16 heads; ViT Table 1, DeiT III-L, timm vit_large_patch16_224); members: ViT-L/16",
+    "vit-huge": "around ViT-H/14 (1280, 32, 16 heads x 80, patch 14; ViT Table 1, DeiT III-H, timm vit_huge_patch14_224); members: ViT-H/14",
+    "test": "tiny CI space (32 px, 10 classes)",
+    "test-resnas": "tiny three-stage CI space (32 px, 10 classes)",
+}
+
 PRESETS: dict[str, SearchSpace] = {
     space.name: space
     for space in (
@@ -366,6 +398,12 @@ PRESETS: dict[str, SearchSpace] = {
                 StageSpace((800, 880, 960, 1120, 1280), (4, 5, 6, 7), (5, 6, 7, 8), _RESNAS_RATIOS, head_dim=64),
             ),
         ),
+        # The ViT families (FAMILIES above): published model in the middle of each, 224 px.
+        _vit_family("vit-tiny", 16, 64, (160, 176, 192, 208, 224, 240), tuple(range(8, 15)), (2, 3, 4)),
+        _vit_family("vit-small", 16, 64, (288, 320, 352, 384, 416, 448), tuple(range(8, 15)), (4, 5, 6, 7)),
+        _vit_family("vit-base", 16, 64, (512, 576, 640, 704, 768, 832), tuple(range(8, 17)), (9, 10, 11, 12, 13)),
+        _vit_family("vit-large", 16, 64, (832, 896, 960, 1024, 1088, 1152), tuple(range(12, 29, 2)), (14, 16, 18)),
+        _vit_family("vit-huge", 14, 80, (1024, 1088, 1152, 1216, 1280, 1344), tuple(range(20, 37, 2)), (12, 14, 16, 18)),
         # Tiny spaces for CI and demos (32x32 images, 10 classes: the built-in digits data set).
         SearchSpace("test", 32, 8, 3, 10, (StageSpace((32, 48, 64), (2, 3, 4), (1, 2), (2.0, 3.0, 4.0), head_dim=16),)),
         SearchSpace(
@@ -380,21 +418,28 @@ PRESETS: dict[str, SearchSpace] = {
 }
 
 
-# Uniform (every layer alike) published models; each is a baseline wherever it is a member of a space.
+# Uniform (every layer alike) published models: (embed, depth, heads, mlp ratio, head dim, patch);
+# each is a baseline wherever it is a member of a space. ViT-Ti/16, ViT-S/16 and ViT-B/16 have
+# DeiT-Ti/S/B's dims; DeiT III-L/16 and -H/14 have ViT-L/16's and ViT-H/14's.
 _REFERENCE_MODELS = {
-    "DeiT-Ti": (192, 12, 3, 4.0, 64),
-    "DeiT-S": (384, 12, 6, 4.0, 64),
-    "DeiT-B": (768, 12, 12, 4.0, 64),
+    "DeiT-Ti": (192, 12, 3, 4.0, 64, 16),
+    "DeiT-S": (384, 12, 6, 4.0, 64, 16),
+    "DeiT-B": (768, 12, 12, 4.0, 64, 16),
+    "ViT-L/16": (1024, 24, 16, 4.0, 64, 16),
+    "ViT-H/14": (1280, 32, 16, 4.0, 80, 14),
 }
 
 
 def reference_archs(space: SearchSpace) -> dict[str, Arch]:
-    """Published models that are members of `space` (DeiT-Ti lies in autoformer-tiny, DeiT-S in
-    autoformer-small): the baselines marked on search plots."""
+    """Published models that are members of `space` (DeiT-Ti lies in autoformer-tiny and vit-tiny,
+    ViT-H/14 in vit-huge): the baselines marked on search plots. The patch size must match; the image
+    size need not (a space at another resolution keeps its members)."""
     found = {}
     if space.multi_stage:
         return found
-    for name, (embed, depth, heads, ratio, head_dim) in _REFERENCE_MODELS.items():
+    for name, (embed, depth, heads, ratio, head_dim, patch) in _REFERENCE_MODELS.items():
+        if patch != space.patch_size:
+            continue
         arch = space.make_arch([Stage(embed, head_dim, tuple(Layer(heads, ratio) for _ in range(depth)))])
         if space.contains(arch):
             found[name] = arch

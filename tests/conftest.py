@@ -63,3 +63,13 @@ def _own_deployvit_home(tmp_path_factory, monkeypatch):
     ~/.local/share/deployvit must not change what a test's search picks."""
     monkeypatch.setenv("DEPLOYVIT_HOME", str(tmp_path_factory.mktemp("deployvit-home")))
     yield
+
+
+def shallow(space, layers: int = 2):
+    """`space` with every width, head and ratio choice but stacks of at most `layers` layers: the ViT
+    families reach ViT-H/14 (up to 36 layers of 1344 channels, GBs of weights), and what a model
+    or export test checks per preset (shapes, head dims, patch) repeats identically at every depth."""
+    from dataclasses import replace
+
+    stages = tuple(replace(s, depths=tuple(d for d in range(1, layers + 1))) for s in space.stages)
+    return replace(space, stages=stages)

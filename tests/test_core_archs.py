@@ -21,8 +21,9 @@ import torch
 
 from deployvit.counting import count_flops, count_params, fvcore_flops
 from deployvit.models import build_model
-from deployvit.spaces import PRESETS, get_space
+from deployvit.spaces import FAMILIES, PRESETS, get_space
 from deployvit.supernet import Supernet
+from tests.conftest import shallow
 
 FULL = os.environ.get("DEPLOYVIT_FULL_CHECK") == "1"
 N_COUNT = 200                       # params via meta-device modules: cheap, always the full 200
@@ -30,6 +31,12 @@ N_FVCORE = 200 if FULL else 3
 N_SUPERNET = 200 if FULL else 4
 N_ONNX = 200 if FULL else 0  # CI: tests/test_export_onnx.py exports a random arch of every preset
 SPACES = list(PRESETS)
+
+
+def _space(name: str):
+    """The preset; the ViT families (ViT-H/14 scale) at two layers outside the full check (`shallow`)."""
+    space = get_space(name)
+    return shallow(space) if name in FAMILIES and not FULL else space
 
 
 def _small(space):
@@ -47,7 +54,7 @@ def _archs(space, n, seed):
 
 @pytest.mark.parametrize("name", SPACES)
 def test_params_exact_for_200_archs(name):
-    space = get_space(name)
+    space = _space(name)
     for arch in _archs(space, N_COUNT, seed=1):
         with torch.device("meta"):
             model = build_model(arch)
@@ -56,7 +63,7 @@ def test_params_exact_for_200_archs(name):
 
 @pytest.mark.parametrize("name", SPACES)
 def test_flops_match_fvcore(name):
-    space = get_space(name)
+    space = _space(name)
     for arch in _archs(space, N_FVCORE, seed=2):
         measured = fvcore_flops(build_model(arch), space.img_size)
         assert abs(measured / count_flops(arch) - 1) < 0.01, (arch.summary(), measured, count_flops(arch))
@@ -65,7 +72,7 @@ def test_flops_match_fvcore(name):
 @pytest.mark.parametrize("cyclic", [False, True], ids=["prefix", "cyclic"])
 @pytest.mark.parametrize("name", SPACES)
 def test_supernet_equals_extracted(name, cyclic):
-    space = _small(get_space(name))
+    space = _small(_space(name))
     supernet = Supernet(space, cyclic=cyclic, identity_shift=cyclic).eval()
     x = torch.randn(2, space.in_chans, space.img_size, space.img_size)
     with torch.no_grad():
@@ -84,7 +91,7 @@ def test_extracted_model_exports_to_onnx(name, tmp_path):
 
     if not N_ONNX:
         pytest.skip("CI exports one random arch per preset in tests/test_export_onnx.py; DEPLOYVIT_FULL_CHECK=1 exports 200 extracted ones")
-    space = _small(get_space(name))
+    space = _small(_space(name))
     supernet = Supernet(space, cyclic=True).eval()
     path = tmp_path / "m.onnx"  # one file, overwritten: 200 base-size models would leave 40+ GB behind
     for arch in _archs(space, N_ONNX, seed=4):

@@ -66,7 +66,7 @@ def test_search_writes_the_run_directory_and_respects_the_budget(finished_run):
     log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
     assert log[-1]["final"] and "kendall_tau_dss_vs_params" in log[-1]
     front = json.loads((out / "pareto.json").read_text())
-    assert front and all(r["latency"] <= parse_amount(budget, "latency") + 1e-6 for r in front)
+    assert front and all(r["latency_us"] <= parse_amount(budget, "latency") + 1e-6 for r in front)
 
 
 def test_same_seed_gives_identical_winner(finished_run, tmp_path):
