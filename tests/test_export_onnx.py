@@ -12,7 +12,8 @@ from deployvit.errors import CheckFailed, DeployvitError
 from deployvit.models import build_model
 from deployvit.spaces import PRESETS, get_space
 from exporters import onnx as onnx_export
-from exporters.onnx import OnnxRunner, batch_spec, export_onnx, file_size, read_metadata
+from deployvit.runtimes.onnxruntime import OnnxRunner
+from exporters.onnx import batch_spec, export_onnx, file_size, read_metadata
 from exporters.verify import synthetic_samples, verify
 
 # Full-size presets would take minutes per export on two CPU cores, and what can break in an export

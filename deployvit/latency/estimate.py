@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from deployvit.errors import DeployvitError
-from deployvit.latency.settings import PRECISIONS
+from deployvit.runtime_registry import estimated_runtimes, runtime_record
+from deployvit.settings import PRECISIONS
 from deployvit.latency.gpus import GPU
 from deployvit.latency.kernels import Flavour, Kernel, part_kernels
 from deployvit.parts import Part
@@ -45,12 +46,8 @@ if TYPE_CHECKING:
 
 MODEL_VERSION = "deployvit.gpu_estimate/1"
 CONSTANTS_FORMAT = "deployvit.estimate_constants/1"
-#: runtimes the model covers, and why the others are refused
-ESTIMATED_RUNTIMES = ("eager", "cudagraph", "compile", "tensorrt")
-REFUSED = {
-    "onnxruntime": "onnxruntime's CUDA provider has no published ViT measurements here and its kernel choice and "
-    "fusion differ by version and provider options; measure it with `deployvit profile`",
-}
+#: runtimes the model covers (their records' `estimate`; the others' records say why not)
+ESTIMATED_RUNTIMES = estimated_runtimes()
 #: GEMM output tiles cuBLAS/TensorRT choose among; a smaller tile reuses less data per load, so it
 #: runs below peak (relative rate `min(1, tm*tn / (tm+tn) / 64)`: 128x128 = 1, 128x64 = 2/3, 64x64 = 1/2)
 TILES = ((256, 128), (128, 128), (128, 64), (64, 64))
@@ -78,10 +75,9 @@ class Constants:
 
 def check_request(runtime: str, precision: str, batch: int, gpu: GPU) -> None:
     """Refuse, in one line, what the model does not cover."""
-    if runtime in REFUSED:
-        raise DeployvitError(f"--estimate does not cover runtime {runtime}: {REFUSED[runtime]}")
-    if runtime not in ESTIMATED_RUNTIMES:
-        raise DeployvitError(f"unknown runtime {runtime!r} for an estimate (choose from {', '.join(ESTIMATED_RUNTIMES)})")
+    record = runtime_record(runtime)
+    if record.estimate is None:
+        raise DeployvitError(f"--estimate does not cover runtime {runtime}: {record.not_estimated}")
     if precision not in PRECISIONS:
         raise DeployvitError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     if precision == "bf16" and gpu.bf16_tensor_tflops is None:

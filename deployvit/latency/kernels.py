@@ -18,8 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deployvit.parts import BlockPart, HeadPart, Part, ReductionPart, StemPart
-
-FUSIONS = {"eager": "none", "cudagraph": "none", "compile": "inductor", "tensorrt": "tensorrt"}
+from deployvit.runtime_registry import runtime_record
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,8 @@ class Flavour:
 
     @classmethod
     def for_runtime(cls, runtime: str, precision: str) -> "Flavour":
-        return cls(runtime, FUSIONS[runtime], host_launch=runtime == "eager", tf32=runtime == "tensorrt" and precision == "fp32")
+        est = runtime_record(runtime).estimate  # the runtime's record says how it runs its kernels
+        return cls(runtime, est.fusion, host_launch=est.host_launch, tf32=est.fp32_tf32 and precision == "fp32")
 
 
 def element_bytes(precision: str) -> int:
