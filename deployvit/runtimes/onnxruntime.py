@@ -1,5 +1,6 @@
-"""onnxruntime: the ONNX graph `exporters.onnx.export_onnx` writes (static shape for a table part,
-float32 in and out, the model in its precision inside the graph), run by an `OnnxRunner` whose bound
+"""onnxruntime: the ONNX graph the exporter writes (float32 in and out, the model in its precision
+inside the graph; a table part or whole model at its static shape by `export_for_timing`, the cheap
+exporter with the same outputs, an artifact by `export_onnx`), run by an `OnnxRunner` whose bound
 call (`bind`) is what a table entry and an export artifact are both timed with.
 
 Providers are explicit and checked after the session opens: onnxruntime silently falls back to the
@@ -18,7 +19,7 @@ import torch
 
 from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
 from deployvit.runtimes.base import FileRuntime
-from exporters.onnx import export_onnx, file_size, read_metadata
+from exporters.onnx import export_for_timing, export_onnx, file_size, read_metadata
 
 
 class OnnxRuntime(FileRuntime):
@@ -39,7 +40,7 @@ class OnnxRuntime(FileRuntime):
         return out
 
     def write_part(self, module, work, input_shape, precision, tf32):
-        return export_onnx(module, work / "part.onnx", input_shape=input_shape, precision=precision)
+        return export_for_timing(module, work / f"part{self.record.artifact}", input_shape, precision)
 
     def write_artifact(self, model, spec, out_dir, stem):
         path = export_onnx(model, out_dir / f"{stem}{self.record.artifact}", img_size=spec.img_size, in_chans=spec.in_chans,
