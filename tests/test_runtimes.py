@@ -162,6 +162,22 @@ def test_precision_and_tf32_refusals(name):
             rt.check("cpu", "fp32", tf32=True)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_each_listed_precision_is_available_here_or_refused_in_one_line(name):
+    """A precision the record lists may still be missing on this machine (a CPU without fp16 units):
+    `check` and `profile` then refuse it in one line instead of timing another precision."""
+    rt = get_runtime(name)
+    for precision in rt.record.precisions:
+        try:
+            rt.check("cpu", precision)
+        except DeployvitError as exc:
+            assert "\n" not in str(exc) and exc.exit_code == 2
+            if precision != "fp32" and not unavailable_on_cpu(name):
+                result = run_cli("profile", "--device", "cpu", "--space", "test", "--runtime", name, "--precision", precision,
+                                 "--batch-size", "1", "--out", "never-written.json")
+                assert_one_line_error(result, str(exc))
+
+
 # --- what it does, where it can run here ----------------------------------------------------------
 
 
