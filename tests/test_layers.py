@@ -150,7 +150,7 @@ def _imported_by(statement: str) -> set[str]:
     import subprocess
     import sys
 
-    code = f"import sys\n{statement}\nprint(' '.join(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'openvino', 'tensorrt', 'timm') if m in sys.modules)))"
+    code = f"import sys\n{statement}\nprint(' '.join(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'openvino', 'tensorrt', 'timm') if sys.modules.get(m) is not None)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
     return set(out.stdout.split())
 
