@@ -101,6 +101,10 @@ RECORDS = (
         preference=20, devices=("cuda",), artifact=".engine", package="tensorrt", distributions=("tensorrt",), extra="trt",
         install="pip install tensorrt (TensorRT 10 or 11; needs an NVIDIA GPU and driver)", tf32=True,
         estimate=Estimate("tensorrt", fp32_tf32=True)),
+    RuntimeRecord(
+        "openvino", "openvino", "deployvit.runtimes.openvino:OpenVino", "OpenVINO", preference=50, devices=("cpu",), artifact=".xml",
+        package="openvino", distributions=("openvino",), extra="openvino", install='pip install openvino (or: pip install -e ".[openvino]")',
+        not_estimated="OpenVINO runs on CPUs and Intel GPUs, not the NVIDIA GPUs the estimate models; measure it with `deployvit profile`"),
 )
 
 RUNTIMES: dict[str, RuntimeRecord] = {r.name: r for r in RECORDS}
