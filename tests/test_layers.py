@@ -5,7 +5,8 @@ functions included) has no cycle and no import against the order
 
 where siblings do not import each other, and every module's layer is where its file is: base is the
 top-level modules of `deployvit/` (errors, io, arch, spaces, parts, counting, models, devices,
-weights, compute, units, timing, settings, runtime_registry), every other layer a package.
+weights, compute, units, timing, settings, runtime_registry) other than the three the order names
+above (contract, cli and its `__main__`), every other layer a package.
 - `exporters` only export (ONNX graphs, TensorRT engines) and verify; they run nothing themselves:
   `exporters.benchmark` is handed the runtime whose artifact it verifies and times.
 - `runtimes` run modules and exported files (a table's file-based entries are timed on exported

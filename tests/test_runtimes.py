@@ -143,6 +143,9 @@ def test_devices_it_cannot_use_here_are_one_line_refusals(name):
         with pytest.raises(DeployvitError) as caught:
             rt.check(device, "fp32")
         assert "\n" not in str(caught.value) and caught.value.exit_code == 2
+        installed = not rt.record.package or "not installed" not in (unavailable_on_cpu(name) or "")
+        if device not in rt.record.devices and installed:  # refused for the device, not for "no GPU here"
+            assert str(caught.value).startswith(f"runtime {name} needs "), str(caught.value)
     if "cpu" not in rt.record.devices and unavailable_on_cpu(name) and "not installed" not in unavailable_on_cpu(name):
         result = run_cli("profile", "--device", "cpu", "--space", "test", "--runtime", name, "--precision", "fp32",
                          "--batch-size", "1", "--out", "never-written.json")

@@ -81,12 +81,12 @@ class Runtime:
             raise DeployvitError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
         kind = device_type(device)
         self.check_installed(kind)
-        if kind == "cuda" and not torch.cuda.is_available():
-            raise MissingDependency(f"runtime {rec.name} on cuda needs a CUDA GPU and a CUDA build of torch; none found")
-        if kind not in rec.devices:
+        if kind not in rec.devices:  # before "no GPU here": a CPU-only runtime asked for CUDA is refused as such
             others = listing([n for n in runtimes_on(kind) if n != rec.name])
             raise MissingDependency(f"runtime {rec.name} needs {listing([DEVICE_WORDS[d] for d in rec.devices])} "
                                     f"(this run is on {kind}); use {others}")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise MissingDependency(f"runtime {rec.name} on cuda needs a CUDA GPU and a CUDA build of torch; none found")
         if precision not in rec.precisions:
             raise MissingDependency(f"runtime {rec.name} does not run {precision} (it runs {listing(rec.precisions)})")
         self.check_precision(kind, precision)
