@@ -11,6 +11,7 @@ What cannot run here (no GPU, a package not installed) skips with the runtime's 
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import sys
 import tomllib
@@ -260,3 +261,34 @@ def test_artifact_round_trips_through_its_file_runner(name, tmp_path):
 def test_a_module_runtime_refuses_files(name, tmp_path):
     with pytest.raises(DeployvitError, match=f"runtime {name} runs modules, not files"):
         file_runner(tmp_path / "m.onnx", (1, 3, 32, 32), runtime=name, device="cpu")
+
+
+def _shipped_cpu_table(name: str) -> Path | None:
+    from deployvit.latency.table import shipped_tables_dir, table_filename
+
+    path = shipped_tables_dir() / "cpu" / table_filename("test", name, "fp32", 1)
+    return path if path.is_file() else None
+
+
+@pytest.mark.parametrize("name", FILE_BASED)
+def test_export_is_verified_timed_and_held_to_its_runtime_table(name, tmp_path):
+    """`deployvit export --format <its format>` on the CPU: the artifact is verified, timed, and its
+    latency contract is measured in this runtime with the settings of the shipped `test`-space CPU
+    table of this runtime, beside that table's prediction (a generous budget: MET)."""
+    skip_unless_runnable(name)
+    table = _shipped_cpu_table(name)
+    if table is None:
+        pytest.skip(f"no shipped CPU table of the test space for {name} (deployvit profile --device cpu --runtime {name} ...)")
+    arch_path = tmp_path / "a.arch.json"
+    ARCH.save(arch_path)
+    rec = RUNTIMES[name]
+    result = run_cli("export", "--arch", str(arch_path), "--format", rec.format, "--device", "cpu", "--budget", "1s",
+                     "--samples", "8", "--dynamic-batch", "1,2,4", "--repeats", "5", "--warmup", "0", "--out", str(tmp_path / "out"))
+    assert result.code == 0, result.err
+    (row,) = json.loads((tmp_path / "out" / "report.json").read_text())["rows"]
+    assert row["format"] == rec.format and row["status"] == "exported and verified" and row["path"].endswith(rec.artifact)
+    assert row["latency_ms_bs1"] > 0 and row["size_mb"] > 0
+    contract = row["latency_contract"]
+    assert contract["measurement"]["runtime"] == name and contract["prediction"]["runtime"] == name
+    assert contract["prediction"]["table"].startswith(str(table)) and contract["status"] == "MET" == row["contract"]
+    assert contract["measurement"]["settings"]["clock"] == "cpu" and contract["measurement"]["settings"]["threads"] == 1
