@@ -151,7 +151,8 @@ def _imported_by(statement: str) -> set[str]:
     import subprocess
     import sys
 
-    code = f"import sys\n{statement}\nprint(' '.join(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'openvino', 'tensorrt', 'timm') if sys.modules.get(m) is not None)))"
+    heavy = ("torch", "onnx", "onnxruntime", "openvino", "tensorrt", "timm")
+    code = f"import sys\n{statement}\nprint(' '.join(m for m in {heavy!r} if sys.modules.get(m) is not None))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
     return set(out.stdout.split())
 
