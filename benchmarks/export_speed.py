@@ -4,13 +4,13 @@
     python benchmarks/export_speed.py --batches 1,256 --precision fp16 --runtimes eager,compile,cudagraph,onnxruntime
 
 For each arch, runtime and batch size: median latency (the codebase's one timing loop,
-`deployvit.latency.timing.time_callable`, CUDA events on GPU), images/s, and achieved TFLOP/s
+`deployvit.timing.time_callable`, CUDA events on GPU), images/s, and achieved TFLOP/s
 (2 x MACs x batch / time) as a fraction of the measured matmul peak (a large bf16 matmul on GPU, as
 the issue asks: fp16 and bf16 tensor-core peaks are the same on the GPUs we target; on a CPU the
 matmul peak of the precision being measured, because CPU bf16 speed says nothing about fp32 work).
 fp16 is the default on a GPU; on a CPU, where fp16 matmul is emulated and slow (the measured fp16 and
 bf16 matmul rates are recorded to show it), the default is fp32.
-Runners come from `deployvit.latency.runtimes.build_runner`, the ones latency tables are built with.
+Runners come from `deployvit.runtimes.build_runner`, the ones latency tables are built with.
 
 What cannot be measured is written down with the reason, never silently dropped: cudagraph needs
 CUDA; onnxruntime on a GPU needs onnxruntime-gpu; on a CPU a configuration whose single call would
@@ -34,9 +34,9 @@ from deployvit.arch import Arch, Layer, Stage
 from deployvit.counting import count_flops
 from deployvit.errors import DeployvitError
 from deployvit.devices import machine_facts
-from deployvit.latency.runtimes import build_runner
-from exporters.onnx import TORCH_DTYPES, check_onnxruntime_device
-from deployvit.latency.timing import time_callable
+from deployvit.compute import TORCH_DTYPES
+from deployvit.runtimes import build_runner, check_runtime
+from deployvit.timing import time_callable
 from deployvit.models import build_model
 from deployvit.spaces import get_space
 
@@ -88,15 +88,13 @@ def ort_matmul_tflops(n: int, threads: int | None, clock: str, repeats: int, war
     return 2 * n**3 / (t.median_us * 1e-6) / 1e12
 
 
-def unavailable(runtime: str, device: str) -> str | None:
-    """Why `runtime` cannot run on this machine (None when it can)."""
-    if runtime == "cudagraph" and device != "cuda":
-        return "needs a CUDA GPU (CUDA graphs replay GPU kernels)"
-    if runtime == "onnxruntime":
-        try:
-            check_onnxruntime_device(device)  # no CUDA provider: the install line, never a CPU fallback
-        except DeployvitError as exc:
-            return str(exc)
+def unavailable(runtime: str, device: str, precision: str = "fp32") -> str | None:
+    """Why `runtime` cannot run on this machine (None when it can): the runtime's own one-line refusal
+    (e.g. no CUDA provider: the install line, never a CPU fallback)."""
+    try:
+        check_runtime(runtime, device, precision)
+    except DeployvitError as exc:
+        return str(exc)
     return None
 
 

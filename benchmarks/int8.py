@@ -47,12 +47,8 @@ from exporters.quant_gate import check_accuracy
 from exporters.quantize import METHODS, quantize_onnx
 from exporters.sources import load_arch_model
 
-try:  # the runtime registry is being introduced beside this work: OnnxRunner and the timing loop move
-    from deployvit.runtimes.onnxruntime import OnnxRunner
-    from deployvit.timing import time_callable
-except ImportError:
-    from exporters.onnx import OnnxRunner
-    from deployvit.latency.timing import time_callable
+from deployvit.runtimes.onnxruntime import OnnxRunner
+from deployvit.timing import time_callable
 
 
 def _uniform(space: str, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float):

@@ -25,7 +25,7 @@ from deployvit.arch import Arch
 from deployvit.errors import DeployvitError
 from deployvit.devices import device_name, machine_facts, timing_device
 from deployvit.latency.profile import apply_threads, distinct_archs, measure_arch
-from deployvit.latency.settings import MeasureSettings
+from deployvit.settings import MeasureSettings
 from deployvit.latency.stats import error_stats
 from deployvit.latency.table import LatencyTable, shipped_tables_dir
 from deployvit.spaces import get_space

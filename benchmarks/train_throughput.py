@@ -3,7 +3,7 @@
 A supernet step (set_arch, forward through the sliced shared weights, loss, backward, AdamW step over
 the shared weights) against the same step on `supernet.extract(arch)` (a plain ViT with copied
 weights). Goal: the supernet step takes <= 1.10x the standalone step's time. Timed with the
-codebase's one timing loop (`deployvit.latency.timing.time_callable`; CUDA events on a GPU).
+codebase's one timing loop (`deployvit.timing.time_callable`; CUDA events on a GPU).
 Prints a table and writes benchmarks/results/train_throughput-<device>.json.
 
     python benchmarks/train_throughput.py                          # GPU: autoformer-tiny; CPU: test space
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from _record import RESULTS, save_result
 from deployvit.counting import count_flops, count_params
 from deployvit.devices import device_name
-from deployvit.latency.timing import time_callable
+from deployvit.timing import time_callable
 from deployvit.spaces import get_space
 from deployvit.supernet import Supernet
 from deployvit.train.distributed import pick_device

@@ -8,11 +8,14 @@ one-line error for "CUDA was asked for and this machine has none" (exit 2, DESIG
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from deployvit.errors import DeployvitError
 
 #: the values a compute-device option accepts (besides `cuda:N`), for click help texts.
 COMPUTE_CHOICES = ("auto", "cpu", "cuda")
+#: the torch dtype of each precision (`deployvit.settings.PRECISIONS`)
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def compute_device(name: str | None = "auto", local_rank: int = 0) -> torch.device:
@@ -43,3 +46,15 @@ def _index(text: str) -> int:
     if index < 0:
         raise DeployvitError(f"--device {text}: expected cuda:N with N >= 0")
     return index
+
+
+class CastModel(nn.Module):
+    """Runs `model` in a low precision while taking and returning float32 tensors: how every export
+    format runs an fp16/bf16 model, so every artifact takes and returns the same tensors."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.dtype = model.to(dtype), dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.dtype)).float()

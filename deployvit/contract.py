@@ -1,15 +1,16 @@
 """The latency contract of an exported artifact: measured the way its latency table was measured,
 next to that table's prediction and the user's budget (DESIGN.md section 5).
 
-Like is compared with like or not at all. Each export format runs in one table runtime
-(`FORMAT_RUNTIME`); the contract row uses the table's runtime, precision and batch size, times the
-artifact with the table's own settings (warm-up, repeats, threads, clock) through the same runner
-that timed the table's whole models (`deployvit.latency.runtimes`), and when no table of that
+Like is compared with like or not at all. Each export format runs in one table runtime (its record
+in `deployvit.runtime_registry`); the contract row uses the table's runtime, precision and batch
+size, times the artifact with the table's own settings (warm-up, repeats, threads, clock) through the
+same runner that timed the table's whole models (`deployvit.runtimes`: the module itself for a
+runtime that runs modules, the exported file for one that runs files), and when no table of that
 runtime, precision and batch exists for this machine's device it says "no prediction for ..."
 instead of printing a number from another runtime.
 
-This module joins `latency` (tables, runners) and `exporters` (artifacts), so it sits above both,
-beside `search`: neither sibling imports the other for it.
+This module joins `latency` (tables) and `exporters` (artifacts), so it sits above both, beside
+`search`: neither imports the other for it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from deployvit.errors import DeployvitError
+from deployvit.runtime_registry import format_record
 from exporters.report import Contract
-
-#: the table runtime that runs each export format
-FORMAT_RUNTIME = {"torch": "eager", "compile": "compile", "cudagraph": "cudagraph", "onnx": "onnxruntime", "trt": "tensorrt"}
 
 
 def plan_contract(fmt: str, arch, *, precision: str, device: str, batch_size: int | None, table_path: str | None,
@@ -31,9 +30,9 @@ def plan_contract(fmt: str, arch, *, precision: str, device: str, batch_size: in
     """Which table predicts this artifact and how to time it; nothing is timed yet.
 
     `timing` (warmup_s, repeats, threads, clock) is used only when no table fixes the settings."""
-    from deployvit.latency.settings import MeasureSettings
+    from deployvit.settings import MeasureSettings
 
-    runtime = FORMAT_RUNTIME[fmt]
+    runtime = format_record(fmt).name
     resolved, why = _table_for(runtime, arch, precision, device, batch_size, table_path)
     if resolved is None:
         settings = MeasureSettings(runtime, precision, batch_size or 1, timing["warmup_s"], timing["repeats"], timing["threads"], timing["clock"])
@@ -73,13 +72,13 @@ def _table_for(runtime: str, arch, precision: str, device: str, batch_size: int 
 
 def contract_runner(contract: Contract, fmt: str, model, artifact: str | None, in_chans: int, img_size: int):
     """A zero-argument callable running the artifact at the contract's batch, built by the runner
-    that times table entries: torch formats through `build_runner` (as `measure_arch` does), the
-    ONNX file through onnxruntime with IO bound once, the engine through TensorRT."""
-    from deployvit.latency.runtimes import build_runner, file_runner
+    that times table entries: a format whose artifact is the PyTorch model through `build_runner`
+    (as `measure_arch` does), an exported file through its runtime's `file_runner` (IO bound once)."""
+    from deployvit.runtimes import build_runner, file_runner
 
     shape = (contract.batch_size, in_chans, img_size, img_size)
     threads = contract.settings.get("threads")
-    if fmt in ("torch", "compile", "cudagraph"):
+    if not format_record(fmt).file_based:
         return build_runner(copy.deepcopy(model).float(), shape, runtime=contract.runtime, device=contract.device,
                             precision=contract.precision, threads=threads)
     if artifact is None:
@@ -93,7 +92,7 @@ def measure_contract(contract: Contract, run) -> Contract:
     import warnings
 
     from deployvit.latency.profile import time_run
-    from deployvit.latency.settings import MeasureSettings
+    from deployvit.settings import MeasureSettings
 
     settings = MeasureSettings(**contract.settings)
     with warnings.catch_warnings(record=True) as caught:

@@ -1,5 +1,5 @@
 """PyTorch -> ONNX: one function, `export_onnx`, shared by `deployvit export`, `deployvit benchmark`
-and the latency profiler's onnxruntime runtime.
+and the latency profiler's file-based runtimes (`deployvit.runtimes`, which run what it writes).
 
 Why each rule (DESIGN.md section 5, REFERENCES.md section 6):
 - opset >= 17 keeps LayerNorm one `LayerNormalization` node; older opsets decompose it into
@@ -26,19 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
 
 from deployvit import __version__, io
-from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
-from deployvit.latency.settings import PRECISIONS
+from deployvit.compute import TORCH_DTYPES, CastModel
+from deployvit.errors import CheckFailed, DeployvitError
+from deployvit.settings import PRECISIONS
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 20  # native Gelu; opset 23+ may emit Attention nodes that older TensorRT cannot parse
 BF16_MIN_OPSET = 22  # Conv accepts bfloat16 only from opset 22
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ONNX_DTYPES = {"fp32": onnx.TensorProto.FLOAT, "fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 PROTOBUF_LIMIT = 2**31  # bytes: beyond this a ModelProto cannot be serialised as one file
@@ -100,17 +99,6 @@ def check_opset(precision: str, opset: int | None) -> int:
     return opset
 
 
-class CastModel(nn.Module):
-    """Runs `model` in a low precision while taking and returning float32 tensors."""
-
-    def __init__(self, model: nn.Module, dtype: torch.dtype):
-        super().__init__()
-        self.model, self.dtype = model.to(dtype), dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.to(self.dtype)).float()
-
-
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -167,6 +155,27 @@ def export_onnx(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return path
+
+
+def export_for_timing(module: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...], precision: str = "fp32") -> Path:
+    """A static-shape graph of `module` to time (a latency-table part or whole model), made cheaply.
+
+    `export_onnx` runs torch's dynamo exporter, about 2 s of CPU per block (1.8 s for an
+    autoformer-tiny block, 2.5 s for a `test` one; a profile exports every part and 60 whole models).
+    At fp32 this uses the legacy TorchScript exporter instead, 0.05 s per block, when this torch still
+    has it: its graph computes the same outputs (checked by the tests), and after onnxruntime's graph
+    optimisation it runs the same kernels; dynamo's graph keeps a few more Reshapes (no-copy), timed
+    within 0.1% at autoformer-tiny size and at most 5% apart on the 60-100 us blocks of the `test`
+    space (1% on its whole models, which calibrate the parts in the same graphs). fp16/bf16 keep
+    dynamo: the legacy graph computes attention's scale with Sqrt/Div nodes that onnxruntime cannot
+    fold in fp16, extra kernels on a GPU. Any legacy failure falls back to dynamo. `deployvit export`
+    keeps `export_onnx`'s dynamo graph."""
+    if precision == "fp32":
+        try:
+            return export_onnx(module, path, input_shape=input_shape, precision=precision, dynamo=False)
+        except ExportFailed:
+            pass
+    return export_onnx(module, path, input_shape=input_shape, precision=precision)
 
 
 def _writable_parent(path: Path) -> Path:
@@ -316,145 +325,3 @@ def _external_files(proto: onnx.ModelProto) -> set[str]:
         for entry in t.external_data
         if entry.key == "location"
     }
-
-
-#: what to install for onnxruntime on each compute device (pyproject's extras, README)
-ORT_INSTALL = {
-    "cpu": 'pip install onnxruntime (or: pip install -e ".[cpu]")',
-    "cuda": 'pip uninstall -y onnxruntime && pip install onnxruntime-gpu (or: pip install -e ".[gpu]")',
-}
-
-
-def import_onnxruntime():
-    """The onnxruntime module, or a one-line MissingDependency saying what to install.
-
-    onnxruntime is an extra, not a hard dependency: the CPU package (`[cpu]`, pulled in by `[dev]`)
-    and the CUDA one (`[gpu]`: onnxruntime-gpu) provide the same module and must not be installed
-    together (whichever was installed last owns the files)."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingDependency(
-            f"onnxruntime is not installed: {ORT_INSTALL['cpu']}; for CUDA: pip install onnxruntime-gpu"
-        ) from None
-    return onnxruntime
-
-
-def _installed(dist: str) -> bool:
-    from importlib import metadata
-
-    try:
-        metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-def check_onnxruntime_device(device: str | torch.device) -> str:
-    """'cpu' or 'cuda' for onnxruntime on `device`; MissingDependency (exit 2) with the install line when
-    CUDA is asked for and the installed onnxruntime has no CUDA provider. Asking for CUDA never falls
-    back to the CPU: a user who asked for GPU numbers must not get CPU numbers compared with a GPU budget.
-
-    Checked before torch's CUDA check on purpose: what to install is true on any machine."""
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, TypeError):
-        kind = None
-    if kind not in ("cpu", "cuda"):
-        raise DeployvitError(f"unknown onnxruntime device {device!r} (cpu or cuda)")
-    ort = import_onnxruntime()
-    if kind == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-        mix = " (onnxruntime and onnxruntime-gpu are both installed: the CPU package's files won)" \
-            if _installed("onnxruntime") and _installed("onnxruntime-gpu") else ""
-        raise MissingDependency(f"onnxruntime {ort.__version__} has no CUDA provider{mix}: {ORT_INSTALL['cuda']}")
-    return kind
-
-
-def _torch_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
-    return torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index) if dev.type == "cuda" else dev
-
-
-class OnnxRunner:
-    """An onnxruntime session: `runner(images) -> logits` on torch tensors, and `runner.bind(x)`, the
-    zero-argument call that timing uses. Latency-table entries (`latency.runtimes`) and export
-    artifacts (`exporters.benchmark`) both time `bind(x)`, so they are timed the same way.
-
-    Providers are explicit and checked after the session opens: onnxruntime silently falls back to
-    the CPU when the CUDA provider cannot load, which would verify and time the wrong thing. On CUDA
-    TF32 is off (onnxruntime enables it by default) unless `tf32` is asked for, so fp32 means fp32.
-    Inputs and outputs are torch buffers bound once per input shape (IO binding) on the session's
-    device: a timed call runs the model and no host copies; `runner(x)` copies `x` into the bound
-    input buffer first."""
-
-    def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu", threads: int | None = None,
-                 tf32: bool = False):
-        ort = import_onnxruntime()
-        kind = check_onnxruntime_device(device)
-        if kind == "cuda" and not torch.cuda.is_available():
-            raise DeployvitError("onnxruntime on cuda needs a CUDA GPU, and torch sees none on this machine")
-        self.device = _torch_device(device)
-        if kind == "cuda":
-            cuda = {"device_id": self.device.index, "use_tf32": int(tf32)}
-            providers: list = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
-        else:
-            providers = ["CPUExecutionProvider"]
-        self.tf32 = bool(tf32) and kind == "cuda"
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # errors only; failures surface as exceptions
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types (NOT_IMPLEMENTED, ...)
-            precision = read_metadata(path).get("precision", "this")
-            first = str(exc).strip().splitlines()[0]
-            raise CheckFailed(f"onnxruntime ({kind}) cannot run the {precision} graph {Path(path).name}: {first}") from None
-        wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
-        if self.session.get_providers()[0] != wanted:
-            raise DeployvitError(f"onnxruntime fell back to {self.session.get_providers()[0]} instead of {wanted}")
-        self.provider = wanted
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
-        self._bound: dict[tuple[int, ...], "BoundRun"] = {}
-
-    def bind(self, x: torch.Tensor) -> "BoundRun":
-        """A zero-argument call running the model on `x`'s memory (moved to the session's device and
-        made float32 contiguous once, here), its output in a torch buffer allocated once."""
-        x = x.detach().to(device=self.device, dtype=torch.float32).contiguous()
-        return BoundRun(self, x)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        shape = tuple(x.shape)
-        bound = self._bound.get(shape)
-        if bound is None:
-            bound = self._bound[shape] = self.bind(torch.empty(shape, dtype=torch.float32, device=self.device))
-        bound.input.copy_(x.detach())
-        if self.device.type == "cuda":  # the copy is queued on torch's stream; onnxruntime runs on its own
-            torch.cuda.current_stream(self.device).synchronize()
-        return bound().clone()
-
-
-class BoundRun:
-    """`OnnxRunner.bind`'s result: `run()` -> the bound output tensor (overwritten by the next call).
-
-    `input` is the bound input buffer: refill it in place (`run.input.copy_(...)`) to run on new data."""
-
-    def __init__(self, runner: OnnxRunner, x: torch.Tensor):
-        session, dev = runner.session, runner.device
-        where, index = dev.type, dev.index or 0
-        out_shape = [d if isinstance(d, int) and d > 0 else None for d in session.get_outputs()[0].shape]
-        if any(d is None for d in out_shape[1:]):
-            raise DeployvitError(f"the ONNX output {runner.output_name} has no static shape after the batch dim: {out_shape}")
-        out_shape[0] = x.shape[0]
-        self.input = x
-        self.output = torch.empty(out_shape, dtype=torch.float32, device=dev)
-        self.binding = session.io_binding()
-        self.binding.bind_input(runner.input_name, where, index, np.float32, tuple(x.shape), x.data_ptr())
-        self.binding.bind_output(runner.output_name, where, index, np.float32, tuple(self.output.shape), self.output.data_ptr())
-        self.session = session
-
-    def __call__(self) -> torch.Tensor:
-        # host-synchronous: run_with_iobinding returns when onnxruntime's own stream has finished
-        self.session.run_with_iobinding(self.binding)
-        return self.output

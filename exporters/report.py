@@ -73,7 +73,7 @@ class Row:
     """One artifact (or one skipped format) of one model."""
 
     model: str  # arch name / timm model name: several models share a benchmark table
-    format: str  # torch | compile | onnx | trt
+    format: str  # an export format (`deployvit.runtime_registry`)
     precision: str
     status: str
     runtime: str = ""  # what actually ran it, e.g. "onnxruntime CPUExecutionProvider"
@@ -179,29 +179,18 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def environment(device: str) -> dict[str, Any]:
+def environment(device: str, software: dict[str, Any] | None = None) -> dict[str, Any]:
     """Machine facts (the same ones latency tables record) and package versions: a timing means
-    nothing without them (DESIGN.md section 4)."""
+    nothing without them (DESIGN.md section 4). `software`: the runtimes' packages and versions
+    (`deployvit.runtimes.software()`, None for one not installed), handed in by the caller because
+    this package sits below the runtimes."""
     import onnx
     import timm
 
     from deployvit.devices import machine_facts
 
-    env = {**machine_facts(device), "deployvit": __version__, "timm": timm.__version__, "onnx": onnx.__version__,
-           "onnxruntime": None, "onnxruntime_providers": [], "torch_threads": torch.get_num_threads()}
-    try:  # onnxruntime is an extra ([cpu] or [gpu]): a report without it says so instead of failing
-        import onnxruntime
-
-        env["onnxruntime"], env["onnxruntime_providers"] = onnxruntime.__version__, onnxruntime.get_available_providers()
-    except ImportError:
-        pass
-    try:
-        import tensorrt
-
-        env["tensorrt"] = tensorrt.__version__
-    except ImportError:
-        env["tensorrt"] = None
-    return env
+    return {**machine_facts(device), "deployvit": __version__, "timm": timm.__version__, "onnx": onnx.__version__,
+            **(software or {}), "torch_threads": torch.get_num_threads()}
 
 
 @dataclass
@@ -214,10 +203,11 @@ class Report:
     rows: list[Row]
     settings: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    software: dict[str, Any] = field(default_factory=dict)  # the runtimes' packages and versions
 
     @cached_property
     def environment(self) -> dict[str, Any]:
-        return environment(self.settings.get("device", "cpu"))
+        return environment(self.settings.get("device", "cpu"), self.software)
 
     def to_dict(self) -> dict[str, Any]:
         return {

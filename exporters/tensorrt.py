@@ -1,6 +1,7 @@
-"""ONNX -> TensorRT engine, and a runner for it. Small on purpose: everything that can be decided
-without TensorRT (which graph precision to export, builder flags, the optimisation profile, the
-sidecar) is a plain function tested on CPU; only `build_engine` and `TrtRunner` touch TensorRT.
+"""ONNX -> TensorRT engine. Small on purpose: everything that can be decided without TensorRT (which
+graph precision to export, builder flags, the optimisation profile, the sidecar) is a plain function
+tested on CPU; only `build_engine` touches TensorRT, through the `tensorrt` module it is handed (the
+runtime, `deployvit.runtimes.tensorrt`, imports and checks it, and runs the engines).
 
 Version rules (REFERENCES.md section 6):
 - TensorRT 11 builds strongly typed networks only; the FP16/BF16 builder flags are gone, so the ONNX
@@ -30,21 +31,8 @@ from typing import Any
 from deployvit import __version__, io
 from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
 
-INSTALL_HINT = "pip install tensorrt (TensorRT 10 or 11; needs an NVIDIA GPU and driver)"
 SUPPORTED_MAJORS = (10, 11)
 OPTIMIZATION_LEVEL = 3  # TensorRT's default; recorded so a rebuild can reproduce it
-
-
-def import_tensorrt():
-    """The `tensorrt` module, or MissingDependency (exit 2) with the install hint."""
-    try:
-        import tensorrt
-    except ImportError:
-        raise MissingDependency(f"tensorrt is not installed: {INSTALL_HINT}") from None
-    major = trt_major(tensorrt.__version__)
-    if major not in SUPPORTED_MAJORS:
-        raise MissingDependency(f"tensorrt {tensorrt.__version__} is not supported (need 10.x or 11.x): {INSTALL_HINT}")
-    return tensorrt
 
 
 def trt_major(version: str) -> int:
@@ -124,6 +112,7 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
 
 
 def build_engine(
+    trt,
     onnx_path: str | os.PathLike,
     engine_path: str | os.PathLike,
     *,
@@ -134,10 +123,10 @@ def build_engine(
     graph_precision: str | None = None,
     tf32: bool = False,
 ) -> dict[str, Any]:
-    """Build a serialized engine from `onnx_path`, write it and then its JSON sidecar atomically, update
-    `timing_cache` (reused across builds: a rebuild then skips kernel timing), return the sidecar.
-    `tf32`: let fp32 layers use TF32 (fp32 engines only; off by default, so fp32 means fp32)."""
-    trt = import_tensorrt()
+    """Build a serialized engine from `onnx_path` with `trt` (the imported `tensorrt` module), write it
+    and then its JSON sidecar atomically, update `timing_cache` (reused across builds: a rebuild then
+    skips kernel timing), return the sidecar. `tf32`: let fp32 layers use TF32 (fp32 engines only;
+    off by default, so fp32 means fp32)."""
     require_cuda()
     plan = plan_build(trt_major(trt.__version__), precision, tf32=tf32)
     if graph_precision is not None:
@@ -217,7 +206,7 @@ def _network_flags(trt, plan: BuildPlan) -> int:
     if flag is None:
         if plan.trt_major >= 11:
             return 0  # strongly typed is the only kind of network there
-        raise MissingDependency(f"TensorRT {trt.__version__} has no strongly typed networks: {INSTALL_HINT}")
+        raise MissingDependency(f"TensorRT {trt.__version__} has no strongly typed networks (need TensorRT 10 or 11)")
     return 1 << int(flag)
 
 
@@ -234,7 +223,7 @@ def _builder_flag(trt, name: str):
     flag = getattr(trt.BuilderFlag, name, None)
     if flag is None:
         raise MissingDependency(f"TensorRT {trt.__version__} has no {name} builder flag, which this build needs to "
-                                f"set or clear: {INSTALL_HINT}")
+                                "set or clear (need TensorRT 10 or 11)")
     return flag
 
 
@@ -243,73 +232,3 @@ def _cuda_facts() -> dict[str, Any]:
 
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     return {"gpu": props.name, "compute_capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda}
-
-
-class TrtRunner:
-    """Runs a serialized engine on torch CUDA tensors: `runner(x) -> logits` on the current stream.
-
-    Buffers are torch tensors, so no pycuda / cuda-python is needed, and the timing loop can time a
-    call exactly like a PyTorch module's."""
-
-    def __init__(self, engine_path: str | os.PathLike):
-        import torch
-
-        trt = import_tensorrt()
-        require_cuda()
-        self._torch = torch
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-        if self.engine is None:
-            raise DeployvitError(f"cannot load TensorRT engine {engine_path} (built with another TensorRT version or GPU?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise DeployvitError(f"{engine_path}: expected one input and one output, got {inputs} -> {outputs}")
-        (self.input_name,), (self.output_name,) = inputs, outputs
-        dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16}
-        self.input_dtype = dtypes[self.engine.get_tensor_dtype(self.input_name)]
-        self.output_dtype = dtypes[self.engine.get_tensor_dtype(self.output_name)]
-        self._bound: dict[tuple[int, ...], BoundEngine] = {}
-
-    def bind(self, x) -> "BoundEngine":
-        """A zero-argument call running the engine on `x`'s memory (moved to CUDA in the engine's
-        input dtype once, here) into an output buffer allocated once: what timing calls."""
-        x = x.detach().to(device="cuda", dtype=self.input_dtype).contiguous()
-        return BoundEngine(self, x)
-
-    def __call__(self, x):
-        """logits (float32) of `x`; copies `x` into the bound input buffer of its shape."""
-        shape = tuple(x.shape)
-        bound = self._bound.get(shape)
-        if bound is None:
-            bound = self._bound[shape] = self.bind(self._torch.empty(shape, dtype=self.input_dtype, device="cuda"))
-        bound.input.copy_(x.detach())
-        return bound().float().clone()
-
-
-class BoundEngine:
-    """`TrtRunner.bind`'s result: `run()` queues the engine on torch's current stream and returns
-    the bound output (overwritten by the next call). `input` is the bound input buffer."""
-
-    def __init__(self, runner: TrtRunner, x):
-        torch = runner._torch
-        context = runner.context
-        if not context.set_input_shape(runner.input_name, tuple(x.shape)):
-            raise DeployvitError(f"input shape {tuple(x.shape)} is outside the engine's optimisation profile")
-        self.input, self.context = x, context
-        self.output = torch.empty(tuple(context.get_tensor_shape(runner.output_name)), dtype=runner.output_dtype, device="cuda")
-        self._names = (runner.input_name, runner.output_name)
-        self._torch = torch
-
-    def __call__(self):
-        # one execution context serves every bound shape of a runner: set shape and addresses per call
-        # (host-side bookkeeping, microseconds), then queue the engine on torch's stream
-        inp, out = self._names
-        self.context.set_input_shape(inp, tuple(self.input.shape))
-        self.context.set_tensor_address(inp, self.input.data_ptr())
-        self.context.set_tensor_address(out, self.output.data_ptr())
-        if not self.context.execute_async_v3(self._torch.cuda.current_stream().cuda_stream):
-            raise CheckFailed("TensorRT execution failed")
-        return self.output

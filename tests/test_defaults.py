@@ -8,7 +8,7 @@ from dataclasses import fields
 import pytest
 
 from deployvit.cli import cli
-from deployvit.latency.settings import MeasureSettings, ProfileConfig
+from deployvit.settings import MeasureSettings, ProfileConfig
 from deployvit.search.evolution import EvolutionConfig
 
 

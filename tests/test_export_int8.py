@@ -22,10 +22,7 @@ from exporters.quantize import QUANTIZED_OPS, keep_float, quantizable_layers, qu
 from exporters.verify import synthetic_samples
 from tests.test_export_verify import train_briefly
 
-try:  # the runtime registry (deployvit.runtimes) is being introduced beside this work; before it, OnnxRunner lived in exporters.onnx
-    from deployvit.runtimes.onnxruntime import OnnxRunner
-except ImportError:
-    from exporters.onnx import OnnxRunner
+from deployvit.runtimes.onnxruntime import OnnxRunner
 
 CALIBRATION = 128  # of digits' 1438 train images: enough for stable ranges on a 32x32 model, quick here
 

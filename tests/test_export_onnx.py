@@ -12,7 +12,8 @@ from deployvit.errors import CheckFailed, DeployvitError
 from deployvit.models import build_model
 from deployvit.spaces import FAMILIES, PRESETS, get_space
 from exporters import onnx as onnx_export
-from exporters.onnx import OnnxRunner, batch_spec, export_onnx, file_size, read_metadata
+from deployvit.runtimes.onnxruntime import OnnxRunner
+from exporters.onnx import batch_spec, export_onnx, file_size, read_metadata
 from exporters.verify import synthetic_samples, verify
 from tests.conftest import shallow
 
@@ -247,3 +248,27 @@ def test_onnxruntime_cuda_artifact_passes_the_gate_or_refuses(tiny, tmp_path, pr
         assert result.passed, result.failed
     else:  # random weights give near-tied logits: agreement is checked on trained models (test_export_verify)
         assert all(m.cosine >= 0.999 for m in result.checks), result.failed
+
+
+def test_the_timing_export_computes_what_the_dynamo_export_computes(tmp_path):
+    """`export_for_timing` (what the onnxruntime runtime times table parts and whole models on) uses
+    the cheap legacy exporter at fp32 and gives the dynamo graph's outputs; low precision stays dynamo."""
+    import onnxruntime as ort
+
+    from deployvit.models import build_part
+    from deployvit.parts import space_parts
+    from exporters.onnx import export_for_timing
+
+    space = get_space("test")
+    torch.manual_seed(0)
+    cases = [(build_part(p).eval(), p.input_shape(2)) for p in space_parts(space)[:2]]
+    cases.append((build_model(space.max_arch()).eval(), (2, 3, 32, 32)))
+    for i, (module, shape) in enumerate(cases):
+        fast = export_for_timing(module, tmp_path / f"fast{i}.onnx", shape)
+        slow = export_onnx(module, tmp_path / f"slow{i}.onnx", input_shape=shape)
+        assert read_metadata(fast)["exporter"] == "legacy" and read_metadata(slow)["exporter"] == "dynamo"
+        x = torch.randn(shape).numpy()
+        got, want = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0] for p in (fast, slow))
+        assert got.shape == want.shape and abs(got - want).max() < 1e-5
+    low = export_for_timing(cases[0][0], tmp_path / "fp16.onnx", cases[0][1], precision="fp16")
+    assert read_metadata(low)["exporter"] == "dynamo" and read_metadata(low)["precision"] == "fp16"

@@ -1,6 +1,7 @@
 """TensorRT path. Everything decided without TensorRT (build plan per major version, graph-precision
 check, optimisation profile, missing-package errors) is tested here on CPU. `build_engine`'s calls
-into TensorRT are checked against a recording stand-in of the `tensorrt` module, because TensorRT
+into TensorRT are checked against a recording stand-in of the `tensorrt` module (handed to it, as
+the runtime `deployvit.runtimes.tensorrt` hands it the checked real module), because TensorRT
 cannot be installed on this CPU-only machine; building and running a real engine are GPU tests
 that skip with the reason. NOTE: the real TensorRT path has not been run in this project's CI."""
 
@@ -21,6 +22,7 @@ from deployvit.spaces import get_space
 from exporters import tensorrt as trt_export
 from exporters.onnx import export_onnx
 from exporters.tensorrt import BuildPlan, check_graph_precision, plan_build, profile_shapes
+from deployvit.runtimes.tensorrt import TrtRunner, import_tensorrt
 from tests.conftest import assert_one_line_error, run_cli
 
 
@@ -67,13 +69,13 @@ def test_profile_shapes():
 def test_missing_tensorrt_is_missing_dependency_with_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` raise ImportError
     with pytest.raises(MissingDependency, match="pip install tensorrt"):
-        trt_export.import_tensorrt()
+        import_tensorrt()
 
 
 def test_old_tensorrt_is_refused(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.6.1"))
-    with pytest.raises(MissingDependency, match="8.6.1 is not supported"):
-        trt_export.import_tensorrt()
+    with pytest.raises(MissingDependency, match="8.6.1 is not supported .need 10.x or 11.x.: pip install tensorrt"):
+        import_tensorrt()
 
 
 def test_cli_export_trt_without_tensorrt_is_exit_2_and_writes_nothing(tmp_path, monkeypatch):
@@ -199,7 +201,7 @@ def onnx_file(tmp_path_factory):
 def test_build_engine_calls(fake_trt, onnx_file, tmp_path, major):
     rec = fake_trt(major)
     cache = tmp_path / "timing.cache"
-    sidecar = trt_export.build_engine(onnx_file, tmp_path / "m.engine", precision="fp16", batch_range=(1, 4, 8),
+    sidecar = trt_export.build_engine(rec.module, onnx_file, tmp_path / "m.engine", precision="fp16", batch_range=(1, 4, 8),
                                       workspace_gb=2, timing_cache=cache, graph_precision="fp16")
     assert ("network_flags", 2) in rec.calls  # 1 << STRONGLY_TYPED on both majors
     assert [c for c in rec.calls if c[0] in ("flag", "clear_flag")] == [("clear_flag", "TF32")]
@@ -217,7 +219,7 @@ def test_build_engine_calls(fake_trt, onnx_file, tmp_path, major):
     assert sidecar["onnx_sha256"] == io.sha256(onnx_file)
     assert sidecar["engine_sha256"] == io.sha256(tmp_path / "m.engine")
     # a second build starts from the saved timing cache
-    trt_export.build_engine(onnx_file, tmp_path / "m.engine", precision="fp16", batch_range=(1, 4, 8),
+    trt_export.build_engine(rec.module, onnx_file, tmp_path / "m.engine", precision="fp16", batch_range=(1, 4, 8),
                             timing_cache=cache, graph_precision="fp16")
     assert ("cache_in", b"timing-cache") in rec.calls
 
@@ -226,7 +228,7 @@ def test_build_engine_calls(fake_trt, onnx_file, tmp_path, major):
 def test_fp32_engine_clears_tf32_unless_asked(fake_trt, onnx_file, tmp_path, tf32, expected):
     """TensorRT enables TF32 by default: an fp32 engine that did not clear it would fail the fp32 gate."""
     rec = fake_trt(10)
-    sidecar = trt_export.build_engine(onnx_file, tmp_path / "m.engine", precision="fp32", batch_range=(1, 1, 8),
+    sidecar = trt_export.build_engine(rec.module, onnx_file, tmp_path / "m.engine", precision="fp32", batch_range=(1, 1, 8),
                                       graph_precision="fp32", tf32=tf32)
     assert [c for c in rec.calls if c[0] in ("flag", "clear_flag")] == expected
     assert sidecar["tf32"] is tf32 and ("TF32 on" if tf32 else "TF32 off") in sidecar["build_path"]
@@ -236,7 +238,7 @@ def test_tensorrt_without_the_tf32_flag_is_refused_before_building(fake_trt, onn
     rec = fake_trt(11)
     del rec.module.BuilderFlag.TF32
     with pytest.raises(MissingDependency, match="no TF32 builder flag"):
-        trt_export.build_engine(onnx_file, tmp_path / "m.engine", precision="fp32", batch_range=(1, 1, 1))
+        trt_export.build_engine(rec.module, onnx_file, tmp_path / "m.engine", precision="fp32", batch_range=(1, 1, 1))
     assert not any(c[0] in ("parse_from_file", "opt_level") for c in rec.calls) and not (tmp_path / "m.engine").exists()
 
 
@@ -244,14 +246,14 @@ def test_tensorrt_10_without_strongly_typed_networks_is_refused(fake_trt, onnx_f
     rec = fake_trt(10)
     del rec.module.NetworkDefinitionCreationFlag.STRONGLY_TYPED
     with pytest.raises(MissingDependency, match="no strongly typed networks"):
-        trt_export.build_engine(onnx_file, tmp_path / "m.engine", precision="fp16", batch_range=(1, 1, 1))
+        trt_export.build_engine(rec.module, onnx_file, tmp_path / "m.engine", precision="fp16", batch_range=(1, 1, 1))
     assert not (tmp_path / "m.engine").exists()
 
 
 def test_build_engine_refuses_wrong_graph_precision_before_building(fake_trt, onnx_file, tmp_path):
     rec = fake_trt(11)
     with pytest.raises(DeployvitError, match="needs a fp16 ONNX graph"):
-        trt_export.build_engine(onnx_file, tmp_path / "m.engine", precision="fp16", batch_range=(1, 1, 1),
+        trt_export.build_engine(rec.module, onnx_file, tmp_path / "m.engine", precision="fp16", batch_range=(1, 1, 1),
                                 graph_precision="fp32")
     assert rec.calls == [] and not (tmp_path / "m.engine").exists()
 
@@ -259,10 +261,29 @@ def test_build_engine_refuses_wrong_graph_precision_before_building(fake_trt, on
 @pytest.mark.parametrize("kw, message", [({"parse_ok": False}, "could not parse.*Unsupported ONNX op"),
                                          ({"build_ok": False}, "failed to build")])
 def test_build_failures_are_check_failures_and_write_nothing(fake_trt, onnx_file, tmp_path, kw, message):
-    fake_trt(10, **kw)
+    rec = fake_trt(10, **kw)
     with pytest.raises(CheckFailed, match=message):
-        trt_export.build_engine(onnx_file, tmp_path / "m.engine", precision="fp32", batch_range=(1, 1, 1))
+        trt_export.build_engine(rec.module, onnx_file, tmp_path / "m.engine", precision="fp32", batch_range=(1, 1, 1))
     assert not (tmp_path / "m.engine").exists() and not (tmp_path / "m.engine.json").exists()
+
+
+@pytest.mark.parametrize("major", [10, 11])
+def test_the_runtime_builds_a_part_engine_with_the_checked_module(fake_trt, tmp_path, major):
+    """A latency-table part in the tensorrt runtime: the module `import_tensorrt` checked is the one
+    handed to `build_engine`, from an fp16 graph of the part, with a static profile at the part's batch."""
+    from deployvit.models import build_part
+    from deployvit.parts import BlockPart
+    from deployvit.runtimes import get_runtime
+    from exporters.onnx import read_metadata
+
+    rec = fake_trt(major)
+    assert import_tensorrt() is rec.module
+    part = BlockPart(tokens=17, embed_dim=32, num_heads=2, head_dim=16, mlp_hidden=64)
+    engine = get_runtime("tensorrt").write_part(build_part(part).eval(), tmp_path, part.input_shape(2), "fp16", False)
+    assert engine == tmp_path / "part.engine" and engine.read_bytes() == b"engine-bytes"
+    assert ("parse_from_file", str(tmp_path / "part.onnx")) in rec.calls and read_metadata(tmp_path / "part.onnx")["precision"] == "fp16"
+    assert ("network_flags", 2) in rec.calls and ("clear_flag", "TF32") in rec.calls
+    assert ("profile", ("input", (2, 3, 32, 32), (2, 3, 32, 32), (2, 3, 32, 32))) in rec.calls  # the stand-in's input is an image
 
 
 # --- the real thing: needs TensorRT and a CUDA GPU ---------------------------------------------------
@@ -283,10 +304,10 @@ def test_real_engine_builds_runs_and_passes_the_gate(precision, tf32, tmp_path):
     model = build_model(get_space("test").sample(np.random.default_rng(0))).eval()
     onnx_path = export_onnx(model, tmp_path / "m.onnx", img_size=32, precision=plan.onnx_precision,
                             dynamic_batch=(1, 4, 8))
-    sidecar = trt_export.build_engine(onnx_path, tmp_path / "m.engine", precision=precision, batch_range=(1, 4, 8),
+    sidecar = trt_export.build_engine(trt, onnx_path, tmp_path / "m.engine", precision=precision, batch_range=(1, 4, 8),
                                       timing_cache=tmp_path / "cache", graph_precision=plan.onnx_precision, tf32=tf32)
     assert sidecar["build_path"] == plan.path and sidecar["strongly_typed"]
-    runner = trt_export.TrtRunner(tmp_path / "m.engine")
+    runner = TrtRunner(tmp_path / "m.engine")
     ref = model.cuda()
     result = verify(lambda x: ref(x.cuda()), runner, synthetic_samples(32, 32), batch_sizes=(1, 8),
                     precision=precision, thresholds=Thresholds.for_precision(precision, tf32=tf32))

@@ -14,7 +14,8 @@ import torch
 from deployvit.errors import DeployvitError
 from deployvit.models import build_model
 from deployvit.spaces import get_space
-from exporters.onnx import OnnxRunner, export_onnx
+from deployvit.runtimes.onnxruntime import OnnxRunner
+from exporters.onnx import export_onnx
 from deployvit.commands.export import data_samples
 from exporters.verify import Thresholds, compare, failures, synthetic_samples, verify
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from deployvit.errors import DeployvitError
-from deployvit.latency.runtimes import build_runner, check_runtime
-from deployvit.latency.timing import time_callable
+from deployvit.runtimes import build_runner, check_runtime
+from deployvit.timing import time_callable
 from deployvit.models import build_part
 from deployvit.parts import BlockPart
 from exporters.onnx import export_onnx
@@ -62,7 +62,7 @@ def test_onnxruntime_runner_is_timeable_and_computes_the_module():
 def test_one_onnxruntime_runner_for_tables_and_artifacts(tmp_path):
     """An export artifact's `OnnxRunner(x)` and a table entry's zero-argument run are the same bound
     call: `runner(x)` refills the buffer `bind` bound for that shape and runs it."""
-    from exporters.onnx import BoundRun, OnnxRunner
+    from deployvit.runtimes.onnxruntime import BoundRun, OnnxRunner
 
     torch.manual_seed(0)
     module = build_part(PART).eval()
@@ -83,7 +83,7 @@ def test_one_onnxruntime_runner_for_tables_and_artifacts(tmp_path):
 def test_onnxruntime_on_cuda_without_onnxruntime_gpu_says_what_to_install(tmp_path):
     """Exit 2 with the install line, before the no-GPU error: true on any machine, this one too."""
     from deployvit.errors import MissingDependency
-    from exporters.onnx import OnnxRunner
+    from deployvit.runtimes.onnxruntime import OnnxRunner
 
     for device in ("cuda", torch.device("cuda", 0)):
         with pytest.raises(MissingDependency, match=r"no CUDA provider: pip uninstall -y onnxruntime && pip install onnxruntime-gpu"):

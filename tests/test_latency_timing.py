@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from deployvit.errors import DeployvitError
-from deployvit.latency.timing import percentile, summarize, time_callable
+from deployvit.timing import percentile, summarize, time_callable
 
 
 def test_summarize_known_samples():

@@ -1,12 +1,20 @@
 """The layers, enforced: the import graph of `deployvit/` and `exporters/` (imports inside
 functions included) has no cycle and no import against the order
 
-    base < supernet < exporters < train, latency (siblings) < search, contract < commands < cli
+    base < supernet < exporters < runtimes < train, latency (siblings) < search, contract < commands < cli
 
-where siblings do not import each other. `exporters` sits below `latency` rather than beside it
-(DESIGN.md section 6 drew them as siblings): a latency table's onnxruntime and tensorrt entries are
-timed on exported parts, so `latency.runtimes` needs the exporter, and nothing in `exporters` needs
-a latency table (export's latency contract, which needs both, is `deployvit.contract`, above them).
+where siblings do not import each other, and every module's layer is where its file is: base is the
+top-level modules of `deployvit/` (errors, io, arch, spaces, parts, counting, models, devices,
+weights, compute, units, timing, settings, runtime_registry) other than the three the order names
+above (contract, cli and its `__main__`), every other layer a package.
+- `exporters` only export (ONNX graphs, TensorRT engines) and verify; they run nothing themselves:
+  `exporters.benchmark` is handed the runtime whose artifact it verifies and times.
+- `runtimes` run modules and exported files (a table's file-based entries are timed on exported
+  parts, so they sit above the exporters). The facts about each runtime are
+  `deployvit.runtime_registry`, torch-free and in the base, so every layer can read them; a
+  runtime's code is imported from there by name only (`deployvit.runtimes.get_runtime`).
+- `latency` (tables, profiling, estimates) and `train` build on both; export's latency contract,
+  which joins tables and artifacts, is `deployvit.contract`, beside `search`.
 A failure names the offending import."""
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"deployvit", "deployvit.errors", "deployvit.io", "deployvit.arch", "deployvit.spaces", "deployvit.parts",
-        "deployvit.counting", "deployvit.models", "deployvit.latency.timing", "deployvit.latency.settings",
+        "deployvit.counting", "deployvit.models", "deployvit.timing", "deployvit.settings",
         "deployvit.compute", "deployvit.units", "deployvit.weights", "deployvit.devices"}
 SIBLINGS = ("deployvit.train", "deployvit.latency")
 
@@ -56,23 +64,32 @@ def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     return found
 
 
-def layer(name: str) -> tuple[int, str]:
-    if name in BASE:
+def is_base(name: str, known: dict[str, Path]) -> bool:
+    """A top-level module of `deployvit/` (not a package, not the command line): base by where it is."""
+    path = known[name]
+    return name == "deployvit" or (path.parent == ROOT / "deployvit" and path.name != "__init__.py"
+                                   and name not in ("deployvit.contract", "deployvit.cli", "deployvit.__main__"))
+
+
+def layer(name: str, known: dict[str, Path] | None = None) -> tuple[int, str]:
+    if is_base(name, known or modules()):
         return 0, "base"
     if name.startswith("deployvit.supernet"):
         return 1, "supernet"
     if name == "exporters" or name.startswith("exporters."):
         return 2, "exporters"
+    if name.startswith("deployvit.runtimes"):
+        return 3, "runtimes"
     for sibling in SIBLINGS:
         if name == sibling or name.startswith(sibling + "."):
-            return 3, sibling
+            return 4, sibling
     if name.startswith("deployvit.search") or name == "deployvit.contract":
-        return 4, "search"
+        return 5, "search"
     if name.startswith("deployvit.commands"):
-        return 5, "commands"
+        return 6, "commands"
     if name in ("deployvit.cli", "deployvit.__main__"):
-        return 6, "cli"
-    raise AssertionError(f"module {name} has no layer: add it to tests/test_layers.py and DESIGN.md section 6")
+        return 7, "cli"
+    raise AssertionError(f"module {name} has no layer: add it to tests/test_layers.py and the README's Development section")
 
 
 def graph() -> dict[str, set[str]]:
@@ -81,12 +98,13 @@ def graph() -> dict[str, set[str]]:
 
 
 def test_no_import_against_the_layer_order():
+    known = modules()
     bad = []
     for name, deps in sorted(graph().items()):
-        (lv, group) = layer(name)
+        (lv, group) = layer(name, known)
         for dep in sorted(deps):
-            (dv, dgroup) = layer(dep)
-            if dv > lv or (dv == lv == 3 and dgroup != group):
+            (dv, dgroup) = layer(dep, known)
+            if dv > lv or (dv == lv == 4 and dgroup != group):
                 bad.append(f"{name} ({group}) imports {dep} ({dgroup})")
     assert not bad, "\n".join(bad)
 
@@ -118,3 +136,30 @@ def test_the_checker_sees_function_level_imports(tmp_path):
     src = tmp_path / "m.py"
     src.write_text("def f():\n    from deployvit.search.run import run_search\n")
     assert imports_of("deployvit.x", src, modules()) == {"deployvit.search.run"}
+
+
+def test_base_is_the_top_level_modules_and_nothing_else():
+    """No module is base by decree: every base module is a file directly in `deployvit/`, and every
+    module of a package is in that package's layer."""
+    known = modules()
+    base = sorted(n for n in known if layer(n, known)[1] == "base")
+    assert all(known[n].parent == ROOT / "deployvit" for n in base), base
+    assert {"deployvit.timing", "deployvit.settings", "deployvit.runtime_registry"} <= set(base)
+    assert not any(n.startswith("deployvit.latency.") for n in base)
+
+
+def _imported_by(statement: str) -> set[str]:
+    """Heavy modules a fresh interpreter has loaded after `statement`."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "onnx", "onnxruntime", "openvino", "tensorrt", "timm")
+    code = f"import sys\n{statement}\nprint(' '.join(m for m in {heavy!r} if sys.modules.get(m) is not None))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
+    return set(out.stdout.split())
+
+
+def test_loading_a_latency_table_imports_neither_onnx_nor_torch():
+    """`LatencyTable` and the runtime table are plain data: reading them costs no heavy import."""
+    assert _imported_by("from deployvit.latency.table import LatencyTable") == set()
+    assert _imported_by("from deployvit.runtime_registry import RECORDS; [r.install_line() for r in RECORDS]") == set()

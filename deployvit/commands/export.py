@@ -20,14 +20,15 @@ import torch
 
 from deployvit.commands import bounds
 from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
-from exporters import tensorrt as trt_export
 from deployvit import io
 from deployvit.compute import compute_device
 from deployvit.contract import contract_runner, measure_contract, plan_contract
-from deployvit.latency.settings import MeasureSettings
+from deployvit.runtime_registry import format_names, format_record, listing, tf32_runtimes
+from deployvit.runtimes import for_format, software
+from deployvit.settings import MeasureSettings
 from deployvit.units import parse_amount
-from exporters.benchmark import FORMATS, ExportSpec, parse_formats, reference_runner, run_format
-from exporters.onnx import BF16_MIN_OPSET, DEFAULT_OPSET, MIN_OPSET, PRECISIONS, batch_spec, check_onnxruntime_device, check_opset
+from exporters.benchmark import ExportSpec, reference_runner, run_format
+from exporters.onnx import BF16_MIN_OPSET, DEFAULT_OPSET, MIN_OPSET, PRECISIONS, batch_spec, check_opset
 from exporters.report import REFERENCE, SKIPPED, VERIFIED, VERIFY_FAILED, Report, Row, format_table
 from exporters.sources import SourceModel, load_arch_model, load_timm_model
 from exporters.verify import Runner, Samples, Thresholds, synthetic_samples
@@ -48,6 +49,16 @@ def _batch_range(text: str | None, contracts: dict[str, Any]) -> tuple[int, int,
     return lo, opt, hi
 
 
+def parse_formats(text: str) -> list[str]:
+    """`--formats a,b,c`: every name checked against the runtime table, in the order given."""
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    if not formats:
+        raise DeployvitError(f"--formats {text!r}: name at least one format (choose from {', '.join(format_names())})")
+    for fmt in formats:
+        format_record(fmt)  # an unknown name: one line naming the choices
+    return formats
+
+
 def _check_contract_batches(batch, contracts: dict[str, Any]) -> None:
     for fmt, c in contracts.items():
         if not batch.min <= c.batch_size <= batch.max:
@@ -65,8 +76,8 @@ def _common_options(fn: Callable) -> Callable:
         click.option("--img-size", type=bounds.IMG_SIZE, help="Input size of a --timm-model (default: its own)."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True),
         click.option("--tf32", is_flag=True,
-                     help="fp32 only: let TensorRT / onnxruntime-gpu use TF32 for fp32 matmuls (recorded; verified with "
-                          "its own gate: cosine >= 0.9995, top-1 agreement >= 99.5%). Default: TF32 off, fp32 means fp32."),
+                     help=f"fp32 only: let {listing(tf32_runtimes(), 'and')} on CUDA use TF32 for fp32 matmuls (recorded; verified "
+                          "with its own gate: cosine >= 0.9995, top-1 agreement >= 99.5%). Default: TF32 off, fp32 means fp32."),
         click.option("--batch-size", type=bounds.BATCH,
                      help="Static batch size, and the batch of the latency contract (default: dynamic batch 1,8,32 "
                           "widened to the table's batch; the contract at the table's batch)."),
@@ -156,16 +167,13 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
     )
     if opts["workspace"] <= 0:
         raise DeployvitError(f"--workspace must be > 0 GB, got {opts['workspace']}")
-    if formats == ["onnx"] and opts["device"] == "cuda":
-        check_onnxruntime_device("cuda")  # what to install is true on any machine: said before "no GPU here"
+    if len(formats) == 1 and opts["device"] != "auto":
+        for_format(formats[0]).check(opts["device"], precision)  # what to install is true on any machine: said before "no GPU here"
     device = compute_device(opts["device"]).type
     if opts["table"] is not None and not Path(opts["table"]).is_file():
         raise DeployvitError(f"latency table not found: {opts['table']}")
-    if formats == ["trt"]:
-        trt_export.import_tensorrt()  # export --format trt: a missing TensorRT is exit 2, up front
-        trt_export.require_cuda()
-    if formats == ["onnx"]:
-        check_onnxruntime_device(device)  # onnxruntime on CUDA (auto) without its provider: exit 2 with the install line
+    if len(formats) == 1:
+        for_format(formats[0]).check(device, precision)  # `export`: a runtime unavailable here is exit 2, up front
     source = _source(opts)
     notes = ["--table ignored: a latency table predicts deployvit archs, not timm models"] if opts["table"] and source.arch is None else []
     timing = {"warmup_s": opts["warmup"], "repeats": opts["repeats"], "threads": 1 if opts["clock"] == "cpu" else None, "clock": opts["clock"]}
@@ -220,7 +228,7 @@ def _settings(job: Job, formats: list[str]) -> dict[str, Any]:
 
 def finish(command: str, job: Job, rows: list[Row], formats: list[str], models: dict[str, Any]) -> None:
     """Write the report, print the table, and turn failures into exit 1."""
-    report = Report(command, models, job.samples.source, rows, _settings(job, formats), job.notes)
+    report = Report(command, models, job.samples.source, rows, _settings(job, formats), job.notes, software())
     json_path, md_path = report.write(job.out)
     click.echo(format_table(rows))
     click.echo(f"\nreport: {json_path} and {md_path.name}")
@@ -239,10 +247,12 @@ def finish(command: str, job: Job, rows: list[Row], formats: list[str], models: 
 
 @click.command()
 @_common_options
-@click.option("--format", "fmt", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(format_names(files_only=True)), default=format_names(files_only=True)[0],
+              show_default=True, help="Export format (each runs in the latency-table runtime of that format).")
 def export(fmt: str, **opts: Any) -> None:
-    """Export a model to ONNX or TensorRT, verify it against PyTorch fp32, time it, and check the
-    latency contract. Writes model.onnx / model.engine, report.json and report.md into --out."""
+    """Export a model to a file (an ONNX graph, a TensorRT engine, ...), verify it against PyTorch
+    fp32, time it, and check the latency contract. Writes model.<format>, report.json and report.md
+    into --out."""
     job = prepare(opts, [fmt])
     row = _row(job, job.source, job.samples, fmt, "model", None)
     finish("export", job, [row], [fmt], {job.source.name: job.source.info})
@@ -250,7 +260,7 @@ def export(fmt: str, **opts: Any) -> None:
 
 @click.command()
 @_common_options
-@click.option("--formats", default=",".join(FORMATS), show_default=True, help="Comma-separated formats to benchmark.")
+@click.option("--formats", default=",".join(format_names()), show_default=True, help="Comma-separated formats to benchmark.")
 @click.option("--baselines", default="", help="Comma-separated timm models to compare, e.g. deit_tiny_patch16_224.")
 def benchmark(formats: str, baselines: str, **opts: Any) -> None:
     """Export, verify and time every available format of a model (and timm baselines at the same
@@ -279,7 +289,7 @@ def benchmark(formats: str, baselines: str, **opts: Any) -> None:
 def _row(job: Job, source: SourceModel, samples: Samples, fmt: str, stem: str, reference: Runner | None) -> Row:
     """One format of one model: exported, verified, timed, and its latency contract measured like
     its table (`deployvit.contract`)."""
-    row = run_format(fmt, source.model, source.name, job.spec, samples, job.out, stem=stem,
+    row = run_format(for_format(fmt), source.model, source.name, job.spec, samples, job.out, stem=stem,
                      reference=reference, budget_ms=job.budget_ms)
     contract = copy.deepcopy(job.contracts[fmt])
     if row.status in (VERIFIED, VERIFY_FAILED, REFERENCE):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from deployvit.commands import bounds
-from deployvit.latency.settings import PRECISIONS
+from deployvit.runtime_registry import help_text as runtime_help
+from deployvit.settings import PRECISIONS
 
 from deployvit.arch import load_arch
 
@@ -15,7 +16,7 @@ from deployvit.arch import load_arch
 @click.option("--table", "table_path", type=click.Path(dir_okay=False),
               help="Latency table (default: the one `deployvit tables` says search would pick for the arch's space).")
 @click.option("--device", help="Target device of the table: a label (h100, a100, cpu, ...) or cuda[:N] (this GPU).")
-@click.option("--runtime", help="Only tables of this runtime.")
+@click.option("--runtime", help=runtime_help("Only tables of this runtime: "))
 @click.option("--precision", type=click.Choice(PRECISIONS), help="Only tables of this precision.")
 @click.option("--batch-size", type=bounds.BATCH, help="Only tables of this batch size.")
 @click.option("--measure", is_flag=True, help="Also time the arch on this machine with the table's runtime, precision and batch.")

@@ -8,7 +8,8 @@ import click
 
 from deployvit.commands import bounds
 from deployvit.errors import DeployvitError
-from deployvit.latency.settings import MeasureSettings, ProfileConfig
+from deployvit.runtime_registry import help_text as runtime_help
+from deployvit.settings import MeasureSettings, ProfileConfig
 from deployvit.latency.table import table_filename
 from deployvit.spaces import get_space
 
@@ -31,7 +32,7 @@ def output_paths(out: str | None, label: str, space: str, runtime: str, precisio
 @click.option("--device", "label", required=True,
               help="Device label (a100, h100, h200, l4, t4, a10, rtx4090, orin, cpu, or your own name); with --estimate, a GPU catalogue entry.")
 @click.option("--space", "space_name", required=True, help="Search space preset or YAML/JSON file.")
-@click.option("--runtime", required=True, help="eager, cudagraph, compile, onnxruntime or tensorrt.")
+@click.option("--runtime", required=True, help=runtime_help())
 @click.option("--precision", default="fp16", show_default=True, help="fp32, fp16 or bf16.")
 @click.option("--batch-size", "batches", type=bounds.BATCH, multiple=True, required=True, help="Batch size; repeat for several tables.")
 @click.option("--out", help="Table path (default $DEPLOYVIT_HOME/latency_tables/LABEL/SPACE-RUNTIME-PRECISION-bB.json, where search "
@@ -42,7 +43,7 @@ def output_paths(out: str | None, label: str, space: str, runtime: str, precisio
               help="Held-out archs timed to validate the table.")
 @click.option("--warmup", "warmup_s", type=bounds.WARMUP_S, default=MeasureSettings.warmup_s, show_default=True, help="Warm-up seconds before each timing.")
 @click.option("--repeats", type=bounds.REPEATS, default=MeasureSettings.repeats, show_default=True, help="Timed repeats per part and per arch.")
-@click.option("--threads", type=bounds.THREADS, help="CPU threads for torch/onnxruntime (recorded; default: library default).")
+@click.option("--threads", type=bounds.THREADS, help="CPU threads for torch and the runtime's own pool (recorded; default: library default).")
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default=MeasureSettings.clock, show_default=True,
               help="CPU only: 'cpu' times process CPU time (needs --threads 1), far less sensitive to other jobs on a shared machine.")
 @click.option("--seed", type=bounds.SEED, default=ProfileConfig.seed, show_default=True, help="Seed of the calibration/validation arch samples.")

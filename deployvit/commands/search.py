@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from deployvit.commands import bounds
-from deployvit.latency.settings import PRECISIONS
+from deployvit.runtime_registry import help_text as runtime_help
+from deployvit.settings import PRECISIONS
 from deployvit.errors import CheckFailed, DeployvitError
 from deployvit.search.budgets import Constraints
 from deployvit.units import format_amount, parse_amount, parse_amounts
@@ -33,7 +34,7 @@ def _amount(value: str | None, metric: str) -> float | None:
 @click.option("--device", help="Target device of the latency table: a label (h100, a100, cpu, ...) or cuda[:N] for this "
                                "machine's GPU, which also runs the score (cpu: table and score on the CPU). Default: this "
                                "machine's GPU, else h100; the score runs on CUDA when available.")
-@click.option("--runtime", help="Only tables of this runtime (eager, cudagraph, compile, onnxruntime, tensorrt).")
+@click.option("--runtime", help=runtime_help("Only tables of this runtime: "))
 @click.option("--precision", type=click.Choice(PRECISIONS), help="Only tables of this precision.")
 @click.option("--batch-size", type=bounds.BATCH, help="Only tables of this batch size.")
 @click.option("--method", type=click.Choice(METHODS.names()), default=DEFAULTS.method, show_default=True,

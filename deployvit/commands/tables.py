@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from deployvit.commands import bounds
-from deployvit.latency.settings import PRECISIONS
+from deployvit.runtime_registry import help_text as runtime_help
+from deployvit.settings import PRECISIONS
 
 
 @click.command("tables")
 @click.option("--device", help="Show the pick for this target device (a label, or cuda[:N]); default as search.")
-@click.option("--runtime", help="Show the pick among tables of this runtime only.")
+@click.option("--runtime", help=runtime_help("Show the pick among tables of this runtime only: "))
 @click.option("--precision", type=click.Choice(PRECISIONS), help="Show the pick among this precision only.")
 @click.option("--batch-size", type=bounds.BATCH, help="Show the pick among this batch size only.")
 def tables_cmd(device, runtime, precision, batch_size) -> None:

@@ -65,7 +65,8 @@ import numpy as np
 from deployvit.errors import DeployvitError
 from deployvit.latency.gpus import GPU, load_catalogue
 from deployvit.latency.kernels import Flavour, Kernel, part_kernels
-from deployvit.latency.settings import PRECISIONS
+from deployvit.runtime_registry import estimated_runtimes, runtime_record
+from deployvit.settings import PRECISIONS
 from deployvit.parts import Part, arch_parts
 
 if TYPE_CHECKING:
@@ -75,12 +76,8 @@ if TYPE_CHECKING:
 
 MODEL_VERSION = "deployvit.gpu_estimate/2"
 CONSTANTS_FORMAT = "deployvit.estimate_constants/2"
-#: runtimes the model covers, and why the others are refused
-ESTIMATED_RUNTIMES = ("eager", "cudagraph", "compile", "tensorrt")
-REFUSED = {
-    "onnxruntime": "onnxruntime's CUDA provider has no published ViT measurements here and its kernel choice and "
-    "fusion differ by version and provider options; measure it with `deployvit profile`",
-}
+#: runtimes the model covers (their records' `estimate`; the others' records say why not)
+ESTIMATED_RUNTIMES = estimated_runtimes()
 #: GEMM output tiles cuBLAS/TensorRT choose among, with each tile's rate relative to the unit's peak:
 #: on tensor cores a smaller tile reuses less data per load (`min(1, tm*tn / (tm+tn) / 64)`: 128x128
 #: = 1, 128x64 = 2/3, 64x64 = 1/2); CUDA cores need 8-16x less operand traffic per FLOP, so their
@@ -133,10 +130,9 @@ def resolve_gpu(gpu: "GPU | str") -> GPU:
 
 def check_request(runtime: str, precision: str, batch: int, gpu: GPU) -> None:
     """Refuse, in one line, what the model does not cover."""
-    if runtime in REFUSED:
-        raise DeployvitError(f"--estimate does not cover runtime {runtime}: {REFUSED[runtime]}")
-    if runtime not in ESTIMATED_RUNTIMES:
-        raise DeployvitError(f"unknown runtime {runtime!r} for an estimate (choose from {', '.join(ESTIMATED_RUNTIMES)})")
+    record = runtime_record(runtime)
+    if record.estimate is None:
+        raise DeployvitError(f"--estimate does not cover runtime {runtime}: {record.not_estimated}")
     if precision not in PRECISIONS:
         raise DeployvitError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     if precision == "bf16" and gpu.bf16_tensor_tflops is None:

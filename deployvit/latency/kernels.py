@@ -10,7 +10,7 @@ and the attention kernel as extern kernels: 8 launches per block. TensorRT fuses
 residual adds into GEMM epilogues and runs fused attention in fp16 (7 kernels); in fp32 it has no
 fused attention kernel, so attention is two batched GEMMs around a softmax (9).
 
-Who launches a kernel decides its host cost (`HOST_PATHS`, per runtime): eager PyTorch launches each
+Who launches a kernel decides its host cost (the runtime record's `estimate.host`): eager PyTorch launches each
 one from Python (an nn.Module call, the op's binding and the ATen dispatcher per kernel), inductor's
 generated Python wrapper launches each fused kernel (a wrapper line and a Triton or extern call per
 kernel, plus guards once per call), a CUDA graph is one replay with no per-kernel host work, and a
@@ -29,11 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deployvit.parts import BlockPart, HeadPart, Part, ReductionPart, StemPart
-
-FUSIONS = {"eager": "none", "cudagraph": "none", "compile": "inductor", "tensorrt": "tensorrt"}
-#: who launches each kernel, per runtime: "python" (eager), "inductor" (compile's generated
-#: wrapper), "graph" (one CUDA-graph replay per call), "native" (a C++ runtime's enqueue)
-HOST_PATHS = {"eager": "python", "cudagraph": "graph", "compile": "inductor", "tensorrt": "native"}
+from deployvit.runtime_registry import runtime_record
 
 
 @dataclass(frozen=True)
@@ -58,7 +54,7 @@ class Flavour:
 
     runtime: str
     fusion: str  # "none", "inductor" or "tensorrt"
-    host: str  # "python", "inductor", "graph" or "native" (HOST_PATHS)
+    host: str  # "python", "inductor", "graph" or "native" (the runtime record's estimate.host)
     tf32: bool = False  # fp32 GEMMs on TF32 tensor cores (off in torch by default, and in deployvit's TensorRT builds)
     attention: str = "fused"
     amp: bool = False
@@ -68,8 +64,9 @@ class Flavour:
         """deployvit's own runners: fp32 is fp32 everywhere (TF32 off: torch's default for matmuls and
         `exporters.tensorrt`'s default build), so fp32 GEMMs run on CUDA cores. TensorRT has no fused
         attention kernel in fp32: its attention is explicit there."""
-        attention = "explicit" if runtime == "tensorrt" and precision == "fp32" else "fused"
-        return cls(runtime, FUSIONS[runtime], HOST_PATHS[runtime], tf32=False, attention=attention)
+        est = runtime_record(runtime).estimate  # the runtime's record says how it runs its kernels
+        attention = est.fp32_attention if precision == "fp32" else "fused"
+        return cls(runtime, est.fusion, est.host, tf32=False, attention=attention)
 
 
 def element_bytes(precision: str) -> int:

@@ -30,11 +30,11 @@ from deployvit import __version__, io
 from deployvit.arch import Arch
 from deployvit.errors import DeployvitError
 from deployvit.devices import check_label, machine_facts
-from deployvit.latency.runtimes import build_runner, check_runtime, runtime_version
-from deployvit.latency.settings import MeasureSettings, ProfileConfig
+from deployvit.runtimes import build_runner, check_runtime, runtime_version
+from deployvit.settings import MeasureSettings, ProfileConfig
 from deployvit.latency.stats import error_stats, fit_affine
 from deployvit.latency.table import LatencyTable
-from deployvit.latency.timing import CV_WARN_CPU, CV_WARN_CUDA, Timing, time_callable
+from deployvit.timing import CV_WARN_CPU, CV_WARN_CUDA, Timing, time_callable
 from deployvit.models import build_model, build_part
 from deployvit.parts import Part, space_parts
 from deployvit.spaces import SearchSpace

@@ -15,7 +15,7 @@ space predicts parts that no longer exist) it ranks:
 
 Within a rank the user's folders come before the shipped one, then the preferred precision (fp16 on
 a GPU, fp32 on the CPU), batch 1, an estimate validated on published measurements before an
-unvalidated one, and the runtime order of `RUNTIME_PREFERENCE`. `--runtime`,
+unvalidated one, and the runtimes' `preference` (`deployvit.runtime_registry`). `--runtime`,
 `--precision` and `--batch-size` filter. Two tables that are equal on all of that are a tie the
 resolver refuses to break silently (exit 2): the user removes one or passes `--table`.
 """
@@ -31,9 +31,8 @@ from typing import Iterable
 from deployvit import io
 from deployvit.errors import DeployvitError
 from deployvit.latency.table import LatencyTable, shipped_tables_dir
+from deployvit.runtime_registry import preference, profile_hint
 
-#: deployment-like runtimes first; `eager` is kept for contrast only (DESIGN.md section 4)
-RUNTIME_PREFERENCE = ("cudagraph", "tensorrt", "compile", "onnxruntime", "eager")
 ORIGINS = ("here", "home", "shipped")
 
 
@@ -222,14 +221,13 @@ def _tier(info: TableInfo, machine: Machine) -> int:
 def _rank(info: TableInfo, machine: Machine, kind: str) -> tuple:
     meta = info.meta
     preferred_precision = "fp32" if kind == "cpu" else "fp16"
-    runtime = meta["runtime"]
     return (
         _tier(info, machine),
         ORIGINS.index(info.origin),
         meta["precision"] != preferred_precision,
         meta["batch_size"],  # batch 1 first
         info.source == "estimated" and info.estimate_error is None,  # a validated estimate first
-        RUNTIME_PREFERENCE.index(runtime) if runtime in RUNTIME_PREFERENCE else len(RUNTIME_PREFERENCE),
+        preference(meta["runtime"]),
     )
 
 
@@ -289,7 +287,7 @@ def _nothing_fits(query: TableQuery, infos: list[TableInfo], kind: str, label: s
     where = ", ".join(["./latency_tables", f"{deployvit_home() / 'latency_tables'}", "the shipped tables"])
     have = f" (tables of this space: {'; '.join(same_space)})" if same_space else ""
     lab = label or "<label>"
-    runtime = query.runtime or ("eager" if kind == "cpu" else "cudagraph")
+    runtime = query.runtime or profile_hint("cpu" if kind == "cpu" else "cuda")
     precision = query.precision or ("fp32" if kind == "cpu" else "fp16")
     cmd = (f"deployvit profile --device {lab} --space {query.space} --runtime {runtime} --precision {precision} "
            f"--batch-size {query.batch_size or 1}")

@@ -116,10 +116,11 @@ class LatencyTable:
         An estimate was measured on nothing: only whether this machine has its GPU model is said."""
         if self.is_estimate:
             return self._estimate_mismatches()
-        from deployvit.devices import device_name
-        from deployvit.latency.runtimes import runtime_version
-
         import torch
+
+        from deployvit.devices import device_name
+        from deployvit.runtime_registry import RUNTIMES
+        from deployvit.runtimes import runtime_version
 
         meta = self.metadata
         notes = []
@@ -131,7 +132,8 @@ class LatencyTable:
                 notes.append(f"table was measured on {meta['device_name']!r}, this machine has {here!r}")
         if torch.__version__ != meta["torch"]:
             notes.append(f"table was measured with torch {meta['torch']}, this is torch {torch.__version__}")
-        if meta["runtime"] in ("onnxruntime", "tensorrt"):
+        record = RUNTIMES.get(meta["runtime"])
+        if record is not None and record.package:  # torch's version is compared above
             try:
                 version = runtime_version(meta["runtime"])
             except DeployvitError:

@@ -187,27 +187,3 @@ def _cpu_samples(fn: Callable[[], object], clock: str, repeats: int, inner: int)
             fn()
         samples.append((now() - t0) * 1e6 / inner)
     return samples
-
-
-def capture_cuda_graph(module: torch.nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
-    """Capture one forward of `module` on `x` as a CUDA graph (after warm-up on a side stream, as torch
-    requires) and return its replay. The latency tables' `cudagraph` runtime and the export format of
-    that name both replay through this, so they run the same graph."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.inference_mode(), torch.cuda.stream(side):
-        for _ in range(3):
-            module(x)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), torch.cuda.graph(graph):
-        out = module(x)
-
-    static = (x, out)  # the graph reads x's memory and writes out's: the closure keeps both alive
-
-    def replay() -> torch.Tensor:
-        graph.replay()
-        return static[1]
-
-    replay.graph = graph
-    return replay
