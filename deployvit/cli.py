@@ -20,6 +20,7 @@ from deployvit.errors import DeployvitError
 # `deployvit search` does not pay for the exporters (`deployvit --help` lists, so imports, them all).
 COMMANDS = {
     "inspect": "deployvit.commands.inspect:inspect",
+    "import": "deployvit.commands.import_parent:import_cmd",
     "search": "deployvit.commands.search:search",
     "profile": "deployvit.commands.profile:profile_cmd",
     "latency": "deployvit.commands.latency:latency_cmd",

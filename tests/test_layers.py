@@ -1,7 +1,7 @@
 """The layers, enforced: the import graph of `deployvit/` and `exporters/` (imports inside
 functions included) has no cycle and no import against the order
 
-    base < supernet < exporters < train, latency (siblings) < search, contract < commands < cli
+    base < supernet < exporters < train, latency (siblings) < search, importers, contract < commands < cli
 
 where siblings do not import each other. `exporters` sits below `latency` rather than beside it
 (DESIGN.md section 6 drew them as siblings): a latency table's onnxruntime and tensorrt entries are
@@ -64,7 +64,7 @@ def layer(name: str) -> tuple[int, str]:
     for sibling in SIBLINGS:
         if name == sibling or name.startswith(sibling + "."):
             return 3, sibling
-    if name.startswith("deployvit.search") or name == "deployvit.contract":
+    if name.startswith("deployvit.search") or name.startswith("deployvit.importers") or name == "deployvit.contract":
         return 4, "search"
     if name.startswith("deployvit.commands"):
         return 5, "commands"
