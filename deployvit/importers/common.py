@@ -152,7 +152,7 @@ def shrink_into(full: Supernet, space: SearchSpace) -> Supernet:
     """The supernet of `space` holding leading slices of `full`'s weights (prefix windows: every
     elastic weight of the narrower supernet is a leading slice of the wider one's; q, k and v biases
     are three leading slices of their end-to-end vector)."""
-    target = Supernet(space, qkv_bias=full.qkv_bias)
+    target = _uninitialised(Supernet, space, qkv_bias=full.qkv_bias)
     source = full.state_dict()
     state = {}
     for name, t in target.state_dict().items():
@@ -163,8 +163,16 @@ def shrink_into(full: Supernet, space: SearchSpace) -> Supernet:
             for dim, size in enumerate(t.shape):
                 s = s.narrow(dim, 0, size)
         state[name] = s.clone()
-    target.load_state_dict(state)
+    target.load_state_dict(state)  # strict: every tensor of the target is written
     return target.eval()
+
+
+def _uninitialised(cls, *args, **kwargs):
+    """A module with allocated but uninitialised weights (every one is written next): drawing a
+    random initialisation of a ViT-B-sized supernet only to overwrite it costs seconds."""
+    with torch.device("meta"):
+        module = cls(*args, **kwargs)
+    return module.to_empty(device="cpu")
 
 
 def build_import(parent: Parent, space: SearchSpace | None, order: str,
@@ -174,8 +182,8 @@ def build_import(parent: Parent, space: SearchSpace | None, order: str,
     from deployvit.importers import ordering
 
     full_arch = parent.model.arch
-    full = Supernet(single_arch_space(parent.space.name, full_arch), qkv_bias=parent.qkv_bias)
-    full.load_extracted(full_arch, parent.model)
+    full = _uninitialised(Supernet, single_arch_space(parent.space.name, full_arch), qkv_bias=parent.qkv_bias)
+    full.load_extracted(full_arch, parent.model)  # the largest arch's slices are every weight it has
     full.eval()
     record: dict[str, Any] = {"order": order, "self_check": {}}
     if parent.reference is not None:

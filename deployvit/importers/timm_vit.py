@@ -51,7 +51,8 @@ def infer_args(state: dict[str, torch.Tensor], args: dict[str, Any]) -> dict[str
 
 
 def create(name: str, args: dict[str, Any], state: dict[str, torch.Tensor] | None, weights: str | None) -> nn.Module:
-    """timm's model `name` with `args`: the weights file loaded strictly, or timm's pretrained download."""
+    """timm's model `name` with `args`: with a weights file not loaded yet (`timm_parent` loads it once
+    the model is known to be supported), else timm's pretrained download."""
     import timm
 
     try:
@@ -68,8 +69,6 @@ def create(name: str, args: dict[str, Any], state: dict[str, torch.Tensor] | Non
         raise DeployvitError(f"--from timm:{name}: timm cannot build it with {args or 'its defaults'}: {exc}") from None
     except OSError as exc:  # no network, no cached file
         raise DeployvitError(f"--from timm:{name}: cannot download timm's weights ({exc}); pass --weights FILE") from None
-    if state is not None:
-        apply_weights(model, state, weights, f"timm model {name}")
     return model.eval()
 
 
@@ -189,8 +188,9 @@ def to_deployvit(model: nn.Module, arch: Arch) -> ViT:
             p + "mlp.fc1.weight": b.mlp.fc1.weight, p + "mlp.fc1.bias": _or_zeros(b.mlp.fc1.bias, b.mlp.fc1.out_features),
             p + "mlp.fc2.weight": b.mlp.fc2.weight, p + "mlp.fc2.bias": _or_zeros(b.mlp.fc2.bias, e),
         }
-    vit = ViT(arch)
-    vit.load_state_dict({k: v.detach().clone() for k, v in state.items()})
+    with torch.device("meta"):
+        vit = ViT(arch)
+    vit.load_state_dict({k: v.detach().clone().contiguous() for k, v in state.items()}, assign=True)
     return vit.eval()
 
 
@@ -198,7 +198,9 @@ def timm_parent(name: str, args: dict[str, Any], state: dict[str, torch.Tensor] 
                 space_name: str | None = None) -> Parent:
     """A timm model (weights from `state`, or timm's download when None) as an import's `Parent`."""
     model = create(name, args, state, weights)
-    features = check_supported(model)
+    features = check_supported(model)  # an unsupported model is refused for what it is, not for its keys
+    if state is not None:
+        apply_weights(model, state, weights, f"timm model {name}")
     arch = parent_arch(model, space_name or name.split(".")[0], features)
     (stage,) = arch.stages
     layer = stage.layers[0]

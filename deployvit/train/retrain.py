@@ -27,6 +27,7 @@ from deployvit.errors import DeployvitError
 from deployvit.arch import Arch
 from deployvit.models import ViT, build_model
 from deployvit.weights import save_model
+from deployvit.train.checkpoint import read_checkpoint
 from deployvit.train.data import Source, SplitDataset
 from deployvit.train.distributed import DistInfo
 from deployvit.train.evaluate import eval_loader, evaluate_accuracy
@@ -136,6 +137,9 @@ def retrain(model: ViT, source: Source, recipe: Recipe, init: str, opts: RunOpti
     """Evaluate the starting weights (and the teacher's), train, return {"initial": top1/top5,
     "history": per-epoch rows} (and "teacher": its top1/top5 when distilling)."""
     task = RetrainTask(model, source, recipe, init, num_workers=opts.num_workers, teacher=teacher, distill=distill)
+    saved = opts.out / "checkpoint.pt"
+    if opts.resume and saved.exists():  # a run that cannot resume says so before any evaluation is printed
+        task.check_resume(read_checkpoint(saved)["meta"])
     model.to(info.device)
     initial = task.evaluate(model, info)
     if info.is_main:
