@@ -251,3 +251,34 @@ def test_released_geometry_gets_the_released_space_and_the_published_subnet():
     plain = {k: v for k, v in state.items() if "rel_pos" not in k}
     parent = autoformer_parent(plain, "plain.pth")
     assert parent.space.features == Features(0, "avg", 1e-5) and parent.notes
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda s, a: (s, _args(change_qkv=False)), "without --change_qkv"),
+    (lambda s, a: (s, _args(relative_position=False)), "relative_position=False"),
+    (lambda s, a: ({**s, "blocks.1.fc2.weight": s["blocks.1.fc2.weight"][:, :-1]}, a), "blocks.1.fc2.weight has shape (128, 511)"),
+    (lambda s, a: ({k: v for k, v in s.items() if k != "blocks.2.ffn_layer_norm.bias"}, a), "missing blocks.2.ffn_layer_norm.bias"),
+    (lambda s, a: ({**s, "blocks.0.attn.extra": torch.zeros(1)}, a), "unexpected blocks.0.attn.extra"),
+])
+def test_bad_autoformer_files_are_one_line_and_write_nothing(tmp_path, change, needle):
+    from tests.conftest import assert_one_line_error
+
+    state, args = change(_autoformer_state(), _args())
+    torch.save({"model": state, "args": args}, tmp_path / "bad.pth")
+    out = tmp_path / "out"
+    assert_one_line_error(run_cli("import", "--from", "autoformer", "--weights", str(tmp_path / "bad.pth"), "--out", str(out)), needle)
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_a_supernet_trained_without_qkv_bias_imports_with_a_zero_bias():
+    from deployvit.importers.autoformer import autoformer_parent
+    from deployvit.importers.common import build_import
+
+    state = {k: v for k, v in _autoformer_state(1).items() if not k.endswith("qkv.bias")}
+    supernet, _ = build_import(autoformer_parent({"model": state, "args": _args()}, "nobias.pth"), None, "none", log=lambda m: None)
+    arch = supernet.space.sample(np.random.default_rng(3))
+    (stage,) = arch.stages
+    x = torch.randn(2, 3, IMG, IMG)
+    ref_state = {**state, **{f"blocks.{i}.attn.qkv.bias": torch.zeros(3 * EMBED) for i in range(DEPTH)}}
+    want = _autoformer_forward(ref_state, stage.embed_dim, [(l.num_heads, l.mlp_ratio) for l in stage.layers], x)
+    torch.testing.assert_close(supernet.extract(arch).eval()(x), want, rtol=0, atol=1e-4)

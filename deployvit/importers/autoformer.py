@@ -80,15 +80,15 @@ def _need(state: dict[str, torch.Tensor], key: str, dims: int, path: str) -> tor
 
 
 def expected_shapes(embed: int, depth: int, hidden: int, classes: int, in_chans: int, patch: int, tokens: int,
-                    rel_rows: int, rel_width: int) -> dict[str, tuple[int, ...]]:
-    """Every key of a `Vision_TransformerSuper` state dict (gp, change_qkv, qkv bias, absolute position
-    embedding; relative position tables when rel_rows > 0) and its shape."""
+                    rel_rows: int, rel_width: int, qkv_bias: bool = True) -> dict[str, tuple[int, ...]]:
+    """Every key of a `Vision_TransformerSuper` state dict (change_qkv, absolute position embedding;
+    relative position tables when rel_rows > 0, the qkv bias when `qkv_bias`) and its shape."""
     shapes = {"pos_embed": (1, tokens, embed), "cls_token": (1, 1, embed),
               "patch_embed_super.proj.weight": (embed, in_chans, patch, patch), "patch_embed_super.proj.bias": (embed,),
               "norm.weight": (embed,), "norm.bias": (embed,), "head.weight": (classes, embed), "head.bias": (classes,)}
     for i in range(depth):
         p = f"blocks.{i}."
-        shapes |= {p + "attn.qkv.weight": (3 * embed, embed), p + "attn.qkv.bias": (3 * embed,),
+        shapes |= {p + "attn.qkv.weight": (3 * embed, embed), **({p + "attn.qkv.bias": (3 * embed,)} if qkv_bias else {}),
                    p + "attn.proj.weight": (embed, embed), p + "attn.proj.bias": (embed,),
                    p + "attn_layer_norm.weight": (embed,), p + "attn_layer_norm.bias": (embed,),
                    p + "ffn_layer_norm.weight": (embed,), p + "ffn_layer_norm.bias": (embed,),
@@ -152,7 +152,8 @@ def _convert(state: dict[str, torch.Tensor], arch: Arch) -> ViT:
     }
     for i in range(stage.depth):
         src, dst = f"blocks.{i}.", f"stages.0.{i}."
-        qkv_w, qkv_b = state[src + "attn.qkv.weight"], state[src + "attn.qkv.bias"]
+        qkv_w = state[src + "attn.qkv.weight"]
+        qkv_b = state.get(src + "attn.qkv.bias", torch.zeros(qkv_w.shape[0]))  # trained without qkv bias: a zero one
         out |= {
             dst + "norm1.weight": state[src + "attn_layer_norm.weight"], dst + "norm1.bias": state[src + "attn_layer_norm.bias"],
             # interleaved rows (3j + i: part i of channel j) -> q, k and v as three leading blocks
@@ -184,7 +185,7 @@ def autoformer_parent(checkpoint: Any, path: str, space_name: str | None = None)
     g = _geometry(state, path)
     features, rows, width = _features(state, args, path, notes)
     check_shapes(state, expected_shapes(g["embed"], g["depth"], g["hidden"], g["classes"], g["in_chans"], g["patch"],
-                                        g["tokens"], rows, width), path, "an AutoFormer supernet")
+                                        g["tokens"], rows, width, "blocks.0.attn.qkv.bias" in state), path, "an AutoFormer supernet")
     heads = g["embed"] // HEAD_DIM
     if heads < 1:
         raise DeployvitError(f"{path}: embed dim {g['embed']} is narrower than one {HEAD_DIM}-wide head")
