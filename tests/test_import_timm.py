@@ -122,7 +122,7 @@ def test_export_command_takes_an_imports_parent_and_checkpoint(tmp_path):
     imp = tmp_path / "imp"
     exported = run_cli("export", "--arch", str(imp / "parent.arch.json"), "--checkpoint", str(imp / "supernet.pt"),
                        "--format", "onnx", "--out", str(tmp_path / "export"), "--samples", "4", "--dynamic-batch", "1,2,4",
-                       "--repeats", "1", "--warmup", "0")
+                       "--repeats", "1", "--warmup", "0", "--legacy-exporter")  # dynamo: the AutoFormer test
     assert exported.code == 0, exported.err
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -132,6 +132,9 @@ def test_export_command_takes_an_imports_parent_and_checkpoint(tmp_path):
     assert "supernet" in json.dumps(report)
     assert_one_line_error(run_cli("export", "--checkpoint", str(imp / "supernet.pt"), "--format", "onnx", "--out", str(tmp_path / "x")),
                           "supernet checkpoint", "--arch")
+    # imported without --data: nothing to score by inherited accuracy on, and the error says how to get it
+    assert_one_line_error(run_cli("search", "--space", str(imp / "space.yaml"), "--score", "supernet", "--supernet", str(imp / "supernet.pt"),
+                                  "--data", "digits", "--flops", "1M", "--out", str(tmp_path / "s")), "import it with --data")
 
 
 def test_default_space_is_the_documented_grid_below_the_parent():

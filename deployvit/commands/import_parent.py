@@ -58,10 +58,12 @@ def _model_args(pairs: tuple[str, ...]) -> dict:
 def import_cmd(source, weights, out, model_args, space_file, order, data, held_out_per_class, name) -> None:
     """Import a parent's weights as a searchable deployvit supernet (a timm ViT/DeiT, or an AutoFormer supernet)."""
     from deployvit.importers import common, read_state
-    from deployvit.spaces import load_space
+    from deployvit.spaces import PRESETS, load_space
 
     out_dir = Path(out)
     common.check_out(out_dir)  # before reading anything
+    if name is not None and (not name.strip() or name in PRESETS):
+        raise DeployvitError(f"--name {name!r}: give a new space name (not empty, not a preset's)")
     kind, _, model_name = source.partition(":")
     if kind == "timm" and model_name:
         if order is None:
@@ -131,5 +133,7 @@ def _summary(imported, out_dir: Path, files: list[Path], data: str | None) -> No
     click.echo(f"space {space.name}: {space.size():,} archs; files: {', '.join(f.name for f in files)} in {out_dir}")
     scoring = (f"--score supernet --supernet {out_dir / CHECKPOINT} --data {data}" if data else
                "--score dss (import with --data to search by inherited accuracy)")
-    click.echo(f"next: deployvit search --space {out_dir / SPACE_FILE} --flops {count_flops(parent) / 2e9:.3g}G {scoring}")
+    half = count_flops(parent) / 2
+    flops = f"{half / 1e9:.3g}G" if half >= 1e8 else f"{half / 1e6:.3g}M"
+    click.echo(f"next: deployvit search --space {out_dir / SPACE_FILE} --flops {flops} {scoring}")
     click.echo(f"      deployvit export --arch {out_dir / PARENT_ARCH} --checkpoint {out_dir / CHECKPOINT} --format onnx")
