@@ -46,9 +46,10 @@ def _model_args(pairs: tuple[str, ...]) -> dict:
                    "weights. Default: timm: embed dims and MLP ratios at 1/2, 5/8, 3/4, 7/8 and 1 x the parent's, "
                    "heads and depth from half the parent's to all; autoformer: the released space.")
 @click.option("--order", type=click.Choice(ORDERS),
-              help="Importance ordering of channels, heads and MLP units before slicing: magnitude (weights only; "
-                   "default for timm), activation (needs --data), none (the parent's order; the default for "
-                   "AutoFormer, whose supernet was trained for its order).")
+              help="Importance ordering of channels, heads and MLP units before slicing: activation (mean activations "
+                   "on 4 batches of --data; the default for timm with --data), magnitude (weights only; the default "
+                   "without --data), none (the parent's order; the default for AutoFormer, whose supernet was trained "
+                   "for its order).")
 @click.option("--data", help="Your labelled data ('digits', a CIFAR folder or an ImageFolder root): held-out images "
                              "are carved from its train split for `search --score supernet` (use images the parent "
                              "did not train on); --order activation measures on a few other training batches.")
@@ -66,8 +67,8 @@ def import_cmd(source, weights, out, model_args, space_file, order, data, held_o
         raise DeployvitError(f"--name {name!r}: give a new space name (not empty, not a preset's)")
     kind, _, model_name = source.partition(":")
     if kind == "timm" and model_name:
-        if order is None:
-            order = "magnitude"
+        if order is None:  # activation ordered better on digits (benchmarks/from_parent.py), and needs data
+            order = "activation" if data is not None else "magnitude"
         parent = _timm(model_name, weights, _model_args(model_args), name)
     elif source == "autoformer":
         if model_args:

@@ -11,12 +11,13 @@ that reads or writes the permuted axis, so the parent computes the same function
 permutation-equivariant over channels; tested to 1e-5 on the logits).
 
 Criteria (`ORDERS`):
-- `magnitude` (default, weights only): an MLP unit by |fc1 row| x |fc2 column| (its gain from
+- `magnitude` (weights only; `import`'s default without data): an MLP unit by |fc1 row| x |fc2 column| (its gain from
   input to output), a head by the Frobenius norm of its value-to-output map W_proj[:, head] W_v[head]
   (attention rows sum to one, so this bounds what the head can write), an embedding channel by what
   reads it: the sum over every LayerNorm of |gain| x |the weights that read the normalised channel|
   (q/k/v, fc1, the classifier).
-- `activation` (data: a few batches of the user's images): the same reads and writes weighted by the
+- `activation` (data: a few batches of the user's images; `import`'s default with `--data`, as it
+  kept more of the parent than `magnitude` in every measured budget): the same reads and writes weighted by the
   mean absolute activation each carries on those images (|x| of a channel at each LayerNorm output,
   of a unit after GELU, of a head's attention output): what the parent actually uses on this data.
 - `none`: the parent's own order (the benchmark's baseline).
