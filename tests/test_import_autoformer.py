@@ -282,3 +282,25 @@ def test_a_supernet_trained_without_qkv_bias_imports_with_a_zero_bias():
     ref_state = {**state, **{f"blocks.{i}.attn.qkv.bias": torch.zeros(3 * EMBED) for i in range(DEPTH)}}
     want = _autoformer_forward(ref_state, stage.embed_dim, [(l.num_heads, l.mlp_ratio) for l in stage.layers], x)
     torch.testing.assert_close(supernet.extract(arch).eval()(x), want, rtol=0, atol=1e-4)
+
+
+def test_latency_estimate_times_relative_position_blocks_as_explicit_attention(tmp_path):
+    import yaml
+
+    from deployvit.latency.kernels import Flavour, part_kernels
+    from deployvit.latency.table import LatencyTable
+    from deployvit.parts import BlockPart
+
+    plain = BlockPart(197, 192, 3, 64, 768)
+    rel = replace(plain, rel_pos=14)
+    flavour = Flavour.for_runtime("tensorrt", "fp16")
+    kp, kr = part_kernels(plain, 1, "fp16", flavour), part_kernels(rel, 1, "fp16", flavour)
+    assert plain.key != rel.key and not any(k.kind == "attention" for k in kr)
+    assert sum(k.flops * k.count for k in kr) > sum(k.flops * k.count for k in kp)
+    space = _rel_space()
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space.to_dict()))
+    result = run_cli("profile", "--device", "h100", "--estimate", "--space", str(tmp_path / "space.yaml"), "--runtime", "tensorrt",
+                     "--precision", "fp16", "--batch-size", "1", "--out", str(tmp_path / "table.json"))
+    assert result.code == 0, result.err
+    table = LatencyTable.load(tmp_path / "table.json", warn=False)
+    assert table.predict(space.max_arch()) > 0 and all(k.endswith(":r3") for k in table.entries if k.startswith("block"))
