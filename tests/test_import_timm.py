@@ -70,17 +70,18 @@ def _import(tmp_path: Path, name: str, weights: Path, *extra: str):
     return run_cli("import", "--from", f"timm:{name}", "--weights", str(weights), "--out", str(tmp_path / "imp"), *extra)
 
 
-@pytest.mark.parametrize("name, img, layout", [
-    ("vit_base_patch16_224", 32, "pth"),
-    ("vit_small_patch32_224", 64, "safetensors"),
-    ("deit_small_patch16_224", 48, "wrapped"),
+@pytest.mark.parametrize("name, img, layout, extra", [
+    ("vit_base_patch16_224", 32, "pth", {}),
+    ("vit_small_patch32_224", 64, "safetensors", {}),
+    ("deit_small_patch16_224", 48, "wrapped", {}),
+    ("vit_tiny_patch16_224", 32, "pth", {"qkv_bias": False, "global_pool": "avg", "fc_norm": False}),  # zero bias, mean pooling
 ])
-def test_imported_parent_exported_to_onnx_gives_timms_logits(tmp_path, name, img, layout):
+def test_imported_parent_exported_to_onnx_gives_timms_logits(tmp_path, name, img, layout, extra):
     from exporters.onnx import export_onnx
 
-    model = _timm_model(name, img_size=img, **SMALL)
+    model = _timm_model(name, img_size=img, **SMALL, **extra)
     weights = _save(model.state_dict(), tmp_path / "parent.pth", layout)
-    result = _import(tmp_path, name, weights, *SMALL_ARGS)
+    result = _import(tmp_path, name, weights, *SMALL_ARGS, *(x for k, v in extra.items() for x in ("--model-arg", f"{k}={json.dumps(v)}")))
     assert result.code == 0, result.err
     imp = tmp_path / "imp"
     assert sorted(p.name for p in imp.iterdir()) == ["import.json", "parent.arch.json", "space.yaml", "supernet.pt"]
