@@ -20,6 +20,8 @@ from deployvit.errors import DeployvitError
 
 ARCH_FORMAT = "deployvit.arch/1"
 DEFAULT_HEAD_DIM = 64  # AutoFormer: q, k and v are each 64 x num_heads wide
+DEFAULT_NORM_EPS = 1e-6  # timm's ViT/DeiT LayerNorm (AutoFormer's released supernets use torch's 1e-5)
+POOLS = ("token", "avg")  # the classifier reads the class token (DeiT), or the mean of the patch tokens (AutoFormer's gp)
 ARCH_MAX_BYTES = 1 << 20  # a 256-layer arch is ~15 kB
 
 
@@ -42,8 +44,54 @@ LIMITS: dict[str, tuple[float, float]] = {
     "depth": (1, 256),  # per stage
     "mlp_ratio": (0, 64),  # exclusive of 0
     "stages": (1, 8),
+    "rel_pos": (0, 256),  # max relative distance in patches of 2-D relative position encoding; 0: none
 }
 MAX_TOKENS = 65_537  # a 256 x 256 patch grid plus the class token: attention is quadratic in it
+
+
+@dataclass(frozen=True)
+class Features:
+    """Model-wide features of an arch beyond the ViT of the presets (DeiT's: class-token classifier,
+    LayerNorm eps 1e-6, absolute position embedding only). Imported parents need them to compute
+    the function they were trained as: AutoFormer's released supernets add 2-D relative position
+    encoding of keys and values (`rel_pos`: the largest distance, 14), classify the mean of the patch
+    tokens (`pool="avg"`) and normalise with torch's LayerNorm eps 1e-5. They hold for every block of
+    a space, so they live on the space and the arch, not per layer; an arch with the defaults
+    serialises exactly as before they existed (its key and its space's hash are unchanged)."""
+
+    rel_pos: int = 0
+    pool: str = "token"
+    norm_eps: float = DEFAULT_NORM_EPS
+
+    def to_dict(self) -> dict[str, Any]:
+        """The non-default features only (empty for the presets' ViT)."""
+        default = Features()
+        return {k: getattr(self, k) for k in ("rel_pos", "pool", "norm_eps") if getattr(self, k) != getattr(default, k)}
+
+    def describe(self) -> str:
+        """'' for the defaults, else e.g. 'rel-pos 14, avg pool, eps 1e-05'."""
+        parts = []
+        if self.rel_pos:
+            parts.append(f"rel-pos {self.rel_pos}")
+        if self.pool != "token":
+            parts.append(f"{self.pool} pool")
+        if self.norm_eps != DEFAULT_NORM_EPS:
+            parts.append(f"eps {self.norm_eps:g}")
+        return ", ".join(parts)
+
+
+def parse_features(data: Any, where: str = "features") -> Features:
+    """Strict parse of a `features` mapping (arch files and space files share it)."""
+    data = _require_dict(data, where)
+    _check_keys(data, {"rel_pos", "pool", "norm_eps"}, set(), where)
+    rel_pos = _int(data.get("rel_pos", 0), f"{where}.rel_pos", "rel_pos")
+    pool = data.get("pool", "token")
+    if pool not in POOLS:
+        raise ArchError(f"{where}.pool: expected one of {', '.join(POOLS)}, got {_shown(pool)}")
+    eps = data.get("norm_eps", DEFAULT_NORM_EPS)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise ArchError(f"{where}.norm_eps: expected a number in (0, 1), got {_shown(eps)}")
+    return Features(rel_pos, pool, float(eps))
 
 
 @dataclass(frozen=True)
@@ -90,6 +138,7 @@ class Arch:
     in_chans: int
     num_classes: int
     stages: tuple[Stage, ...]
+    features: Features = Features()
 
     @property
     def multi_stage(self) -> bool:
@@ -122,10 +171,11 @@ class Arch:
             "in_chans": self.in_chans,
             "num_classes": self.num_classes,
         }
+        features = {"features": self.features.to_dict()} if self.features.to_dict() else {}
         if not self.multi_stage:
             (stage,) = self.stages
-            return {**head, **_stage_to_dict(stage), "depth": stage.depth}
-        return {**head, "stages": [_stage_to_dict(s) for s in self.stages]}
+            return {**head, **_stage_to_dict(stage), "depth": stage.depth, **features}
+        return {**head, "stages": [_stage_to_dict(s) for s in self.stages], **features}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -148,6 +198,8 @@ class Arch:
             heads = ",".join(str(l.num_heads) for l in s.layers)
             ratios = ",".join(f"{l.mlp_ratio:g}" for l in s.layers)
             parts.append(f"embed {s.embed_dim} depth {s.depth} heads [{heads}] mlp [{ratios}]")
+        if self.features.describe():
+            parts.append(self.features.describe())
         return " | ".join(parts)
 
 
@@ -170,7 +222,7 @@ def load_arch(path: str | os.PathLike) -> Arch:
 
 # --- strict parsing --------------------------------------------------------------------------------
 
-_TOP_KEYS = {"format", "space", "img_size", "patch_size", "in_chans", "num_classes", "metadata"}
+_TOP_KEYS = {"format", "space", "img_size", "patch_size", "in_chans", "num_classes", "metadata", "features"}
 _SINGLE_KEYS = {"embed_dim", "depth", "layers", "head_dim"}
 _STAGE_KEYS = {"embed_dim", "layers", "head_dim", "depth"}
 _LAYER_KEYS = {"num_heads", "mlp_ratio"}
@@ -286,6 +338,7 @@ def _parse_arch(data: Any) -> Arch:
         in_chans=_int(data.get("in_chans", 3), "in_chans"),
         num_classes=_int(data["num_classes"], "num_classes"),
         stages=stages,
+        features=parse_features(data["features"]) if "features" in data else Features(),
     )
     check_geometry(arch.img_size, arch.patch_size, len(arch.stages))
     return arch

@@ -21,6 +21,7 @@ from deployvit.errors import DeployvitError
 # (it lists SHORT_HELP below).
 COMMANDS = {
     "inspect": "deployvit.commands.inspect:inspect",
+    "import": "deployvit.commands.import_parent:import_cmd",
     "search": "deployvit.commands.search:search",
     "profile": "deployvit.commands.profile:profile_cmd",
     "latency": "deployvit.commands.latency:latency_cmd",

@@ -53,7 +53,10 @@ def _table_for(runtime: str, arch, precision: str, device: str, batch_size: int 
     wanted = f"no prediction for {runtime} {precision}" + (f" b{batch_size}" if batch_size else "") + f" on {device}"
     if arch is None:
         return None, f"{wanted}: latency tables predict deployvit archs, not timm models"
-    space = get_space(arch.space)
+    try:
+        space = get_space(arch.space)
+    except DeployvitError:  # a user space (an import's, a --space file's): the arch names it but does not hold it
+        return None, f"{wanted}: space {arch.space!r} is not a preset (its latency table is not looked up by name)"
     query = TableQuery(space.name, space.hash(), device, runtime, precision, batch_size)
     machine = Machine.detect(device)
     try:

@@ -1,8 +1,11 @@
 """Analytic parameter and FLOP counts, exact for the standalone model and fast enough for search.
 
 FLOPs are multiply-accumulates of the matrix products and convolutions (the papers' convention:
-DeiT-Ti 1.25 G), attention's two token-token products included; LayerNorm, softmax, GELU, additions
-and pooling are not counted. The per-part formulas take plain numbers or numpy arrays, so the
+DeiT-Ti 1.25 G), attention's two token-token products included (four with relative position
+encoding: queries times the key embeddings, probabilities times the value embeddings); LayerNorm,
+softmax, GELU, additions, embedding look-ups and pooling are not counted. Relative position tables
+count as AutoFormer counts them: two tables of (2 x distance + 2) rows x head dim, for keys and for
+values, in every block. The per-part formulas take plain numbers or numpy arrays, so the
 search can evaluate a whole population at once with the same formulas. `fvcore_flops` is the ground
 truth used by the tests: fvcore on the real module, with a handle for fused attention that fvcore
 otherwise skips silently.
@@ -41,6 +44,16 @@ def block_macs(tokens, embed_dim, attn_dim, mlp_hidden):
     return qkv_proj + attention + mlp
 
 
+def rel_pos_params(rel_pos, head_dim):
+    """Vertical and horizontal tables for keys and for values (0 without relative position encoding)."""
+    return 4 * (2 * rel_pos + 2) * head_dim * (rel_pos > 0)
+
+
+def rel_pos_macs(tokens, attn_dim, rel_pos):
+    """q times the key embeddings and the probabilities times the value embeddings, per head."""
+    return 2 * tokens * tokens * attn_dim * (rel_pos > 0)
+
+
 def reduction_params(out_grid, in_dim, out_dim):
     return 2 * in_dim + out_dim * (9 * in_dim + 1) + out_dim * (in_dim + 1) + (out_grid * out_grid + 1) * out_dim
 
@@ -65,8 +78,8 @@ def part_counts(part: Part) -> tuple[int, int]:
         return stem_params(*args), stem_macs(*args)
     if isinstance(part, BlockPart):
         return (
-            block_params(part.embed_dim, part.attn_dim, part.mlp_hidden),
-            block_macs(part.tokens, part.embed_dim, part.attn_dim, part.mlp_hidden),
+            block_params(part.embed_dim, part.attn_dim, part.mlp_hidden) + rel_pos_params(part.rel_pos, part.head_dim),
+            block_macs(part.tokens, part.embed_dim, part.attn_dim, part.mlp_hidden) + rel_pos_macs(part.tokens, part.attn_dim, part.rel_pos),
         )
     if isinstance(part, ReductionPart):
         args = (part.out_grid, part.in_dim, part.out_dim)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
-from deployvit.arch import Arch, mlp_hidden, stage_grid, stage_tokens
+from deployvit.arch import DEFAULT_NORM_EPS, Arch, Features, mlp_hidden, stage_grid, stage_tokens
 
 if TYPE_CHECKING:
     from deployvit.spaces import SearchSpace
@@ -40,13 +40,17 @@ class StemPart:
 
 @dataclass(frozen=True)
 class BlockPart:
-    """One pre-norm transformer block: attention of `num_heads` x `head_dim`, MLP of `mlp_hidden`."""
+    """One pre-norm transformer block: attention of `num_heads` x `head_dim`, MLP of `mlp_hidden`;
+    with `rel_pos` > 0, AutoFormer-style 2-D relative position encoding of keys and values (explicit
+    attention, two more token-token products), which the key names (`:r14`): it times differently."""
 
     tokens: int
     embed_dim: int
     num_heads: int
     head_dim: int
     mlp_hidden: int
+    rel_pos: int = 0
+    norm_eps: float = DEFAULT_NORM_EPS  # not in the key: it does not change the time
 
     @property
     def attn_dim(self) -> int:
@@ -54,7 +58,8 @@ class BlockPart:
 
     @property
     def key(self) -> str:
-        return f"block:t{self.tokens}:e{self.embed_dim}:h{self.num_heads}:d{self.head_dim}:m{self.mlp_hidden}"
+        rel = f":r{self.rel_pos}" if self.rel_pos else ""
+        return f"block:t{self.tokens}:e{self.embed_dim}:h{self.num_heads}:d{self.head_dim}:m{self.mlp_hidden}{rel}"
 
     def input_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, self.tokens, self.embed_dim)
@@ -68,6 +73,7 @@ class ReductionPart:
     grid: int
     in_dim: int
     out_dim: int
+    norm_eps: float = DEFAULT_NORM_EPS
 
     @property
     def out_grid(self) -> int:
@@ -83,15 +89,19 @@ class ReductionPart:
 
 @dataclass(frozen=True)
 class HeadPart:
-    """Final LayerNorm over all tokens + linear classifier on the class token."""
+    """Final LayerNorm over all tokens + linear classifier on the class token (`pool="token"`) or on
+    the mean of the patch tokens (`pool="avg"`, named in the key)."""
 
     tokens: int
     embed_dim: int
     num_classes: int
+    pool: str = "token"
+    norm_eps: float = DEFAULT_NORM_EPS
 
     @property
     def key(self) -> str:
-        return f"head:t{self.tokens}:e{self.embed_dim}:k{self.num_classes}"
+        pool = "" if self.pool == "token" else f":{self.pool}"
+        return f"head:t{self.tokens}:e{self.embed_dim}:k{self.num_classes}{pool}"
 
     def input_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, self.tokens, self.embed_dim)
@@ -100,35 +110,52 @@ class HeadPart:
 Part = Union[StemPart, BlockPart, ReductionPart, HeadPart]
 
 
+# The one place the features of an arch or space become fields of its parts (models, counting, the
+# supernet, latency tables and the search's vectorised metrics all build parts through these).
+
+
+def block_part(features: Features, tokens: int, embed_dim: int, num_heads: int, head_dim: int, mlp_ratio: float) -> BlockPart:
+    return BlockPart(tokens, embed_dim, num_heads, head_dim, mlp_hidden(embed_dim, mlp_ratio), features.rel_pos, features.norm_eps)
+
+
+def reduction_part(features: Features, grid: int, in_dim: int, out_dim: int) -> ReductionPart:
+    return ReductionPart(grid, in_dim, out_dim, features.norm_eps)
+
+
+def head_part(features: Features, tokens: int, embed_dim: int, num_classes: int) -> HeadPart:
+    return HeadPart(tokens, embed_dim, num_classes, features.pool, features.norm_eps)
+
+
 def arch_parts(arch: Arch) -> list[Part]:
     """The parts of `arch` in execution order."""
+    f = arch.features
     parts: list[Part] = [StemPart(arch.img_size, arch.patch_size, arch.in_chans, arch.stages[0].embed_dim)]
     for si, stage in enumerate(arch.stages):
         if si > 0:
             grid_in = stage_grid(arch.img_size, arch.patch_size, si - 1)
-            parts.append(ReductionPart(grid_in, arch.stages[si - 1].embed_dim, stage.embed_dim))
+            parts.append(reduction_part(f, grid_in, arch.stages[si - 1].embed_dim, stage.embed_dim))
         tokens = stage_tokens(arch.img_size, arch.patch_size, si)
         for layer in stage.layers:
-            parts.append(
-                BlockPart(tokens, stage.embed_dim, layer.num_heads, stage.head_dim, mlp_hidden(stage.embed_dim, layer.mlp_ratio))
-            )
-    parts.append(HeadPart(stage_tokens(arch.img_size, arch.patch_size, len(arch.stages) - 1), arch.stages[-1].embed_dim, arch.num_classes))
+            parts.append(block_part(f, tokens, stage.embed_dim, layer.num_heads, stage.head_dim, layer.mlp_ratio))
+    last = len(arch.stages) - 1
+    parts.append(head_part(f, stage_tokens(arch.img_size, arch.patch_size, last), arch.stages[-1].embed_dim, arch.num_classes))
     return parts
 
 
 def space_parts(space: "SearchSpace") -> list[Part]:
     """Every distinct part any arch of `space` can contain (what a latency table must time), sorted by key."""
+    f = space.features
     found: set[Part] = {StemPart(space.img_size, space.patch_size, space.in_chans, e) for e in space.stages[0].embed_dims}
     for si, s in enumerate(space.stages):
         tokens = space.tokens(si)
         for e in s.embed_dims:
             for h in s.num_heads:
                 for r in s.mlp_ratios:
-                    found.add(BlockPart(tokens, e, h, s.head_dim, mlp_hidden(e, r)))
+                    found.add(block_part(f, tokens, e, h, s.head_dim, r))
         if si > 0:
             for e_in in space.stages[si - 1].embed_dims:
                 for e_out in s.embed_dims:
-                    found.add(ReductionPart(space.grid(si - 1), e_in, e_out))
+                    found.add(reduction_part(f, space.grid(si - 1), e_in, e_out))
     last = len(space.stages) - 1
-    found |= {HeadPart(space.tokens(last), e, space.num_classes) for e in space.stages[last].embed_dims}
+    found |= {head_part(f, space.tokens(last), e, space.num_classes) for e in space.stages[last].embed_dims}
     return sorted(found, key=lambda p: p.key)

@@ -28,7 +28,8 @@ import numpy as np
 
 from deployvit import io
 from deployvit.arch import (
-    DEFAULT_HEAD_DIM, LIMITS, Arch, ArchError, Layer, Stage, check_geometry, mlp_hidden, stage_grid, stage_tokens,
+    DEFAULT_HEAD_DIM, LIMITS, Arch, ArchError, Features, Layer, Stage, check_geometry, mlp_hidden, parse_features, stage_grid,
+    stage_tokens,
 )
 from deployvit.errors import DeployvitError
 
@@ -125,6 +126,7 @@ class SearchSpace:
     in_chans: int
     num_classes: int
     stages: tuple[StageSpace, ...]
+    features: Features = Features()  # model-wide features every arch of the space has (imported parents)
 
     # --- geometry ---------------------------------------------------------------------------------
 
@@ -141,6 +143,7 @@ class SearchSpace:
     # --- (de)serialisation ---------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        features = {"features": self.features.to_dict()} if self.features.to_dict() else {}  # absent: hash as before
         return {
             "name": self.name,
             "img_size": self.img_size,
@@ -148,6 +151,7 @@ class SearchSpace:
             "in_chans": self.in_chans,
             "num_classes": self.num_classes,
             "stages": [s.to_dict() for s in self.stages],
+            **features,
         }
 
     def hash(self) -> str:
@@ -240,6 +244,8 @@ class SearchSpace:
                 raise ArchError(f"{field}: {got} does not match space {self.name!r} ({want})")
         if len(arch.stages) != len(self.stages):
             raise ArchError(f"stages: arch has {len(arch.stages)} stages, space {self.name!r} has {len(self.stages)}")
+        if arch.features != self.features:
+            raise ArchError(f"features: {arch.features.to_dict()} do not match space {self.name!r} ({self.features.to_dict()})")
         for si, (stage, choices, g) in enumerate(zip(arch.stages, self.stages, self._grouped)):
             prefix = f"stages[{si}]." if self.multi_stage else ""
             for d in g.own:
@@ -269,7 +275,7 @@ class SearchSpace:
     # --- construction ----------------------------------------------------------------------------------
 
     def make_arch(self, stages: Sequence[Stage]) -> Arch:
-        return Arch(self.name, self.img_size, self.patch_size, self.in_chans, self.num_classes, tuple(stages))
+        return Arch(self.name, self.img_size, self.patch_size, self.in_chans, self.num_classes, tuple(stages), self.features)
 
     def compose(self, pick: Callable[[Decision], Any]) -> Arch:
         """The arch whose every decision is `pick(decision)`. Asked in a fixed order, the order of
@@ -471,7 +477,7 @@ def load_space(path: str | os.PathLike) -> SearchSpace:
         raise io.in_file(p, exc) from None
 
 
-_SPACE_KEYS = {"name", "img_size", "patch_size", "in_chans", "num_classes", "stages"}
+_SPACE_KEYS = {"name", "img_size", "patch_size", "in_chans", "num_classes", "stages", "features"}
 _STAGE_SPACE_KEYS = {"embed_dim", "depth", "num_heads", "mlp_ratio", "head_dim"}
 
 
@@ -529,6 +535,7 @@ def space_from_dict(data: Any, allow_preset_name: bool = False) -> SearchSpace:
         in_chans=_one_int(data.get("in_chans", 3), "in_chans"),
         num_classes=_one_int(data["num_classes"], "num_classes"),
         stages=tuple(stages),
+        features=parse_features(data["features"]) if "features" in data else Features(),
     )
     _check_geometry(space)
     return space

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 
@@ -21,11 +23,32 @@ from deployvit.errors import DeployvitError
 
 
 def load_problem(exc: Exception) -> str:
-    """torch's weights-only refusal is a page of advice to run untrusted code; say what it means."""
+    """torch's weights-only refusal is a page of advice to run untrusted code; say what it means,
+    naming the object the file wanted to build (e.g. `posix.system`: a planted payload)."""
     text = str(exc)
     if "Weights only load failed" in text:
-        return "not a torch checkpoint of tensors and plain data (refused to unpickle anything else)"
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return f"not a torch checkpoint of tensors and plain data: it holds a pickled object{what}, refused (never unpickled)"
+    if "central directory" in text or isinstance(exc, EOFError) or "Ran out of input" in text:
+        return "truncated or corrupt file (incomplete torch archive)"
     return (text.splitlines() or [type(exc).__name__])[0]
+
+
+def safe_torch_load(path: str | os.PathLike, allowed: Sequence[type] = ()) -> Any:
+    """`torch.load(weights_only=True)` of `path`: tensors and plain data only, plus the classes in
+    `allowed` for this one load (AutoFormer's checkpoints carry their `argparse.Namespace`). Any
+    other pickled object is refused before it is built; every failure is one line."""
+    p = Path(path)
+    if not p.is_file():
+        raise DeployvitError(f"checkpoint not found: {p}")
+    try:
+        if allowed:
+            with torch.serialization.safe_globals(list(allowed)):
+                return torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated / foreign / hostile files
+        raise DeployvitError(f"cannot read checkpoint {p}: {load_problem(exc)}") from None
 
 
 def save_model(path: str | os.PathLike, model: torch.nn.Module, arch: Arch, extra: dict[str, str] | None = None) -> None:
@@ -75,15 +98,21 @@ def stored_arch(meta: dict[str, str], path: str | os.PathLike) -> Arch | None:
         raise DeployvitError(f"{path}: its arch metadata is not a valid arch: {exc}") from None
 
 
-def apply_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], checkpoint: str | os.PathLike, target: str) -> None:
-    """Load `state` strictly; any missing/unexpected key or shape mismatch is one line naming it."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+def check_shapes(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], checkpoint: str | os.PathLike | None,
+                 target: str) -> None:
+    """`state` has exactly the keys of `expected`, each of its shape; else one line naming the first
+    missing, unexpected or mis-shaped key (and how many of each)."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [k for k in expected if k in state and tuple(expected[k]) != tuple(state[k].shape)]
     if missing or unexpected or shapes:
         what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected else
-                f"{shapes[0]} has shape {tuple(state[shapes[0]].shape)}, {target} needs {tuple(own[shapes[0]].shape)}")
+                f"{shapes[0]} has shape {tuple(state[shapes[0]].shape)}, {target} needs {tuple(expected[shapes[0]])}")
         counts = f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} mis-shaped)"
         raise DeployvitError(f"checkpoint {checkpoint} does not match {target}: {what} {counts}")
+
+
+def apply_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], checkpoint: str | os.PathLike, target: str) -> None:
+    """Load `state` strictly; any missing/unexpected key or shape mismatch is one line naming it."""
+    check_shapes(state, {k: tuple(v.shape) for k, v in model.state_dict().items()}, checkpoint, target)
     model.load_state_dict(state)

@@ -1,7 +1,7 @@
 """The layers, enforced: the import graph of `deployvit/` and `exporters/` (imports inside
 functions included) has no cycle and no import against the order
 
-    base < supernet < exporters < runtimes < train, latency (siblings) < search, contract < commands < cli
+    base < supernet < exporters < runtimes < train, latency (siblings) < search, importers, contract < commands < cli
 
 where siblings do not import each other, and every module's layer is where its file is: base is the
 top-level modules of `deployvit/` (errors, io, arch, spaces, parts, counting, models, devices,
@@ -83,7 +83,7 @@ def layer(name: str, known: dict[str, Path] | None = None) -> tuple[int, str]:
     for sibling in SIBLINGS:
         if name == sibling or name.startswith(sibling + "."):
             return 4, sibling
-    if name.startswith("deployvit.search") or name == "deployvit.contract":
+    if name.startswith("deployvit.search") or name.startswith("deployvit.importers") or name == "deployvit.contract":
         return 5, "search"
     if name.startswith("deployvit.commands"):
         return 6, "commands"

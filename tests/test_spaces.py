@@ -126,7 +126,7 @@ def test_user_space_file(tmp_path):
         ("name: x\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nstages: 5\n", "stages: expected a list"),
         ("name: x\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nstages: {a: 1}\n", "stages: expected a list"),
         ("name: x\nimg_size: 64\npatch_size: 16\nnum_classes: 5\nhead_dim: 16\nstages: []\n",
-         r"allowed: img_size, in_chans, name, num_classes, patch_size, stages\)"),
+         r"allowed: features, img_size, in_chans, name, num_classes, patch_size, stages\)"),
     ],
 )
 def test_bad_space_files(tmp_path, text, needle):

@@ -71,7 +71,8 @@ def _common_options(fn: Callable) -> Callable:
     options = [
         click.option("--arch", "arch_path", type=click.Path(dir_okay=False), help="Arch JSON file."),
         click.option("--checkpoint", type=click.Path(dir_okay=False),
-                     help="Weights: checkpoint.safetensors from retrain, or a .pt state dict. Default: random weights."),
+                     help="Weights: checkpoint.safetensors from retrain, a supernet checkpoint (train-supernet's last.pt, "
+                          "import's supernet.pt: --arch is extracted from it), or a .pt state dict. Default: random weights."),
         click.option("--timm-model", help="Export a timm model (pretrained=False, never downloads) instead of --arch."),
         click.option("--img-size", type=bounds.IMG_SIZE, help="Input size of a --timm-model (default: its own)."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True),
@@ -205,9 +206,29 @@ def _source(opts: dict[str, Any]) -> SourceModel:
         raise DeployvitError("--img-size applies to --timm-model only (an arch fixes its own input size)")
     if opts["timm_model"]:
         return load_timm_model(opts["timm_model"], opts["checkpoint"], img_size=opts["img_size"])
+    if opts["checkpoint"]:
+        from deployvit.train.checkpoint import supernet_in
+
+        loaded = supernet_in(opts["checkpoint"])
+        if loaded is not None:
+            return _supernet_source(opts["arch_path"], opts["checkpoint"], loaded[0])
     if opts["arch_path"] or opts["checkpoint"]:
         return load_arch_model(opts["arch_path"], opts["checkpoint"])
     raise DeployvitError("give --arch ARCH.json (with --checkpoint) or --timm-model NAME")
+
+
+def _supernet_source(arch_path: str | None, checkpoint: str, supernet) -> SourceModel:
+    """--arch extracted from a supernet checkpoint (`train-supernet`'s last.pt, `import`'s supernet.pt)."""
+    from deployvit.arch import load_arch
+    from deployvit.counting import count_flops, count_params
+
+    if arch_path is None:
+        raise DeployvitError(f"{checkpoint} is a supernet checkpoint: give --arch ARCH.json (e.g. parent.arch.json of an import)")
+    arch = load_arch(arch_path)
+    supernet.space.validate(arch)
+    info = {"arch": arch.to_dict(), "params": count_params(arch), "flops": count_flops(arch),
+            "checkpoint": f"{checkpoint} (supernet: {arch_path} extracted with its inherited weights)"}
+    return SourceModel(Path(arch_path).name.split(".")[0], supernet.extract(arch).eval(), arch.img_size, arch.in_chans, arch, info)
 
 
 def _default_out(opts: dict[str, Any]) -> Path:

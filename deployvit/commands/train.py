@@ -15,6 +15,7 @@ from deployvit.errors import DeployvitError
 from deployvit.train.focus import FocusOptions
 from deployvit.train.recipe import REGIMES
 from deployvit.train.sampler_base import SAMPLERS
+from deployvit.train.retrain import DISTILL_MODES, Distill
 from deployvit.train.samplers import SamplerOptions
 
 
@@ -157,11 +158,20 @@ def train_supernet_cmd(kw, info, opts) -> None:
 
 @click.command("retrain")
 @click.option("--arch", "arch_file", required=True, type=click.Path(dir_okay=False), help="Arch JSON to train.")
-@click.option("--init", "init", default="scratch", show_default=True, help="'scratch' or a supernet checkpoint (last.pt) to inherit weights from.")
+@click.option("--init", "init", default="scratch", show_default=True,
+              help="'scratch' or a supernet checkpoint to inherit weights from (train-supernet's last.pt, import's supernet.pt).")
+@click.option("--distill", type=click.Choice(DISTILL_MODES), is_flag=False, flag_value="soft", default=None,
+              help="Knowledge distillation from the --init supernet's largest arch (an import's parent), DeiT's soft "
+                   "(KL at temperature --distill-tau; the default when given without a value) or hard (the teacher's top-1 as label).")
+@click.option("--distill-alpha", type=bounds.FRACTION, default=Distill.alpha, show_default=True,
+              help="--distill: the teacher's share of the loss (the recipe's loss gets 1 - alpha).")
+@click.option("--distill-tau", type=bounds.floats(0, 100, min_open=True), default=Distill.tau, show_default=True,
+              help="--distill soft: temperature of both softmaxes.")
 @_recipe_options("runs/retrain")
 @_run
 def retrain_cmd(kw, info, opts) -> None:
-    """Train the standalone model of --arch (from inherited supernet weights or from scratch)."""
+    """Train the standalone model of --arch (from inherited supernet weights or from scratch, optionally
+    distilling from the supernet's largest arch)."""
     from deployvit.arch import load_arch
     from deployvit.train.checkpoint import load_supernet
     from deployvit.train.data import data_facts, open_data
@@ -169,9 +179,12 @@ def retrain_cmd(kw, info, opts) -> None:
     from deployvit.train.setup import seed_init
 
     arch = load_arch(kw["arch_file"])
+    if kw["distill"] and kw["init"] == "scratch":
+        raise DeployvitError("--distill needs --init SUPERNET (its largest arch is the teacher)")
     source = open_data(kw["data"])
     facts = data_facts(source)
     recipe = _recipe(kw, facts, info)
+    teacher = distill = None
     if kw["init"] == "scratch":
         model = new_model(arch, recipe)
     else:
@@ -179,8 +192,11 @@ def retrain_cmd(kw, info, opts) -> None:
         supernet, _ = load_supernet(kw["init"])
         supernet.space.validate(arch)
         model = supernet.extract(arch, drop_path_rate=recipe.drop_path)
+        if kw["distill"]:
+            teacher = supernet.extract(supernet.space.max_arch()).eval()
+            distill = Distill(kw["distill"], kw["distill_alpha"], kw["distill_tau"])
     opts.banner = recipe.describe(facts, info.world_size)
-    result = retrain(model, source, recipe, kw["init"], opts, info)
+    result = retrain(model, source, recipe, kw["init"], opts, info, teacher=teacher, distill=distill)
     last = result["history"][-1] if result["history"] else {}
     opts.log(f"val top1 {result['initial']['val_top1']:.2f} -> {last.get('val_top1', float('nan')):.2f}; "
              f"model saved to {opts.out / 'checkpoint.safetensors'}")

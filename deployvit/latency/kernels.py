@@ -26,7 +26,7 @@ its own bias+transpose, bias+residual+LayerNorm and bias+GELU kernels: 9 per blo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from deployvit.parts import BlockPart, HeadPart, Part, ReductionPart, StemPart
 from deployvit.runtime_registry import runtime_record
@@ -93,7 +93,8 @@ def _weight_casts(fl: Flavour, n_weights: float) -> list[Kernel]:
 def block_kernels(p: BlockPart, batch: int, precision: str, fl: Flavour, layer_scale: bool = False) -> list[Kernel]:
     s = element_bytes(precision)
     t, e, a, m = batch * p.tokens, p.embed_dim, p.attn_dim, p.mlp_hidden
-    attn = _attention(t, a, batch * p.num_heads, p.tokens, p.head_dim, s, fl)
+    attention = _rel_pos_attention if p.rel_pos else _attention
+    attn = attention(t, a, batch * p.num_heads, p.tokens, p.head_dim, s, fl)
     if fl.fusion == "tensorrt":
         return [
             _mem("layernorm", t * e * 2 * s),
@@ -182,6 +183,24 @@ def _attention(t: int, a: int, bh: int, n: int, d: int, s: int, fl: Flavour) -> 
     return ks
 
 
+def _rel_pos_attention(t: int, a: int, bh: int, n: int, d: int, s: int, fl: Flavour) -> list[Kernel]:
+    """Attention with 2-D relative position encoding (`models.RelPosAttention`): explicit attention
+    (the probabilities are needed for the value term) plus, per query token, a GEMM of its b x h query
+    rows with the token's key embeddings and of its probabilities with the value embeddings, and the
+    gathers that build both [n, n, d] embeddings. No runtime fuses these, so every flavour runs them."""
+    batch = bh * d // a if a else 1
+    explicit = _attention(t, a, bh, n, d, s, replace(fl, attention="explicit"))
+    gather = [_mem("relative position gather", 3 * n * n * d * s)] * 2
+    return [
+        *gather,
+        _gemm("q @ rel_k^T", bh, n, d, s, groups=n, weights=False),
+        _mem("add position scores", 3 * bh * n * n * s),
+        *explicit,
+        _gemm("attn @ rel_v", bh, d, n, s, groups=n, weights=False),
+        _mem("add position values", 3 * batch * n * a * s),
+    ]
+
+
 def stem_kernels(p: StemPart, batch: int, precision: str, fl: Flavour, prefix_tokens: int = 1) -> list[Kernel]:
     s = element_bytes(precision)
     r = 4 if fl.amp else s
@@ -247,7 +266,7 @@ def part_kernels(part: Part, batch: int, precision: str, fl: Flavour) -> list[Ke
     if isinstance(part, BlockPart):
         return block_kernels(part, batch, precision, fl)
     if isinstance(part, HeadPart):
-        return head_kernels(part, batch, precision, fl)
+        return head_kernels(part, batch, precision, fl, pool=part.pool)
     if isinstance(part, ReductionPart):
         return reduction_kernels(part, batch, precision, fl)
     raise TypeError(f"not a part: {part!r}")

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from deployvit.arch import Arch, mlp_hidden
+from deployvit.arch import Arch
 from deployvit.counting import part_counts
-from deployvit.parts import BlockPart, HeadPart, Part, ReductionPart, StemPart
+from deployvit.parts import Part, StemPart, block_part, head_part, reduction_part
 from deployvit.spaces import SearchSpace
 
 if TYPE_CHECKING:
@@ -57,17 +57,17 @@ class MetricModel:
         first, last = space.stages[0], space.stages[-1]
         self._stem = np.stack([self._values(StemPart(space.img_size, space.patch_size, space.in_chans, e)) for e in first.embed_dims], 1)
         last_tokens = space.tokens(len(space.stages) - 1)
-        self._head = np.stack([self._values(HeadPart(last_tokens, e, space.num_classes)) for e in last.embed_dims], 1)
+        self._head = np.stack([self._values(head_part(space.features, last_tokens, e, space.num_classes)) for e in last.embed_dims], 1)
         self._stages = []
         for si, s in enumerate(space.stages):
             block = np.zeros((len(self.metrics), len(s.embed_dims), len(s.num_heads), len(s.mlp_ratios)))
             for (ei, e), (hi, h), (ri, r) in itertools.product(enumerate(s.embed_dims), enumerate(s.num_heads), enumerate(s.mlp_ratios)):
-                block[:, ei, hi, ri] = self._values(BlockPart(space.tokens(si), e, h, s.head_dim, mlp_hidden(e, r)))
+                block[:, ei, hi, ri] = self._values(block_part(space.features, space.tokens(si), e, h, s.head_dim, r))
             prev = space.stages[si - 1].embed_dims if si else (0,)
             reduction = np.zeros((len(self.metrics), len(prev), len(s.embed_dims)))
             if si:
                 for (pi, p), (ei, e) in itertools.product(enumerate(prev), enumerate(s.embed_dims)):
-                    reduction[:, pi, ei] = self._values(ReductionPart(space.grid(si - 1), p, e))
+                    reduction[:, pi, ei] = self._values(reduction_part(space.features, space.grid(si - 1), p, e))
             self._stages.append(_StageTables(block, reduction))
 
     def _values(self, part: Part) -> np.ndarray:

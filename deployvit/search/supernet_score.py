@@ -183,7 +183,8 @@ def supernet_accuracy(data: str | None, checkpoint: str, supernet: Supernet, met
     source = open_data(data)
     ids = meta.get("held_out", {}).get("ids") or []
     if not ids:
-        raise DeployvitError(f"supernet checkpoint {checkpoint} has no held-out images to score on (train it with --held-out-per-class > 0)")
+        raise DeployvitError(f"supernet checkpoint {checkpoint} has no held-out images to score on (train it with --held-out-per-class > 0, "
+                             "or import it with --data)")
     if source.num_classes != supernet.space.num_classes:
         raise DeployvitError(f"{data} has {source.num_classes} classes, the supernet {supernet.space.num_classes}")
     held = held_out_from_ids(source, ids)

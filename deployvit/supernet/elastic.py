@@ -65,9 +65,25 @@ class ElasticStem(nn.Module):
         }
 
 
+QKV_BIAS_LAYOUTS = ("split", "contiguous")
+
+
 class ElasticBlock(nn.Module):
-    def __init__(self, max_dim: int, max_attn_dim: int, max_hidden: int):
+    """`rel_pos` > 0: the block's relative position tables too ([2 rel_pos + 2, head_dim] each, for
+    keys and for values); every subnet uses them whole (the head dim is fixed per stage).
+
+    `qkv_bias`: "split" (deployvit's layout): the q, k and v biases are three leading slices, like
+    their weights; "contiguous" (AutoFormer's supernets): a subnet of attention width A takes the
+    leading 3 A entries, q, k and v one after the other, so a key's bias depends on the subnet's width."""
+
+    def __init__(self, max_dim: int, max_attn_dim: int, max_hidden: int, rel_pos: int = 0, head_dim: int = 0,
+                 qkv_bias: str = "split"):
         super().__init__()
+        self.rel_pos, self.qkv_bias_layout = rel_pos, qkv_bias
+        if rel_pos:
+            rows = 2 * rel_pos + 2
+            self.rel_k_table_v, self.rel_k_table_h = _weight(rows, head_dim), _weight(rows, head_dim)
+            self.rel_v_table_v, self.rel_v_table_h = _weight(rows, head_dim), _weight(rows, head_dim)
         self.norm1, self.norm2 = ElasticNorm(max_dim), ElasticNorm(max_dim)
         self.qkv_weight = _weight(3, max_attn_dim, max_dim)
         self.qkv_bias = _zeros(3 * max_attn_dim)  # q, k, v biases end to end; 1-D like the standalone qkv bias
@@ -87,10 +103,15 @@ class ElasticBlock(nn.Module):
 
     def sliced(self, ch: ChannelSelect, attn_dim: int, hidden: int) -> Sliced:
         qkv_w = self.qkv_weight.narrow(1, 0, attn_dim)
+        rel = {}
+        if self.rel_pos:
+            rel = {f"attn.rel_{w}.table_{a}": getattr(self, f"rel_{w}_table_{a}") for w in "kv" for a in "vh"}
         return {
+            **rel,
             **self.norm1.sliced("norm1", ch),
             "attn.qkv.weight": take(qkv_w, 2, ch).reshape(3 * attn_dim, -1),
-            "attn.qkv.bias": self.qkv_bias.view(3, -1).narrow(1, 0, attn_dim).reshape(-1),
+            "attn.qkv.bias": (self.qkv_bias.narrow(0, 0, 3 * attn_dim) if self.qkv_bias_layout == "contiguous"
+                              else self.qkv_bias.view(3, -1).narrow(1, 0, attn_dim).reshape(-1)),
             "attn.proj.weight": take(self.proj_weight, 0, ch).narrow(1, 0, attn_dim),
             "attn.proj.bias": take(self.proj_bias, 0, ch),
             **self.norm2.sliced("norm2", ch),

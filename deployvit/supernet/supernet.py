@@ -18,7 +18,8 @@ from deployvit.arch import Arch
 from deployvit.models import Block, ViT, build_part, drop_path_rates
 from deployvit.parts import Part, arch_parts
 from deployvit.spaces import SearchSpace, space_from_dict
-from deployvit.supernet.elastic import ElasticBlock, ElasticHead, ElasticReduction, ElasticStem, Sliced
+from deployvit.errors import DeployvitError
+from deployvit.supernet.elastic import QKV_BIAS_LAYOUTS, ElasticBlock, ElasticHead, ElasticReduction, ElasticStem, Sliced
 from deployvit.supernet.sharing import ChannelSelect, active_layers, channel_windows, to_select
 
 
@@ -28,11 +29,17 @@ class Supernet(nn.Module):
     cyclic: ViTAS-style cyclic weight sharing of the token-embedding channels (else AutoFormer prefix).
     identity_shift: ViTAS-style identity shifting of skipped layers during training (`shift` of
     `set_arch`); offset 0 is canonical and is what `extract` uses.
+    qkv_bias: how a subnet slices the q, k and v biases (`elastic.ElasticBlock`): "split" (deployvit's,
+    like the weights) or "contiguous" (AutoFormer's released supernets, kept so their subnets compute
+    what AutoFormer's code computes).
     """
 
-    def __init__(self, space: SearchSpace, cyclic: bool = False, identity_shift: bool = False, drop_path_rate: float = 0.0):
+    def __init__(self, space: SearchSpace, cyclic: bool = False, identity_shift: bool = False, drop_path_rate: float = 0.0,
+                 qkv_bias: str = "split"):
         super().__init__()
-        self.space, self.cyclic, self.identity_shift = space, cyclic, identity_shift
+        if qkv_bias not in QKV_BIAS_LAYOUTS:
+            raise ValueError(f"qkv_bias: expected one of {QKV_BIAS_LAYOUTS}, got {qkv_bias!r}")
+        self.space, self.cyclic, self.identity_shift, self.qkv_bias = space, cyclic, identity_shift, qkv_bias
         self.drop_path_rate = drop_path_rate
         first, last = space.stages[0], space.stages[-1]
         self.stem = ElasticStem(space.img_size, space.patch_size, space.in_chans, first.max_embed_dim)
@@ -43,7 +50,9 @@ class Supernet(nn.Module):
         )
         self.stages = nn.ModuleList(
             nn.ModuleList(
-                ElasticBlock(s.max_embed_dim, max(s.num_heads) * s.head_dim, s.max_mlp_hidden) for _ in range(s.max_depth)
+                ElasticBlock(s.max_embed_dim, max(s.num_heads) * s.head_dim, s.max_mlp_hidden, space.features.rel_pos, s.head_dim,
+                             qkv_bias)
+                for _ in range(s.max_depth)
             )
             for s in space.stages
         )
@@ -58,23 +67,29 @@ class Supernet(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         """What `from_config` needs to rebuild this supernet (stored in checkpoints)."""
+        layout = {"qkv_bias": self.qkv_bias} if self.qkv_bias != "split" else {}  # absent: as before it existed
         return {
             "space": self.space.to_dict(),
             "space_hash": self.space.hash(),
             "cyclic": self.cyclic,
             "identity_shift": self.identity_shift,
             "drop_path_rate": self.drop_path_rate,
+            **layout,
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Supernet":
         space = space_from_dict(config["space"], allow_preset_name=True)
-        return cls(space, config.get("cyclic", False), config.get("identity_shift", False), config.get("drop_path_rate", 0.0))
+        layout = config.get("qkv_bias", "split")
+        if layout not in QKV_BIAS_LAYOUTS:
+            raise DeployvitError(f"supernet.qkv_bias: expected one of {', '.join(QKV_BIAS_LAYOUTS)}, got {layout!r}")
+        return cls(space, config.get("cyclic", False), config.get("identity_shift", False), config.get("drop_path_rate", 0.0), layout)
 
     def no_weight_decay(self) -> set[str]:
         """The tensors exempt from weight decay, as `ViT.no_weight_decay` names them for the standalone
-        model: position embeddings and the class token (norm weights and biases are 1-D here too)."""
-        names = {"stem.pos_embed", "stem.cls_token"}
+        model: position embeddings (relative ones included) and the class token (norm weights and
+        biases are 1-D here too)."""
+        names = {"stem.pos_embed", "stem.cls_token"} | {n for n, _ in self.named_parameters() if ".rel_" in n}
         return names | {f"reductions.{i}.pos_embed" for i in range(len(self.reductions))}
 
     # --- choosing a subnet ---------------------------------------------------------------------------
@@ -154,3 +169,24 @@ class Supernet(nn.Module):
         if previous is not None:
             self.set_arch(previous)
         return model.train(self.training)
+
+    @torch.no_grad()
+    def load_extracted(self, arch: Arch, model: ViT) -> None:
+        """The inverse of `extract`: write `model`'s weights (a standalone ViT of `arch`) into the
+        supernet's slices for `arch`. Importers build the standalone model of the space's largest arch
+        from a parent's weights, and its slices are then every weight the supernet has.
+
+        Prefix windows only: a cyclic window gathers channels into a copy, not a view to write through."""
+        if self.cyclic:
+            raise ValueError("load_extracted needs prefix (non-cyclic) channel windows")
+        previous = self.arch
+        self.set_arch(arch)
+        for module, (_, sliced, _) in zip(model.part_modules(), self._plan, strict=True):
+            targets = sliced()
+            for name, value in module.state_dict().items():
+                targets[name].copy_(value)
+            for name, value in sliced().items():  # read back: a slice that was a copy did not take the values
+                if not torch.equal(value, module.state_dict()[name]):
+                    raise RuntimeError(f"load_extracted: {name} is not a view of the supernet's weights")
+        if previous is not None:
+            self.set_arch(previous)

@@ -78,6 +78,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated / foreign files
         raise DeployvitError(f"cannot read checkpoint {p}: {load_problem(exc)}") from None
+    return _checked(state, p)
+
+
+def _checked(state: Any, p: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DeployvitError(f"{p} is not a deployvit training checkpoint")
     io.check_schema(state, _CHECKPOINT_SCHEMA, str(p))
@@ -85,13 +89,17 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_supernet(path: str | os.PathLike, prefer_ema: bool = True):
-    """(Supernet with trained weights, meta) from `checkpoint.pt` or `last.pt` of `train-supernet`.
+    """(Supernet with trained weights, meta) from `checkpoint.pt` or `last.pt` of `train-supernet`, or
+    `supernet.pt` of `import`.
 
     meta: the supernet config, sampler name, recipe, progress, data source and the held-out image ids
-    (what search's `supernet` score evaluates on)."""
+    (what search's `supernet` score evaluates on); an imported supernet adds `imported`."""
+    return _supernet_from(read_checkpoint(path), path, prefer_ema)
+
+
+def _supernet_from(state: dict[str, Any], path: str | os.PathLike, prefer_ema: bool = True):
     from deployvit.supernet import Supernet
 
-    state = read_checkpoint(path)
     if state.get("kind") != "supernet":
         raise DeployvitError(f"{path} is a {state.get('kind')} checkpoint, not a supernet checkpoint")
     if "supernet" not in state["meta"] or "held_out" not in state["meta"]:
@@ -105,6 +113,22 @@ def load_supernet(path: str | os.PathLike, prefer_ema: bool = True):
     meta = dict(state["meta"], progress=state.get("progress"), recipe=state.get("recipe"),
                 sampler=(state.get("sampler") or {}).get("name"), used_ema=weights is state.get("ema"))
     return supernet.eval(), meta
+
+
+def supernet_in(path: str | os.PathLike):
+    """(Supernet, meta) when `path` is a deployvit supernet checkpoint (`last.pt`, an import's
+    `supernet.pt`), else None: lets a command that takes model weights take a supernet too (export
+    extracts the arch it is given). A file that is not one is left to the caller's own reader."""
+    p = Path(path)
+    if p.suffix == ".safetensors" or not p.is_file():
+        return None
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception:  # not a torch checkpoint: the caller's reader says what is wrong with it
+        return None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("kind") != "supernet":
+        return None
+    return _supernet_from(_checked(state, p), p)
 
 
 def load_model(path: str | os.PathLike):
