@@ -38,6 +38,7 @@ COMMANDS = {
 # missing here is imported for its own line; tests/test_cli.py checks every line against the command.
 SHORT_HELP = {
     "inspect": "Print params, FLOPs (MACs), depth and embed dim of ARCH_FILE or of --sample N archs.",
+    "import": "Import a parent's weights as a searchable deployvit supernet (a timm ViT/DeiT, or an AutoFormer supernet).",
     "search": "Find the highest-scoring arch under the budgets; writes best.arch.json, pareto.* and log.jsonl.",
     "profile": "Time every block shape of a space, calibrate on whole archs, validate on held-out archs, and write the latency table "
                "(resumable: rerun the same command after an interruption).",
