@@ -46,9 +46,11 @@ SHORT_HELP = {
     "tables": "List the user's (./latency_tables, $DEPLOYVIT_HOME/latency_tables) and the shipped latency tables, and for each space "
               "which one `search` would use on this machine.",
     "train-supernet": "Train the weight-sharing supernet of --space on --data with a subnet --sampler.",
-    "retrain": "Train the standalone model of --arch (from inherited supernet weights or from scratch).",
+    "retrain": "Train the standalone model of --arch (from inherited supernet weights or from scratch, optionally distilling "
+               "from the supernet's largest arch).",
     "evaluate": "Top-1 / top-5 accuracy of a retrained model, or of an arch with inherited supernet weights.",
-    "export": "Export a model to ONNX or TensorRT, verify it against PyTorch fp32, time it, and check the latency contract.",
+    "export": "Export a model to a file (an ONNX graph, a TensorRT engine, ...), verify it against PyTorch fp32, time it, "
+              "and check the latency contract.",
     "benchmark": "Export, verify and time every available format of a model (and timm baselines at the same input size) into one table.",
 }
 
