@@ -14,7 +14,8 @@ from deployvit.arch import load_arch
 @click.argument("arch_file", type=click.Path(dir_okay=False))
 @click.option("--table", "table_path", type=click.Path(dir_okay=False),
               help="Latency table (default: the one `deployvit tables` says search would pick for the arch's space).")
-@click.option("--device", help="Target device of the table: a label (h100, a100, cpu, ...) or cuda[:N] (this GPU).")
+@click.option("--device", help="Target device of the table: a label (h100, a100, cpu, ...) or cuda[:N] (this GPU); "
+                               "default: as search (this machine's GPU, else the default target).")
 @click.option("--runtime", help="Only tables of this runtime.")
 @click.option("--precision", type=click.Choice(PRECISIONS), help="Only tables of this precision.")
 @click.option("--batch-size", type=bounds.BATCH, help="Only tables of this batch size.")
@@ -28,7 +29,8 @@ def latency_cmd(arch_file: str, table_path: str | None, device, runtime, precisi
     space = get_space(arch.space)
     resolved = resolve_table(TableQuery(space.name, space.hash(), device, runtime, precision, batch_size), table_path, space=space)
     table = resolved.table
-    click.echo(resolved.line())
+    for line in resolved.header():
+        click.echo(line)
     for message in resolved.warnings:
         click.echo(f"deployvit: warning: {message}", err=True)
     predicted = table.predict(arch)
