@@ -16,6 +16,26 @@ def budget_label(budget: float | None) -> str:
 
 
 METRICS = ("latency", "flops", "params")
+#: the key of each metric in files, unit in the name: files keep the library's units (microseconds, as
+#: latency tables and budgets; MACs; parameters), the console and plots show ms and GMACs
+FILE_KEYS = {"latency": "latency_us", "flops": "flops_macs", "params": "params"}
+_FROM_FILE = {**{k: k for k in METRICS}, **{v: k for k, v in FILE_KEYS.items()}}  # older run folders: keys without units
+
+
+def metrics_to_file(metrics: dict[str, float]) -> dict[str, float]:
+    """A candidate's metrics with their units in the keys (`FILE_KEYS`)."""
+    return {FILE_KEYS.get(k, k): v for k, v in metrics.items()}
+
+
+def metrics_from_file(data: dict[str, float]) -> dict[str, float]:
+    """The inverse of `metrics_to_file`; keys without units (run folders written before them) read too."""
+    return {_FROM_FILE.get(k, k): v for k, v in data.items()}
+
+
+def _bound_key(key: str) -> str:
+    """`max_latency` -> `max_latency_us` (a bound's file key carries its metric's unit)."""
+    side, metric = key.split("_", 1)
+    return f"{side}_{FILE_KEYS[metric]}"
 
 
 @dataclass
@@ -67,4 +87,14 @@ class Constraints:
         return list(self.max_latency) or [None]
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v not in (None, [])}
+        """The bounds that are set, units in the keys (`max_latency_us`, `max_flops_macs`, `min_params`, ...)."""
+        return {_bound_key(k): v for k, v in self.__dict__.items() if v not in (None, [])}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Constraints":
+        """From `to_dict`'s keys, or the keys without units of run folders written before them."""
+        names = {_bound_key(f): f for f in cls.__dataclass_fields__} | {f: f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise DeployvitError(f"unknown constraint(s) {', '.join(unknown)}")
+        return cls(**{names[k]: v for k, v in data.items()})
