@@ -21,6 +21,10 @@ BASE = {"deployvit", "deployvit.errors", "deployvit.io", "deployvit.arch", "depl
 SIBLINGS = ("deployvit.train", "deployvit.latency")
 
 BASE |= {"deployvit.registry"}  # the records of scores, search methods and samplers (names and targets, no imports)
+BASE |= {"deployvit.runs"}  # which file of a run folder an option means (paths only)
+#: the Python API's profile/export call the commands (deployvit.search(...) is the search package,
+#: callable; `deployvit`'s lazy attributes name their modules as strings, as the CLI's command table does)
+TOP = {"deployvit.cli", "deployvit.__main__", "deployvit.api"}
 
 
 def modules() -> dict[str, Path]:
@@ -70,7 +74,7 @@ def layer(name: str) -> tuple[int, str]:
         return 4, "search"
     if name.startswith("deployvit.commands"):
         return 5, "commands"
-    if name in ("deployvit.cli", "deployvit.__main__"):
+    if name in TOP:
         return 6, "cli"
     raise AssertionError(f"module {name} has no layer: add it to tests/test_layers.py and DESIGN.md section 6")
 

@@ -6,7 +6,7 @@
   the family). The spans come from each family's latency table for the target, through the one
   resolver (a measured table where there is one, else the estimate built on demand). Budgets that
   land in one family are searched together; `--latency 2ms,3ms,5ms` may so run one search per
-  family (`run.plan_search`). A budget outside every span is one line naming the nearest span.
+  family (`plan.plan_search`). A budget outside every span is one line naming the nearest span.
 - **Without a latency budget**, `DEFAULT_SPACE` (autoformer-tiny: the published AutoFormer-T space,
   where `search --flops 1.5G` binds), unless something else fixes the space:
 - a supernet checkpoint (`--score supernet`, `--method focus`) fixes it to the space it was
@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 from deployvit.errors import DeployvitError
 from deployvit.search.budgets import budget_label
@@ -24,9 +24,7 @@ from deployvit.search.families import ROOM, Span, choose_family, family_span
 from deployvit.spaces import FAMILIES, get_space
 from deployvit.units import format_amount
 
-if TYPE_CHECKING:
-    from deployvit.search.run import SearchRequest
-
+#: `request` below is a `search.run.SearchRequest` (not imported: run imports this module)
 AUTO = "auto"
 #: the space of `--space auto` without a latency budget (module docstring)
 DEFAULT_SPACE = "autoformer-tiny"
@@ -47,7 +45,7 @@ class SpacePlan:
         return {budget_label(b): space for space, budgets in self.groups for b in budgets}
 
 
-def plan_spaces(request: "SearchRequest", scores_on_cpu: bool, fixed: str | None = None) -> SpacePlan:
+def plan_spaces(request: Any, scores_on_cpu: bool, fixed: str | None = None) -> SpacePlan:
     """The spaces of a search request (module docstring). `fixed`: the space a supernet checkpoint
     fixes; `scores_on_cpu`: the score runs on the CPU (the cheaper-family rule applies)."""
     budgets = list(request.constraints.max_latency)
@@ -74,7 +72,7 @@ def _table_space(path: str) -> str:
     return name
 
 
-def _families_for(request: "SearchRequest", budgets: list[float], scores_on_cpu: bool) -> SpacePlan:
+def _families_for(request: Any, budgets: list[float], scores_on_cpu: bool) -> SpacePlan:
     """Each budget's family from the families' spans on the target (one table per family, from the
     resolver, as the search in that family will use)."""
     from deployvit.latency.resolve import Machine, TableQuery, resolve_table

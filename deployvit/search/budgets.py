@@ -3,10 +3,34 @@ bounds. Budget strings are read by `deployvit.units.parse_amount`, the one parse
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Union
 
 from deployvit.errors import DeployvitError
-from deployvit.units import format_amount
+from deployvit.units import format_amount, parse_amount, parse_amounts
+
+
+def _amount(value: "Amount | None", metric: str, name: str) -> float | None:
+    """A bound as a number in the metric's unit: a string through `parse_amount`, a number as is."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return parse_amount(value, metric, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise DeployvitError(f"{name}: expected a positive number or a string with a unit, got {value!r}")
+    return float(value)
+
+
+def _latency_budgets(value) -> list[float]:
+    """Latency budgets from "2ms,3ms", a number (us), or a list of either: sorted, unique."""
+    if isinstance(value, str):
+        return parse_amounts(value, "latency", "max_latency")
+    items = [value] if isinstance(value, (int, float)) else list(value)
+    budgets = []
+    for item in items:
+        budgets += parse_amounts(item, "latency", "max_latency") if isinstance(item, str) else [_amount(item, "latency", "max_latency")]
+    return sorted(set(budgets))
 
 
 def budget_label(budget: float | None) -> str:
@@ -38,11 +62,17 @@ def _bound_key(key: str) -> str:
     return f"{side}_{FILE_KEYS[metric]}"
 
 
+Amount = Union[str, float, int]
+
+
 @dataclass
 class Constraints:
     """Upper bounds (a list per metric: one winner per latency budget) and lower bounds.
 
-    Only latency may carry several budgets; FLOPs and params bound every budget alike."""
+    Only latency may carry several budgets; FLOPs and params bound every budget alike. Each bound is
+    a string with its unit, read by the one parser of every command (`"5ms"`, `"500us"`, `"1.5G"`,
+    `"6M"`; `max_latency` also `"2ms,3ms,5ms"`), or a number in the library's unit: latency in
+    microseconds, FLOPs in MACs, params in parameters. They are stored as numbers in those units."""
 
     max_latency: list[float] = field(default_factory=list)
     max_flops: float | None = None
@@ -52,6 +82,12 @@ class Constraints:
     min_params: float | None = None
 
     def __post_init__(self) -> None:
+        self.max_latency = _latency_budgets(self.max_latency)
+        for metric in METRICS:
+            for side in ("max", "min"):
+                name = f"{side}_{metric}"
+                if name != "max_latency":
+                    setattr(self, name, _amount(getattr(self, name), metric, f"{side}_{metric}"))
         for metric in METRICS:
             lo, hi = self.lower(metric), self.tightest(metric)
             if lo is not None and hi is not None and lo >= hi:

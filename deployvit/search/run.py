@@ -94,6 +94,7 @@ class SearchResult:
     correlated_over: str = ""  # which archs the Kendall taus are over, e.g. "50 archs of the random initial population"
     is_main: bool = True  # False on torchrun ranks other than 0, which print and write nothing
     parts: list["SearchResult"] = field(default_factory=list)  # one per space when a plan searched several (`plan.run_plan`)
+    front: list[Candidate] = field(default_factory=list)  # the Pareto front (pareto.json), cheapest first
 
 
 def check_budgets(model: MetricModel, constraints: Constraints, command: Callable[[str], str] | None = None) -> list[str]:
@@ -376,11 +377,11 @@ def _finish(job: SearchJob, searcher, winners_by_budget, measured, echo) -> Sear
                                "held_out_images": len(getattr(score, "held_out_ids", [])) or None,
                                "stopped_at_generation": searcher.state.generation, "latency": provenance,
                                "score_throughput": speed, "method": config.method, "score": score.name, "request": job.record})
-    _write_outputs(job, searcher, evaluated, winners, provenance)
+    front = _write_outputs(job, searcher, evaluated, winners, provenance)
     if hasattr(score, "close"):
         score.close()
     result = SearchResult(job.run_dir, winners, None, [], measured, correlations=summary, evaluated=len(evaluated),
-                          correlated_over=over, is_main=job.main)
+                          correlated_over=over, is_main=job.main, front=front)
     unmet = [budget_label(b) for b, c in winners_by_budget.items() if c is None]
     if unmet:
         how = "timed on this machine" if job.measure_top else searcher.ended_how
@@ -435,8 +436,8 @@ def _request_dict(request: SearchRequest) -> dict:
     return data
 
 
-def _write_outputs(job: SearchJob, searcher, evaluated, winners, provenance) -> None:
-    """Rank 0 writes; every rank scores the reference archs (a collective under torchrun)."""
+def _write_outputs(job: SearchJob, searcher, evaluated, winners, provenance) -> list[Candidate]:
+    """Rank 0 writes; every rank scores the reference archs (a collective under torchrun). Returns the front."""
     model, run_dir = job.model, job.run_dir
     cost = "latency" if "latency" in model.metrics else "flops"
     front = pareto_front(evaluated, cost)
@@ -444,7 +445,7 @@ def _write_outputs(job: SearchJob, searcher, evaluated, winners, provenance) -> 
     for name, arch in reference_archs(job.space).items():
         baselines[name] = (arch, searcher.score_of(arch), model.metrics_of(arch))
     if not job.main:
-        return
+        return front
     write_pareto(run_dir, front, provenance)
     plot_pareto(
         run_dir / "pareto.png", evaluated, front, cost, job.score.name, job.constraints.budgets(), baselines,
@@ -459,6 +460,7 @@ def _write_outputs(job: SearchJob, searcher, evaluated, winners, provenance) -> 
         # best.arch.json last: its presence marks a finished run (the loosest budget's winner).
         cand = winners[labels[-1]]
         cand.arch.save(run_dir / "best.arch.json", winner_metadata(cand, labels[-1], provenance))
+    return front
 
 
 def winner_metadata(cand: Candidate, label: str, provenance: dict | None) -> dict:

@@ -8,6 +8,7 @@ there is one forward implementation and `extract(arch)` is just copying the slic
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import torch
@@ -17,7 +18,7 @@ from torch.func import functional_call
 from deployvit.arch import Arch
 from deployvit.models import Block, ViT, build_part, drop_path_rates
 from deployvit.parts import Part, arch_parts
-from deployvit.spaces import SearchSpace, space_from_dict
+from deployvit.spaces import SearchSpace, get_space, space_from_dict
 from deployvit.supernet.elastic import ElasticBlock, ElasticHead, ElasticReduction, ElasticStem, Sliced
 from deployvit.supernet.sharing import ChannelSelect, active_layers, channel_windows, to_select
 
@@ -30,8 +31,12 @@ class Supernet(nn.Module):
     `set_arch`); offset 0 is canonical and is what `extract` uses.
     """
 
-    def __init__(self, space: SearchSpace, cyclic: bool = False, identity_shift: bool = False, drop_path_rate: float = 0.0):
+    def __init__(self, space: "SearchSpace | str | os.PathLike", cyclic: bool = False, identity_shift: bool = False,
+                 drop_path_rate: float = 0.0):
+        """`space`: a SearchSpace, a preset's name (`Supernet("test")`) or a YAML/JSON space file."""
         super().__init__()
+        if not isinstance(space, SearchSpace):
+            space = get_space(space)
         self.space, self.cyclic, self.identity_shift = space, cyclic, identity_shift
         self.drop_path_rate = drop_path_rate
         first, last = space.stages[0], space.stages[-1]
