@@ -299,7 +299,8 @@ def run_export(opts: dict[str, Any], fmt: str) -> ExportOutcome:
 
 @click.command()
 @_common_options
-@click.option("--format", "fmt", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True,
+              help="onnx: an ONNX graph run by onnxruntime; trt: a TensorRT engine (needs TensorRT and a CUDA GPU).")
 def export(fmt: str, **opts: Any) -> None:
     """Export a model to ONNX or TensorRT, verify it against PyTorch fp32, time it, and check the
     latency contract. Writes model.onnx / model.engine, report.json and report.md into --out."""

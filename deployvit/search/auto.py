@@ -91,6 +91,20 @@ def _families_for(request: Any, budgets: list[float], scores_on_cpu: bool) -> Sp
     return SpacePlan(list(chosen.items()), lines, spans)
 
 
+def suggest_space(request: Any, scores_on_cpu: bool) -> str | None:
+    """The space to suggest when a budget does not bind in the one asked for: what `--space auto`
+    would choose (the family, or `auto` when the budgets go to several), or None when some latency
+    budget lies in no family's span (then no space helps)."""
+    budgets = list(request.constraints.max_latency)
+    if not budgets:
+        return None
+    try:
+        groups = _families_for(request, budgets, scores_on_cpu).groups
+    except DeployvitError:
+        return None
+    return groups[0][0] if len(groups) == 1 else AUTO
+
+
 def _why(family: str, budgets: list[float], span: Span, spans: list[Span], scores_on_cpu: bool) -> str:
     """One line: the family, its span on the target, and the rule that picked it."""
     shown = ", ".join(format_amount(b, "latency") for b in budgets)

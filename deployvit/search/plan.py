@@ -31,8 +31,8 @@ from deployvit.errors import DeployvitError
 from deployvit.search import SCORES
 from deployvit.search.auto import SpacePlan, plan_spaces
 from deployvit.search.budgets import budget_label
-from deployvit.search.run import (SearchJob, SearchRequest, SearchResult, winner_metadata, latency_provenance, method_and_score,
-                                  needs_supernet, prepare_search, resolve_space, run_search)
+from deployvit.search.run import (SearchJob, SearchRequest, SearchResult, latency_provenance, method_and_score, needs_supernet,
+                                  prepare_search, resolve_space, run_search, scores_on_cpu, winner_metadata)
 
 PLAN_FILE = "search_plan.json"
 PLAN_FORMAT = "deployvit.search_plan/1"
@@ -70,7 +70,7 @@ def plan_search(request: SearchRequest, echo: Callable[[str], None] = print) -> 
         space, trained = resolve_space(request, method, score_name)
         request, data_line = _with_data(request, score_name, trained[1])
         found += data_line
-    spaces = plan_spaces(request, scores_on_cpu=_scores_on_cpu(request), fixed=trained[0].space.name if trained else None)
+    spaces = plan_spaces(request, scores_on_cpu=scores_on_cpu(request), fixed=trained[0].space.name if trained else None)
     multi = len(spaces.groups) > 1
     top = _top_dir(request, spaces) if multi else None
     jobs = []
@@ -108,13 +108,6 @@ def _with_data(request: SearchRequest, score: str, meta: dict) -> tuple[SearchRe
     if request.data is not None or not SCORES[score].needs_data or not recorded:
         return request, []
     return replace(request, data=recorded), [f"data: {recorded}, recorded in {request.supernet} (--data chooses another)"]
-
-
-def _scores_on_cpu(request: SearchRequest) -> bool:
-    from deployvit.compute import compute_device
-    from deployvit.search.distributed import local_rank
-
-    return compute_device(request.score_device, local_rank()).type == "cpu"
 
 
 def _top_dir(request: SearchRequest, spaces: SpacePlan) -> Path:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Callable
 
-from deployvit.units import format_amount
-
 if TYPE_CHECKING:
     from deployvit.search.scores import Score
     from deployvit.search.searcher import Searcher
@@ -41,8 +39,10 @@ def duration(seconds: float) -> str:
 
 
 class CountingScore:
-    """A score that reports each batch it scores (size, wall seconds); everything else is the
-    wrapped score's."""
+    """A score that reports the archs it scores as they are done (count, wall seconds), in chunks as
+    wide as the score runs side by side (DSS threads x torchrun ranks), so that the first archs of a
+    population time the rest; every arch's score is the wrapped score's, whatever the chunking (each
+    is computed on its own). Everything else is the wrapped score's."""
 
     def __init__(self, score: "Score", on_batch: Callable[[int, float], None]):
         self._score, self._on_batch = score, on_batch
@@ -51,12 +51,22 @@ class CountingScore:
     def __call__(self, arch) -> float:
         return self.score_many([arch])[0]
 
+    @property
+    def width(self) -> int:
+        """Archs the wrapped score evaluates at once."""
+        threads = getattr(self._score, "threads", 1)
+        ranks = getattr(getattr(self._score, "ranks", None), "world_size", 1)
+        return max(1, int(threads if isinstance(threads, int) else 1)) * max(1, int(ranks if isinstance(ranks, int) else 1))
+
     def score_many(self, archs: list) -> list[float]:
         from deployvit.search.scores import score_batch
 
-        start = time.perf_counter()
-        values = score_batch(self._score, archs)
-        self._on_batch(len(archs), time.perf_counter() - start)
+        values: list[float] = []
+        for i in range(0, len(archs), self.width):
+            chunk = archs[i:i + self.width]
+            start = time.perf_counter()
+            values += score_batch(self._score, chunk)
+            self._on_batch(len(chunk), time.perf_counter() - start)
         return values
 
     def __getattr__(self, name: str):
@@ -91,7 +101,7 @@ class ScoringProgress:
 
             lo, hi = (count_flops(a) for a in (self.space.min_arch(), self.space.max_arch()))
             if hi > COSTLY_FLOPS:
-                self.echo(f"note: {self.space.name}'s archs cost {format_amount(lo, 'flops')} - {format_amount(hi, 'flops')}MACs each "
+                self.echo(f"note: {self.space.name}'s archs cost {lo / 1e9:.1f}-{hi / 1e9:.1f} GMACs each "
                           f"(DeiT-Ti: 1.26 GMACs): its training-free score takes minutes per arch on a CPU; the time the search "
                           "will take follows after the first archs (on a GPU, seconds)")
         if self.use_bar:

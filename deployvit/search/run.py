@@ -97,10 +97,10 @@ class SearchResult:
     front: list[Candidate] = field(default_factory=list)  # the Pareto front (pareto.json), cheapest first
 
 
-def check_budgets(model: MetricModel, constraints: Constraints, command: Callable[[str], str] | None = None) -> list[str]:
+def check_budgets(model: MetricModel, constraints: Constraints, hint: Callable[[str], str] | None = None) -> list[str]:
     """Refuse budgets no arch meets (naming the space's smallest value); explain budgets that admit
-    every arch. Returns the explanatory notes. `command(space)`: the search command that would run
-    in another space, for the hint (`SearchRequest.command`)."""
+    every arch. Returns the explanatory notes. `hint(metric)`: what to try instead ("try `...`, "),
+    for the note (`_space_hint`)."""
     notes = []
     for metric in METRICS:
         hi, lo = constraints.upper(metric), constraints.lower(metric)
@@ -120,24 +120,30 @@ def check_budgets(model: MetricModel, constraints: Constraints, command: Callabl
         loose = [b for b in (constraints.max_latency if metric == "latency" else [hi]) if b is not None and b >= largest]
         if loose and lo is None:
             shown = ", ".join(format_amount(b, metric) for b in loose)
-            notes.append(
-                f"{span}; --{metric} {shown} admit{'s' * (len(loose) == 1)} every arch: the budget does not bind "
-                f"({_larger_space_hint(model.space.name, command)}or a tighter budget)"
-            )
+            instead = hint(metric) if hint else ""
+            notes.append(f"{span}; --{metric} {shown} admit{'s' * (len(loose) == 1)} every arch: the budget does not bind "
+                         f"({instead}or a tighter budget)")
     return notes
 
 
-def _larger_space_hint(name: str, command: Callable[[str], str] | None = None) -> str:
-    """The next larger space of the same ladder (the ViT families, or AutoFormer's T/S/B), else
-    `--space auto`, which picks the family whose span contains the budget; as a full command when
-    `command` can write one."""
-    for ladder in (FAMILIES, ("autoformer-tiny", "autoformer-small", "autoformer-base")):
-        if name in ladder[:-1]:
-            bigger = ladder[ladder.index(name) + 1]
-            return f"try `{command(bigger)}`, " if command else f"try --space {bigger}, "
-    if name in FAMILIES[-1:]:
-        return ""
-    return f"try `{command(AUTO)}`, " if command else "try --space auto, "
+AUTOFORMER = ("autoformer-tiny", "autoformer-small", "autoformer-base")
+
+
+def _space_hint(request: SearchRequest, space: SearchSpace, on_cpu: bool) -> Callable[[str], str]:
+    """What a does-not-bind note suggests, as a command runnable as printed: for latency, the
+    space `--space auto` would choose for the budgets (`auto.suggest_space`; nothing when no family
+    holds them); for FLOPs and params, the next larger space of the same ladder (the ViT families,
+    AutoFormer's T/S/B)."""
+    from deployvit.search.auto import suggest_space
+
+    def hint(metric: str) -> str:
+        if metric == "latency":
+            other = suggest_space(request, on_cpu)
+        else:
+            other = next((ladder[ladder.index(space.name) + 1] for ladder in (FAMILIES, AUTOFORMER) if space.name in ladder[:-1]), None)
+        return f"try `{replace(request, space=other).command()}`, " if other and other != space.name else ""
+
+    return hint
 
 
 def method_and_score(request: SearchRequest) -> tuple[str, str, str | None]:
@@ -171,6 +177,14 @@ def resolve_space(request: SearchRequest, method: str, score: str) -> tuple[Sear
     wanted = None if request.space == AUTO else get_space(request.space).name
     supernet, meta = load_supernet_for_search(request.supernet, wanted)
     return supernet.space, (supernet, meta)
+
+
+def scores_on_cpu(request: SearchRequest) -> bool:
+    """Whether the score of `request` runs on the CPU (the cheaper-family rule of `--space auto`)."""
+    from deployvit.compute import compute_device
+    from deployvit.search.distributed import local_rank
+
+    return compute_device(request.score_device, local_rank()).type == "cpu"
 
 
 def needs_supernet(method: str, score: str) -> list[str]:
@@ -287,7 +301,7 @@ def prepare_search(request: SearchRequest, trained: tuple | None = None, score_n
     lines += [table_line] if table_line else []
     model = MetricModel(space, table)
     concrete = replace(request, space=space.name if request.space == AUTO else request.space)
-    notes = check_budgets(model, request.constraints, concrete.command)
+    notes = check_budgets(model, request.constraints, _space_hint(concrete, space, scores_on_cpu(request)))
     lines += [f"note: {note}" for note in notes]
     if request.measure_top:  # this machine must be able to time like the table before anything runs
         from deployvit.latency.profile import table_settings
