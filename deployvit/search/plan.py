@@ -29,7 +29,7 @@ from typing import Callable
 from deployvit import io
 from deployvit.errors import DeployvitError
 from deployvit.search import SCORES
-from deployvit.search.auto import SpacePlan, plan_spaces
+from deployvit.search.auto import AUTO, DEFAULT_SPACE, SpacePlan, plan_spaces
 from deployvit.search.budgets import budget_label
 from deployvit.search.run import (SearchJob, SearchRequest, SearchResult, latency_provenance, method_and_score, needs_supernet,
                                   prepare_search, resolve_space, run_search, scores_on_cpu, winner_metadata)
@@ -96,8 +96,8 @@ def _with_supernet(request: SearchRequest) -> tuple[SearchRequest, list[str]]:
         return replace(request, supernet=str(supernet_file(request.supernet))), []
     newest = newest_supernet_run()
     if newest is None:
-        raise DeployvitError(f"no supernet: none under {RUNS}/ (train one with `deployvit train-supernet --space SPACE --data DATA`) "
-                             "and no --supernet CHECKPOINT given")
+        train = f"deployvit train-supernet --space {request.space if request.space != AUTO else DEFAULT_SPACE} --data {request.data or 'digits'}"
+        raise DeployvitError(f"no supernet: none under {RUNS}/ (train one with `{train}`) and no --supernet CHECKPOINT given")
     return replace(request, supernet=str(newest)), [f"supernet: {newest}, the newest supernet run under {RUNS}/ "
                                                     "(--supernet PATH chooses another)"]
 
