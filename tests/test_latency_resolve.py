@@ -235,3 +235,21 @@ def test_tables_lists_user_and_shipped_and_the_pick(tmp_path, monkeypatch):
     assert str(mine) in result.out and "autoformer-tiny" in result.out and "shipped" in result.out
     assert f"search --space test would use: {mine}" in result.out
 
+
+
+def test_on_a_gpu_machine_the_default_target_is_that_gpu(tmp_path):
+    """No --device on a GPU machine: its measured tables, else its estimate at the default target's
+    runtime, precision and batch; a GPU the catalogue lacks gets the profile command for it."""
+    resolved = resolve_table(q(), machine=A100, space=SPACE)
+    meta = resolved.table.metadata
+    assert (meta["device_label"], meta["runtime"], meta["precision"], meta["batch_size"]) == ("a100", "tensorrt", "fp16", 64)
+    assert resolved.default_target == ("target: this machine's GPU (NVIDIA A100-SXM4-80GB), tensorrt fp16 batch 64 "
+                                       "(change it with --device, --runtime, --precision, --batch-size)")
+    mine = make_table(tmp_path, "a100", "cudagraph", batch=1)
+    picked = choose(q(), scan_tables([("home", tmp_path)])[0], A100)
+    assert picked.path == mine and picked.default_target is None  # measured here: the table decides, not the default
+    with pytest.raises(DeployvitError) as info:
+        resolve_table(q(), machine=Machine("cuda", "NVIDIA RTX A2000 12GB"), space=SPACE)
+    line = str(info.value)
+    assert "`deployvit profile --device rtx-a2000-12gb --space test --runtime cudagraph --precision fp16 --batch-size 64`" in line
+    assert "is no GPU of the estimator's catalogue" in line

@@ -173,7 +173,8 @@ def test_measure_top_with_a_gpu_table_fails_before_the_search_here(tmp_path):
         (["--space", "auto", "--latency", "1ms"], "latency budget 1 ms is below every family's span (no arch of any family fits it); "
                                                   "the nearest: vit-tiny spans 3.02 ms"),
         (["--space", "auto", "--latency", "5ms,1s"], "latency budget 1000 ms is above every family's span"),
-        (["--score", "supernet"], "no supernet: none under runs/ (train one with `deployvit train-supernet --space test --data digits`)"),
+        (["--score", "supernet"], "--score supernet needs a supernet (--supernet CHECKPOINT): none under runs/ (train one with "
+                                  "`deployvit train-supernet --space test --data digits`)"),
         (["--score", "supernet", "--supernet", "/nonexistent.pt", "--data", "digits"], "checkpoint not found"),
         (["--batch-size", "0", "--latency", "5ms", "--device", "cpu"], "0 is not in the range 1<=x<=4096"),
         (["--population", "0"], "--population"),

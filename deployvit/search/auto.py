@@ -108,12 +108,13 @@ def suggest_space(request: Any, scores_on_cpu: bool) -> str | None:
 def _why(family: str, budgets: list[float], span: Span, spans: list[Span], scores_on_cpu: bool) -> str:
     """One line: the family, its span on the target, and the rule that picked it."""
     shown = ", ".join(format_amount(b, "latency") for b in budgets)
+    it = "it" if len(budgets) == 1 else "them"
     others = [s.family for s in spans if s.family != family and any(s.contains(b) for b in budgets)]
     if not others:
-        rule = "the only family whose span contains it"
+        rule = f"the only family whose span contains {it}"
     elif scores_on_cpu and all(span.centrality(b) >= ROOM for b in budgets) and FAMILIES.index(family) < min(FAMILIES.index(o) for o in others):
-        rule = (f"of the families containing it ({', '.join([family, *others])}), the smallest with room around it: "
+        rule = (f"of the families containing {it} ({', '.join([family, *others])}), the smallest with room around {it}: "
                 "DSS on a CPU costs less there")
     else:
-        rule = f"of the families containing it ({', '.join([family, *others])}), the one it sits in most centrally"
+        rule = f"of the families containing {it} ({', '.join([family, *others])}), the one {it} sit{'s' * (it == 'it')} in most centrally"
     return f"space: {family} for {shown}: {span.text()} on this target; {rule} (--space NAME forces a space)"

@@ -28,7 +28,7 @@ from typing import Callable
 
 from deployvit import io
 from deployvit.errors import DeployvitError
-from deployvit.search import SCORES
+from deployvit.search import METHODS, SCORES
 from deployvit.search.auto import AUTO, DEFAULT_SPACE, SpacePlan, plan_spaces
 from deployvit.search.budgets import budget_label
 from deployvit.search.run import (SearchJob, SearchRequest, SearchResult, latency_provenance, method_and_score, needs_supernet,
@@ -66,7 +66,7 @@ def plan_search(request: SearchRequest, echo: Callable[[str], None] = print) -> 
     method, score_name, _ = method_and_score(request)
     found, trained = [], None
     if needs_supernet(method, score_name):
-        request, found = _with_supernet(request)
+        request, found = _with_supernet(request, needs_supernet(method, score_name), method)
         space, trained = resolve_space(request, method, score_name)
         request, data_line = _with_data(request, score_name, trained[1])
         found += data_line
@@ -87,9 +87,9 @@ def plan_search(request: SearchRequest, echo: Callable[[str], None] = print) -> 
     return SearchPlan(jobs, top or jobs[0].run_dir, spaces, lines)
 
 
-def _with_supernet(request: SearchRequest) -> tuple[SearchRequest, list[str]]:
+def _with_supernet(request: SearchRequest, needs: list[str], method: str) -> tuple[SearchRequest, list[str]]:
     """`--supernet` as a checkpoint file (a run folder becomes its checkpoint), else the newest
-    supernet run under runs/ (said in one line)."""
+    supernet run under runs/ (said in one line). `needs`: the options that need it, for the refusal."""
     from deployvit.runs import RUNS, newest_supernet_run, supernet_file
 
     if request.supernet is not None:
@@ -97,7 +97,9 @@ def _with_supernet(request: SearchRequest) -> tuple[SearchRequest, list[str]]:
     newest = newest_supernet_run()
     if newest is None:
         train = f"deployvit train-supernet --space {request.space if request.space != AUTO else DEFAULT_SPACE} --data {request.data or 'digits'}"
-        raise DeployvitError(f"no supernet: none under {RUNS}/ (train one with `{train}`) and no --supernet CHECKPOINT given")
+        train += " --sampler focus" * METHODS[method].needs_supernet
+        raise DeployvitError(f"{' and '.join(needs)} need{'s' * (len(needs) == 1)} a supernet (--supernet CHECKPOINT): none under {RUNS}/ "
+                             f"(train one with `{train}`)")
     return replace(request, supernet=str(newest)), [f"supernet: {newest}, the newest supernet run under {RUNS}/ "
                                                     "(--supernet PATH chooses another)"]
 

@@ -227,7 +227,8 @@ def latency_provenance(table) -> dict | None:
         return None
     m = table.metadata
     source = m.get("source", "measured")
-    return {"latency_source": source, "latency_table": str(table.path), "device_label": m["device_label"],
+    where = str(table.path) if table.path is not None else "(estimate built in memory, not cached)"
+    return {"latency_source": source, "latency_table": where, "device_label": m["device_label"],
             "device_name": m["device_name"], "runtime": m["runtime"], "precision": m["precision"],
             "batch_size": m["batch_size"]}
 
