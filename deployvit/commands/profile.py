@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from deployvit import io
 from deployvit.commands import bounds
 from deployvit.errors import DeployvitError
 from deployvit.runtime_registry import help_text as runtime_help
@@ -56,7 +57,8 @@ def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs
     --estimate, write a clearly labelled estimate for a catalogue GPU instead."""
     if estimate:
         return _estimate(label, space_name, runtime, precision, batches, out, force)
-    from deployvit.latency.profile import check_request, profile  # torch and timm: only when it runs
+    _offer_estimate(label, space_name, runtime, precision, batches)
+    from deployvit.latency.profile import check_request, profile, progress_path  # torch and timm: only when it runs
 
     space = get_space(space_name)
     settings = [MeasureSettings(runtime, precision, b, warmup_s, repeats, threads, clock) for b in batches]
@@ -65,8 +67,65 @@ def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs
         raise DeployvitError(f"--batch-size given twice: {sorted(batches)}")
     for s, path in zip(settings, paths):  # every table checked before the first is timed
         check_request(label, s, path, calib_archs, val_archs, force)
+    tables = []
     for s, path in zip(settings, paths):
-        profile(space, label=label, settings=s, out=path, calib_archs=calib_archs, val_archs=val_archs, seed=seed, force=force, echo=click.echo)
+        with io.output_dir(path.parent, keep=lambda d, path=path: _resumable(path)):
+            try:
+                tables.append(profile(space, label=label, settings=s, out=path, calib_archs=calib_archs, val_archs=val_archs, seed=seed,
+                                      force=force, echo=click.echo))
+            except BaseException:
+                if not _resumable(path):  # a progress file without a timing resumes nothing
+                    progress_path(path).unlink(missing_ok=True)
+                raise
+    click.echo(f"next: `{search_command(space, label, tables[0])}`")
+
+
+def search_command(space, label: str, table) -> str:
+    """The search that uses `table`, under a budget in the (log) middle of the space's latencies on it."""
+    import math
+
+    from deployvit.search.predictor import MetricModel
+    from deployvit.units import format_amount
+
+    lo, hi = MetricModel(space, table).range("latency")
+    budget = format_amount(math.sqrt(lo * hi), "latency").replace(" ", "")
+    m = table.metadata
+    return (f"deployvit search --space {space.name} --device {label} --runtime {m['runtime']} --precision {m['precision']} "
+            f"--batch-size {m['batch_size']} --latency {budget}")
+
+
+def _resumable(table: Path) -> bool:
+    """Whether a failed profile leaves timings a rerun resumes from (its progress file)."""
+    from deployvit.latency.profile import progress_path
+
+    try:
+        state = io.read_json(progress_path(table), "profile progress file")
+    except DeployvitError:
+        return False
+    return isinstance(state, dict) and any(isinstance(state.get(g), dict) and state[g] for g in ("entries", "calib", "val"))
+
+
+def _offer_estimate(label: str, space: str, runtime: str, precision: str, batches: tuple[int, ...]) -> None:
+    """A catalogue GPU named on a machine without CUDA cannot be measured here, but it can be
+    estimated: one line with the `--estimate` command (runnable as printed), with or without --force."""
+    import torch
+
+    if label == "cpu" or torch.cuda.is_available():
+        return
+    from deployvit.latency.estimate import ESTIMATED_RUNTIMES
+    from deployvit.latency.gpus import load_catalogue
+
+    try:
+        gpu = load_catalogue().get(label)
+    except DeployvitError:
+        return  # a label of the user's own: check_label says what it finds here
+    if runtime not in ESTIMATED_RUNTIMES:
+        raise DeployvitError(f"no CUDA GPU here to measure {gpu.name} on, and the estimator does not cover runtime {runtime}: "
+                             "measure it on that GPU")
+    batch_flags = " ".join(f"--batch-size {b}" for b in batches)
+    cmd = f"deployvit profile --device {label} --space {space} --runtime {runtime} --precision {precision} {batch_flags} --estimate"
+    raise DeployvitError(f"no CUDA GPU here to measure {gpu.name} on: `{cmd}` writes an ESTIMATED table for it instead "
+                         "(search and the other commands build that estimate on demand without it)")
 
 
 def _estimate(label: str, space_name: str, runtime: str, precision: str, batches: tuple[int, ...], out: str | None, force: bool) -> None:
@@ -86,8 +145,10 @@ def _estimate(label: str, space_name: str, runtime: str, precision: str, batches
             raise DeployvitError(f"{path} exists; pass --force to overwrite it")
     for b, path in zip(batches, paths):
         table = estimate_table(space, gpu, runtime, precision, b)
-        table.save(path)
+        with io.output_dir(path.parent):
+            table.save(path)
         own = table.validation["this_table"]
         held = own["leave_one_gpu_out"]
         quality = (f"held-out median error {held['median_abs_pct']:.1f}% (leave one GPU out, n={held['n']})" if held else own["status"])
         click.echo(f"wrote {path}: {table.describe()}; {len(table.entries)} part entries; {quality}")
+    click.echo(f"next: `{search_command(space, gpu.key, table)}`")
