@@ -2,7 +2,7 @@
 
 `main()` is the console entry point. It runs click in non-standalone mode so that every failure,
 click's own usage errors included, becomes exactly one line on stderr and the exit codes of
-DESIGN.md section 3 (2 bad input / missing dependency, 1 a check failed), never a traceback.
+docs/DESIGN.md section 3 (2 bad input / missing dependency, 1 a check failed), never a traceback.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: one-line errors and DESIGN.md exit codes."""
+    """Console entry point: one-line errors and docs/DESIGN.md exit codes."""
     try:
         rv = cli.main(args=argv, prog_name="deployvit", standalone_mode=False)
     except click.exceptions.Exit as exc:

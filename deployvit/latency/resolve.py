@@ -1,5 +1,5 @@
 """Which latency table a command uses: the one resolver behind `search`, `latency`, `export`,
-`benchmark` and `tables` (DESIGN.md section 3, "Where tables live, and which one is used").
+`benchmark` and `tables` (docs/DESIGN.md section 3, "Where tables live, and which one is used").
 
 Where it looks, in order: `--table PATH`; the user's tables (`./latency_tables/`, then
 `$DEPLOYVIT_HOME/latency_tables/`, where `profile` writes by default); the tables shipped in the

@@ -1,4 +1,4 @@
-"""One search run, end to end, in two steps (DESIGN.md section 3): `resolve_search` turns the user's
+"""One search run, end to end, in two steps (docs/DESIGN.md section 3): `resolve_search` turns the user's
 `SearchRequest` (names and paths) into a `SearchJob` (objects: space, metric model and table, score,
 the search method's inputs, run directory), checking everything; `run_search` runs the method
 (`deployvit.search.METHODS`) and writes the run directory. `deployvit search` parses, resolves, runs
@@ -432,7 +432,7 @@ def _size_sample(searcher: Searcher, evaluated: list[Candidate]) -> tuple[list[C
 
 def _correlations(evaluated: list[Candidate], score_name: str) -> dict:
     """Kendall tau of the score with params and FLOPs over `evaluated`: DSS mostly tracks model size
-    (REFERENCES.md section 3), and users should see how much."""
+    (docs/REFERENCES.md section 3), and users should see how much."""
     from scipy.stats import kendalltau
 
     if len(evaluated) < 3:

@@ -1,6 +1,6 @@
 """Architecture scores for search: higher is better.
 
-`DSSScore` is deployvit's reading of the TF-TAS DSS-indicator (REFERENCES.md sections 3 and 7):
+`DSSScore` is deployvit's reading of the TF-TAS DSS-indicator (docs/REFERENCES.md sections 3 and 7):
 random supernet weights made absolute, one fixed-seed Gaussian batch, R = sum of logits, one
 backward; score = sum over attention weights (q, k, v and the output projection, each its own
 matrix) of ||dR/dW||_nuc * ||W||_nuc + sum over MLP weights (fc1, fc2) and the classifier (once) of
