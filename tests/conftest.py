@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -41,10 +42,15 @@ def assert_one_line_error(result: CliResult, *needles: str) -> None:
         assert needle in lines[0], (needle, lines[0])
 
 
+#: torch threads per test: the CI machine has two cores, and under pytest-xdist (`-n auto`, the
+#: default in pyproject.toml) each of its two workers gets one, so that they do not oversubscribe them
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+
+
 @pytest.fixture(autouse=True)
 def _two_threads():
-    """The CI machine has two cores; keep torch from oversubscribing them."""
-    torch.set_num_threads(2)
+    """Keep torch from oversubscribing the cores (`THREADS`)."""
+    torch.set_num_threads(THREADS)
     yield
 
 

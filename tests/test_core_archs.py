@@ -26,7 +26,7 @@ from deployvit.supernet import Supernet
 from tests.conftest import shallow
 
 FULL = os.environ.get("DEPLOYVIT_FULL_CHECK") == "1"
-N_COUNT = 200                       # params via meta-device modules: cheap, always the full 200
+N_COUNT = 200 if FULL else 40      # params via meta-device modules (Python-bound: ~0.1 s a module)
 N_FVCORE = 200 if FULL else 3
 N_SUPERNET = 200 if FULL else 4
 N_ONNX = 200 if FULL else 0  # CI: tests/test_export_onnx.py exports a random arch of every preset
@@ -53,7 +53,7 @@ def _archs(space, n, seed):
 
 
 @pytest.mark.parametrize("name", SPACES)
-def test_params_exact_for_200_archs(name):
+def test_params_exact_for_random_archs(name):
     space = _space(name)
     for arch in _archs(space, N_COUNT, seed=1):
         with torch.device("meta"):

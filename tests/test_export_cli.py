@@ -234,7 +234,7 @@ def test_unwritable_out_dir(arch_file, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     result = run_cli("export", "--arch", str(arch_file), "--out", str(blocker / "out"), *FAST)
-    assert_one_line_error(result, "cannot write to output folder")
+    assert_one_line_error(result, "output folder", str(blocker / "out"), "Not a directory")
     assert blocker.read_text() == "x"
 
 
