@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from deployvit import io
 from deployvit.commands import bounds
 from deployvit.errors import DeployvitError
 from deployvit.importers.ordering import ORDERS
@@ -118,7 +119,7 @@ def _imported(parent, supernet, record, held_out, data_meta, weights, echo):
             archs[arch_name] = arch
         else:
             echo(f"note: {arch_name} is not in space {space.name!r}; not written")
-    source = dict(parent.source, **({"sha256": common.sha256(weights)} if weights else {}))
+    source = dict(parent.source, **({"sha256": io.sha256(weights)} if weights else {}))
     record = dict(record, source=source, space={"name": space.name, "hash": space.hash(), "size": space.size()},
                   notes=parent.notes, held_out_images=len(held_out["ids"]))
     return common.Imported(supernet, space.max_arch(), record, archs, held_out, data_meta)

@@ -20,7 +20,6 @@ super-dimensions) and the space the import offers by default. Everything after t
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import shutil
@@ -208,14 +207,6 @@ def build_import(parent: Parent, space: SearchSpace | None, order: str,
         log(f"ordered channels, heads and MLP units by {order} importance (parent logits unchanged: max diff {diff:.1e})")
     target_space = space if space is not None else parent.space
     return shrink_into(full, target_space), record
-
-
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def checkpoint_state(imported: Imported) -> dict[str, Any]:
