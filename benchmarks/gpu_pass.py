@@ -121,7 +121,9 @@ def _table_path(p: Pass, space: str, batch: int) -> Path:
 def pytest_argv(p: Pass) -> list[str]:
     # the dry run collects one file: collecting the whole suite only to skip its GPU tests costs CI 20 s
     where = ROOT / "tests" / "test_latency_timing.py" if p.dry_run else ROOT / "tests"
-    return _python() + ["-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", str(where)]
+    # one process (not pyproject's `-n auto`): GPU tests that time kernels must not share the GPU with
+    # each other, and the GPU machine need not have pytest-xdist
+    return _python() + ["-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-o", "addopts=-ra", "-p", "no:xdist", str(where)]
 
 
 def table_argv(index: int) -> Callable[[Pass], list[str]]:
