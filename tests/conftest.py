@@ -56,6 +56,9 @@ def _two_threads():
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
+        for item in items:  # one worker runs every GPU test (pyproject: --dist loadgroup): timings must not share the GPU
+            if "gpu" in item.keywords:
+                item.add_marker(pytest.mark.xdist_group("gpu"))
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
     for item in items:
