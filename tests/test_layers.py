@@ -23,13 +23,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = {"deployvit", "deployvit.errors", "deployvit.io", "deployvit.arch", "deployvit.spaces", "deployvit.parts",
-        "deployvit.counting", "deployvit.models", "deployvit.timing", "deployvit.settings",
-        "deployvit.compute", "deployvit.units", "deployvit.weights", "deployvit.devices"}
 SIBLINGS = ("deployvit.train", "deployvit.latency")
 
-BASE |= {"deployvit.registry"}  # the records of scores, search methods and samplers (names and targets, no imports)
-BASE |= {"deployvit.runs"}  # which file of a run folder an option means (paths only)
 #: the Python API's profile/export call the commands (deployvit.search(...) is the search package,
 #: callable; `deployvit`'s lazy attributes name their modules as strings, as the CLI's command table does)
 TOP = {"deployvit.cli", "deployvit.__main__", "deployvit.api"}
