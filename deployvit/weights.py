@@ -40,15 +40,14 @@ def safe_torch_load(path: str | os.PathLike, allowed: Sequence[type] = ()) -> An
     `allowed` for this one load (AutoFormer's checkpoints carry their `argparse.Namespace`). Any
     other pickled object is refused before it is built; every failure is one line."""
     p = Path(path)
-    if not p.is_file():
-        raise DeployvitError(f"checkpoint not found: {p}")
-    try:
-        if allowed:
-            with torch.serialization.safe_globals(list(allowed)):
-                return torch.load(p, map_location="cpu", weights_only=True)
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated / foreign / hostile files
-        raise DeployvitError(f"cannot read checkpoint {p}: {load_problem(exc)}") from None
+    with io.open_regular(p, "checkpoint") as fh:  # a FIFO or device is refused, never read
+        try:
+            if allowed:
+                with torch.serialization.safe_globals(list(allowed)):
+                    return torch.load(fh, map_location="cpu", weights_only=True)
+            return torch.load(fh, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for truncated / foreign / hostile files
+            raise DeployvitError(f"cannot read checkpoint {p}: {load_problem(exc)}") from None
 
 
 def save_model(path: str | os.PathLike, model: torch.nn.Module, arch: Arch, extra: dict[str, str] | None = None) -> None:
@@ -57,22 +56,29 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, arch: Arch, extr
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with io.atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"arch": arch.key, **(extra or {})})
+        try:
+            save_file(tensors, str(tmp), metadata={"arch": arch.key, **(extra or {})})
+        except Exception as exc:  # safetensors wraps a full disk as "I/O error: ... (os error 28)"
+            cause = io.os_error_in(exc, tmp)
+            if cause is None:
+                raise
+            raise cause from None
 
 
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """State dict and metadata of a `.safetensors` file (what `retrain` writes) or a torch checkpoint
     (`.pt`/`.pth`: a state dict, or a dict holding one under `model`/`state_dict`)."""
-    p = Path(path)
-    if not p.is_file():
-        raise DeployvitError(f"checkpoint not found: {p}")
+    p = io.check_regular(path, "checkpoint")  # a FIFO would block safetensors' open forever
     try:
         if p.suffix == ".safetensors":
             from safetensors import safe_open
 
             with safe_open(str(p), framework="pt") as fh:
                 return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        with io.open_regular(p, "checkpoint") as fh:
+            state = torch.load(fh, map_location="cpu", weights_only=True)
+    except DeployvitError:
+        raise
     except Exception as exc:  # safetensors / pickle errors: the file is not a checkpoint
         raise DeployvitError(f"cannot read checkpoint {p}: {load_problem(exc)}") from None
     for key in ("model", "state_dict"):
