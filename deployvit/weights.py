@@ -22,6 +22,31 @@ from deployvit.arch import Arch
 from deployvit.errors import DeployvitError
 
 
+#: a timm model name, optionally with its pretrained tag (`vit_base_patch16_224.augreg_in21k`):
+#: letters, digits and underscores, nothing that timm would read as a hub reference or a path
+_TIMM_NAME = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?")
+_HUB_PREFIXES = ("hf-hub:", "hf_hub:", "hf:", "timm/", "local-dir:", "http:", "https:")
+
+
+def check_timm_name(name: str, flag: str, weights_flag: str) -> str:
+    """`name` if it is a plain timm model name. A hub reference (`hf-hub:org/model`, `timm/model`)
+    makes timm fetch a config or weights from the internet even with pretrained=False, and a path
+    (`./model.pth`, `~/x`) is no model name at all (timm would fail deep inside); each is one line
+    saying what to give instead. `flag` names the option in the message, `weights_flag` the option
+    that takes a weights file."""
+    text = str(name)
+    if _TIMM_NAME.fullmatch(text):
+        return text
+    shown = repr(text) if len(text) <= 60 else repr(text[:57] + "...")
+    if text.lower().startswith(_HUB_PREFIXES):
+        raise DeployvitError(f"{flag} {shown}: a model hub reference; deployvit does not download models here: give timm's "
+                             "model name (e.g. deit_tiny_patch16_224) and the weights as a local file ({weights_flag} FILE)")
+    if any(c in text for c in "/\\~") or text.startswith(".") or Path(text).suffix.lower() in (".pth", ".pt", ".bin", ".safetensors"):
+        raise DeployvitError(f"{flag} {shown}: looks like a path, not a timm model name (e.g. deit_tiny_patch16_224); "
+                             f"a weights file goes to {weights_flag}")
+    raise DeployvitError(f"{flag} {shown}: not a timm model name (letters, digits and '_', e.g. deit_tiny_patch16_224)")
+
+
 def load_problem(exc: Exception) -> str:
     """torch's weights-only refusal is a page of advice to run untrusted code; say what it means,
     naming the object the file wanted to build (e.g. `posix.system`: a planted payload)."""

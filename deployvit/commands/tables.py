@@ -20,8 +20,13 @@ def tables_cmd(device, runtime, precision, batch_size) -> None:
     from deployvit.errors import DeployvitError
     from deployvit.latency.resolve import Machine, TableQuery, choose, scan_tables, table_dirs
 
-    dirs = table_dirs()
-    infos, skipped = scan_tables(dirs)
+    try:
+        dirs = table_dirs()
+        infos, skipped = scan_tables(dirs)
+    except OSError as exc:  # an unreadable folder ($DEPLOYVIT_HOME without permission): one line, exit 2
+        where = exc.filename if exc.filename is not None else "a latency tables folder"
+        raise DeployvitError(f"cannot read {where}: {exc.strerror or exc} (the latency tables folders: ./latency_tables, "
+                             "$DEPLOYVIT_HOME/latency_tables)") from None
     machine = Machine.detect(device)
     click.echo(f"this machine: {machine.name} ({machine.device_type}); looking in " + ", ".join(f"{o}: {p}" for o, p in dirs))
     click.echo(format_rows(infos))

@@ -20,9 +20,9 @@ super-dimensions) and the space the import offers by default. Everything after t
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -210,14 +210,6 @@ def build_import(parent: Parent, space: SearchSpace | None, order: str,
     return shrink_into(full, target_space), record
 
 
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def checkpoint_state(imported: Imported) -> dict[str, Any]:
     """The supernet checkpoint (`deployvit.train` format, kind supernet) of an import."""
     supernet = imported.supernet
@@ -247,8 +239,11 @@ def write_import(out: Path, imported: Imported) -> list[Path]:
     from deployvit.train.checkpoint import save_checkpoint
 
     check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise io.write_error(out, exc) from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -258,17 +253,32 @@ def write_import(out: Path, imported: Imported) -> list[Path]:
         io.write_text(tmp / SPACE_FILE, yaml.safe_dump(space.to_dict(), sort_keys=False))
         imported.parent.save(tmp / PARENT_ARCH)
         for name, arch in imported.archs.items():
-            arch.save(tmp / f"{name}.arch.json")
+            arch.save(tmp / f"{io.safe_component(name, 'published arch name')}.arch.json")
         record = dict(imported.record, parent={"arch": PARENT_ARCH, "params": count_params(imported.parent),
                                               "flops": count_flops(imported.parent), "summary": imported.parent.summary()})
         io.write_json(tmp / RECORD, record)
         if out.exists():
             out.rmdir()  # empty (checked above); os.replace cannot rename over a directory elsewhere
         os.replace(tmp, out)
+    except OSError as exc:  # a full disk, a read-only file system: the temp folder goes, `out` stays absent
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise io.write_error(out, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return sorted(out.iterdir())
+
+
+def remove_dead_temp(out: Path) -> None:
+    """Remove the temp folders a killed import into `out` left beside it (`.OUT.xxxxxxxx.tmp`). Only
+    call it holding `io.output_lock(out)`: then no live import of `out` can own one of them."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.[a-z0-9_]{{8}}\.tmp")  # mkdtemp's names for this folder only
+    try:
+        leftovers = [p for p in out.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    except OSError:  # the parent does not exist yet: nothing was left
+        return
+    for leftover in leftovers:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def check_out(out: Path) -> None:
