@@ -113,7 +113,10 @@ def _run(argv: list[str] | None) -> int:
     except DeployvitError as exc:
         return _fail(str(exc), exc.exit_code)
     except OSError as exc:  # the system refused something no check foresaw: still one line, exit 2
-        return _fail(os_error_line(exc), 2)
+        line = os_error_line(exc)
+        if _raised_writing_stdout(exc):
+            _silence_stdout()  # said once: the exit's own flush must not fail again
+        return _fail(line, 2)
     except SystemExit:  # click's own answer to a closed pipe on stdout: a silent exit 1
         if type(sys.stdout).__name__ == "_PacifyFlushWrapper":
             return _fail(f"cannot write standard output: {os.strerror(errno.EPIPE)}", 2)
@@ -160,10 +163,15 @@ def _flush_stdout() -> bool:
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         _fail(f"cannot write standard output: {reason}", 2)
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-        except (OSError, ValueError, AttributeError):
-            pass
+        _silence_stdout()
         return False
+
+
+def _silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null: what is still buffered goes nowhere, quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass

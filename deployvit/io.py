@@ -473,12 +473,14 @@ def sha256(path: str | os.PathLike) -> str:
 
 def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
     """Create `folder` and prove a file can be written there, before any real work starts (a run
-    that fails to write at its end would waste the work): one line naming `what` otherwise."""
+    that fails to write at its end would waste the work): one line naming `what` otherwise. The
+    probe writes one block, so a full disk is found too (an empty file needs no free block)."""
     folder = check_out_path(folder, what, folder=True)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".deployvit-probe-"):
-            pass
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".deployvit-probe-") as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
     except OSError as exc:
         raise DeployvitError(f"cannot write {what} {folder}: {exc.strerror or exc}") from None
     return folder
@@ -624,7 +626,8 @@ def _acquire(lock_path: Path, shown: Path, what: str) -> int:
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
+            with contextlib.suppress(OSError):  # the pid is for the message only (a full disk may refuse it)
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
             return fd
         os.close(fd)  # its holder removed it as we locked it: lock the new one

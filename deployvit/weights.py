@@ -35,13 +35,14 @@ def check_timm_name(name: str, flag: str, weights_flag: str) -> str:
     saying what to give instead. `flag` names the option in the message, `weights_flag` the option
     that takes a weights file."""
     text = str(name)
-    if _TIMM_NAME.fullmatch(text):
+    weights_file = Path(text).suffix.lower() in (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".tar")
+    if _TIMM_NAME.fullmatch(text) and not weights_file:
         return text
     shown = repr(text) if len(text) <= 60 else repr(text[:57] + "...")
     if text.lower().startswith(_HUB_PREFIXES):
         raise DeployvitError(f"{flag} {shown}: a model hub reference; deployvit does not download models here: give timm's "
                              "model name (e.g. deit_tiny_patch16_224) and the weights as a local file ({weights_flag} FILE)")
-    if any(c in text for c in "/\\~") or text.startswith(".") or Path(text).suffix.lower() in (".pth", ".pt", ".bin", ".safetensors"):
+    if any(c in text for c in "/\\~") or text.startswith(".") or weights_file:
         raise DeployvitError(f"{flag} {shown}: looks like a path, not a timm model name (e.g. deit_tiny_patch16_224); "
                              f"a weights file goes to {weights_flag}")
     raise DeployvitError(f"{flag} {shown}: not a timm model name (letters, digits and '_', e.g. deit_tiny_patch16_224)")

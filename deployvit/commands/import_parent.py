@@ -68,6 +68,7 @@ def import_cmd(source, weights, out, model_args, space_file, order, data, held_o
     conflicts.check("import", {"kind": kind})
     with io.output_lock(out_dir, "--out"):  # one import per output folder; the kernel frees it if killed
         common.remove_dead_temp(out_dir)  # what a killed import into this folder left (it held the lock)
+        io.check_writable(out_dir.parent, "--out's parent folder")  # a full or read-only disk, before the weights are read
         _import(kind, model_name, weights, out_dir, model_args, space_file, order, data, held_out_per_class, name)
 
 

@@ -138,6 +138,8 @@ def _fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[d
     every epoch end (and every `opts.ckpt_every` steps), so a killed run resumes exactly."""
     run = _Run.build(task, recipe, opts, info)
     epoch, start_step, so_far = run.resume() if opts.resume else run.start()
+    if info.is_main:  # every input has passed: prove the run folder takes a file before the first step
+        io.check_writable(opts.out, "run folder (--out)")
     if opts.banner:
         opts.log(opts.banner)
     run.model.train()
