@@ -484,9 +484,12 @@ def test_an_empty_budget_option_is_refused_by_the_commands(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
 
 
-@pytest.mark.xfail(strict=True, reason="phase B: commands/search.py treats --latency '' as no budget before units.parse_amounts sees it")
-def test_search_latency_empty_is_refused(tmp_path):
-    assert_one_line_error(run_cli("search", "--space", "test", "--latency", "", "--out", str(tmp_path / "s")), "--latency ''")
+@pytest.mark.parametrize("option", ["--latency", "--min-latency", "--flops", "--params", "--min-flops"])
+def test_search_empty_budgets_are_refused_naming_the_option(tmp_path, option):
+    extra = [] if option in ("--latency", "--flops") else ["--flops", "1G"]
+    result = run_cli("search", "--space", "test", *extra, option, "", "--out", str(tmp_path / "s"))
+    assert_one_line_error(result, f"{option} ''", "empty")
+    assert _listing(tmp_path) == []
 
 
 def _arch(tmp_path: Path) -> Path:
@@ -588,11 +591,37 @@ def test_import_options_that_do_not_go_together(tmp_path, args, needle):
     assert _listing(tmp_path) == []
 
 
+@pytest.mark.parametrize("extra, needle", [
+    (["--data", "digits"], "--data needs --score supernet: only that score reads held-out images"),
+    (["--supernet", "x.pt"], "--supernet needs --score supernet or --method focus"),
+    (["--score", "dss", "--supernet", "x.pt", "--data", "digits"], "--supernet needs"),
+])
+def test_search_data_or_supernet_with_a_score_that_reads_neither(tmp_path, extra, needle):
+    result = run_cli("search", "--space", "test", "--flops", "1G", *extra, "--out", str(tmp_path / "s"))
+    assert_one_line_error(result, needle)
+    assert _listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["export", "benchmark"])
+@pytest.mark.parametrize("extra, needle", [
+    (["--arch", "a.json", "--timm-model", "deit_tiny_patch16_224"], "give either --arch or --timm-model, not both"),
+    (["--arch", "a.json", "--img-size", "64"], "--img-size needs --timm-model"),
+    (["--arch", "a.json", "--batch-size", "2", "--dynamic-batch", "1,2,4"], "give either --batch-size or --dynamic-batch"),
+    (["--arch", "a.json", "--precision", "fp16", "--tf32"], "--tf32 needs --precision fp32 (this run: --precision fp16)"),
+])
+def test_export_and_benchmark_options_that_do_not_go_together(tmp_path, command, extra, needle, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _arch(tmp_path)
+    fmt = ["--format", "onnx"] if command == "export" else []
+    assert_one_line_error(run_cli(command, *extra, *fmt, "--out", str(tmp_path / "e")), needle)
+    assert _listing(tmp_path) == ["a.json"]
+
+
 def test_a_default_value_never_conflicts(tmp_path):
     """Only what the user typed is checked: the sampler options' defaults ride along with every sampler."""
     from deployvit.commands import conflicts
 
-    assert set(conflicts.RULES) == {"train-supernet", "retrain", "import"}
+    assert set(conflicts.RULES) == {"train-supernet", "retrain", "import", "search", "export", "benchmark"}
     result = run_cli("train-supernet", *TINY_TRAIN, "--out", str(tmp_path / "run"))
     assert result.code == 0, result.err
 

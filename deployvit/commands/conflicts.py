@@ -9,6 +9,7 @@ recipe's sampler). A rule names the parameters it constrains and a condition on 
 - `Only(options, when)`: each of `options`, when given on the command line (optionally only some
   of its values, `values=`), applies only when `when` holds; otherwise one line, exit 2.
 - `Needs(option, when)`: when `when` holds, `option` must be given.
+- `Excludes(first, second)`: not both (`--arch` and `--timm-model`).
 
 Conditions: `Is(param, *values)`, `IsNot(param, *values)` and `Given(param)`. "Given" means typed by
 the user (or set through the environment), not a default: a default never conflicts.
@@ -78,7 +79,7 @@ class Only:
         for name in self.options:
             if name in given and (self.values is None or values.get(name) in self.values):
                 shown = f"{flags.get(name, name)}" + (f" {values.get(name)}" if self.values is not None else "")
-                now = f" (this run: {_current(self.when, values, flags)})" if type(self.when) is Is else ""
+                now = f" (this run: {_current(self.when, values, flags)})" if type(self.when) is Is and not self.when.label else ""
                 return f"{shown} needs {self.when.describe(flags)}{now}" + (f": {self.why}" if self.why else "")
         return None
 
@@ -97,12 +98,52 @@ class Needs:
         return f"{self.when.describe(flags)} needs {flags.get(self.option, self.option)}" + (f" {self.why}" if self.why else "")
 
 
+@dataclass(frozen=True)
+class Excludes:
+    """`first` and `second` are alternatives: given together, one line."""
+
+    first: str
+    second: str
+    why: str = ""
+
+    def problem(self, values: Mapping[str, Any], given: set[str], flags: Mapping[str, str]) -> str | None:
+        if not (Given(self.first).holds(values, given) and Given(self.second).holds(values, given)):
+            return None
+        return f"give either {flags.get(self.first, self.first)} or {flags.get(self.second, self.second)}, not both" + (
+            f": {self.why}" if self.why else "")
+
+
 def _current(cond: Is, values: Mapping[str, Any], flags: Mapping[str, str]) -> str:
     return f"{flags.get(cond.param, cond.param)} {values.get(cond.param)}"
 
 
+def _readers(needs: str) -> str:
+    """How a message names the scores (and methods) that read a supernet or data, from the registries."""
+    from deployvit.search import METHODS, SCORES
+
+    names = [f"--score {s}" for s in SCORES if getattr(SCORES[s], needs)]
+    names += [f"--method {m}" for m in METHODS if getattr(METHODS[m], needs, False)]
+    return " or ".join(names)
+
+
+#: export and benchmark share their options (commands/export.py's `_common_options`), so their rules
+_EXPORT = (
+    Excludes("arch_path", "timm_model"),
+    Only(("img_size",), Given("timm_model"), why="an arch fixes its own input size"),
+    Excludes("batch_size", "dynamic_batch", why="a static batch, or a dynamic range"),
+    Only(("tf32",), Is("precision", "fp32"), why="TF32 rounds fp32 matmuls; other precisions have their own"),
+)
+
 #: per command: the rules its options obey (parameter names as click names them)
-RULES: dict[str, tuple[Only | Needs, ...]] = {
+RULES: dict[str, tuple[Only | Needs | Excludes, ...]] = {
+    "search": (  # resolved: the method and score the run uses (an alias and the method's default score applied)
+        Only(("supernet_ckpt",), Is("reads_supernet", True, label=_readers("needs_supernet")),
+             why="this run's method and score read no checkpoint"),
+        Only(("data",), Is("reads_data", True, label=_readers("needs_data")),
+             why="only that score reads held-out images; this run's does not"),
+    ),
+    "export": _EXPORT,
+    "benchmark": _EXPORT,
     "train-supernet": (
         Only(("sandwich_random",), Is("sampler", "sandwich")),
         Only(("groups", "unlock_epochs"), Is("sampler", "multi-arch")),

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import click
 import torch
 
-from deployvit.commands import bounds
+from deployvit.commands import bounds, conflicts
 from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
 from deployvit import io
 from deployvit.compute import compute_device
@@ -274,6 +274,7 @@ def export(fmt: str, **opts: Any) -> None:
     """Export a model to a file (an ONNX graph, a TensorRT engine, ...), verify it against PyTorch
     fp32, time it, and check the latency contract. Writes model.<format>, report.json and report.md
     into --out."""
+    conflicts.check("export")
     job = prepare(opts, [fmt])
     row = _row(job, job.source, job.samples, fmt, "model", None)
     finish("export", job, [row], [fmt], {job.source.name: job.source.info})
@@ -287,6 +288,7 @@ def benchmark(formats: str, baselines: str, **opts: Any) -> None:
     """Export, verify and time every available format of a model (and timm baselines at the same
     input size) into one table. Unavailable formats are listed as skipped with the reason. Exit 1
     when a format of the model fails, or when --budget is met by none of them."""
+    conflicts.check("benchmark")
     fmts = parse_formats(formats)
     job = prepare(opts, fmts)
     job.spec = replace(job.spec, trt_onnx_suffix=".trt.onnx")
