@@ -552,6 +552,61 @@ def test_a_table_of_an_unknown_runtime_or_with_foreign_entries_is_refused(tmp_pa
         LatencyTable.load(tmp_path / "t.json", warn=False)
 
 
+# --- tables that are quietly wrong: every command that resolves one says which files it skipped -------
+
+
+def _planted_tables(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """A corrupt table in ./latency_tables and a negative-bias one in $DEPLOYVIT_HOME/latency_tables."""
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "latency_tables" / "bad.json"
+    bad.parent.mkdir()
+    bad.write_text('{"metadata": ')
+    table = _shipped_table()
+    table["calibration"]["bias"] = -5.0
+    negative = Path(os.environ["DEPLOYVIT_HOME"]) / "latency_tables" / "neg.json"
+    negative.parent.mkdir(parents=True, exist_ok=True)
+    negative.write_text(json.dumps(table))
+    return bad, negative
+
+
+def _said_once(text: str, path: Path, reason: str) -> None:
+    lines = [line for line in text.splitlines() if f"skipped {path}: " in line]
+    assert len(lines) == 1 and text.count(str(path)) == 1, text
+    assert reason in lines[0], lines[0]
+
+
+def test_a_search_says_once_which_planted_tables_it_skipped(tmp_path, monkeypatch):
+    bad, negative = _planted_tables(tmp_path, monkeypatch)
+    result = run_cli("search", "--space", "test", "--latency", "5ms", "--device", "cpu", "--population", "4", "--generations", "1",
+                     "--parents", "2", "--mutations", "2", "--crossovers", "2", "--out", str(tmp_path / "run"), "--no-progress")
+    assert result.code == 0, result.err
+    _said_once(result.out + result.err, bad, "malformed latency table")
+    _said_once(result.out + result.err, negative, "calibration.bias")
+    result = run_cli("search", "--space", "test", "--latency", "5ms", "--device", "a100", "--out", str(tmp_path / "none"))
+    assert_one_line_error(result, "no latency table for space test on a100", f"skipped {bad}: ", f"skipped {negative}: ")
+    assert not (tmp_path / "none").exists()
+
+
+def test_latency_tables_and_the_export_contract_say_which_tables_they_skipped(tmp_path, monkeypatch):
+    from deployvit.contract import plan_contract
+
+    bad, negative = _planted_tables(tmp_path, monkeypatch)
+    arch = get_space("test").min_arch()
+    arch.save(tmp_path / "a.json")
+    result = run_cli("latency", "--device", "cpu", str(tmp_path / "a.json"))
+    assert result.code == 0, result.err
+    _said_once(result.out + result.err, bad, "malformed latency table")
+    _said_once(result.out + result.err, negative, "calibration.bias")
+    result = run_cli("tables")
+    assert result.code == 0, result.err
+    _said_once(result.out + result.err, bad, "malformed latency table")
+    timing = {"warmup_s": 0.0, "repeats": 1, "threads": 1, "clock": "cpu"}
+    found = plan_contract("onnx", arch, precision="fp32", device="cpu", batch_size=None, table_path=None, budget_ms=None, timing=timing)
+    assert sum(f"skipped {bad}: " in note for note in found.notes) == 1, found.notes
+    missing = plan_contract("onnx", arch, precision="fp16", device="cpu", batch_size=64, table_path=None, budget_ms=None, timing=timing)
+    assert f"skipped {negative}: " in missing.no_prediction, missing.no_prediction
+
+
 # --- options that contradict each other --------------------------------------------------------------
 
 
