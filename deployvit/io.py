@@ -40,12 +40,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     write of the same path removes it) never deletes the in-flight file of another live writer:
     the kernel drops a dead writer's lock, and only unlocked leftovers are removed."""
     target = Path(path)
+    created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]  # deepest first
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.is_dir():
             raise IsADirectoryError(errno.EISDIR, "it is a folder, not a file", str(target))
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
+        _remove_empty(created)
         raise write_error(target, exc) from None
     tmp_path = Path(tmp)
     try:
@@ -57,6 +59,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, target)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
+        _remove_empty(created)  # a failed write leaves no folder it made either
         raise write_error(target, exc, tmp_path) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -64,6 +67,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         os.close(fd)
     _remove_leftovers(target)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """rmdir each of `folders` (deepest first) that is still empty: a folder another writer filled meanwhile stays."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _remove_leftovers(target: Path) -> None:
@@ -476,12 +486,17 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Pa
     that fails to write at its end would waste the work): one line naming `what` otherwise. The
     probe writes one block, so a full disk is found too (an empty file needs no free block)."""
     folder = check_out_path(folder, what, folder=True)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]  # what mkdir creates, deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".deployvit-probe-") as probe:
-            probe.write(b"\0" * 4096)
-            probe.flush()
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".deployvit-probe-")
+        try:  # unbuffered, and removed whatever the write says (a buffered file's close may skip that)
+            os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
     except OSError as exc:
+        _remove_empty(missing)  # a refused run leaves no empty folders behind either
         raise DeployvitError(f"cannot write {what} {folder}: {exc.strerror or exc}") from None
     return folder
 

@@ -146,7 +146,10 @@ def build_engine(
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise CheckFailed(f"TensorRT could not parse {onnx_path}: {errors}")
 
-    cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).exists() else b""
+    cache_bytes = b""
+    if timing_cache and Path(timing_cache).exists():
+        with io.open_regular(timing_cache, "TensorRT timing cache") as f:  # a FIFO would block the build
+            cache_bytes = f.read()
     config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
 
     inp = network.get_input(0)

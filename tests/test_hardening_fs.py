@@ -107,6 +107,7 @@ def test_a_space_named_to_escape_its_folder_is_refused_by_every_command(tmp_path
                  ["search", "--space", str(space), "--flops", "1G", "--population", "4", "--generations", "1", "--no-progress"],
                  ["profile", "--device", "h100", "--estimate", "--space", str(space), "--runtime", "tensorrt", "--precision", "fp16",
                   "--batch-size", "1"],
+                 ["profile", "--device", "cpu", "--space", str(space), "--runtime", "eager", "--precision", "fp32", "--batch-size", "1"],
                  ["train-supernet", "--space", str(space), *TINY_TRAIN[2:], "--out", str(tmp_path / "run")]):
         assert_one_line_error(run_cli(*args), "space.name", str(space))
         assert _listing(tmp_path) == before, args
@@ -289,9 +290,8 @@ def read_only_disk(tmp_path):
 
 
 def _only_filler(folder: Path) -> None:
-    """Nothing but the filler on the full disk: no file, half or whole, and no temp file."""
-    left = [p for p in _listing(folder) if p != ".filler"]
-    assert all((folder / p).is_dir() and not any((folder / p).iterdir()) for p in left), left
+    """Nothing but the filler on the full disk: no file, half or whole, no temp file, no empty folder."""
+    assert _listing(folder) == [".filler"]
 
 
 def test_library_writes_on_a_full_disk_are_one_line_and_leave_nothing(full_disk):
@@ -391,6 +391,73 @@ def test_an_out_name_longer_than_the_file_system_allows_is_refused_before_work(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "m.safetensors"]
 
 
+_PROFILE = ["profile", "--device", "cpu", "--space", "test", "--runtime", "eager", "--precision", "fp32", "--batch-size", "1",
+            "--calib-archs", "2", "--val-archs", "2", "--repeats", "1", "--warmup", "0"]
+_ESTIMATE = ["profile", "--device", "h100", "--estimate", "--space", "test", "--runtime", "tensorrt", "--precision", "fp16",
+             "--batch-size", "1"]
+_SEARCH = ["search", "--space", "test", "--flops", "1G", "--population", "4", "--generations", "1", "--parents", "2",
+           "--mutations", "2", "--crossovers", "2", "--no-progress"]
+
+
+def test_an_empty_out_is_refused_by_every_command(tmp_path, monkeypatch):
+    """`--out ''` is no folder: never "the current folder" nor "the default"."""
+    monkeypatch.chdir(tmp_path)
+    arch = _arch(tmp_path)
+    for args in ([*_SEARCH, "--out", ""], [*_PROFILE, "--out", ""], [*_ESTIMATE, "--out", ""],
+                 ["export", "--arch", str(arch), "--format", "onnx", "--out", ""], ["benchmark", "--arch", str(arch), "--out", ""],
+                 ["train-supernet", *TINY_TRAIN, "--out", ""], ["retrain", "--arch", str(arch), "--data", "digits", "--out", ""],
+                 ["import", "--from", "timm:vit_tiny_patch16_224", "--weights", "x.pth", "--out", ""]):
+        assert_one_line_error(run_cli(*args), "--out", "expected a path, got ''")
+        assert _listing(tmp_path) == ["a.json"], args
+
+
+def test_profile_outputs_and_progress_files_of_the_wrong_kind_are_refused_before_timing(tmp_path):
+    (tmp_path / "dir.json").mkdir()
+    os.mkfifo(tmp_path / "fifo.json")
+    table = tmp_path / "t.json"
+    (tmp_path / "t.json.progress.json").mkdir()  # the progress path of t.json is a folder
+    os.mkfifo(tmp_path / "p.json.progress.json")  # and that of p.json a FIFO
+    long = tmp_path / ("n" * 235 + ".json")  # fits, but its progress file's name (and that one's temp) would not
+    cases = [(tmp_path / "dir.json", "expected a file, got a directory"), (tmp_path / "fifo.json", "expected a file, got a FIFO"),
+             (table, "profile progress file"), (tmp_path / "p.json", "profile progress file"), (long, "this file system allows 255")]
+    before = _listing(tmp_path)
+    for out, needle in cases:
+        result = _within(60, lambda out=out: run_cli(*_PROFILE, "--out", str(out)), [tmp_path / "p.json.progress.json"])
+        assert_one_line_error(result, needle)
+        assert result.out == ""  # nothing was timed
+        assert _listing(tmp_path) == before
+    assert_one_line_error(run_cli(*_ESTIMATE, "--out", str(tmp_path / "fifo.json")), "expected a file, got a FIFO")
+
+
+def test_export_timing_cache_of_the_wrong_kind_or_without_tensorrt(tmp_path):
+    arch = _arch(tmp_path)
+    os.mkfifo(tmp_path / "cache")
+    result = run_cli("export", "--arch", str(arch), "--format", "onnx", "--timing-cache", str(tmp_path / "c"), "--out", str(tmp_path / "e"))
+    assert_one_line_error(result, "--timing-cache needs --format trt (this run: --format onnx)")
+    result = _within(60, lambda: run_cli("export", "--arch", str(arch), "--format", "trt", "--device", "cuda", "--timing-cache",
+                                         str(tmp_path / "cache"), "--out", str(tmp_path / "e")), [tmp_path / "cache"])
+    assert result.code == 2 and "Traceback" not in result.err  # refused: the FIFO, or no GPU / TensorRT here (checked first)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "cache"]
+
+
+def test_search_profile_export_and_evaluate_on_a_full_disk_leave_nothing(full_disk, tmp_path):
+    arch = _arch(tmp_path)
+    model = _model_file(tmp_path / "m.safetensors")
+    for args in ([*_SEARCH, "--out", str(full_disk / "run")], [*_ESTIMATE, "--out", str(full_disk / "t.json")],
+                 [*_PROFILE, "--out", str(full_disk / "p.json")],
+                 ["export", "--arch", str(arch), "--format", "onnx", "--out", str(full_disk / "e")],
+                 ["benchmark", "--arch", str(arch), "--formats", "onnx", "--out", str(full_disk / "b")],
+                 ["evaluate", "--model", str(model), "--data", "digits", "--json", str(full_disk / "e.json")]):
+        result = run_cli(*args)
+        assert_one_line_error(result, str(full_disk), "No space left on device")
+        _only_filler(full_disk)
+    home = full_disk / "home"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEPLOYVIT_HOME", str(home))
+        assert_one_line_error(run_cli(*_ESTIMATE), "No space left on device")  # the default table folder
+    _only_filler(full_disk)
+
+
 def test_outputs_where_the_wrong_kind_of_file_is(tmp_path):
     (tmp_path / "file").write_text("x")
     os.mkfifo(tmp_path / "fifo")
@@ -411,18 +478,24 @@ def _no_dac(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
 
 
-def test_an_unreadable_deployvit_home_is_one_line_in_tables(tmp_path):
+@pytest.mark.parametrize("args", [
+    ["tables"],
+    ["search", "--space", "test", "--latency", "5ms", "--device", "cpu", "--population", "4", "--generations", "1", "--out", "run"],
+    ["profile", "--device", "h100", "--estimate", "--space", "test", "--runtime", "tensorrt", "--precision", "fp16", "--batch-size", "1"],
+])
+def test_an_unreadable_deployvit_home_is_one_line_in_every_command_that_looks_there(tmp_path, args):
     home = tmp_path / "home"
     (home / "latency_tables").mkdir(parents=True)
     home.chmod(0)
     try:
         env = dict(os.environ, DEPLOYVIT_HOME=str(home), PYTHONPATH=str(ROOT))
-        done = _no_dac([sys.executable, "-m", "deployvit", "tables"], env=env, cwd=tmp_path)
+        done = _no_dac([sys.executable, "-m", "deployvit", *args], env=env, cwd=tmp_path)
     finally:
         home.chmod(0o755)
     assert done.returncode == 2, done
-    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     assert str(home / "latency_tables") in done.stderr and "Permission denied" in done.stderr
+    assert _listing(tmp_path) == ["home", "home/latency_tables"]
 
 
 @pytest.mark.parametrize("args", [["--help"], ["tables"], ["inspect", "--space", "test", "--sample", "50"]])
@@ -697,6 +770,8 @@ def test_a_second_writer_of_a_run_folder_is_refused_and_a_dead_ones_lock_does_no
         assert_one_line_error(run_cli("retrain", "--arch", str(arch), "--data", "digits", "--out", str(out)), "another deployvit process")
         assert_one_line_error(run_cli("import", "--from", "timm:vit_tiny_patch16_224", "--weights", "x.pth", "--out", str(out)),
                               "another deployvit process")
+        assert_one_line_error(run_cli(*_SEARCH, "--out", str(out)), "another deployvit process")
+        assert_one_line_error(run_cli(*_PROFILE, "--out", str(out)), "another deployvit process")
     finally:
         holder.kill()  # SIGKILL: the kernel drops its flock
         holder.wait()

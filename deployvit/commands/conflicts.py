@@ -142,7 +142,7 @@ RULES: dict[str, tuple[Only | Needs | Excludes, ...]] = {
         Only(("data",), Is("reads_data", True, label=_readers("needs_data")),
              why="only that score reads held-out images; this run's does not"),
     ),
-    "export": _EXPORT,
+    "export": _EXPORT + (Only(("timing_cache", "workspace"), Is("fmt", "trt"), why="they configure TensorRT's engine build"),),
     "benchmark": _EXPORT,
     "train-supernet": (
         Only(("sandwich_random",), Is("sampler", "sandwich")),

@@ -171,6 +171,8 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
     if len(formats) == 1 and opts["device"] != "auto":
         for_format(formats[0]).check(opts["device"], precision)  # what to install is true on any machine: said before "no GPU here"
     device = compute_device(opts["device"]).type
+    if opts["timing_cache"] is not None:  # read, then rewritten: a FIFO, a folder or an over-long name is refused now
+        io.check_out_path(opts["timing_cache"], "--timing-cache")
     if opts["table"] is not None and not Path(opts["table"]).is_file():
         raise DeployvitError(f"latency table not found: {opts['table']}")
     if len(formats) == 1:
@@ -187,7 +189,7 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
     if len(samples) < batch.max:
         raise DeployvitError(f"verification needs at least {batch.max} images (the largest batch), got {len(samples)}: "
                              "raise --samples or lower the batch")
-    out = Path(opts["out"]) if opts["out"] else _default_out(opts)
+    out = io.check_out_path(opts["out"], "--out", folder=True) if opts["out"] is not None else _default_out(opts)
     io.check_writable(out, "to output folder")
     spec = ExportSpec(
         img_size=source.img_size, in_chans=source.in_chans, precision=precision, batch=batch, opset=opset,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from deployvit import io
 from deployvit.commands import bounds
 from deployvit.errors import DeployvitError
 from deployvit.runtime_registry import help_text as runtime_help
@@ -25,7 +26,8 @@ def output_paths(out: str | None, label: str, space: str, runtime: str, precisio
         return [root / label / table_filename(space, runtime, precision, b, estimated) for b in batches]
     if len(batches) > 1 and "{batch}" not in out:
         raise DeployvitError("several --batch-size values need '{batch}' in --out (e.g. --out tables/tiny-b{batch}.json)")
-    return [Path(out.replace("{batch}", str(b))) for b in batches]
+    # '' is no file; an over-long name, a folder or a FIFO in the way: one line before any timing
+    return [io.check_out_path(out.replace("{batch}", str(b)) if out.strip() else out, "--out") for b in batches]
 
 
 @click.command("profile")
@@ -66,7 +68,9 @@ def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs
     for s, path in zip(settings, paths):  # every table checked before the first is timed
         check_request(label, s, path, calib_archs, val_archs, force)
     for s, path in zip(settings, paths):
-        profile(space, label=label, settings=s, out=path, calib_archs=calib_archs, val_archs=val_archs, seed=seed, force=force, echo=click.echo)
+        with io.output_lock(path, "--out"):  # a second profile of this table: one line (its progress file is this one's)
+            profile(space, label=label, settings=s, out=path, calib_archs=calib_archs, val_archs=val_archs, seed=seed, force=force,
+                    echo=click.echo)
 
 
 def _estimate(label: str, space_name: str, runtime: str, precision: str, batches: tuple[int, ...], out: str | None, force: bool) -> None:

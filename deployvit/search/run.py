@@ -240,10 +240,14 @@ def resolve_search(request: SearchRequest, echo: Callable[[str], None] = print) 
 def run_search(job: SearchJob, echo: Callable[[str], None] = print, progress: bool = True) -> SearchResult:
     """Run the search method, optionally time the top candidates, write the run directory. Under
     torchrun every rank searches; only rank 0 prints and writes."""
-    if job.main:
+    if not job.main:
+        return _run(job, (lambda *_: None), False)
+    with io.output_lock(job.run_dir, "--out"):  # a second search of this folder: one line; the kernel frees it if killed
         _make_dir(job.run_dir)
-    else:
-        echo, progress = (lambda *_: None), False
+        return _run(job, echo, progress)
+
+
+def _run(job: SearchJob, echo: Callable[[str], None], progress: bool) -> SearchResult:
     searcher, winners_by_budget = _search(job, progress)
     measured = {}
     if job.measure_top:
@@ -257,7 +261,9 @@ def run_search(job: SearchJob, echo: Callable[[str], None] = print, progress: bo
 
 def _run_dir(request: SearchRequest, space: SearchSpace) -> Path:
     """The run directory, refused when it holds another run (or, with --resume, no state)."""
-    run_dir = Path(request.out or f"runs/search-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if request.out is not None:  # '' is no folder (never "the default"); an over-long name is found before the search
+        io.check_out_path(request.out, "--out", folder=True)
+    run_dir = Path(request.out) if request.out is not None else Path(f"runs/search-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if request.resume and not (run_dir / "search_state.json").exists():
         raise DeployvitError(f"--resume: no search state in {run_dir}")
     if not request.resume and run_dir.exists() and any(run_dir.iterdir()):
@@ -266,10 +272,9 @@ def _run_dir(request: SearchRequest, space: SearchSpace) -> Path:
 
 
 def _make_dir(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DeployvitError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
+    """Create the run directory and prove it takes a file (a full or read-only disk is one line
+    before the search, not after it); folders it created are removed again when it does not."""
+    io.check_writable(run_dir, "run directory")
 
 
 def _search(job: SearchJob, progress: bool) -> tuple[Searcher, dict]:
