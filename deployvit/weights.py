@@ -41,7 +41,7 @@ def check_timm_name(name: str, flag: str, weights_flag: str) -> str:
     shown = repr(text) if len(text) <= 60 else repr(text[:57] + "...")
     if text.lower().startswith(_HUB_PREFIXES):
         raise DeployvitError(f"{flag} {shown}: a model hub reference; deployvit does not download models here: give timm's "
-                             "model name (e.g. deit_tiny_patch16_224) and the weights as a local file ({weights_flag} FILE)")
+                             f"model name (e.g. deit_tiny_patch16_224) and the weights as a local file ({weights_flag} FILE)")
     if any(c in text for c in "/\\~") or text.startswith(".") or weights_file:
         raise DeployvitError(f"{flag} {shown}: looks like a path, not a timm model name (e.g. deit_tiny_patch16_224); "
                              f"a weights file goes to {weights_flag}")

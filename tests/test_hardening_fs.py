@@ -429,6 +429,26 @@ def test_profile_outputs_and_progress_files_of_the_wrong_kind_are_refused_before
     assert_one_line_error(run_cli(*_ESTIMATE, "--out", str(tmp_path / "fifo.json")), "expected a file, got a FIFO")
 
 
+@pytest.mark.parametrize("extra, needle", [
+    (["--baselines", "hf-hub:timm/deit_tiny_patch16_224"], "--baselines 'hf-hub:timm/deit_tiny_patch16_224': a model hub reference"),
+    (["--baselines", "../x.pth"], "--baselines '../x.pth': looks like a path"),
+    (["--baselines", "deit_tiny_patch16_224,deit_tiny_patch16_224"], "deit_tiny_patch16_224 given twice"),
+    (["--formats", "onnx,onnx"], "onnx given twice"),
+])
+def test_benchmark_baselines_and_formats_refused_before_anything_is_made(tmp_path, extra, needle):
+    arch = _arch(tmp_path)
+    assert_one_line_error(run_cli("benchmark", "--arch", str(arch), *extra, "--out", str(tmp_path / "b")), needle)
+    assert _listing(tmp_path) == ["a.json"]
+
+
+def test_a_device_label_that_escapes_is_refused_before_the_table_folder_is_made(tmp_path):
+    home = Path(os.environ["DEPLOYVIT_HOME"])
+    for args in (_PROFILE, _ESTIMATE):
+        args = [a if a not in ("cpu", "h100") else "../x" for a in args]
+        assert_one_line_error(run_cli(*args), "device label '../x'")
+    assert not (home / "latency_tables").exists() and not (home.parent / "x").exists()
+
+
 def test_export_timing_cache_of_the_wrong_kind_or_without_tensorrt(tmp_path):
     arch = _arch(tmp_path)
     os.mkfifo(tmp_path / "cache")

@@ -56,7 +56,21 @@ def parse_formats(text: str) -> list[str]:
         raise DeployvitError(f"--formats {text!r}: name at least one format (choose from {', '.join(format_names())})")
     for fmt in formats:
         format_record(fmt)  # an unknown name: one line naming the choices
+    twice = sorted({f for f in formats if formats.count(f) > 1})
+    if twice:
+        raise DeployvitError(f"--formats {text!r}: {', '.join(twice)} given twice; name each format once")
     return formats
+
+
+def parse_baselines(text: str) -> list[str]:
+    """`--baselines a,b`: timm model names (never a hub reference or a path), each once."""
+    from deployvit.weights import check_timm_name
+
+    names = [check_timm_name(b.strip(), "--baselines", "--checkpoint") for b in text.split(",") if b.strip()]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DeployvitError(f"--baselines {text!r}: {', '.join(twice)} given twice; name each model once")
+    return names
 
 
 def _check_contract_batches(batch, contracts: dict[str, Any]) -> None:
@@ -292,13 +306,14 @@ def benchmark(formats: str, baselines: str, **opts: Any) -> None:
     when a format of the model fails, or when --budget is met by none of them."""
     conflicts.check("benchmark")
     fmts = parse_formats(formats)
+    baseline_names = parse_baselines(baselines)  # before anything is loaded or created
     job = prepare(opts, fmts)
     job.spec = replace(job.spec, trt_onnx_suffix=".trt.onnx")
     if not opts["out"]:
         job.out = job.out / "benchmark"
         io.check_writable(job.out, "to output folder")
     base_jobs = []  # every baseline is loaded before anything is exported: a typo is exit 2, up front
-    for name in [b.strip() for b in baselines.split(",") if b.strip()]:
+    for name in baseline_names:
         base = load_timm_model(name, img_size=job.source.img_size,
                                num_classes=job.source.arch.num_classes if job.source.arch else None)
         spec = replace(job.spec, img_size=base.img_size, in_chans=base.in_chans, metadata={"source": base.info})

@@ -56,6 +56,7 @@ def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs
     """Time every block shape of a space, calibrate on whole archs, validate on held-out archs, and
     write the latency table (resumable: rerun the same command after an interruption). With
     --estimate, write a clearly labelled estimate for a catalogue GPU instead."""
+    io.safe_component(label, "device label", 64)  # before the default table folder is made (devices.check_label's check)
     if estimate:
         return _estimate(label, space_name, runtime, precision, batches, out, force)
     from deployvit.latency.profile import check_request, profile  # torch and timm: only when it runs
