@@ -538,6 +538,29 @@ def test_standard_output_on_a_full_device_or_a_closed_pipe_is_one_line(args):
     assert done.stderr == "deployvit: cannot write standard output: Broken pipe\n"
 
 
+@pytest.mark.parametrize("args", [
+    [*_SEARCH, "--out", "run"],
+    ["evaluate", "--model", "m.safetensors", "--data", "digits", "--json", "e.json"],
+    [*_ESTIMATE, "--out", "t.json"],
+])
+def test_standard_output_on_a_full_device_in_commands_that_write_files(tmp_path, args):
+    """One line, exit 2; what the command wrote before its first line of output is complete (atomic)."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    _model_file(tmp_path / "m.safetensors")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "deployvit", *args], stdout=full, stderr=subprocess.PIPE, text=True, env=env,
+                              cwd=tmp_path, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "deployvit: cannot write standard output: No space left on device\n"
+    assert not [p for p in _listing(tmp_path) if p.endswith((".tmp", ".lock"))]
+    if (tmp_path / "t.json").exists():
+        from deployvit.latency.table import LatencyTable
+
+        LatencyTable.load(tmp_path / "t.json", warn=False)  # whole
+
+
 # --- tracebacks that were -----------------------------------------------------------------------------
 
 

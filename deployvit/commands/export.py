@@ -203,7 +203,9 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
     if len(samples) < batch.max:
         raise DeployvitError(f"verification needs at least {batch.max} images (the largest batch), got {len(samples)}: "
                              "raise --samples or lower the batch")
-    out = io.check_out_path(opts["out"], "--out", folder=True) if opts["out"] is not None else _default_out(opts)
+    if opts["out"] is not None and not opts["out"].strip():
+        io.check_out_path(opts["out"], "--out", folder=True)  # '' is no folder: one line (never the current one)
+    out = Path(opts["out"]) if opts["out"] is not None else _default_out(opts)
     io.check_writable(out, "to output folder")
     spec = ExportSpec(
         img_size=source.img_size, in_chans=source.in_chans, precision=precision, batch=batch, opset=opset,
