@@ -345,6 +345,33 @@ def test_a_checkpoint_save_that_meets_a_full_disk_is_one_line_and_leaves_no_temp
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+def test_a_search_whose_disk_fills_at_its_plot_is_one_line_and_resumes_to_its_winner(tmp_path):
+    """Room for the probe, the state and the logs, not for pareto.png: one line naming the file, no
+    temp file, no winner file (its presence marks a finished run); with room again, --resume writes
+    the outputs from the finished state without scoring anything again."""
+    mnt = tmp_path / "disk"
+    _mount_tmpfs(mnt, "size=48k,mode=0777")
+    try:
+        args = [*_SEARCH, "--out", str(mnt / "run")]
+        result = run_cli(*args)
+        if result.code == 0:
+            pytest.skip("this matplotlib's pareto.png fitted in 48 KiB")
+        errors = [line for line in result.err.splitlines() if line.startswith("deployvit:")]
+        assert result.code == 2 and "Traceback" not in result.err and len(errors) == 1, result.err
+        assert str(mnt / "run") in errors[0] and "No space left on device" in errors[0]
+        left = _listing(mnt)
+        assert "run/search_state.json" in left and "run/best.arch.json" not in left
+        assert not [p for p in left if p.endswith((".tmp", ".lock"))] and not [p for p in _listing(tmp_path) if p.endswith(".lock")]
+        evaluated = len(json.loads((mnt / "run" / "search_state.json").read_text())["evaluated"])
+        subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True, capture_output=True)
+        result = run_cli(*args, "--resume")
+        assert result.code == 0, result.err
+        assert {"best.arch.json", "pareto.png"} <= {p.name for p in (mnt / "run").iterdir()}
+        assert len(json.loads((mnt / "run" / "search_state.json").read_text())["evaluated"]) == evaluated
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
 def test_evaluate_json_on_a_full_disk_and_onto_a_folder(full_disk, tmp_path):
     model = _model_file(tmp_path / "m.safetensors")
     result = run_cli("evaluate", "--model", str(model), "--data", "digits", "--json", str(full_disk / "e.json"))
