@@ -750,6 +750,19 @@ def test_latency_tables_and_the_export_contract_say_which_tables_they_skipped(tm
     assert f"skipped {negative}: " in missing.no_prediction, missing.no_prediction
 
 
+def test_benchmark_says_once_which_tables_it_skipped_for_all_its_formats(tmp_path, monkeypatch):
+    bad, negative = _planted_tables(tmp_path, monkeypatch)
+    arch = _arch(tmp_path)
+    result = run_cli("benchmark", "--arch", str(arch), "--formats", "torch,onnx", "--device", "cpu", "--samples", "32",
+                     "--dynamic-batch", "1,1,1", "--repeats", "2", "--warmup", "0", "--out", str(tmp_path / "b"))
+    assert result.code in (0, 1), result.err
+    _said_once(result.err, bad, "malformed latency table")
+    _said_once(result.err, negative, "calibration.bias")
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    text = json.dumps(report)
+    assert text.count(f"skipped {bad}: ") == 1 and text.count(f"skipped {negative}: ") == 1, report.get("notes")
+
+
 # --- options that contradict each other --------------------------------------------------------------
 
 

@@ -197,6 +197,7 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
     contracts = {fmt: plan_contract(fmt, source.arch, precision=precision, device=device, batch_size=opts["batch_size"],
                                     table_path=opts["table"] if source.arch is not None else None, budget_ms=budget_ms, timing=timing)
                  for fmt in formats}  # a user's table must load and fit the arch: checked before any work
+    notes += _skipped_tables(contracts)
     batch = batch_spec(opts["batch_size"], _batch_range(opts["dynamic_batch"], contracts))
     _check_contract_batches(batch, contracts)
     samples = _samples(opts["data"], source, opts["samples"])  # also validates --data
@@ -215,6 +216,23 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
         metadata={"source": source.info, "tf32": opts["tf32"]},
     )
     return Job(source, spec, samples, out, budget_ms, notes, opts, contracts)
+
+
+def _skipped_tables(contracts: dict[str, Any]) -> list[str]:
+    """The table files the resolver skipped (each format's contract carries them): said once on
+    stderr for all formats, and kept once in the report's notes instead of in every row."""
+    skipped: list[str] = []
+    for contract in contracts.values():
+        found = [n for n in contract.notes if n.startswith("skipped ")]
+        contract.notes[:] = [n for n in contract.notes if not n.startswith("skipped ")]
+        if contract.no_prediction:
+            first, *rest = contract.no_prediction.split("; ")
+            found += [p for p in rest if p.startswith("skipped ")]
+            contract.no_prediction = "; ".join([first, *(p for p in rest if not p.startswith("skipped "))])
+        skipped += [n for n in found if n not in skipped]
+    for line in skipped:
+        click.echo(f"deployvit: warning: {line}", err=True)
+    return skipped
 
 
 def _source(opts: dict[str, Any]) -> SourceModel:
