@@ -218,6 +218,25 @@ def test_the_cli_refuses_fifos_as_arch_space_weights_and_state(tmp_path):
     assert_one_line_error(_within(60, lambda: run_cli(*search, "--resume"), [run / "search_state.json"]), "search_state.json", "FIFO")
 
 
+def test_a_space_file_that_is_a_fifo_is_refused_by_every_command_that_takes_one(tmp_path):
+    fifo = tmp_path / "space.yaml"
+    os.mkfifo(fifo)
+    arch = tmp_path / "a.json"
+    arch.write_text(json.dumps({**get_space("test").min_arch().to_dict(), "space": str(fifo)}))
+    cases = [
+        ["search", "--space", str(fifo), "--flops", "1G", "--out", str(tmp_path / "s")],
+        ["profile", "--device", "cpu", "--space", str(fifo), "--runtime", "eager", "--precision", "fp32", "--batch-size", "1",
+         "--out", str(tmp_path / "t.json")],
+        ["profile", "--device", "h100", "--estimate", "--space", str(fifo), "--runtime", "tensorrt", "--batch-size", "1",
+         "--out", str(tmp_path / "t.json")],
+        ["train-supernet", *[a if a != "test" else str(fifo) for a in TINY_TRAIN], "--out", str(tmp_path / "run")],
+        ["latency", str(arch), "--device", "cpu"],  # an arch whose `space` names a FIFO
+    ]
+    for args in cases:
+        assert_one_line_error(_within(60, lambda args=args: run_cli(*args), [fifo]), "space file must be a regular file, got a FIFO")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "space.yaml"]
+
+
 def test_a_cifar_batch_that_is_a_fifo_is_refused_and_image_fifos_are_skipped(tmp_path):
     import pickle
 
