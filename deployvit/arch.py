@@ -313,13 +313,16 @@ def _parse_arch(data: Any) -> Arch:
     data = _require_dict(data, "arch")
     multi = "stages" in data
     allowed = _TOP_KEYS | ({"stages"} if multi else _SINGLE_KEYS)
-    required = {"space", "img_size", "patch_size", "num_classes"} | (set() if multi else {"embed_dim", "layers"})
+    # `format` is required: every arch deployvit writes (files, checkpoints, tables, search states)
+    # carries it, and a file without it may be another tool's JSON that happens to share key names
+    required = {"format", "space", "img_size", "patch_size", "num_classes"} | (set() if multi else {"embed_dim", "layers"})
     _check_keys(data, allowed, required, "arch")
     if not isinstance(data.get("metadata", {}), dict):
         raise ArchError(f"metadata: expected an object, got {type(data['metadata']).__name__}")
-    fmt = data.get("format", ARCH_FORMAT)
+    fmt = data["format"]
     if fmt != ARCH_FORMAT:
-        raise ArchError(f"format: expected {ARCH_FORMAT!r}, got {_shown(fmt)}")
+        newer = isinstance(fmt, str) and fmt.startswith("deployvit.arch/")
+        raise ArchError(f"format: expected {ARCH_FORMAT!r}, got {_shown(fmt)}" + (" (made by a newer deployvit?)" if newer else ""))
     if not isinstance(data["space"], str) or not data["space"]:
         raise ArchError(f"space: expected a space name, got {_shown(data['space'])}")
     if multi:

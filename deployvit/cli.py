@@ -7,7 +7,9 @@ docs/DESIGN.md section 3 (2 bad input / missing dependency, 1 a check failed), n
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 import sys
 
 import click
@@ -92,17 +94,84 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one-line errors and docs/DESIGN.md exit codes."""
+    code = _run(argv)
+    if not _flush_stdout():
+        code = code or 2
+    sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
+    """Run the command; its exit code, every failure written as one line on stderr."""
     try:
         rv = cli.main(args=argv, prog_name="deployvit", standalone_mode=False)
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except click.exceptions.Abort:
-        click.echo("deployvit: aborted", err=True)
-        sys.exit(130)
+        return _fail("aborted", 130)
     except click.ClickException as exc:
-        click.echo(f"deployvit: {exc.format_message()}", err=True)
-        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+        return _fail(exc.format_message(), 2 if isinstance(exc, click.UsageError) else exc.exit_code)
     except DeployvitError as exc:
-        click.echo(f"deployvit: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    sys.exit(rv if isinstance(rv, int) else 0)
+        return _fail(str(exc), exc.exit_code)
+    except OSError as exc:  # the system refused something no check foresaw: still one line, exit 2
+        line = os_error_line(exc)
+        if _raised_writing_stdout(exc):
+            _silence_stdout()  # said once: the exit's own flush must not fail again
+        return _fail(line, 2)
+    except SystemExit:  # click's own answer to a closed pipe on stdout: a silent exit 1
+        if type(sys.stdout).__name__ == "_PacifyFlushWrapper":
+            return _fail(f"cannot write standard output: {os.strerror(errno.EPIPE)}", 2)
+        raise
+    return rv if isinstance(rv, int) else 0
+
+
+def os_error_line(exc: OSError) -> str:
+    """`<path>: <reason>` (both paths of a rename), or the reason alone for a stream (stdout)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    names = [n for n in (exc.filename, exc.filename2) if n is not None]
+    if names:
+        return f"{' -> '.join(str(n) for n in names)}: {reason}"
+    return f"cannot write standard output: {reason}" if _raised_writing_stdout(exc) else reason
+
+
+def _raised_writing_stdout(exc: BaseException) -> bool:
+    """Whether a frame of `exc`'s traceback was writing to sys.stdout (click.echo's `file`): a
+    write error without a file name is then the output device's (/dev/full, a closed pipe)."""
+    streams = {id(sys.stdout), id(getattr(sys.stdout, "buffer", None))}
+    tb = exc.__traceback__
+    while tb is not None:
+        if any(id(value) in streams for value in tb.tb_frame.f_locals.values()):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _fail(message: str, code: int) -> int:
+    try:
+        click.echo(f"deployvit: {message}", err=True)
+    except OSError:  # stderr itself is gone: the exit code is all that is left
+        pass
+    return code
+
+
+def _flush_stdout() -> bool:
+    """Flush standard output now, while a failure can still be one line: a full device or a closed
+    pipe (`deployvit tables > /dev/full`) otherwise surfaces as an interpreter traceback at exit.
+    After a failure stdout is pointed at /dev/null, so the interpreter's own final flush is quiet."""
+    try:
+        sys.stdout.flush()
+        return True
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        _fail(f"cannot write standard output: {reason}", 2)
+        _silence_stdout()
+        return False
+
+
+def _silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null: what is still buffered goes nowhere, quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass

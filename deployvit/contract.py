@@ -64,7 +64,8 @@ def _table_for(runtime: str, arch, precision: str, device: str, batch_size: int 
     except DeployvitError as exc:
         if table_path is not None:
             raise
-        return None, f"{wanted}: {str(exc).split(';')[0]}"
+        first, *rest = str(exc).split("; ")  # the resolver's finding, and the table files it skipped (not its hint)
+        return None, "; ".join([f"{wanted}: {first}", *(part for part in rest if part.startswith("skipped "))])
     meta = resolved.table.metadata
     got = (meta["runtime"], meta["precision"], meta["device_type"]) + ((meta["batch_size"],) if batch_size else ())
     if got != (runtime, precision, device) + ((batch_size,) if batch_size else ()):

@@ -15,6 +15,7 @@ from functools import lru_cache
 
 import torch
 
+from deployvit import io
 from deployvit.errors import DeployvitError
 
 #: known labels -> regex the detected device name must match ("a10" must not match "A100").
@@ -59,6 +60,7 @@ def check_label(label: str, force: bool = False) -> tuple[str, str]:
 
     Known labels must match the hardware (a GPU label on a CPU-only machine, or `cpu` is fine
     anywhere); a mismatch raises unless `force`. Unknown labels are free-form names, recorded as given."""
+    io.safe_component(label, "device label", 64)  # the one check of a name that becomes a folder name
     if not LABEL_RE.match(label):
         raise DeployvitError(f"device label {label!r} must be lower-case letters, digits, '.', '_' or '-' (e.g. h100, cpu)")
     device = timing_device(label)

@@ -118,6 +118,11 @@ class _StageDecisions:
     layers: tuple[tuple[Decision, ...], ...]  # per layer position up to the largest depth: that layer's choices
 
 
+#: bytes of a space name: it goes into file names with the runtime, precision and batch appended
+#: (`<space>-<runtime>-<precision>-b<batch>-estimated.json`), which must stay within NAME_MAX (255)
+SPACE_NAME_MAX = 128
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     name: str
@@ -127,6 +132,11 @@ class SearchSpace:
     num_classes: int
     stages: tuple[StageSpace, ...]
     features: Features = Features()  # model-wide features every arch of the space has (imported parents)
+
+    def __post_init__(self):
+        # a space's name becomes part of file and folder names (its latency table, a search's run
+        # folder): checked where every space is born, so `../x` or `/etc/x` can never be one
+        io.safe_component(self.name, "space.name", SPACE_NAME_MAX)
 
     # --- geometry ---------------------------------------------------------------------------------
 
@@ -501,6 +511,7 @@ def space_from_dict(data: Any, allow_preset_name: bool = False) -> SearchSpace:
             raise DeployvitError(f"space: missing key {key!r}")
     if not isinstance(data["name"], str) or not data["name"]:
         raise DeployvitError("space.name: expected a non-empty string")
+    io.safe_component(data["name"], "space.name", SPACE_NAME_MAX)  # before the preset check: one wording
     if data["name"] in PRESETS and not allow_preset_name:
         raise DeployvitError(f"space.name: {data['name']!r} is a preset name; choose another name")
     if not isinstance(data["stages"], list):

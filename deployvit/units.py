@@ -25,8 +25,12 @@ MAX_BUDGETS = 64  # latency budgets of one search: each keeps its own parents an
 
 def parse_amount(text: str, metric: str, option: str | None = None) -> float:
     """One amount with its unit, in the metric's base unit (us, MACs, params). Latency needs a unit
-    (ms/us/s); FLOPs/params take k/M/G(/T) or none. `option` names the flag in the error line."""
+    (ms/us/s); FLOPs/params take k/M/G(/T) or none. `option` names the flag in the error line.
+    An empty string is an error, never "no budget": a budget the user meant to give and left
+    blank (`--latency "$BUDGET"` with BUDGET unset) must not become an unconstrained run."""
     flag = option or f"--{metric}"
+    if not str(text).strip():
+        raise DeployvitError(f"{flag} {text!r}: empty; expected a number with a unit, e.g. {_EXAMPLES[metric]} (omit {flag} for no budget)")
     match = _NUMBER.match(text)
     if not match:
         raise DeployvitError(f"{flag} {text!r}: expected a number with a unit, e.g. {_EXAMPLES[metric]}")
@@ -43,13 +47,27 @@ def parse_amount(text: str, metric: str, option: str | None = None) -> float:
 
 
 def parse_amounts(text: str, metric: str, option: str | None = None) -> list[float]:
-    """A comma-separated list of amounts (several budgets in one run), sorted ascending, unique."""
-    values = sorted({parse_amount(part, metric, option) for part in text.split(",") if part.strip()})
-    if not values:
-        raise DeployvitError(f"{option or '--' + metric}: empty budget")
-    if len(values) > MAX_BUDGETS:
-        raise DeployvitError(f"{option or '--' + metric}: {len(values)} budgets; expected at most {MAX_BUDGETS}")
-    return values
+    """A comma-separated list of amounts (several budgets in one run), sorted ascending. An empty
+    list or item (`2ms,,5ms`, a trailing comma) and a budget given twice (`5ms,5ms`, or `5ms,5000us`:
+    the same amount) are errors: each budget gets its own winner, so a repeat is a typo, not a wish."""
+    flag = option or f"--{metric}"
+    parts = str(text).split(",")
+    if not str(text).strip():
+        parse_amount(text, metric, option)  # the one wording of an empty budget
+    if any(not part.strip() for part in parts):
+        raise DeployvitError(f"{flag} {text!r}: an empty item in the list; expected budgets separated by single commas, "
+                             f"e.g. 2ms,5ms")
+    if len(parts) > MAX_BUDGETS:
+        raise DeployvitError(f"{flag}: {len(parts)} budgets; expected at most {MAX_BUDGETS}")
+    seen: dict[float, str] = {}
+    for part in parts:
+        value = parse_amount(part.strip(), metric, option)
+        twin = next((v for v in seen if math.isclose(v, value, rel_tol=1e-9)), None)  # 0.1ms is 100.00000000000001 us
+        if twin is not None:
+            same = "twice" if seen[twin] == part.strip() else f"as {seen[twin]!r} and {part.strip()!r} (the same amount)"
+            raise DeployvitError(f"{flag} {text!r}: budget {format_amount(value, metric)} is given {same}; give each budget once")
+        seen[value] = part.strip()
+    return sorted(seen)
 
 
 def _short(x: float) -> str:

@@ -22,6 +22,32 @@ from deployvit.arch import Arch
 from deployvit.errors import DeployvitError
 
 
+#: a timm model name, optionally with its pretrained tag (`vit_base_patch16_224.augreg_in21k`):
+#: letters, digits and underscores, nothing that timm would read as a hub reference or a path
+_TIMM_NAME = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?")
+_HUB_PREFIXES = ("hf-hub:", "hf_hub:", "hf:", "timm/", "local-dir:", "http:", "https:")
+
+
+def check_timm_name(name: str, flag: str, weights_flag: str) -> str:
+    """`name` if it is a plain timm model name. A hub reference (`hf-hub:org/model`, `timm/model`)
+    makes timm fetch a config or weights from the internet even with pretrained=False, and a path
+    (`./model.pth`, `~/x`) is no model name at all (timm would fail deep inside); each is one line
+    saying what to give instead. `flag` names the option in the message, `weights_flag` the option
+    that takes a weights file."""
+    text = str(name)
+    weights_file = Path(text).suffix.lower() in (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".tar")
+    if _TIMM_NAME.fullmatch(text) and not weights_file:
+        return text
+    shown = repr(text) if len(text) <= 60 else repr(text[:57] + "...")
+    if text.lower().startswith(_HUB_PREFIXES):
+        raise DeployvitError(f"{flag} {shown}: a model hub reference; deployvit does not download models here: give timm's "
+                             f"model name (e.g. deit_tiny_patch16_224) and the weights as a local file ({weights_flag} FILE)")
+    if any(c in text for c in "/\\~") or text.startswith(".") or weights_file:
+        raise DeployvitError(f"{flag} {shown}: looks like a path, not a timm model name (e.g. deit_tiny_patch16_224); "
+                             f"a weights file goes to {weights_flag}")
+    raise DeployvitError(f"{flag} {shown}: not a timm model name (letters, digits and '_', e.g. deit_tiny_patch16_224)")
+
+
 def load_problem(exc: Exception) -> str:
     """torch's weights-only refusal is a page of advice to run untrusted code; say what it means,
     naming the object the file wanted to build (e.g. `posix.system`: a planted payload)."""
@@ -40,15 +66,14 @@ def safe_torch_load(path: str | os.PathLike, allowed: Sequence[type] = ()) -> An
     `allowed` for this one load (AutoFormer's checkpoints carry their `argparse.Namespace`). Any
     other pickled object is refused before it is built; every failure is one line."""
     p = Path(path)
-    if not p.is_file():
-        raise DeployvitError(f"checkpoint not found: {p}")
-    try:
-        if allowed:
-            with torch.serialization.safe_globals(list(allowed)):
-                return torch.load(p, map_location="cpu", weights_only=True)
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated / foreign / hostile files
-        raise DeployvitError(f"cannot read checkpoint {p}: {load_problem(exc)}") from None
+    with io.open_regular(p, "checkpoint") as fh:  # a FIFO or device is refused, never read
+        try:
+            if allowed:
+                with torch.serialization.safe_globals(list(allowed)):
+                    return torch.load(fh, map_location="cpu", weights_only=True)
+            return torch.load(fh, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for truncated / foreign / hostile files
+            raise DeployvitError(f"cannot read checkpoint {p}: {load_problem(exc)}") from None
 
 
 def save_model(path: str | os.PathLike, model: torch.nn.Module, arch: Arch, extra: dict[str, str] | None = None) -> None:
@@ -57,22 +82,29 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, arch: Arch, extr
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with io.atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"arch": arch.key, **(extra or {})})
+        try:
+            save_file(tensors, str(tmp), metadata={"arch": arch.key, **(extra or {})})
+        except Exception as exc:  # safetensors wraps a full disk as "I/O error: ... (os error 28)"
+            cause = io.os_error_in(exc, tmp)
+            if cause is None:
+                raise
+            raise cause from None
 
 
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """State dict and metadata of a `.safetensors` file (what `retrain` writes) or a torch checkpoint
     (`.pt`/`.pth`: a state dict, or a dict holding one under `model`/`state_dict`)."""
-    p = Path(path)
-    if not p.is_file():
-        raise DeployvitError(f"checkpoint not found: {p}")
+    p = io.check_regular(path, "checkpoint")  # a FIFO would block safetensors' open forever
     try:
         if p.suffix == ".safetensors":
             from safetensors import safe_open
 
             with safe_open(str(p), framework="pt") as fh:
                 return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        with io.open_regular(p, "checkpoint") as fh:
+            state = torch.load(fh, map_location="cpu", weights_only=True)
+    except DeployvitError:
+        raise
     except Exception as exc:  # safetensors / pickle errors: the file is not a checkpoint
         raise DeployvitError(f"cannot read checkpoint {p}: {load_problem(exc)}") from None
     for key in ("model", "state_dict"):

@@ -11,7 +11,8 @@ from typing import Any
 from torch import nn
 
 from deployvit.errors import DeployvitError
-from deployvit.weights import apply_weights, read_weights, stored_arch
+from deployvit.weights import apply_weights, check_timm_name, read_weights, stored_arch
+
 
 @dataclass
 class SourceModel:
@@ -58,6 +59,7 @@ def load_timm_model(name: str, checkpoint: str | None = None, *, img_size: int |
                     num_classes: int | None = None) -> SourceModel:
     """A timm model created with pretrained=False (never downloads), at `img_size`/`num_classes`
     when given and the model family accepts them (to compare with an arch at the same input)."""
+    check_timm_name(name, "--timm-model", "--checkpoint")  # before timm: a hub reference would download, a path would fail inside it
     import timm
 
     kwargs: dict[str, Any] = {}

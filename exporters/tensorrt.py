@@ -146,7 +146,7 @@ def build_engine(
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise CheckFailed(f"TensorRT could not parse {onnx_path}: {errors}")
 
-    cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).exists() else b""
+    cache_bytes = _read_cache(timing_cache)
     config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
 
     inp = network.get_input(0)
@@ -169,6 +169,14 @@ def build_engine(
     sidecar = _sidecar(trt, plan, network_flags, inp.name, shapes, onnx_path, engine_path, workspace_gb, timing_cache, seconds)
     io.write_json(sidecar_path(engine_path), sidecar)
     return sidecar
+
+
+def _read_cache(timing_cache: str | os.PathLike | None) -> bytes:
+    """The saved timing cache, read only from a regular file (a FIFO would block the build); none yet: empty."""
+    if not timing_cache or not Path(timing_cache).exists():
+        return b""
+    with io.open_regular(timing_cache, "TensorRT timing cache") as f:
+        return f.read()
 
 
 def _sidecar(trt, plan: BuildPlan, network_flags: int, input_name: str, shapes, onnx_path, engine_path, workspace_gb: float,

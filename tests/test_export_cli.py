@@ -216,7 +216,7 @@ def other_checkpoint(tmp_path_factory) -> Path:
         (("--samples", "2", "--dynamic-batch", "1,2,8"), ("at least 8 images",)),
         (("--precision", "bf16", "--opset", "20"), ("need >= 22",)),
         (("--timm-model", "deit_tiny_patch16_224"), ("either --arch or --timm-model",)),
-        (("--img-size", "64"), ("--timm-model only",)),
+        (("--img-size", "64"), ("--img-size needs --timm-model",)),  # commands.conflicts' wording
         (("--checkpoint", "{other}/checkpoint.safetensors"), ("was saved for another arch",)),
         (("--checkpoint", "{other}/weights.pt"), ("does not match arch tiny.arch.json", "mis-shaped")),
         (("--checkpoint", "{tmp}/none.safetensors"), ("checkpoint not found",)),

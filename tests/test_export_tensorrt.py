@@ -340,5 +340,5 @@ def test_cli_tf32_needs_fp32(tmp_path):
     get_space("test").min_arch().save(arch_path)
     out = tmp_path / "out"
     result = run_cli("export", "--arch", str(arch_path), "--precision", "fp16", "--tf32", "--out", str(out))
-    assert_one_line_error(result, "--tf32 applies to fp32 only")
+    assert_one_line_error(result, "--tf32 needs --precision fp32")  # commands.conflicts, before the library's own check
     assert not out.exists()

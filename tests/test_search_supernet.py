@@ -67,14 +67,17 @@ def test_focus_records_its_method_and_score_and_refuses_another_on_resume(checkp
     assert (state["method"], state["score"], len(state["evaluated"])) == ("focus", "supernet", 8)
     assert_one_line_error(run_cli("search", *SEARCH, "--score", "supernet", *focus, "--out", str(out), "--resume"),
                           "started with --method focus --score supernet, not --method evolution --score supernet")
-    assert_one_line_error(run_cli("search", *SEARCH, "--method", "focus", "--score", "dss", *focus, "--out", str(out), "--resume"),
+    no_data = [a for a in SEARCH if a not in ("--data", "digits")]  # the DSS score reads no --data (commands.conflicts)
+    assert_one_line_error(run_cli("search", *no_data, "--method", "focus", "--score", "dss", *focus, "--out", str(out), "--resume"),
                           "not --method focus --score dss")
+    assert_one_line_error(run_cli("search", *SEARCH, "--method", "focus", "--score", "dss", *focus, "--out", str(out), "--resume"),
+                          "--data needs --score supernet")
     best = (out / "best.arch.json").read_text()
     result = run_cli("search", *SEARCH, "--method", "focus", *focus, "--out", str(out), "--resume")  # the new spelling
     assert result.code == 0, result.err
     assert (out / "best.arch.json").read_text() == best and len(json.loads((out / "search_state.json").read_text())["evaluated"]) == 8
     dss = tmp_path / "d"  # the sampler's proposals ranked by another score
-    result = run_cli("search", *SEARCH, "--method", "focus", "--score", "dss", *focus, "--out", str(dss))
+    result = run_cli("search", *no_data, "--method", "focus", "--score", "dss", *focus, "--out", str(dss))
     assert result.code == 0, result.err
     state = json.loads((dss / "search_state.json").read_text())
     assert (state["method"], state["score"]) == ("focus", "dss") and count_flops(load_arch(dss / "best.arch.json")) <= 2e6

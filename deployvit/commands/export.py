@@ -18,7 +18,7 @@ from typing import Any, Callable
 import click
 import torch
 
-from deployvit.commands import bounds
+from deployvit.commands import bounds, conflicts
 from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
 from deployvit import io
 from deployvit.compute import compute_device
@@ -56,7 +56,21 @@ def parse_formats(text: str) -> list[str]:
         raise DeployvitError(f"--formats {text!r}: name at least one format (choose from {', '.join(format_names())})")
     for fmt in formats:
         format_record(fmt)  # an unknown name: one line naming the choices
+    twice = sorted({f for f in formats if formats.count(f) > 1})
+    if twice:
+        raise DeployvitError(f"--formats {text!r}: {', '.join(twice)} given twice; name each format once")
     return formats
+
+
+def parse_baselines(text: str) -> list[str]:
+    """`--baselines a,b`: timm model names (never a hub reference or a path), each once."""
+    from deployvit.weights import check_timm_name
+
+    names = [check_timm_name(b.strip(), "--baselines", "--checkpoint") for b in text.split(",") if b.strip()]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DeployvitError(f"--baselines {text!r}: {', '.join(twice)} given twice; name each model once")
+    return names
 
 
 def _check_contract_batches(batch, contracts: dict[str, Any]) -> None:
@@ -176,6 +190,8 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
     if len(formats) == 1 and opts["device"] != "auto":
         for_format(formats[0]).check(opts["device"], precision)  # what to install is true on any machine: said before "no GPU here"
     device = compute_device(opts["device"]).type
+    if opts["timing_cache"] is not None:  # read, then rewritten: a FIFO, a folder or an over-long name is refused now
+        io.check_out_path(opts["timing_cache"], "--timing-cache")
     if opts["table"] is not None and not Path(opts["table"]).is_file():
         raise DeployvitError(f"latency table not found: {opts['table']}")
     if len(formats) == 1:
@@ -186,13 +202,16 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
     contracts = {fmt: plan_contract(fmt, source.arch, precision=precision, device=device, batch_size=opts["batch_size"],
                                     table_path=opts["table"] if source.arch is not None else None, budget_ms=budget_ms, timing=timing)
                  for fmt in formats}  # a user's table must load and fit the arch: checked before any work
+    notes += _skipped_tables(contracts)
     batch = batch_spec(opts["batch_size"], _batch_range(opts["dynamic_batch"], contracts))
     _check_contract_batches(batch, contracts)
     samples = _samples(opts["data"], source, opts["samples"])  # also validates --data
     if len(samples) < batch.max:
         raise DeployvitError(f"verification needs at least {batch.max} images (the largest batch), got {len(samples)}: "
                              "raise --samples or lower the batch")
-    out = Path(opts["out"]) if opts["out"] else _default_out(opts)
+    if opts["out"] is not None and not opts["out"].strip():
+        io.check_out_path(opts["out"], "--out", folder=True)  # '' is no folder: one line (never the current one)
+    out = Path(opts["out"]) if opts["out"] is not None else _default_out(opts)
     spec = ExportSpec(
         img_size=source.img_size, in_chans=source.in_chans, precision=precision, batch=batch, opset=opset,
         dynamo=not opts["legacy_exporter"], device=device, workspace_gb=opts["workspace"],
@@ -216,6 +235,23 @@ def with_run_folders(opts: dict[str, Any]) -> dict[str, Any]:
     if opts.get("checkpoint"):
         opts["checkpoint"] = str(model_file(opts["checkpoint"]))
     return opts
+
+
+def _skipped_tables(contracts: dict[str, Any]) -> list[str]:
+    """The table files the resolver skipped (each format's contract carries them): said once on
+    stderr for all formats, and kept once in the report's notes instead of in every row."""
+    skipped: list[str] = []
+    for contract in contracts.values():
+        found = [n for n in contract.notes if n.startswith("skipped ")]
+        contract.notes[:] = [n for n in contract.notes if not n.startswith("skipped ")]
+        if contract.no_prediction:
+            first, *rest = contract.no_prediction.split("; ")
+            found += [p for p in rest if p.startswith("skipped ")]
+            contract.no_prediction = "; ".join([first, *(p for p in rest if not p.startswith("skipped "))])
+        skipped += [n for n in found if n not in skipped]
+    for line in skipped:
+        click.echo(f"deployvit: warning: {line}", err=True)
+    return skipped
 
 
 def _source(opts: dict[str, Any]) -> SourceModel:
@@ -334,6 +370,7 @@ def export(fmt: str, **opts: Any) -> None:
     """Export a model to a file (an ONNX graph, a TensorRT engine, ...), verify it against PyTorch
     fp32, time it, and check the latency contract. Writes model.<format>, report.json and report.md
     into --out."""
+    conflicts.check("export")
     outcome = run_export(opts, fmt)
     if outcome.failure:
         raise CheckFailed(outcome.failure)
@@ -351,19 +388,21 @@ def benchmark(formats: str, baselines: str, **opts: Any) -> None:
     """Export, verify and time every available format of a model (and timm baselines at the same
     input size) into one table. Unavailable formats are listed as skipped with the reason. Exit 1
     when a format of the model fails, or when --budget is met by none of them."""
+    conflicts.check("benchmark")
     fmts = parse_formats(formats)
+    baseline_names = parse_baselines(baselines)  # before anything is loaded or created
     job = prepare(with_run_folders(opts), fmts)
     job.spec = replace(job.spec, trt_onnx_suffix=".trt.onnx")
     if not opts["out"]:
         job.out = job.out / "benchmark"
     with io.output_dir(job.out, keep=lambda d: (d / "report.json").is_file()):
         io.check_writable(job.out, "to output folder")
-        _benchmark(job, opts, fmts, baselines)
+        _benchmark(job, opts, fmts, baseline_names)
 
 
-def _benchmark(job: Job, opts: dict[str, Any], fmts: list[str], baselines: str) -> None:
+def _benchmark(job: Job, opts: dict[str, Any], fmts: list[str], baselines: list[str]) -> None:
     base_jobs = []  # every baseline is loaded before anything is exported: a typo is exit 2, up front
-    for name in [b.strip() for b in baselines.split(",") if b.strip()]:
+    for name in baselines:
         base = load_timm_model(name, img_size=job.source.img_size,
                                num_classes=job.source.arch.num_classes if job.source.arch else None)
         spec = replace(job.spec, img_size=base.img_size, in_chans=base.in_chans, metadata={"source": base.info})

@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 from deployvit import io
-from deployvit.commands import bounds
+from deployvit.commands import bounds, conflicts
 from deployvit.errors import DeployvitError
+from deployvit.weights import check_timm_name
 from deployvit.importers.ordering import ORDERS
 from deployvit.importers.timm_vit import SUPPORTED
 
@@ -59,29 +60,50 @@ def _model_args(pairs: tuple[str, ...]) -> dict:
 @click.option("--name", help="Name of the imported space (default: the timm model's name, or autoformer-<size>-released).")
 def import_cmd(source, weights, out, model_args, space_file, order, data, held_out_per_class, name) -> None:
     """Import a parent's weights as a searchable deployvit supernet (a timm ViT/DeiT, or an AutoFormer supernet)."""
-    from deployvit.importers import common, read_state
-    from deployvit.spaces import PRESETS, load_space
+    from deployvit.importers import common
 
-    out_dir = Path(out)
+    out_dir = io.check_out_path(out, "--out", folder=True)
     common.check_out(out_dir)  # before reading anything
-    if name is not None and (not name.strip() or name in PRESETS):
-        raise DeployvitError(f"--name {name!r}: give a new space name (not empty, not a preset's)")
+    kind, model_name = _source(source, name)
+    conflicts.check("import", {"kind": kind})
+    with io.output_lock(out_dir, "--out"):  # one import per output folder; the kernel frees it if killed
+        common.remove_dead_temp(out_dir)  # what a killed import into this folder left (it held the lock)
+        io.check_writable(out_dir.parent, "--out's parent folder")  # a full or read-only disk, before the weights are read
+        _import(kind, model_name, weights, out_dir, model_args, space_file, order, data, held_out_per_class, name)
+
+
+def _source(source: str, name: str | None) -> tuple[str, str]:
+    """(kind, model name) of --from, every name checked before anything is read: the model name is
+    a plain timm name (no hub reference: nothing is downloaded by name; no path), --name a new space
+    name that can be a file name."""
+    from deployvit.spaces import PRESETS, SPACE_NAME_MAX
+
+    if name is not None:
+        io.safe_component(name, "--name", SPACE_NAME_MAX)
+        if name in PRESETS:
+            raise DeployvitError(f"--name {name!r}: give a new space name (not a preset's)")
     kind, _, model_name = source.partition(":")
     if kind == "timm" and model_name:
+        return kind, check_timm_name(model_name, "--from timm:MODEL", "--weights")
+    if source == "autoformer":
+        return source, ""
+    raise DeployvitError(f"--from {source!r}: expected timm:MODEL (e.g. timm:deit_tiny_patch16_224) or autoformer")
+
+
+def _import(kind, model_name, weights, out_dir, model_args, space_file, order, data, held_out_per_class, name) -> None:
+    """The import proper (`import_cmd` has checked its names and holds the output folder's lock)."""
+    from deployvit.importers import common, read_state
+    from deployvit.spaces import load_space
+
+    if kind == "timm":
         if order is None:  # activation ordered better on digits (benchmarks/from_parent.py), and needs data
             order = "activation" if data is not None else "magnitude"
         parent = _timm(model_name, weights, _model_args(model_args), name)
-    elif source == "autoformer":
-        if model_args:
-            raise DeployvitError("--model-arg applies to --from timm:MODEL only (an AutoFormer file holds its own dims)")
-        if weights is None:
-            raise DeployvitError("--from autoformer needs --weights supernet-tiny.pth (or -small, -base)")
+    else:
         from deployvit.importers.autoformer import ALLOWED_GLOBALS, autoformer_parent
 
         order = order or "none"
         parent = autoformer_parent(read_state(weights, ALLOWED_GLOBALS), weights, name)
-    else:
-        raise DeployvitError(f"--from {source!r}: expected timm:MODEL (e.g. timm:deit_tiny_patch16_224) or autoformer")
     space = common.fit_user_space(load_space(space_file), parent.model.arch) if space_file else None
     held_out, data_meta, batches = {"ids": []}, None, None
     if data is not None:

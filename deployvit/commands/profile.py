@@ -26,7 +26,8 @@ def output_paths(out: str | None, label: str, space: str, runtime: str, precisio
         return [root / label / table_filename(space, runtime, precision, b, estimated) for b in batches]
     if len(batches) > 1 and "{batch}" not in out:
         raise DeployvitError("several --batch-size values need '{batch}' in --out (e.g. --out tables/tiny-b{batch}.json)")
-    return [Path(out.replace("{batch}", str(b))) for b in batches]
+    # '' is no file; an over-long name, a folder or a FIFO in the way: one line before any timing
+    return [io.check_out_path(out.replace("{batch}", str(b)) if out.strip() else out, "--out") for b in batches]
 
 
 @click.command("profile")
@@ -55,6 +56,7 @@ def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs
     """Time every block shape of a space, calibrate on whole archs, validate on held-out archs, and
     write the latency table (resumable: rerun the same command after an interruption). With
     --estimate, write a clearly labelled estimate for a catalogue GPU instead."""
+    io.safe_component(label, "device label", 64)  # before the default table folder is made (devices.check_label's check)
     if estimate:
         return _estimate(label, space_name, runtime, precision, batches, out, force)
     _offer_estimate(label, space_name, runtime, precision, batches)
@@ -71,8 +73,9 @@ def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs
     for s, path in zip(settings, paths):
         with io.output_dir(path.parent, keep=lambda d, path=path: _resumable(path)):
             try:
-                tables.append(profile(space, label=label, settings=s, out=path, calib_archs=calib_archs, val_archs=val_archs, seed=seed,
-                                      force=force, echo=click.echo))
+                with io.output_lock(path, "--out"):  # a second profile of this table: one line (its progress file is this one's)
+                    tables.append(profile(space, label=label, settings=s, out=path, calib_archs=calib_archs, val_archs=val_archs,
+                                          seed=seed, force=force, echo=click.echo))
             except BaseException:
                 if not _resumable(path):  # a progress file without a timing resumes nothing
                     progress_path(path).unlink(missing_ok=True)

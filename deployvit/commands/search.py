@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from deployvit.commands import bounds
+from deployvit.commands import bounds, conflicts
 from deployvit.runtime_registry import help_text as runtime_help
 from deployvit.settings import PRECISIONS
 from deployvit.latency.target import DEFAULT_TARGET
@@ -25,8 +25,9 @@ _TARGET = (f"Default: this machine's GPU, else {DEFAULT_TARGET.device} (the defa
            "deployvit.latency.target)")
 
 
-def _amount(value: str | None, metric: str) -> float | None:
-    return None if value is None else parse_amount(value, metric)
+def _amount(value: str | None, metric: str, option: str) -> float | None:
+    """None when the option is absent; an empty value is an error (units.parse_amount), never "no budget"."""
+    return None if value is None else parse_amount(value, metric, option)
 
 
 @click.command()
@@ -95,12 +96,12 @@ def search(**opts) -> None:
     from deployvit.search.run import SearchRequest
 
     constraints = Constraints(
-        max_latency=parse_amounts(opts["latency"], "latency") if opts["latency"] else [],
-        max_flops=_amount(opts["flops"], "flops"),
-        max_params=_amount(opts["params"], "params"),
-        min_latency=_amount(opts["min_latency"], "latency"),
-        min_flops=_amount(opts["min_flops"], "flops"),
-        min_params=_amount(opts["min_params"], "params"),
+        max_latency=[] if opts["latency"] is None else parse_amounts(opts["latency"], "latency", "--latency"),
+        max_flops=_amount(opts["flops"], "flops", "--flops"),
+        max_params=_amount(opts["params"], "params", "--params"),
+        min_latency=_amount(opts["min_latency"], "latency", "--min-latency"),
+        min_flops=_amount(opts["min_flops"], "flops", "--min-flops"),
+        min_params=_amount(opts["min_params"], "params", "--min-params"),
     )
     _check_alias(opts["score"], opts["method"])
     config = SearchConfig(
@@ -116,6 +117,7 @@ def search(**opts) -> None:
         out=opts["out"], resume=opts["resume"], measure_top=opts["measure_top"],
         score_device=_score_device(opts["device"]),
     )
+    _check_conflicts(request)
     plan = plan_search(request, echo=click.echo)  # every name and path becomes an object; nothing written yet
     result = run_plan(plan, echo=click.echo, progress=not opts["no_progress"])
     if result.is_main:  # under torchrun, rank 0 speaks for all
@@ -143,6 +145,16 @@ def _check_alias(score: str | None, method: str) -> None:
         if method != alias_method:
             raise DeployvitError(f"--score {score} means --method {alias_method} --score {alias_score}; "
                                  f"it cannot be combined with --method {method}")
+
+
+def _check_conflicts(request) -> None:
+    """Options the resolved method and score would ignore (`--data` with the DSS score): one line,
+    by the shared table of `commands.conflicts`."""
+    from deployvit.search.run import method_and_score
+
+    method, score, _ = method_and_score(request)
+    reads_supernet = SCORES[score].needs_supernet or METHODS[method].needs_supernet
+    conflicts.check("search", {"reads_supernet": reads_supernet, "reads_data": SCORES[score].needs_data})
 
 
 def _score_device(device: str | None) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from deployvit.commands import bounds
+from deployvit.errors import DeployvitError
 from deployvit.runtime_registry import help_text as runtime_help
 from deployvit.settings import PRECISIONS
 
@@ -22,8 +23,13 @@ def tables_cmd(device, runtime, precision, batch_size) -> None:
     from deployvit.latency.resolve import Machine, TableQuery, default_target_line, scan_tables, table_dirs
     from deployvit.spaces import PRESETS
 
-    dirs = table_dirs()
-    infos, skipped = scan_tables(dirs)
+    try:
+        dirs = table_dirs()
+        infos, skipped = scan_tables(dirs)
+    except OSError as exc:  # an unreadable folder ($DEPLOYVIT_HOME without permission): one line, exit 2
+        where = exc.filename if exc.filename is not None else "a latency tables folder"
+        raise DeployvitError(f"cannot read {where}: {exc.strerror or exc} (the latency tables folders: ./latency_tables, "
+                             "$DEPLOYVIT_HOME/latency_tables)") from None
     machine = Machine.detect(device)
     click.echo(f"this machine: {machine.name} ({machine.device_type}); looking in " + ", ".join(f"{o}: {p}" for o, p in dirs))
     target = default_target_line(TableQuery("", "", device, runtime, precision, batch_size), machine, None)

@@ -5,12 +5,14 @@ All three run under torchrun unchanged: `torchrun --nproc-per-node N -m deployvi
 
 from __future__ import annotations
 
+import contextlib
+import os
 import functools
-from pathlib import Path
 
 import click
 
-from deployvit.commands import bounds
+from deployvit import io
+from deployvit.commands import bounds, conflicts
 from deployvit.errors import DeployvitError
 from deployvit.train.focus import FocusOptions
 from deployvit.train.recipe import REGIMES
@@ -86,17 +88,29 @@ def _run(fn):
         from deployvit.train.distributed import init_distributed, shutdown
         from deployvit.train.loop import RunOptions
 
+        out = io.check_out_path(kw["out"], "--out", folder=True)  # before anything: a name the file system refuses
         info = init_distributed(kw["device"])
         log = (lambda msg: click.echo(msg, err=True)) if info.is_main else (lambda msg: None)
-        opts = RunOptions(Path(kw["out"]), kw["resume"], kw["ckpt_every"], kw["num_workers"], kw["deterministic"], log, kw["log_every"])
+        opts = RunOptions(out, kw["resume"], kw["ckpt_every"], kw["num_workers"], kw["deterministic"], log, kw["log_every"])
         if opts.num_workers < 0 or opts.log_every < 0:
             raise DeployvitError("--num-workers and --log-every must be >= 0")
         try:
-            fn(kw, info, opts)
+            # one writer per run folder: a second run into it is refused (rank 0 writes for all ranks); a
+            # run that fails before its first checkpoint leaves no folder behind (one with a checkpoint resumes)
+            with _run_folder(out) if info.is_main else contextlib.nullcontext():
+                fn(kw, info, opts)
         finally:
             shutdown(info)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _run_folder(out: "os.PathLike[str]"):
+    """The run folder of rank 0: created, locked against a second writer, and removed again (with the
+    folders made for it) when the run fails before it holds a checkpoint to resume from."""
+    with io.output_dir(out, keep=lambda d: (d / "checkpoint.pt").is_file()), io.output_lock(out, "--out"):
+        yield
 
 
 @click.command("train-supernet")
@@ -141,6 +155,7 @@ def train_supernet_cmd(kw, info, opts) -> None:
         except ValueError:
             raise DeployvitError(f"--focus-budgets: expected numbers like 0.25,0.5, got {kw['focus_budgets']!r}") from None
     name = default_sampler(recipe) if kw["sampler"] == "auto" else kw["sampler"]
+    conflicts.check("train-supernet", {"sampler": name})
     if name == "multi-arch" and kw["groups"] * MIN_GROUP > recipe.batch_size:
         raise DeployvitError(f"--groups {kw['groups']} needs --batch-size >= {kw['groups'] * MIN_GROUP} "
                              f"({MIN_GROUP} images per group), got {recipe.batch_size}")
@@ -184,9 +199,8 @@ def retrain_cmd(kw, info, opts) -> None:
 
     from deployvit.runs import arch_file, supernet_file
 
+    conflicts.check("retrain")
     arch = load_arch(arch_file(kw["arch_file"]))
-    if kw["distill"] and kw["init"] == "scratch":
-        raise DeployvitError("--distill needs --init SUPERNET (its largest arch is the teacher)")
     source = open_data(kw["data"])
     facts = data_facts(source)
     recipe = _recipe(kw, facts, info)
@@ -226,7 +240,6 @@ def retrain_cmd(kw, info, opts) -> None:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result as JSON.")
 def evaluate_cmd(model_file, supernet_file, arch_file, data, split, batch_size, device, json_out) -> None:
     """Top-1 / top-5 accuracy of a retrained model, or of an arch with inherited supernet weights."""
-    from deployvit import io
     from deployvit.arch import load_arch
     from deployvit.train.augment import get_aug
     from deployvit.train.checkpoint import load_model, load_supernet
@@ -242,6 +255,8 @@ def evaluate_cmd(model_file, supernet_file, arch_file, data, split, batch_size, 
     model_file = model_file and runs.model_file(model_file, "--model")
     supernet_file = supernet_file and runs.supernet_file(supernet_file)
     arch_file = arch_file and runs.arch_file(arch_file)
+    if json_out is not None:
+        io.check_out_path(json_out, "--json")  # before the evaluation: a folder or an over-long name is found now
     held_ids = None
     if model_file is not None:
         if arch_file is not None:

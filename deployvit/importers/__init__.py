@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from deployvit import io
 from deployvit.errors import DeployvitError
 from deployvit.weights import safe_torch_load
 
@@ -27,8 +28,7 @@ def read_state(path: str, allowed: tuple[type, ...] = ()) -> Any:
     if p.suffix.lower() == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
-        if not p.is_file():
-            raise DeployvitError(f"checkpoint not found: {p}")
+        io.check_regular(p, "checkpoint")  # a FIFO would block the open forever
         try:
             with safe_open(str(p), framework="pt") as fh:
                 return {k: fh.get_tensor(k) for k in fh.keys()}

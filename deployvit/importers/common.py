@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -238,8 +239,11 @@ def write_import(out: Path, imported: Imported) -> list[Path]:
     from deployvit.train.checkpoint import save_checkpoint
 
     check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise io.write_error(out, exc) from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -249,17 +253,32 @@ def write_import(out: Path, imported: Imported) -> list[Path]:
         io.write_text(tmp / SPACE_FILE, yaml.safe_dump(space.to_dict(), sort_keys=False))
         imported.parent.save(tmp / PARENT_ARCH)
         for name, arch in imported.archs.items():
-            arch.save(tmp / f"{name}.arch.json")
+            arch.save(tmp / f"{io.safe_component(name, 'published arch name')}.arch.json")
         record = dict(imported.record, parent={"arch": PARENT_ARCH, "params": count_params(imported.parent),
                                               "flops": count_flops(imported.parent), "summary": imported.parent.summary()})
         io.write_json(tmp / RECORD, record)
         if out.exists():
             out.rmdir()  # empty (checked above); os.replace cannot rename over a directory elsewhere
         os.replace(tmp, out)
+    except OSError as exc:  # a full disk, a read-only file system: the temp folder goes, `out` stays absent
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise io.write_error(out, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return sorted(out.iterdir())
+
+
+def remove_dead_temp(out: Path) -> None:
+    """Remove the temp folders a killed import into `out` left beside it (`.OUT.xxxxxxxx.tmp`). Only
+    call it holding `io.output_lock(out)`: then no live import of `out` can own one of them."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.[a-z0-9_]{{8}}\.tmp")  # mkdtemp's names for this folder only
+    try:
+        leftovers = [p for p in out.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    except OSError:  # the parent does not exist yet: nothing was left
+        return
+    for leftover in leftovers:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def check_out(out: Path) -> None:

@@ -66,6 +66,7 @@ def check_request(label: str, settings: MeasureSettings, out: Path, calib_archs:
         raise DeployvitError(f"output {out} is a directory; give a .json file path")
     if out.exists() and not force:
         raise DeployvitError(f"{out} exists; pass --force to overwrite it")
+    io.check_out_path(progress_path(out), "profile progress file")  # a folder or FIFO in its place, a name too long
     return device, name
 
 

@@ -117,7 +117,7 @@ def scan_tables(dirs: Iterable[tuple[str, Path]] | None = None) -> tuple[list[Ta
             try:
                 infos.append(TableInfo(path, origin, LatencyTable.load(path, warn=False)))
             except DeployvitError as exc:
-                skipped.append(f"skipped {path}: {exc}")
+                skipped.append(f"skipped {path}: {str(exc).removeprefix(f'{path}: ')}")  # the path once
     return infos, skipped
 
 
@@ -429,11 +429,15 @@ def resolve_table(query: TableQuery, path: str | os.PathLike | None = None, mach
     if path is not None:
         resolved = _explicit(query, Path(path), machine)
     else:
-        infos, _ = scan_tables()
+        infos, skipped = scan_tables()  # a corrupt or refused file is said, once, by every command that resolves
         try:
-            resolved = choose(query, infos, machine)
-        except NothingFits as nothing:
-            resolved = build_estimate(query, machine, space, nothing)
+            try:
+                resolved = choose(query, infos, machine)
+            except NothingFits as nothing:
+                resolved = build_estimate(query, machine, space, nothing)
+        except DeployvitError as exc:
+            raise DeployvitError(f"{exc}" + "".join(f"; {s}" for s in skipped)) from None
+        resolved.warnings[:0] = skipped
     if space is not None:
         check_covers(resolved.table, space)
     return resolved

@@ -53,7 +53,10 @@ class LatencyTableWarning(UserWarning):
 
 def table_filename(space: str, runtime: str, precision: str, batch: int, estimated: bool = False) -> str:
     """The file name every table of a device folder follows; an estimate's ends in `-estimated` so
-    that a measured table of the same settings can sit beside it."""
+    that a measured table of the same settings can sit beside it. Each value is checked as a name
+    (`io.safe_component`): none may lead the file out of its device folder."""
+    for value, what in ((space, "space name"), (runtime, "runtime"), (precision, "precision")):
+        io.safe_component(value, what, 128)
     return f"{space}-{runtime}-{precision}-b{batch}{'-estimated' if estimated else ''}.json"
 
 
@@ -288,6 +291,7 @@ def _checked_metadata(meta: dict) -> dict:
             raise _TableProblem(f"metadata.{key}: expected {'an integer' if typ is int else 'a string'}, got {_shown(value)}")
     _number(meta, "batch_size", "metadata")
     _number(meta, "img_size", "metadata")
+    _check_known(meta)
     if meta.get("source", "measured") not in ("measured", "estimated"):
         raise _TableProblem(f"metadata.source: expected 'measured' or 'estimated', got {_shown(meta.get('source'))}")
     settings = _object(meta.get("settings", {}), "metadata.settings")
@@ -297,6 +301,19 @@ def _checked_metadata(meta: dict) -> dict:
     if settings.get("clock", "wall") not in ("wall", "cpu"):
         raise _TableProblem(f"metadata.settings.clock: expected 'wall' or 'cpu', got {_shown(settings.get('clock'))}")
     return meta
+
+
+def _check_known(meta: dict) -> None:
+    """The runtime and precision must be ones deployvit knows (`runtime_registry`, torch-free): a
+    table of an unknown runtime could be picked by no query and compared with nothing, and a typo
+    (`tensorrt8`) would otherwise be listed as if it were a table of some real runtime."""
+    from deployvit.runtime_registry import RUNTIMES
+    from deployvit.settings import PRECISIONS
+
+    if meta["runtime"] not in RUNTIMES:
+        raise _TableProblem(f"metadata.runtime: unknown runtime {_shown(meta['runtime'])} (known: {', '.join(RUNTIMES)})")
+    if meta["precision"] not in PRECISIONS:
+        raise _TableProblem(f"metadata.precision: unknown precision {_shown(meta['precision'])} (known: {', '.join(PRECISIONS)})")
 
 
 def _checked_archs(rows: Any, where: str, fields: tuple[str, ...]) -> None:
@@ -312,15 +329,23 @@ def _checked_archs(rows: Any, where: str, fields: tuple[str, ...]) -> None:
 
 
 def _check_space_coverage(meta: dict, entries: dict) -> None:
-    """A table of a preset space (its recorded hash is the preset's) must time every part of it.
-    A table of a user space is checked when it is used for that space (`check_covers`)."""
+    """A table of a preset space (its recorded hash is the preset's) must time every part of it and
+    nothing else: an entry no arch of the space has is a hand edit or a table of another space under
+    this one's name. A table of a user space is checked when it is used for that space
+    (`check_covers`: every part present; extra entries are allowed there, the space may have been
+    narrowed since it was profiled)."""
+    from deployvit.parts import space_parts
     from deployvit.spaces import PRESETS
 
     preset = PRESETS.get(meta["space"])
     if preset is not None and preset.hash() == meta["space_hash"]:
-        missing = missing_parts(entries, preset)
+        keys = {p.key for p in space_parts(preset)}
+        missing = sorted(keys - set(entries))
         if missing:
             raise _TableProblem(f"entries: lacks {len(missing)} part(s) of space {preset.name!r}, e.g. {missing[0]}")
+        extra = sorted(set(entries) - keys)
+        if extra:
+            raise _TableProblem(f"entries: {len(extra)} part(s) that no arch of space {preset.name!r} has, e.g. {extra[0]!r}")
 
 
 def missing_parts(entries: dict, space: Any) -> list[str]:

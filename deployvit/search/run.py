@@ -323,7 +323,9 @@ def run_search(job: SearchJob, echo: Callable[[str], None] = print, progress: bo
     if not job.main:
         return _run(job.ready(), (lambda *_: None), False)
     with io.output_dir(job.run_dir, keep=lambda d: (d / "search_state.json").is_file()):
-        return _run(job.ready(), echo, progress)
+        with io.output_lock(job.run_dir, "--out"):  # a second search of this folder: one line; the kernel frees it if killed
+            _make_dir(job.run_dir)
+            return _run(job.ready(), echo, progress)
 
 
 def _run(job: SearchJob, echo: Callable[[str], None], progress: bool) -> SearchResult:
@@ -340,12 +342,20 @@ def _run(job: SearchJob, echo: Callable[[str], None], progress: bool) -> SearchR
 
 def _run_dir(request: SearchRequest, space: SearchSpace) -> Path:
     """The run directory, refused when it holds another run (or, with --resume, no state)."""
-    run_dir = Path(request.out or f"runs/search-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if request.out is not None:  # '' is no folder (never "the default"); an over-long name is found before the search
+        io.check_out_path(request.out, "--out", folder=True)
+    run_dir = Path(request.out) if request.out is not None else Path(f"runs/search-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if request.resume and not (run_dir / "search_state.json").exists():
         raise DeployvitError(f"--resume: no search state in {run_dir}")
     if not request.resume and run_dir.exists() and any(run_dir.iterdir()):
         raise DeployvitError(f"run directory {run_dir} is not empty (use --resume to continue it, or another --out)")
     return run_dir
+
+
+def _make_dir(run_dir: Path) -> None:
+    """Create the run directory and prove it takes a file (a full or read-only disk is one line
+    before the search, not after it); folders it created are removed again when it does not."""
+    io.check_writable(run_dir, "run directory")
 
 
 def _search(job: SearchJob, progress: bool, echo: Callable[[str], None]) -> tuple[Searcher, dict]:

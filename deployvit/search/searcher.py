@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
@@ -138,7 +138,7 @@ class SearchState:
 
     def to_dict(self) -> dict:
         return {
-            "format": "deployvit.search_state/1",
+            "format": STATE_FORMAT,
             **{k: v for k, v in asdict(self).items() if k != "evaluated"},
             "evaluated": [c.to_dict() for c in self.evaluated.values()],
         }
@@ -158,6 +158,24 @@ def score_batch(score: "Score", archs: list[Arch]) -> list[float]:
     from deployvit.search.scores import score_batch as batch  # torch: only once something is scored
 
     return batch(score, archs)
+
+
+STATE_FORMAT = "deployvit.search_state/1"
+
+
+def check_state_format(data: Any, path) -> None:
+    """A search state this deployvit can continue: its `format` is STATE_FORMAT. A later version's
+    state is refused by name (resuming it as this version's would misread what it added), and so is
+    a file that is no search state at all (every state deployvit ever wrote has the field)."""
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if fmt == STATE_FORMAT:
+        return
+    family, _, version = fmt.rpartition("/") if isinstance(fmt, str) else ("", "", "")
+    if family == STATE_FORMAT.rpartition("/")[0] and version.isdigit() and int(version) > int(STATE_FORMAT.rpartition("/")[2]):
+        raise DeployvitError(f"cannot resume {path}: it was made by a newer deployvit (format {fmt!r}; this one reads "
+                             f"{STATE_FORMAT!r}); resume it with that version, or start a new search in another --out")
+    shown = repr(fmt) if isinstance(fmt, str) and len(fmt) <= 60 else "missing" if fmt is None else type(fmt).__name__
+    raise DeployvitError(f"{path}: format: expected {STATE_FORMAT!r}, got {shown} (not a deployvit search state)")
 
 
 _SOURCE_NAMES = {"table": "latency table", "supernet": "supernet checkpoint", "data": "data directory"}
@@ -289,6 +307,7 @@ class Searcher:
     def resume(self) -> None:
         """Continue from `state_path`; refuse a state written by another method or score, or for other settings."""
         data = io.read_json(self.state_path, what="search state", max_bytes=STATE_MAX_BYTES, max_values=STATE_MAX_VALUES)
+        check_state_format(data, self.state_path)
         io.check_schema(data, _STATE_SCHEMA, f"{self.state_path}: corrupt search state")
         try:
             saved = SearchState.from_dict(data)

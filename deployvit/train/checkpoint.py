@@ -72,12 +72,11 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """A deployvit training checkpoint; missing, corrupt or foreign files are one-line errors."""
     p = Path(path)
-    if not p.is_file():
-        raise DeployvitError(f"checkpoint not found: {p}")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated / foreign files
-        raise DeployvitError(f"cannot read checkpoint {p}: {load_problem(exc)}") from None
+    with io.open_regular(p, "checkpoint") as fh:  # a FIFO or device is refused, never read
+        try:
+            state = torch.load(fh, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for truncated / foreign files
+            raise DeployvitError(f"cannot read checkpoint {p}: {load_problem(exc)}") from None
     return _checked(state, p)
 
 
@@ -123,7 +122,8 @@ def supernet_in(path: str | os.PathLike):
     if p.suffix == ".safetensors" or not p.is_file():
         return None
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        with io.open_regular(p, "checkpoint") as fh:
+            state = torch.load(fh, map_location="cpu", weights_only=True)
     except Exception:  # not a torch checkpoint: the caller's reader says what is wrong with it
         return None
     if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("kind") != "supernet":

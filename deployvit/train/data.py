@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from deployvit import io
 from deployvit.errors import DeployvitError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -153,10 +154,8 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
 
 def _unpickle(path: Path) -> dict:
     try:
-        with open(path, "rb") as fh:
+        with io.open_regular(path, "CIFAR batch") as fh:  # a FIFO or device is refused, never read
             data = _CifarUnpickler(fh, encoding="latin1").load()
-    except FileNotFoundError:
-        raise DeployvitError(f"CIFAR batch missing: {path}") from None
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
             KeyError, MemoryError, RecursionError, UnicodeDecodeError) as exc:
         raise DeployvitError(f"cannot read CIFAR batch {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
@@ -208,7 +207,7 @@ def _cifar100(root: Path) -> Source:
 
 def _load_image(path: Path) -> Image.Image:
     try:
-        with Image.open(path) as img:
+        with io.open_regular(path, "image") as fh, Image.open(fh) as img:  # the file list holds regular files only
             return img.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DeployvitError(f"cannot decode image {path}: {exc}") from None
@@ -284,7 +283,7 @@ def _probe_resolution(source: Source) -> int:
     for i in picks:
         path = Path(source.root) / "train" / source.train.ids[i]
         try:
-            with Image.open(path) as img:  # lazy: reads the header only
+            with io.open_regular(path, "image") as fh, Image.open(fh) as img:  # lazy: reads the header only
                 sides.append(min(img.size))
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DeployvitError(f"cannot decode image {path}: {exc}") from None

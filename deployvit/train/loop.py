@@ -32,6 +32,7 @@ from deployvit.train.checkpoint import capture_rng, read_checkpoint, restore_rng
 from deployvit.train.data import SplitDataset, one_line_errors
 from deployvit.train.distributed import DistInfo, EpochBatches, all_ranks_sum, average_gradients, broadcast_module
 from deployvit.train.recipe import Recipe
+from deployvit.weights import check_shapes
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the modes of Recipe.amp but "off"
 
@@ -137,6 +138,8 @@ def _fit(task: Task, recipe: Recipe, opts: RunOptions, info: DistInfo) -> list[d
     every epoch end (and every `opts.ckpt_every` steps), so a killed run resumes exactly."""
     run = _Run.build(task, recipe, opts, info)
     epoch, start_step, so_far = run.resume() if opts.resume else run.start()
+    if info.is_main:  # every input has passed: prove the run folder takes a file before the first step
+        io.check_writable(opts.out, "run folder (--out)")
     if opts.banner:
         opts.log(opts.banner)
     run.model.train()
@@ -226,14 +229,7 @@ class _Run:
         if saved is None:
             raise DeployvitError(f"--resume: no checkpoint to resume in {self.opts.out} (checkpoint.pt not found)")
         _check_resumable(saved, self.recipe, self.task.kind, path, lambda: self.task.check_resume(saved["meta"]))
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.scaler.load_state_dict(saved["scaler"])
-        if self.ema is not None:
-            self.ema.module.load_state_dict(saved["ema"])
-        self.task.load_state_dict(saved["sampler"])
-        restore_rng(saved["rng"])  # rank 0's; every step reseeds from (seed, step, rank) anyway
+        self._restore(saved, path)
         progress = saved["progress"]
         if progress["steps_per_epoch"] != self.steps:
             raise DeployvitError(
@@ -243,6 +239,31 @@ class _Run:
         self.history = list(saved["history"])
         self.opts.log(f"resumed {path} at epoch {progress['epoch']} step {progress['step']}")
         return progress["epoch"], progress["step"], progress.get("epoch_so_far", _NO_PROGRESS)  # absent before it was saved
+
+    def _restore(self, saved: dict[str, Any], path: Path) -> None:
+        """Every state of the checkpoint into this run. The weights are checked key by key first (a
+        checkpoint.pt copied from a run of other shapes names the first key that differs); the rest
+        (optimizer, schedule, scaler, sampler, RNG) is plain data whose mismatch is one line too."""
+        expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        check_shapes(saved["model"], expected, path, "this run's model")
+        if self.ema is not None:
+            if saved.get("ema") is None:
+                raise DeployvitError(f"cannot resume {path}: it holds no EMA weights, this run keeps an EMA (--ema-decay)")
+            check_shapes(saved["ema"], expected, path, "this run's EMA model")
+        try:
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
+            self.scaler.load_state_dict(saved["scaler"])
+            if self.ema is not None:
+                self.ema.module.load_state_dict(saved["ema"])
+            self.task.load_state_dict(saved["sampler"])
+            restore_rng(saved["rng"])  # rank 0's; every step reseeds from (seed, step, rank) anyway
+        except DeployvitError:
+            raise
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as exc:
+            text = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise DeployvitError(f"cannot resume {path}: its training state does not fit this run ({type(exc).__name__}: {text})") from None
 
     def state(self, epoch: int, step: int, partial: dict[str, Any] | None = None) -> dict[str, Any]:
         """`partial`: the epoch's running loss over all ranks and its extra stats, for a mid-epoch save."""

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deployvit import io
 from deployvit.errors import DeployvitError
 from deployvit.arch import Arch
 from deployvit.models import ViT, build_model
@@ -140,6 +141,8 @@ def retrain(model: ViT, source: Source, recipe: Recipe, init: str, opts: RunOpti
     saved = opts.out / "checkpoint.pt"
     if opts.resume and saved.exists():  # a run that cannot resume says so before any evaluation is printed
         task.check_resume(read_checkpoint(saved)["meta"])
+    if info.is_main:  # and so does a run folder that takes no file (a full or read-only disk)
+        io.check_writable(opts.out, "run folder (--out)")
     model.to(info.device)
     initial = task.evaluate(model, info)
     if info.is_main:
