@@ -32,7 +32,7 @@ from torch import nn
 from deployvit.compute import TORCH_DTYPES, CastModel
 from deployvit.errors import DeployvitError, MissingDependency
 from deployvit.runtime_registry import DEVICE_WORDS, RuntimeRecord, listing, missing_package, runtimes_on, tf32_runtimes
-from deployvit.settings import PRECISIONS
+from deployvit.settings import PRECISIONS, QUANTIZED_PRECISIONS
 from exporters.benchmark import Artifact, ExportSpec
 
 Run = Callable[[], object]
@@ -219,9 +219,23 @@ class FileRuntime(Runtime):
         self.check(device, "fp32", tf32)  # the precision is inside the file
         return self.open(Path(path), torch.device(device), threads, tf32).bind(seeded_input(input_shape))
 
+    def write_quantized(self, model: nn.Module, spec: ExportSpec, out_dir: Path, stem: str) -> tuple[Path, list[str], Any]:
+        """Write the model's int8/fp8 artifact (`spec.quant`: calibration, layers kept float) into
+        `out_dir`: its path, report notes and the `exporters.quantize.QuantizeResult` of its graph."""
+        raise DeployvitError(f"runtime {self.name} does not run quantised models (it runs {listing(self.record.precisions)})")
+
+    def graph_runner(self, spec: ExportSpec) -> Callable[[Path], Any]:
+        """Opens a Q/DQ ONNX graph of the artifact's model (the accuracy gate's sensitivity trials)."""
+        raise DeployvitError(f"runtime {self.name} cannot run the sensitivity pass's ONNX graphs")
+
     def artifact(self, model, spec, samples, out_dir, stem) -> Artifact:
         tf32 = spec.tf32 and self.record.tf32  # a request: honoured where the runtime has TF32
         self.check(spec.device, spec.precision, tf32)
-        path, notes = self.write_artifact(model, spec, out_dir, stem)
+        quantized = None
+        if spec.precision in QUANTIZED_PRECISIONS:
+            path, notes, quantized = self.write_quantized(model, spec, out_dir, stem)
+        else:
+            path, notes = self.write_artifact(model, spec, out_dir, stem)
         runner = self.open(path, spec.device, spec.threads, tf32)
-        return Artifact(runner, spec.device, self.describe(runner), path, notes, size_bytes=self.size(path))
+        return Artifact(runner, spec.device, self.describe(runner), path, notes, size_bytes=self.size(path), quantization=quantized,
+                        graph_runner=None if quantized is None else self.graph_runner(spec))
