@@ -448,13 +448,19 @@ def dynamic_vs_static(spec: ExportSpec, runtime, source: SourceModel, samples: S
             measure_contract(static, contract_runner(static, runtime.record.format, source.model, str(built.path), source.in_chans, source.img_size))
         except (DeployvitError, CheckFailed) as exc:
             return {"batch": b, "slower": False, "summary": f"no static build at batch {b} to compare with: {str(exc).splitlines()[0]}"}
-    ratio, noise = contract.measured_ms / static.measured_ms - 1, timing_noise(contract, static)
+    return latency_verdict(contract, static, b, str(spec.batch))
+
+
+def latency_verdict(dynamic, static, batch: int, batch_range: str) -> dict[str, Any]:
+    """Dynamic vs static timings of one model at `batch` (two measured contracts): slower when the
+    dynamic build's median exceeds the static one's by more than their timing noise."""
+    ratio, noise = dynamic.measured_ms / static.measured_ms - 1, timing_noise(dynamic, static)
     slower = ratio > noise
-    verdict = (f"slower than the static build by more than the timing noise ({noise:.1%}): for batch {b}, export with --batch-size {b}"
+    verdict = (f"slower than the static build by more than the timing noise ({noise:.1%}): for batch {batch}, export with --batch-size {batch}"
                if slower else f"within the timing noise ({noise:.1%}) or faster")
-    return {"batch": b, "range": str(spec.batch), "dynamic_ms": contract.measured_ms, "static_ms": static.measured_ms, "dynamic_cv": contract.measured_cv,
-            "static_cv": static.measured_cv, "relative": ratio, "noise": noise, "slower": slower,
-            "summary": f"dynamic batch {spec.batch} at batch {b}: {contract.measured_ms:.3f} ms vs static {static.measured_ms:.3f} ms "
+    return {"batch": batch, "range": batch_range, "dynamic_ms": dynamic.measured_ms, "static_ms": static.measured_ms,
+            "dynamic_cv": dynamic.measured_cv, "static_cv": static.measured_cv, "relative": ratio, "noise": noise, "slower": slower,
+            "summary": f"dynamic batch {batch_range} at batch {batch}: {dynamic.measured_ms:.3f} ms vs static {static.measured_ms:.3f} ms "
                        f"({ratio:+.1%}), {verdict}"}
 
 

@@ -126,6 +126,25 @@ class Runtime:
         except DeployvitError:
             return {self.record.package: None}
 
+    def table_facts(self, precision: str) -> dict[str, Any]:
+        """What a latency table this runtime times in `precision` must say about how its entries were
+        made, beyond the settings every table records (an int8 table: the quantisation)."""
+        if precision not in QUANTIZED_PRECISIONS:
+            return {}
+        from exporters.quantize import DEFAULT_KEEP_FP, DEFAULT_METHOD, TIMING_CALIBRATION
+
+        return {"quantization": {
+            "qtype": precision,
+            "placement": ("exporters.quantize, as an exported model: Q/DQ on the inputs of every MatMul/Gemm/Conv (attention's two "
+                          f"activation matmuls included), symmetric, weights per output channel; kept float: {', '.join(DEFAULT_KEEP_FP)} "
+                          "(its part is timed as a float part)"),
+            "method": DEFAULT_METHOD,
+            "scales": (f"calibrated on {TIMING_CALIBRATION}+ inputs per entry, through random-weight modules (the table's): "
+                       "natural photographs for the stem and the whole archs, for token parts the tokens a seeded random-weight "
+                       "patch stem of the part's width makes of natural photographs; realistic ranges, not a trained model's: "
+                       "the latency of int8 kernels does not depend on the scale values"),
+        }}
+
     # --- run -------------------------------------------------------------------------------------
 
     def module_runner(self, module: nn.Module, input_shape: tuple[int, ...], *, device: str | torch.device, precision: str,
