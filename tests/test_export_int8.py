@@ -371,3 +371,45 @@ def test_table_parts_are_quantised_like_an_export_from_real_image_inputs(tmp_pat
     whole = quantize_part(build_model(get_space("test").min_arch()).eval(), tmp_path / "m", (1, 3, 32, 32), "int8", "fp16")
     meta = read_metadata(whole)
     assert meta["precision"] == "int8" and meta["float_precision"] == "fp16" and meta["quantization"]["kept"] == ["head.fc"]
+
+
+def test_table_parts_are_quantised_deterministically(tmp_path):
+    """Two profiles of one part write the same int8 graph: seeded photographs and stem, the same
+    calibration, the same scales (a table's entries must not depend on the run)."""
+    from deployvit.models import build_part
+    from deployvit.parts import BlockPart
+    from exporters.quantize import quantize_part
+
+    graphs = []
+    for run in ("a", "b"):
+        torch.manual_seed(0)
+        block = build_part(BlockPart(17, 32, 2, 16, 64)).eval()
+        (tmp_path / run).mkdir()
+        graphs.append(onnx.load(str(quantize_part(block, tmp_path / run, (2, 17, 32), "int8"))))
+    first, second = ({t.name: numpy_helper.to_array(t) for t in g.graph.initializer} for g in graphs)
+    assert first.keys() == second.keys() and any(k.endswith("_scale") for k in first)
+    for name, value in first.items():
+        np.testing.assert_array_equal(value, second[name], err_msg=name)
+
+
+def test_openvino_table_parts_run_int8_kernels(tmp_path):
+    """`profile --runtime openvino --precision int8` times this: the Q/DQ graph converted to an IR
+    whose FakeQuantize nodes the CPU plugin fuses into int8 FullyConnected and MatMul kernels (the
+    four linears of a block and attention's two matmuls), close to the float module."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino)")
+    from deployvit.models import build_part
+    from deployvit.parts import BlockPart
+    from deployvit.runtimes import get_runtime
+    from deployvit.runtimes.openvino import OvRunner
+
+    torch.manual_seed(0)
+    block = build_part(BlockPart(17, 32, 2, 16, 64)).eval()
+    runtime = get_runtime("openvino")
+    runtime.check("cpu", "int8")
+    runner = OvRunner(runtime.write_part(block, tmp_path, (2, 17, 32), "int8", False))
+    kernels = [(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str))
+               for op in runner.compiled.get_runtime_model().get_ops()]
+    assert kernels.count(("FullyConnected", "i8")) == 4 and kernels.count(("MatMul", "i8")) == 2
+    assert ("FullyConnected", "f32") not in kernels and runner.precision == "int8"
+    x = torch.randn(2, 17, 32)
+    assert torch.nn.functional.cosine_similarity(runner(x).flatten(1), block(x).detach().flatten(1)).min() > 0.99
