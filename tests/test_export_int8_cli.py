@@ -111,6 +111,23 @@ def test_bad_quantised_requests_are_one_line_and_write_nothing(checkpoint, tmp_p
     assert not out.exists()
 
 
+def test_openvino_int8_export_converts_the_qdq_graph_and_passes_the_default_gate(checkpoint, tmp_path):
+    """--format openvino: the same calibrated Q/DQ graph (kept beside, never as model.onnx), converted to
+    an IR that OpenVINO runs with int8 kernels, held to the same gate."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino)")
+    out = tmp_path / "ov"
+    result = run_cli("export", "--checkpoint", str(checkpoint), "--format", "openvino", "--precision", "int8", "--data", "digits",
+                     "--out", str(out), *QUICK)
+    assert result.code == 0, result.err
+    assert {p.name for p in out.iterdir()} >= {"model.xml", "model.bin", "model.openvino.onnx", "model.openvino.fp32.onnx"}
+    assert not (out / "model.onnx").exists()
+    ops = {n.op_type for n in onnx.load(str(out / "model.openvino.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    row = _report(out)["rows"][0]
+    assert row["status"] == VERIFIED and row["precision"] == "int8" and row["quantization"]["gate"]["passed"]
+    assert row["quantization"]["kept"] == ["head.fc"] and row["latency_contract"]["measurement"]["precision"] == "int8"
+
+
 def test_benchmark_skips_formats_that_cannot_be_int8(checkpoint, tmp_path):
     out = tmp_path / "bench"
     result = run_cli("benchmark", "--checkpoint", str(checkpoint), "--formats", "torch,onnx", "--precision", "int8", "--data", "digits",
