@@ -329,6 +329,41 @@ def test_the_runtime_builds_an_int8_part_engine_from_its_qdq_graph(fake_trt, tmp
     assert sidecar["quantization"]["qtype"] == "int8" and sidecar["float_precision"] == "fp16" and "Q/DQ" in sidecar["build_path"]
 
 
+@pytest.mark.parametrize("major", [10, 11])
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_the_trt_artifact_is_built_from_the_calibrated_qdq_graph(fake_trt, tmp_path, major, precision):
+    """`export --format trt --precision int8|fp8`'s artifact: the fp32 graph, its Q/DQ graph calibrated on
+    --data's train images with fp16 float parts, the engine built from that with the export's
+    batch range and no quantisation flag; the sidecar carries the calibration."""
+    import onnx
+
+    from deployvit.runtimes import get_runtime
+    from deployvit.train.calibration import calibration_samples
+    from exporters.benchmark import ExportSpec
+    from exporters.onnx import BatchSpec, read_metadata
+    from exporters.quant_gate import QuantSpec
+
+    rec = fake_trt(major)
+    torch.manual_seed(0)
+    model = build_model(get_space("test").min_arch()).eval()
+    spec = ExportSpec(img_size=32, in_chans=3, precision=precision, batch=BatchSpec(1, 4, 8), device="cuda",
+                      quant=QuantSpec(calibration_samples("digits", 32, 3, n=64)), trt_onnx_suffix=".trt.onnx")
+    engine, notes, result = get_runtime("tensorrt").write_quantized(model, spec, tmp_path, "model")
+    graph = tmp_path / "model.trt.onnx"
+    assert engine == tmp_path / "model.engine" and result.path == graph and result.fp32_path == tmp_path / "model.trt.fp32.onnx"
+    meta = read_metadata(graph)
+    assert meta["precision"] == precision and meta["float_precision"] == "fp16" and result.kept == ["head.fc"]
+    scales = {n.input[2] for n in onnx.load(str(graph)).graph.node if n.op_type == "QuantizeLinear"}
+    zero_type = onnx.TensorProto.FLOAT8E4M3FN if precision == "fp8" else onnx.TensorProto.INT8
+    assert scales and all(t.data_type == zero_type for t in onnx.load(str(graph)).graph.initializer if t.name in scales)
+    assert ("parse_from_file", str(graph)) in rec.calls and ("network_flags", 2) in rec.calls
+    assert ("profile", ("input", (1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32))) in rec.calls
+    assert [c for c in rec.calls if c[0] in ("flag", "clear_flag")] == [("clear_flag", "TF32")]
+    sidecar = json.loads(trt_export.sidecar_path(engine).read_text())
+    assert sidecar["onnx_precision"] == precision and sidecar["quantization"]["calibration"].startswith("digits: 64 of 1438 train images")
+    assert f"quantised from {result.fp32_path.name}" in notes[0] and "Q/DQ" in notes[0]
+
+
 H200 = {"gpu": "NVIDIA H200", "compute_capability": "9.0", "cuda": "12.8"}
 
 
