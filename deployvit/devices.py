@@ -105,3 +105,22 @@ def _nvidia_driver() -> str | None:
         return match.group(1) if match else None
     except OSError:
         return None
+
+
+#: FP8 (E4M3) tensor cores: Ada (8.9: L4, L40S, RTX 4090), Hopper (9.0: H100, H200) and later (Blackwell 10.x, 12.x)
+FP8_MIN_CAPABILITY = (8, 9)
+
+
+def fp8_refusal(device_kind: str) -> str | None:
+    """Why `--precision fp8` cannot run on `device_kind` here ("cpu" or "cuda"), or None when the GPU
+    has FP8 tensor cores; the sentence names the GPU and its compute capability."""
+    need = (f"fp8 needs an NVIDIA GPU with FP8 tensor cores (compute capability {FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]} "
+            "or later: L4, L40S, RTX 4090, H100, H200, B200)")
+    if device_kind != "cuda":
+        return f"{need}; this run is on the CPU"
+    if not torch.cuda.is_available():
+        return f"{need}; torch sees no CUDA GPU here"
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) < FP8_MIN_CAPABILITY:
+        return f"{need}; {torch.cuda.get_device_name()} is compute capability {major}.{minor}"
+    return None

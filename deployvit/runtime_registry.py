@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deployvit.errors import DeployvitError, MissingDependency
-from deployvit.settings import PRECISIONS
+from deployvit.settings import FLOAT_PRECISIONS
 
 DEVICE_WORDS = {"cpu": "the CPU", "cuda": "a CUDA GPU"}
 
@@ -41,7 +41,9 @@ class RuntimeRecord:
     `preference` ranks tables that tie on everything else in the table resolver (lower first;
     deployment runtimes before `eager`, which is for contrast only). `artifact` is the file suffix
     of its export artifact, or None when the artifact is the PyTorch model itself (then it runs
-    modules only). `package` is the Python module it imports (None: torch alone), provided by one of
+    modules only). `precisions`: what it can run anywhere (a quantised one, int8 or fp8, only where the
+    runtime takes the Q/DQ graph `exporters.quantize` writes); the machine may still lack one
+    (`Runtime.check_precision`). `package` is the Python module it imports (None: torch alone), provided by one of
     `distributions`; `install` says what to install, `install_cuda` what to install for CUDA when
     that differs. `tf32`: fp32 matmuls may use TF32 on request. `estimate`: how the GPU estimate
     models it, or None with the reason in `not_estimated`. `profile_hint`: the device kinds whose
@@ -59,7 +61,7 @@ class RuntimeRecord:
     extra: str | None = None
     install: str = ""
     install_cuda: str | None = None
-    precisions: tuple[str, ...] = PRECISIONS
+    precisions: tuple[str, ...] = FLOAT_PRECISIONS
     tf32: bool = False
     estimate: Estimate | None = None
     not_estimated: str = ""
@@ -95,16 +97,19 @@ RECORDS = (
         preference=40, artifact=".onnx", package="onnxruntime", distributions=("onnxruntime", "onnxruntime-gpu"), extra="cpu",
         install='pip install onnxruntime (or: pip install -e ".[cpu]")',
         install_cuda='pip uninstall -y onnxruntime && pip install onnxruntime-gpu (or: pip install -e ".[gpu]")', tf32=True,
+        precisions=FLOAT_PRECISIONS + ("int8",),
         not_estimated="onnxruntime's CUDA provider has no published ViT measurements here and its kernel choice and fusion differ "
                       "by version and provider options; measure it with `deployvit profile`"),
     RuntimeRecord(
         "tensorrt", "trt", "deployvit.runtimes.tensorrt:TensorRT", "TensorRT",
         preference=20, devices=("cuda",), artifact=".engine", package="tensorrt", distributions=("tensorrt",), extra="trt",
         install="pip install tensorrt (TensorRT 10 or 11; needs an NVIDIA GPU and driver)", tf32=True,
+        precisions=FLOAT_PRECISIONS + ("int8", "fp8"),
         estimate=Estimate("tensorrt", "native", fp32_attention="explicit")),
     RuntimeRecord(
         "openvino", "openvino", "deployvit.runtimes.openvino:OpenVino", "OpenVINO", preference=50, devices=("cpu",), artifact=".xml",
         package="openvino", distributions=("openvino",), extra="openvino", install='pip install openvino (or: pip install -e ".[openvino]")',
+        precisions=FLOAT_PRECISIONS + ("int8",),
         not_estimated="OpenVINO runs on CPUs and Intel GPUs, not the NVIDIA GPUs the estimate models; measure it with `deployvit profile`"),
 )
 
@@ -161,6 +166,11 @@ def profile_hint(device_kind: str) -> str:
 
 def runtimes_on(device_kind: str) -> tuple[str, ...]:
     return tuple(r.name for r in RECORDS if device_kind in r.devices)
+
+
+def formats_for(precision: str, files_only: bool = True) -> tuple[str, ...]:
+    """The export formats whose runtime runs `precision` (listing order)."""
+    return tuple(r.format for r in RECORDS if precision in r.precisions and (r.file_based or not files_only))
 
 
 def tf32_runtimes() -> tuple[str, ...]:

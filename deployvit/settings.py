@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-PRECISIONS = ("fp32", "fp16", "bf16")  # every precision a table, an export or an estimate can be in
+FLOAT_PRECISIONS = ("fp32", "fp16", "bf16")  # a model computed in one floating-point type (torch can run it as such)
+#: post-training quantised: an ONNX graph with Q/DQ nodes in front of its linear layers and convolutions,
+#: calibrated on real images (`exporters.quantize`); int8 on any runtime that lists it, fp8 (FLOAT8 E4M3)
+#: on GPUs with FP8 tensor cores (compute capability 8.9 and later: Ada, Hopper, Blackwell)
+QUANTIZED_PRECISIONS = ("int8", "fp8")
+PRECISIONS = FLOAT_PRECISIONS + QUANTIZED_PRECISIONS  # every precision a table or an export can be in
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from deployvit.errors import CheckFailed, DeployvitError
 from deployvit.settings import MeasureSettings
 from exporters.onnx import BatchSpec, ExportFailed
 from exporters.report import EXPORT_FAILED, REFERENCE, UNVERIFIED, VERIFIED, VERIFY_FAILED, Row
+from exporters.quant_gate import QuantSpec, gate_artifact, gate_batch
 from exporters.verify import Runner, Samples, Thresholds, verify
 
 
@@ -46,6 +47,7 @@ class ExportSpec:
     clock: str = "wall"  # "cpu": single-thread process CPU time, as CPU latency tables on shared machines
     tf32: bool = False  # fp32 matmuls may use TF32 where the runtime has it on CUDA (recorded, its own gate)
     metadata: dict[str, Any] | None = None
+    quant: QuantSpec | None = None  # int8/fp8: calibration, layers kept float, the gate (exporters.quant_gate)
     # the ONNX graph an engine is built from: `model.onnx` for `export` (docs/DESIGN.md section 3);
     # `benchmark` names it `<stem>.trt.onnx`, so it never replaces the verified graph of its onnx row
     trt_onnx_suffix: str = ".onnx"
@@ -63,11 +65,18 @@ class Timed:
     throughput: float | None
     throughput_batch: int
     notes: list[str]
+    batches: dict[int, dict[str, float]] = field(default_factory=dict)  # batch -> ms per call, cv, images/s
+
+
+def timed_batches(batch: BatchSpec) -> list[int]:
+    """The batches an artifact is timed at: batch 1 when it accepts it, and the min, opt and max of a
+    dynamic range (an engine tuned for opt can be slow at the ends: TensorRT issue 976)."""
+    return sorted({b for b in (1, batch.min, batch.opt, batch.max) if batch.min <= b <= batch.max})
 
 
 def measure(runner: Runner, spec: ExportSpec, device: str) -> Timed:
-    """Batch-1 latency (when the artifact accepts batch 1) and throughput at the largest batch.
-    Timing-noise warnings become report notes instead of stderr chatter."""
+    """Latency at every batch of `timed_batches` (batch 1's is the row's latency) and throughput at
+    the largest. Timing-noise warnings become report notes instead of stderr chatter."""
     from deployvit.timing import time_callable
 
     notes: list[str] = []
@@ -88,14 +97,15 @@ def measure(runner: Runner, spec: ExportSpec, device: str) -> Timed:
         notes.extend(str(w.message) for w in caught if issubclass(w.category, RuntimeWarning))
         return t
 
-    bs1 = timed(1) if spec.batch.min == 1 else None
-    big = timed(spec.batch.max) if spec.batch.max > 1 or bs1 is None else bs1
+    times = {b: timed(b) for b in timed_batches(spec.batch)}
+    bs1, big = times.get(1), times[spec.batch.max]
     return Timed(
         latency_ms=None if bs1 is None else bs1.median_us / 1e3,
         latency_cv=None if bs1 is None else bs1.cv,
         throughput=spec.batch.max / (big.median_us / 1e6),
         throughput_batch=spec.batch.max,
         notes=notes,
+        batches={b: {"ms": t.median_us / 1e3, "cv": t.cv, "img_s": b / (t.median_us / 1e6)} for b, t in times.items()},
     )
 
 
@@ -121,6 +131,8 @@ class Artifact:
     notes: list[str] = field(default_factory=list)
     reference: bool = False  # the fp32 PyTorch model itself: nothing to verify
     size_bytes: int | None = None
+    quantization: Any = None  # int8/fp8: the QuantizeResult of the graph inside (exporters.quantize)
+    graph_runner: Any = None  # int8/fp8: opens a Q/DQ ONNX graph (the sensitivity pass's trials)
 
 
 class MakesArtifacts(Protocol):
@@ -180,9 +192,24 @@ def run_format(
         sizes = (1 if spec.batch.min == 1 else spec.batch.min, spec.batch.max)
         row.verification = verify(reference, artifact.runner, samples, batch_sizes=sizes,
                                   precision=spec.precision, thresholds=thresholds)
+        if artifact.quantization is not None:
+            _gate(row, artifact, reference, samples, spec)
         row.status = VERIFIED if row.verification.passed else VERIFY_FAILED
     timed = measure(artifact.runner, spec, artifact.device)
+    row.batch_latency = timed.batches if spec.batch.dynamic else None
     row.latency_ms, row.latency_cv = timed.latency_ms, timed.latency_cv
     row.throughput, row.throughput_batch = timed.throughput, timed.throughput_batch
     row.notes.extend(timed.notes)
     return row
+
+
+def _gate(row: Row, artifact: Artifact, reference: Runner, samples: Samples, spec: ExportSpec) -> None:
+    """A quantised artifact's accuracy gate (`exporters.quant_gate`): its misses fail the row's
+    verification; the layers quantised, the gate and the sensitivity advice go into the row."""
+    if spec.quant is None:
+        raise DeployvitError(f"{spec.precision} artifact without a quantisation spec (ExportSpec.quant)")
+    report = gate_artifact(artifact.quantization, artifact.runner, reference, samples, spec.quant,
+                           batch_size=gate_batch(spec.batch.min, spec.batch.max), static=not spec.batch.dynamic,
+                           runner_for=artifact.graph_runner)
+    row.verification.failed.extend(report.gate.failed)
+    row.quantization = report.to_dict()

@@ -33,11 +33,12 @@ from torch import nn
 from deployvit import __version__, io
 from deployvit.compute import TORCH_DTYPES, CastModel
 from deployvit.errors import CheckFailed, DeployvitError
-from deployvit.settings import PRECISIONS
+from deployvit.settings import FLOAT_PRECISIONS, PRECISIONS, QUANTIZED_PRECISIONS
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 20  # native Gelu; opset 23+ may emit Attention nodes that older TensorRT cannot parse
 BF16_MIN_OPSET = 22  # Conv accepts bfloat16 only from opset 22
+QUANT_MIN_OPSET = 19  # QuantizeLinear/DequantizeLinear take float8 types and float16 scales from opset 19
 ONNX_DTYPES = {"fp32": onnx.TensorProto.FLOAT, "fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 PROTOBUF_LIMIT = 2**31  # bytes: beyond this a ModelProto cannot be serialised as one file
@@ -96,6 +97,8 @@ def check_opset(precision: str, opset: int | None) -> int:
         raise DeployvitError(f"opset {opset} is too old: need >= {MIN_OPSET} (one LayerNormalization node, fp16-safe)")
     if precision == "bf16" and opset < BF16_MIN_OPSET:
         raise DeployvitError(f"opset {opset} cannot hold a bf16 graph: need >= {BF16_MIN_OPSET} (bfloat16 Conv)")
+    if precision in QUANTIZED_PRECISIONS and opset < QUANT_MIN_OPSET:
+        raise DeployvitError(f"opset {opset} cannot hold an {precision} graph: need >= {QUANT_MIN_OPSET} (float8 and float16 Q/DQ scales)")
     return opset
 
 
@@ -123,7 +126,10 @@ def export_onnx(
 
     `input_shape` instead of `img_size` exports any module (a latency-table part takes tokens, not
     images) with exactly that static input shape, batch included."""
-    if precision not in PRECISIONS:
+    if precision in QUANTIZED_PRECISIONS:
+        raise DeployvitError(f"export_onnx writes float graphs; an {precision} graph is quantised from the fp32 one "
+                             "(exporters.quantize.quantize_onnx, calibrated on real images)")
+    if precision not in FLOAT_PRECISIONS:
         raise DeployvitError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     opset = check_opset(precision, opset)
     if (img_size is None) == (input_shape is None):

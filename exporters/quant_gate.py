@@ -55,7 +55,7 @@ DEFAULT_MAX_ACCURACY_DROP = 1.0  # top-1 points, the issue's default gate
 DEFAULT_MIN_AGREEMENT = 0.95
 DEFAULT_MIN_BATCH_COSINE = 0.99
 GATE_BATCH = 32
-SENSITIVITY_BUDGET_S = 120.0
+SENSITIVITY_BUDGET_S = 120.0  # seconds: the pass stops there and says its advice is the best found so far
 SENSITIVITY_SUBSET = 128  # images the one-at-a-time passes are scored on
 
 
@@ -132,6 +132,67 @@ def check_accuracy(reference: Runner | torch.Tensor, artifact: Runner, samples: 
     ref = reference if isinstance(reference, torch.Tensor) else run_batched(reference, samples.images, batch_size)
     overall, cosines, failed = gate_failures(ref, run_batched(artifact, samples.images, batch_size), samples.labels, batch_size, thresholds)
     return Gate(thresholds, samples.source, overall, cosines, failed)
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How an export quantises (int8 or fp8, the precision of its `ExportSpec`): the calibration
+    images (real ones: `deployvit.train.calibration.calibration_samples` of `--data`), the layers
+    kept float, the calibration method, the gate and the sensitivity pass's time budget."""
+
+    calibration: Samples
+    keep_fp: tuple[str, ...] | None = None  # None: the default (the classifier head)
+    method: str = "minmax"
+    gate: GateThresholds = field(default_factory=GateThresholds)
+    sensitivity_budget_s: float = SENSITIVITY_BUDGET_S
+
+
+@dataclass
+class GateReport:
+    """The gate on an exported quantised artifact and, when it failed, the sensitivity advice."""
+
+    result: QuantizeResult
+    gate: Gate
+    sensitivity: Sensitivity | None = None
+
+    def advice(self) -> str | None:
+        """What to do about a failed gate, as the command line to rerun with (None: it passed)."""
+        if self.gate.passed:
+            return None
+        if self.sensitivity is None:
+            return "the sensitivity pass did not run"
+        s = self.sensitivity
+        patterns = ",".join(s.keep_fp)
+        return s.advice() + (f"; rerun with --keep-fp {patterns}" if s.keep_fp and (s.passed or not s.complete) else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.result.to_dict(), "gate": self.gate.to_dict(), "advice": self.advice(),
+                "sensitivity": None if self.sensitivity is None else self.sensitivity.to_dict()}
+
+
+def gate_batch(batch_min: int, batch_max: int) -> int:
+    """The batch the gate runs the artifact at: GATE_BATCH where the artifact accepts it, else its largest."""
+    return GATE_BATCH if batch_min <= GATE_BATCH <= batch_max else batch_max
+
+
+def gate_artifact(result: QuantizeResult, artifact: Runner, reference: Runner, samples: Samples, spec: QuantSpec, *,
+                  batch_size: int, static: bool, runner_for: Callable[[Path], Runner]) -> GateReport:
+    """The gate on `artifact` against the fp32 `reference` over every verification image (a `static`
+    batch artifact: those that fill whole batches of `batch_size`, as it takes nothing else), and
+    when it fails the sensitivity pass (`runner_for` opens a trial graph) within `spec.sensitivity_budget_s`."""
+    n = len(samples) // batch_size * batch_size if static else len(samples)
+    if n < 1:
+        raise DeployvitError(f"the accuracy gate needs at least {batch_size} images (one batch), got {len(samples)}")
+    if n < len(samples):
+        labels = None if samples.labels is None else samples.labels[:n]
+        samples = Samples(samples.images[:n], labels, f"{n} of {samples.source} (whole batches of {batch_size})")
+    ref = run_batched(reference, samples.images, batch_size)
+    gate = check_accuracy(ref, artifact, samples, thresholds=spec.gate, batch_size=batch_size)
+    report = GateReport(result, gate)
+    if not gate.passed and result.fp32_path is not None:
+        report.sensitivity = sensitivity(result, result.fp32_path, samples, runner_for=runner_for, reference=ref, thresholds=spec.gate,
+                                         budget_s=spec.sensitivity_budget_s, batch_size=batch_size)
+    return report
 
 
 # --- sensitivity -----------------------------------------------------------------------------------
@@ -249,7 +310,7 @@ def sensitivity(result: QuantizeResult, fp32_path: str | Path, samples: Samples,
         trials = _Trials(result, fp32_path, runner_for, batch_size, work)
         reference = runner_for(fp32_path) if reference is None else reference
         ref = reference if isinstance(reference, torch.Tensor) else run_batched(reference, samples.images, batch_size)
-        picked, idx = _subset(samples, subset)
+        picked, idx = _subset(samples, max(batch_size, subset // batch_size * batch_size))  # whole batches: a static graph takes nothing else
         units, complete = _rank(result.layers, set(result.kept), trials, picked, ref[idx], deadline)
         keep, metrics, failed, done = _advise(units, result, trials, samples, ref, thresholds, deadline)
         return Sensitivity(units, keep, not failed and metrics is not None, metrics, complete and done,

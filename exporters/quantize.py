@@ -53,6 +53,7 @@ import hashlib
 import io as _io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -64,11 +65,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
 from deployvit import io
 from deployvit.errors import DeployvitError, MissingDependency
 from exporters.images import MIN_NEIGHBOUR_CORRELATION, neighbour_correlation
-from exporters.onnx import META_PREFIX, ExportFailed, load_graph
+from exporters.onnx import META_PREFIX, ExportFailed, export_for_timing, export_onnx, load_graph, make_low_precision_safe
 from exporters.verify import Samples
 
 QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
@@ -82,6 +84,13 @@ DEFAULT_CALIBRATION = 512  # images; TensorRT's developer guide finds about 500 
 MIN_CALIBRATION = 32
 CALIBRATION_BATCH = 32
 NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # the dynamo exporter's per-node module path
+QTYPES = ("int8", "fp8")
+FLOAT_PARTS = ("fp32", "fp16")  # what a quantised graph's float parts may compute in
+INT8_MAX = 127.0  # onnxruntime's symmetric int8 range is [-127, 127]: scale = amax / 127
+FP8_MAX = 448.0  # the largest finite FLOAT8 E4M3FN value
+HALF_MAX, HALF_TINY = 65504.0, 2.0**-24  # float16's largest finite value and smallest subnormal
+TIMING_CALIBRATION = 32  # inputs a latency-table part's ranges come from (at least; whole batches)
+TIMING_PATCH = 16  # patch size of the stem that turns photographs into a part's calibration tokens
 
 
 @dataclass(frozen=True)
@@ -113,11 +122,14 @@ class QuantizeResult:
     size_bytes: int
     fp32_size_bytes: int
     onnxruntime_version: str
-    full_model: onnx.ModelProto | None = field(default=None, repr=False, compare=False)  # every layer quantised
+    qtype: str = "int8"  # int8 or fp8 (FLOAT8 E4M3FN)
+    float_precision: str = "fp32"  # what the layers left float compute in: fp32, or fp16 (TensorRT's graph)
+    fp32_path: Path | None = None  # the graph it was quantised from
+    full_model: onnx.ModelProto | None = field(default=None, repr=False, compare=False)  # every layer quantised, fp32 floats
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("full_model", "layers")}  # asdict would deep-copy the graph
-        out["path"] = str(self.path)
+        out["path"], out["fp32_path"] = str(self.path), None if self.fp32_path is None else str(self.fp32_path)
         out["layers"] = {l.name: {"group": l.group, "op": l.op, "nodes": list(l.nodes)} for l in self.layers}
         return out
 
@@ -136,6 +148,20 @@ def _scopes(node: onnx.NodeProto) -> list[str] | None:
     return None
 
 
+def _legacy_scopes(node: onnx.NodeProto) -> list[str] | None:
+    """[module path, op] from a TorchScript-exporter node name (`/stages.0/stages.0.0/attn/qkv/MatMul`:
+    each scope is a child's name, containers' children spelled with their parent's prefix), so that a
+    graph of `--legacy-exporter` (and every table part, `export_for_timing`) names its layers as the
+    dynamo graph does (`stages.0.0.attn.qkv`; the head is `head.fc`, kept float by default)."""
+    if not node.name.startswith("/") or node.name.count("/") < 2:
+        return None
+    *scopes, op = node.name.strip("/").split("/")
+    path = ""
+    for scope in scopes:
+        path = scope if not path or scope.startswith(path + ".") else f"{path}.{scope}"
+    return [path, op]
+
+
 def _group(name: str) -> str:
     parts = name.split(".")
     numeric = [i for i, p in enumerate(parts) if p.isdigit()]
@@ -149,7 +175,7 @@ def quantizable_layers(proto: onnx.ModelProto) -> list[Layer]:
     for node in proto.graph.node:
         if node.op_type not in QUANTIZED_OPS:
             continue
-        scopes = _scopes(node)
+        scopes = _scopes(node) or _legacy_scopes(node)
         if scopes is None:
             name = node.name
         elif len(node.input) > 1 and node.input[1] in weights:
@@ -174,6 +200,20 @@ def select_layers(layers: Sequence[Layer], patterns: Iterable[str], strict: bool
             raise DeployvitError(f"keep-fp pattern {pattern!r} matches no quantisable layer (groups: {groups})")
         chosen.update((l.name, l) for l in hits)
     return [l for l in layers if l.name in chosen]
+
+
+def check_keep_fp(model: torch.nn.Module, patterns: Sequence[str]) -> None:
+    """Refuse, before anything is exported, a `keep_fp` pattern that matches no quantisable layer of
+    `model`: the layers its graph will have, named from its modules (every Linear and convolution,
+    and `<attention>.scaled_dot_product_attention` for a module with a `qkv` child), matched as
+    `select_layers` matches them after export (which checks again, on the graph itself)."""
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
+            names.append(name)
+        if hasattr(module, "qkv"):
+            names.append(f"{name}.scaled_dot_product_attention".lstrip("."))
+    select_layers([Layer(n, _group(n), (), "") for n in names], patterns, strict=True)
 
 
 # --- calibration input -----------------------------------------------------------------------------
@@ -348,33 +388,57 @@ def quantize_onnx(
     method: str = DEFAULT_METHOD,
     per_channel: bool = True,
     batch: int = CALIBRATION_BATCH,
+    qtype: str = "int8",
+    float_precision: str = "fp32",
 ) -> QuantizeResult:
-    """Write the INT8 Q/DQ graph of the fp32 ONNX model `fp32_onnx_path` to `out_path` (atomically)
-    and say what was quantised. `calibration`: real, preprocessed images [N, C, H, W] (a `Samples`
+    """Write the Q/DQ graph of the fp32 ONNX model `fp32_onnx_path` to `out_path` (atomically) and
+    say what was quantised. `calibration`: real, preprocessed images [N, C, H, W] (a `Samples`
     carries its source into the result). `keep_fp`: layer patterns to leave float (`select_layers`);
     None keeps the classifier head when the graph has one, () quantises every layer. `batch`: images
-    per calibration run (memory only; the ranges do not depend on it)."""
+    per calibration run (memory only; the ranges do not depend on it). `qtype`: "int8", or "fp8"
+    (FLOAT8 E4M3FN Q/DQ for GPUs with FP8 tensor cores, `to_fp8`). `float_precision`: what the float
+    parts compute in, "fp32", or "fp16" (`cast_float16`: TensorRT's graph)."""
     fp32_path, out_path = Path(fp32_onnx_path), Path(out_path)
+    _check_options(method, batch, qtype, float_precision)
+    fp32 = load_graph(fp32_path)  # the whole model: external weights are refused next
+    _check_fp32_graph(fp32, fp32_path)
+    images, source = calibration_array(calibration, _input_shape(fp32))
+    return _quantize(fp32_path, fp32, out_path, images, source, keep_fp, method=method, per_channel=per_channel, batch=batch,
+                     qtype=qtype, float_precision=float_precision, min_count=MIN_CALIBRATION)
+
+
+def _check_options(method: str, batch: int, qtype: str, float_precision: str) -> None:
     if method not in METHODS:
         raise DeployvitError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
     if batch < 1:
         raise DeployvitError(f"calibration batch must be >= 1, got {batch}")
-    fp32 = load_graph(fp32_path)  # the whole model: external weights are refused next
-    _check_fp32_graph(fp32, fp32_path)
+    if qtype not in QTYPES:
+        raise DeployvitError(f"unknown quantised type {qtype!r} (choose from {', '.join(QTYPES)})")
+    if float_precision not in FLOAT_PARTS:
+        raise DeployvitError(f"the float parts of a quantised graph are fp32 or fp16, not {float_precision!r}")
+
+
+def _quantize(fp32_path: Path, fp32: onnx.ModelProto, out_path: Path, images: np.ndarray, source: str, keep_fp: Sequence[str] | None, *,
+              method: str, per_channel: bool, batch: int, qtype: str, float_precision: str, min_count: int) -> QuantizeResult:
+    """Quantise every layer once with ranges from `images`, then keep `keep_fp` float (module docstring)."""
     shape = _input_shape(fp32)
-    images, source = calibration_array(calibration, shape)
     if isinstance(shape[0], int) and shape[0] > 0:  # a static batch: calibrate in batches of exactly that size
         batch, images = shape[0], images[: len(images) // shape[0] * shape[0]]
-        if len(images) < MIN_CALIBRATION:
-            raise DeployvitError(f"INT8 calibration needs at least {MIN_CALIBRATION} images in whole batches of {batch}, got {len(images)}")
+        if len(images) < min_count:
+            raise DeployvitError(f"{qtype.upper()} calibration needs at least {min_count} images in whole batches of {batch}, got {len(images)}")
     layers = quantizable_layers(fp32)
     kept = select_layers(layers, DEFAULT_KEEP_FP if keep_fp is None else keep_fp, strict=keep_fp is not None)
     version, _ = _ort_quantization()
     full = keep_float(quantize_all(fp32_path, images, method, per_channel, batch), fp32, ())
+    if qtype == "fp8":
+        full = to_fp8(full, fp32)
     proto = keep_float(full, fp32, [n for l in kept for n in l.nodes])
+    if float_precision == "fp16":
+        proto = cast_float16(proto)
     result = QuantizeResult(
         out_path, method, per_channel, layers, [l.name for l in layers if l not in kept], [l.name for l in kept], source,
-        len(images), hashlib.sha256(images.tobytes()).hexdigest(), 0, fp32_path.stat().st_size, version, full)
+        len(images), hashlib.sha256(images.tobytes()).hexdigest(), 0, fp32_path.stat().st_size, version, qtype, float_precision,
+        fp32_path, full)
     _write(proto, result)
     result.size_bytes = out_path.stat().st_size
     return result
@@ -382,15 +446,217 @@ def quantize_onnx(
 
 def _write(proto: onnx.ModelProto, result: QuantizeResult) -> None:
     """Record precision and quantisation in the graph's metadata, check it, write it atomically."""
-    info = {k: v for k, v in result.to_dict().items() if k in ("method", "per_channel", "quantized", "kept", "calibration",
-                                                                 "calibration_count", "calibration_sha256", "onnxruntime_version")}
+    info = {k: v for k, v in result.to_dict().items() if k in ("method", "per_channel", "quantized", "kept", "calibration", "qtype",
+                                                                 "float_precision", "calibration_count", "calibration_sha256",
+                                                                 "onnxruntime_version")}
     meta = {p.key: p.value for p in proto.metadata_props if p.key != "onnx.infer"}
-    meta.update({META_PREFIX + "precision": "int8", META_PREFIX + "quantization": json.dumps(info, sort_keys=True)})
+    meta.update({META_PREFIX + "precision": result.qtype, META_PREFIX + "float_precision": result.float_precision,
+                 META_PREFIX + "quantization": json.dumps(info, sort_keys=True)})
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, meta)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportFailed(f"the INT8 graph failed onnx.checker: {str(exc).strip().splitlines()[0]}") from None
+        raise ExportFailed(f"the {result.qtype.upper()} graph failed onnx.checker: {str(exc).strip().splitlines()[0]}") from None
     with io.atomic_path(result.path) as tmp:
         onnx.save(proto, str(tmp))
+
+
+# --- FP8 and fp16 float parts --------------------------------------------------------------------------
+
+
+def to_fp8(quantized: onnx.ModelProto, fp32: onnx.ModelProto) -> onnx.ModelProto:
+    """`quantized` (int8 Q/DQ, fp32 floats) with FLOAT8 E4M3FN in place of int8, at the same places:
+    an activation's scale is its calibration amax / 448 (E4M3's largest finite value; onnxruntime's
+    symmetric int8 scale is amax / 127, so the amax is 127 x that scale), a weight is quantised again
+    from the fp32 graph's weight, per output channel (scale = channel amax / 448, values rounded to
+    E4M3, saturating), zero points are FLOAT8 zeros. What TensorRT's explicit FP8 quantisation takes
+    (and what NVIDIA ModelOpt's `quantize_mode="fp8"` writes: amax calibration, E4M3, zero offset);
+    onnxruntime's CPU provider runs it too, simulating FP8 by rounding, so its accuracy is checked here."""
+    import ml_dtypes
+
+    out = onnx.ModelProto()
+    out.CopyFrom(quantized)
+    inits = {t.name: t for t in out.graph.initializer}
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in out.graph.node:
+        for i, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, i))
+    fp32_nodes, fp32_weights = {n.name: n for n in fp32.graph.node}, {t.name: t for t in fp32.graph.initializer}
+    done: set[str] = set()
+
+    def put(name: str, array: np.ndarray) -> None:
+        inits[name].CopyFrom(numpy_helper.from_array(array, name))
+        done.add(name)
+
+    for node in out.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        scale, zero = node.input[1], node.input[2]
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:  # a weight
+            weight = _fp32_weight(node, readers, fp32_nodes, fp32_weights)
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            per_channel = len(inits[scale].dims) == 1
+            q, s = _fp8_weight(weight, axis if per_channel else None)
+            put(node.input[0], q.astype(ml_dtypes.float8_e4m3fn))
+            put(scale, s)
+        elif scale not in done:
+            put(scale, (numpy_helper.to_array(inits[scale]).astype(np.float64) * INT8_MAX / FP8_MAX).astype(np.float32))
+        if zero not in done:
+            put(zero, np.zeros(tuple(inits[zero].dims), np.float32).astype(ml_dtypes.float8_e4m3fn))
+    return out
+
+
+def _fp32_weight(dq: onnx.NodeProto, readers, fp32_nodes, fp32_weights) -> np.ndarray:
+    """The fp32 weight a weight DequantizeLinear stands for: the same input of the same node in the fp32 graph."""
+    for reader, i in readers.get(dq.output[0], []):
+        original = fp32_nodes.get(reader.name)
+        if original is not None and i < len(original.input) and original.input[i] in fp32_weights:
+            return numpy_helper.to_array(fp32_weights[original.input[i]]).astype(np.float32)
+    raise ExportFailed(f"FP8: cannot find the fp32 weight behind {dq.name} (the quantised graph no longer matches the fp32 one)")
+
+
+def _fp8_weight(weight: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(weight / scale clipped to E4M3's range, scale): per channel along `axis`, or one scale (None)."""
+    if axis is None:
+        amax = np.asarray(np.abs(weight).max(), np.float32)
+        scale = np.float32(amax / FP8_MAX) if amax > 0 else np.float32(1.0)
+        return np.clip(weight / scale, -FP8_MAX, FP8_MAX), np.asarray(scale, np.float32)
+    axis = axis % weight.ndim
+    amax = np.abs(weight).max(axis=tuple(d for d in range(weight.ndim) if d != axis)).astype(np.float32)
+    scale = np.where(amax > 0, amax / FP8_MAX, 1.0).astype(np.float32)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    return np.clip(weight / scale.reshape(shape), -FP8_MAX, FP8_MAX), scale
+
+
+def cast_float16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The Q/DQ graph with its float parts in float16, as TensorRT runs them next to the quantised
+    layers: every float32 initializer and constant float16 (Q/DQ scales included, so a
+    DequantizeLinear hands its reader float16, and Casts to float32 become Casts to float16), the
+    graph's input and output float32 with a Cast at each end (every artifact takes and returns the
+    same tensors), then the fp16 export's safety rules (`exporters.onnx.make_low_precision_safe`:
+    LayerNorm statistics and Softmax in float32). The ranges were calibrated on the fp32 graph, as
+    TensorRT's own calibrators and ModelOpt calibrate before casting."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    graph = out.graph
+    for tensor in graph.initializer:
+        _to_half(tensor)
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type in ("Constant", "ConstantOfShape") and attr.type == onnx.AttributeProto.TENSOR:
+                _to_half(attr.t)
+            elif node.op_type == "Cast" and attr.name == "to" and attr.i == onnx.TensorProto.FLOAT:
+                attr.i = onnx.TensorProto.FLOAT16
+    nodes = list(graph.node)
+    for value in graph.input:
+        if value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            half = f"{value.name}__fp16"
+            _rename_reads(nodes, value.name, half)
+            nodes.insert(0, onnx.helper.make_node("Cast", [value.name], [half], name=f"{value.name}_to_fp16", to=onnx.TensorProto.FLOAT16))
+    for value in graph.output:
+        if value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            half = f"{value.name}__fp16"
+            for node in nodes:
+                node.output[:] = [half if o == value.name else o for o in node.output]
+            _rename_reads(nodes, value.name, half)
+            nodes.append(onnx.helper.make_node("Cast", [half], [value.name], name=f"{value.name}_to_fp32", to=onnx.TensorProto.FLOAT))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]  # the intermediate types changed: the checker infers them again
+    make_low_precision_safe(out, onnx.TensorProto.FLOAT16)
+    return out
+
+
+def _rename_reads(nodes: list[onnx.NodeProto], old: str, new: str) -> None:
+    for node in nodes:
+        node.input[:] = [new if i == old else i for i in node.input]
+
+
+def _to_half(tensor: onnx.TensorProto) -> None:
+    """A float32 tensor as float16, in place: saturating at +-65504, and a non-zero value that would
+    round to zero (a tiny scale) kept at the smallest subnormal instead."""
+    if tensor.data_type != onnx.TensorProto.FLOAT:
+        return
+    x = numpy_helper.to_array(tensor).astype(np.float32)
+    half = np.clip(x, -HALF_MAX, HALF_MAX).astype(np.float16)
+    half = np.where((half == 0) & (x != 0), np.sign(x).astype(np.float16) * HALF_TINY, half).astype(np.float16)
+    tensor.CopyFrom(numpy_helper.from_array(half, tensor.name))
+
+
+# --- timing (latency-table parts) and export --------------------------------------------------------------
+
+
+def quantize_for_timing(fp32_path: str | os.PathLike, out_path: str | os.PathLike, inputs: np.ndarray, source: str, *,
+                        qtype: str = "int8", float_precision: str = "fp32") -> QuantizeResult:
+    """The Q/DQ graph of a latency-table part or whole model: the placement `quantize_onnx` gives an
+    exported model, ranges from `inputs` (whatever the module takes: images, or tokens for a
+    block), without the image checks (a part's input is no photograph). `source` says where the
+    inputs came from, for the table's metadata; what an int8 kernel costs does not depend on them."""
+    fp32_path = Path(fp32_path)
+    _check_options(DEFAULT_METHOD, CALIBRATION_BATCH, qtype, float_precision)
+    fp32 = load_graph(fp32_path)
+    _check_fp32_graph(fp32, fp32_path)
+    x = np.ascontiguousarray(inputs, dtype=np.float32)
+    return _quantize(fp32_path, fp32, Path(out_path), x, source, None, method=DEFAULT_METHOD, per_channel=True,
+                     batch=CALIBRATION_BATCH, qtype=qtype, float_precision=float_precision, min_count=1)
+
+
+def timing_inputs(input_shape: Sequence[int]) -> tuple[np.ndarray, str]:
+    """Calibration inputs for a table entry of `input_shape` (its batch first) and where they came
+    from: natural photographs for a module that takes images (a stem, a whole model); for one that
+    takes tokens [B, T, E] (a block, a reduction), the tokens a seeded random-weight patch stem of
+    width E makes of natural photographs of sqrt(T - 1) x 16 pixels; seeded N(0, 1) otherwise.
+    TIMING_CALIBRATION inputs at least, in whole batches (a part's graph has a static batch)."""
+    from deployvit.models import PatchStem
+    from deployvit.parts import StemPart
+    from exporters.images import natural_samples
+
+    batch = int(input_shape[0])
+    n = batch * -(-TIMING_CALIBRATION // batch)
+    if len(input_shape) == 4 and input_shape[1] in (1, 3) and input_shape[2] == input_shape[3]:
+        samples = natural_samples(n, int(input_shape[2]), int(input_shape[1]))
+        return samples.images.numpy(), samples.source
+    grid = math.isqrt(max(int(input_shape[1]) - 1, 0)) if len(input_shape) == 3 else 0
+    if grid > 0 and grid * grid + 1 == input_shape[1]:
+        torch.manual_seed(0)
+        stem = PatchStem(StemPart(grid * TIMING_PATCH, TIMING_PATCH, 3, int(input_shape[2]))).eval()
+        with torch.no_grad():
+            tokens = stem(natural_samples(n, grid * TIMING_PATCH).images)
+        return tokens.numpy(), (f"tokens of a seeded random-weight patch stem (width {input_shape[2]}) on {n} natural photographs "
+                                f"of {grid * TIMING_PATCH} px")
+    x = torch.randn((n, *input_shape[1:]), generator=torch.Generator().manual_seed(0))
+    return x.numpy(), f"{n} seeded N(0,1) inputs"
+
+
+def quantize_part(module: torch.nn.Module, work: Path, input_shape: Sequence[int], qtype: str, float_precision: str = "fp32") -> Path:
+    """A table part (or whole model) as the quantised graph a runtime times: exported like every
+    part (`export_for_timing`, static shape), quantised like an exported model (`quantize_for_timing`).
+    The classifier head stays float in every quantised model (DEFAULT_KEEP_FP), so its part is timed
+    as a float part, in `float_precision`."""
+    from deployvit.models import Head
+
+    if isinstance(module, Head):
+        return export_for_timing(module, work / "part.onnx", tuple(input_shape), float_precision)
+    fp32 = export_for_timing(module, work / "part.fp32.onnx", tuple(input_shape), "fp32")
+    inputs, source = timing_inputs(input_shape)
+    return quantize_for_timing(fp32, work / "part.onnx", inputs, source, qtype=qtype, float_precision=float_precision).path
+
+
+def fp32_graph_path(path: str | os.PathLike) -> Path:
+    """Where a quantised graph's fp32 source is kept: `model.onnx` -> `model.fp32.onnx`."""
+    path = Path(path)
+    stem = path.name[: -len(".onnx")] if path.name.endswith(".onnx") else path.name
+    return path.with_name(f"{stem}.fp32.onnx")
+
+
+def export_quantized(model: torch.nn.Module, path: str | os.PathLike, calibration: Samples, *, img_size: int, in_chans: int,
+                     qtype: str, float_precision: str = "fp32", keep_fp: Sequence[str] | None = None, method: str = DEFAULT_METHOD,
+                     opset: int | None = None, dynamic_batch: tuple[int, int, int] | None = None, dynamo: bool = True,
+                     metadata: dict[str, Any] | None = None) -> QuantizeResult:
+    """Export `model` as fp32 ONNX beside `path` (`fp32_graph_path`: what it was quantised from, and
+    what the sensitivity pass and a re-quantisation start from), then write its Q/DQ graph at `path`."""
+    fp32 = export_onnx(model, fp32_graph_path(path), img_size=img_size, in_chans=in_chans, precision="fp32", opset=opset,
+                       dynamic_batch=dynamic_batch, dynamo=dynamo, metadata=metadata)
+    return quantize_onnx(fp32, path, calibration, keep_fp=keep_fp, method=method, qtype=qtype, float_precision=float_precision)

@@ -88,6 +88,9 @@ class Row:
     notes: list[str] = field(default_factory=list)
     counts_for_exit: bool = True  # False for timm baselines: compared, never gating
     latency: Contract | None = None  # the latency contract, measured like its table
+    quantization: dict[str, Any] | None = None  # int8/fp8: layers quantised and kept, calibration, gate, advice
+    batch_latency: dict[int, dict[str, float]] | None = None  # a dynamic batch range: ms per call at min, opt, max (and 1)
+    dynamic_vs_static: dict[str, Any] | None = None  # the dynamic artifact vs a static build at the contract's batch
 
     @property
     def predicted_ms(self) -> float | None:
@@ -122,6 +125,9 @@ class Row:
             "budget_ms": self.budget_ms,
             "contract": self.contract,
             "latency_contract": None if self.latency is None else self.latency.to_dict(),
+            "batch_latency_ms": None if self.batch_latency is None else {str(b): t for b, t in self.batch_latency.items()},
+            "dynamic_vs_static": self.dynamic_vs_static,
+            "quantization": self.quantization,
             "notes": self.notes,
         }
 
@@ -168,6 +174,28 @@ def _contract_line(c: Contract) -> str:
         pred = c.no_prediction or "no prediction"
     budget = "" if c.budget_ms is None else f"; budget {c.budget_ms:g} ms: **{c.status}**"
     return f"- latency contract: {measured}; {pred}{budget}"
+
+
+def quantization_lines(q: dict[str, Any] | None) -> list[str]:
+    """What a quantised row says in report.md: the layers quantised and kept float, the calibration,
+    the gate, and when it failed which layers to keep in higher precision."""
+    if not q:
+        return []
+    kind, floats = q["qtype"].upper(), q["float_precision"]
+    lines = [f"- {kind}: {len(q['quantized'])} of {len(q['layers'])} layers quantised ({', '.join(q['quantized']) or 'none'}); "
+             f"kept in {floats}: {', '.join(q['kept']) or 'none'}",
+             f"- calibration: {q['calibration']} ({q['method']}, {q['calibration_count']} images, sha256 {q['calibration_sha256'][:12]})"]
+    gate, m = q["gate"], q["gate"]["overall"]
+    drop = "" if m.get("top1_drop") is None else f"top-1 {m['top1_reference']:.2f}% -> {m['top1']:.2f}% (drop {m['top1_drop']:.2f} points), "
+    lowest = min(gate["batch_cosines"], default=float("nan"))
+    t = gate["thresholds"]
+    limits = ", ".join(f"{name} {op} {t[key]:g}" for key, name, op in (("max_accuracy_drop", "top-1 drop", "<="), ("min_agreement", "agreement", ">="),
+                                                                      ("min_batch_cosine", "batch cosine", ">=")) if t.get(key) is not None)
+    lines.append(f"- accuracy gate ({'passed' if gate['passed'] else 'FAILED'}; {limits or 'no limits'}) on {m['samples']} images: {drop}"
+                 f"agreement {m['agreement']:.2%}, lowest batch mean cosine {lowest:.5f}")
+    if q.get("advice"):
+        lines.append(f"- sensitivity: {q['advice']}")
+    return lines
 
 
 def format_table(rows: list[Row]) -> str:
@@ -235,8 +263,9 @@ class Report:
             if r.path:
                 lines.append(f"- file: `{r.path}`")
             if r.verification:
-                t = r.verification.thresholds
-                lines.append(f"- thresholds: {', '.join(f'{k} {v:g}' for k, v in vars(t).items() if v is not None)}")
+                t = ", ".join(f"{k} {v:g}" for k, v in vars(r.verification.thresholds).items() if v is not None)
+                gate = " (the accuracy gate below judges accuracy)" if r.quantization else ""
+                lines.append(f"- thresholds: {t or 'none at batch 1 and the largest batch'}{gate}")
                 for m in r.verification.checks:
                     top1 = "" if m.top1 is None else f", top-1 {m.top1:.2f}% (reference {m.top1_reference:.2f}%)"
                     lines.append(
@@ -248,8 +277,13 @@ class Report:
                 lines.append(f"- latency bs1: {r.latency_ms:.3f} ms median (cv {r.latency_cv:.1%})")
             if r.throughput is not None:
                 lines.append(f"- throughput: {r.throughput:.1f} img/s at batch {r.throughput_batch}")
+            if r.batch_latency:
+                lines.append("- dynamic batch: " + ", ".join(f"b{b} {t['ms']:.3f} ms ({t['img_s']:.1f} img/s)" for b, t in r.batch_latency.items()))
+            if r.dynamic_vs_static:
+                lines.append(f"- dynamic vs static: {r.dynamic_vs_static['summary']}")
             if r.latency is not None:
                 lines.append(_contract_line(r.latency))
+            lines += quantization_lines(r.quantization)
             lines += [f"- note: {n}" for n in r.notes]
             lines.append("")
         lines += [f"- {n}" for n in self.notes]

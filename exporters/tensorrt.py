@@ -13,8 +13,21 @@ Version rules (docs/REFERENCES.md section 6):
 - TF32: TensorRT lets fp32 layers use TF32 unless the TF32 builder flag is cleared. An fp32 engine
   here is fp32 (flag cleared), verified against the TF32-off PyTorch model with the fp32 gate;
   `tf32=True` is its own recorded choice (flag set) with its own gate (`verify.Thresholds`).
-Which path built the engine (strongly typed, network flags, builder flags set and cleared, TF32) is
-recorded in the engine's JSON sidecar.
+- INT8 and FP8 (explicit quantisation): the engine is built from the Q/DQ graph `exporters.quantize`
+  writes (calibrated on real images, the same placement as onnxruntime's graph), strongly typed on
+  10 and 11 alike, no INT8/FP8 builder flag (a strongly typed network takes its types from the
+  graph; the implicit-quantisation calibrator API is deprecated in 10 and gone in 11). The float
+  parts of that graph are fp16 (`quantize.cast_float16`: Q/DQ scales in fp16, so each
+  DequantizeLinear hands its layer fp16, LayerNorm statistics and Softmax in fp32 as the fp16
+  export has them): the layers TensorRT cannot fuse with a Q/DQ pair run at fp16 speed, not fp32.
+  Decided so rather than quantising an fp16 export: the ranges come from the fp32 model, as
+  TensorRT's calibrators and ModelOpt calibrate, and the graph is the onnxruntime one cast, so the
+  gate's sensitivity trials (onnxruntime, fp32 floats) rank the same quantisation. FP8 (E4M3) needs
+  FP8 tensor cores: compute capability 8.9 or later (`deployvit.devices.fp8_refusal`).
+Which path built the engine (strongly typed, network flags, builder flags set and cleared, TF32, the
+graph's float precision and quantisation) and where (GPU, compute capability, TensorRT and CUDA
+versions) is recorded in the engine's JSON sidecar; an engine whose sidecar names another compute
+capability or TensorRT version is refused before TensorRT is asked to load it (`engine_mismatch`).
 
 NOTE: written against the TensorRT 10/11 Python API; not run in the project's CI (no GPU, no TensorRT).
 """
@@ -30,8 +43,10 @@ from typing import Any
 
 from deployvit import __version__, io
 from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
+from deployvit.settings import PRECISIONS, QUANTIZED_PRECISIONS
 
 SUPPORTED_MAJORS = (10, 11)
+QUANT_FLOAT_PRECISION = "fp16"  # the float parts of an int8/fp8 engine's graph (module docstring)
 OPTIMIZATION_LEVEL = 3  # TensorRT's default; recorded so a rebuild can reproduce it
 
 
@@ -62,13 +77,16 @@ class BuildPlan:
     flags: tuple[str, ...]
     cleared_flags: tuple[str, ...] = ()
     tf32: bool = False
+    float_precision: str | None = None  # what the graph's float parts are in (None: the engine's precision)
 
     @property
     def path(self) -> str:
         """One line naming the build path (sidecar `build_path`, report notes)."""
         typed = "strongly typed" if self.strongly_typed else "weakly typed"
         tf32 = "TF32 on" if self.tf32 else "TF32 off"
-        return f"TensorRT {self.trt_major} {typed} network from the {self.onnx_precision} ONNX graph, {tf32}"
+        graph = (f"{self.onnx_precision} Q/DQ ONNX graph ({self.float_precision} elsewhere)" if self.onnx_precision in QUANTIZED_PRECISIONS
+                 else f"{self.onnx_precision} ONNX graph")
+        return f"TensorRT {self.trt_major} {typed} network from the {graph}, {tf32}"
 
 
 def plan_build(major: int, precision: str, tf32: bool = False) -> BuildPlan:
@@ -77,22 +95,27 @@ def plan_build(major: int, precision: str, tf32: bool = False) -> BuildPlan:
     explicitly (TensorRT enables it by default), and only meaningful for an fp32 engine."""
     if major not in SUPPORTED_MAJORS:
         raise MissingDependency(f"TensorRT {major}.x is not supported (need 10.x or 11.x)")
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise DeployvitError(f"unknown precision {precision!r} (choose from fp32, fp16, bf16)")
+    if precision not in PRECISIONS:
+        raise DeployvitError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     if tf32 and precision != "fp32":
         raise DeployvitError(f"TF32 is a choice for fp32 engines only (this engine is {precision})")
     flags, cleared = (("TF32",), ()) if tf32 else ((), ("TF32",))
-    return BuildPlan(major, precision, precision, True, flags, cleared, tf32)
+    floats = QUANT_FLOAT_PRECISION if precision in QUANTIZED_PRECISIONS else None
+    return BuildPlan(major, precision, precision, True, flags, cleared, tf32, floats)
 
 
-def check_graph_precision(plan: BuildPlan, graph_precision: str) -> None:
+def check_graph_precision(plan: BuildPlan, graph_precision: str, float_precision: str | None = None) -> None:
     """Refuse an ONNX file whose precision would not give the requested engine (TensorRT 11 would
-    silently build an fp32 engine from an fp32 graph)."""
+    silently build an fp32 engine from an fp32 graph, and an int8 engine with fp32 float parts from
+    onnxruntime's Q/DQ graph)."""
     if graph_precision != plan.onnx_precision:
         raise DeployvitError(
             f"TensorRT {plan.trt_major} {'strongly typed ' if plan.strongly_typed else ''}build of a "
             f"{plan.precision} engine needs a {plan.onnx_precision} ONNX graph, got {graph_precision}"
         )
+    if float_precision is not None and plan.float_precision is not None and float_precision != plan.float_precision:
+        raise DeployvitError(f"TensorRT {plan.trt_major} build of a {plan.precision} engine needs a Q/DQ graph whose float parts are "
+                             f"{plan.float_precision}, got {float_precision}")
 
 
 def profile_shapes(input_shape: tuple[int, ...], batch_range: tuple[int, int, int]) -> tuple[tuple[int, ...], ...]:
@@ -122,6 +145,7 @@ def build_engine(
     timing_cache: str | os.PathLike | None = None,
     graph_precision: str | None = None,
     tf32: bool = False,
+    graph_float_precision: str | None = None,
 ) -> dict[str, Any]:
     """Build a serialized engine from `onnx_path` with `trt` (the imported `tensorrt` module), write it
     and then its JSON sidecar atomically, update `timing_cache` (reused across builds: a rebuild then
@@ -130,7 +154,7 @@ def build_engine(
     require_cuda()
     plan = plan_build(trt_major(trt.__version__), precision, tf32=tf32)
     if graph_precision is not None:
-        check_graph_precision(plan, graph_precision)
+        check_graph_precision(plan, graph_precision, graph_float_precision)
     if workspace_gb <= 0:
         raise DeployvitError(f"workspace must be > 0 GB, got {workspace_gb}")
     logger = trt.Logger(trt.Logger.WARNING)
@@ -199,10 +223,48 @@ def _sidecar(trt, plan: BuildPlan, network_flags: int, input_name: str, shapes, 
         "timing_cache": str(timing_cache) if timing_cache else None,
         "onnx": str(onnx_path),
         "onnx_sha256": io.sha256(onnx_path),
+        "quantization": _graph_quantization(onnx_path),
         "engine_sha256": io.sha256(engine_path),
         "build_seconds": round(seconds, 2),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _graph_quantization(onnx_path) -> dict[str, Any] | None:
+    """The quantisation a Q/DQ graph records (`exporters.quantize`: method, calibration, layers kept), or None."""
+    from exporters.onnx import read_metadata
+
+    return read_metadata(onnx_path).get("quantization")
+
+
+def engine_mismatch(sidecar: dict[str, Any], here: dict[str, Any]) -> str | None:
+    """Why an engine whose sidecar says `sidecar` cannot run `here` (the facts `_cuda_facts` and the
+    TensorRT version give: "gpu", "compute_capability", "tensorrt"), or None. TensorRT engines are
+    specific to the compute capability and the TensorRT version that built them (a mismatch found
+    only when deserialising gives no reason); another GPU of the same compute capability loads, and
+    its tactics were tuned elsewhere (not refused: the contract times it here)."""
+    built = f"{sidecar.get('gpu', 'an unrecorded GPU')} (compute capability {sidecar.get('compute_capability', '?')}) " \
+            f"with TensorRT {sidecar.get('tensorrt', '?')}"
+    now = f"{here.get('gpu')} (compute capability {here.get('compute_capability')}) with TensorRT {here.get('tensorrt')}"
+    for key, what in (("compute_capability", "compute capability"), ("tensorrt", "TensorRT version")):
+        if sidecar.get(key) is not None and str(sidecar[key]) != str(here.get(key)):
+            return f"the engine was built for {built}; this machine has {now}: another {what}, rebuild it here (deployvit export --format trt)"
+    return None
+
+
+def check_engine(engine_path: str | os.PathLike, trt_version: str) -> dict[str, Any] | None:
+    """Refuse (one line, exit 2) an engine whose sidecar names another compute capability or TensorRT
+    version than this machine's; the sidecar, or None when the engine has none."""
+    path = sidecar_path(engine_path)
+    if not path.is_file():
+        return None
+    sidecar = io.read_json(path, "engine sidecar")
+    if not isinstance(sidecar, dict):
+        raise DeployvitError(f"{path}: an engine sidecar is a JSON object")
+    reason = engine_mismatch(sidecar, {**_cuda_facts(), "tensorrt": trt_version})
+    if reason:
+        raise DeployvitError(f"{Path(engine_path).name}: {reason}")
+    return sidecar
 
 
 def _network_flags(trt, plan: BuildPlan) -> int:

@@ -116,7 +116,7 @@ def test_export_onnx_writes_artifact_report_and_table(arch_file, ort_table_file,
     assert row["latency_ms_bs1"] > 0 and row["throughput_img_s"] > 0 and row["throughput_batch"] == 4
     checks = row["verification"]["checks"]
     assert [c["batch_size"] for c in checks] == [1, 4] and all(c["max_abs_diff"] < 1e-4 for c in checks)
-    assert "synthetic" in report["data"] and report["settings"]["batch"] == "1,2,4"
+    assert report["data"].startswith("natural:") and report["settings"]["batch"] == "1,2,4"  # photographs, not noise
     md = (out / "report.md").read_text()
     assert "exported and verified" in md and "latency contract" in md and "MET" in md
 

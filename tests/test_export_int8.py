@@ -241,3 +241,175 @@ def test_calibration_reads_an_image_folder_and_refuses_one_too_small(tmp_path):
             Image.fromarray(pixels[i]).save(tmp_path / "small" / split / "c0" / f"{i}.png")
     with pytest.raises(DeployvitError, match="needs at least 32 training images, the train split has 4"):
         calibration_samples(str(tmp_path / "small"), 32)
+
+
+# --- phase B: fp8, fp16 float parts (TensorRT's graph), legacy names, table parts ----------------------
+
+
+def _initializers(proto: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in proto.graph.initializer}
+
+
+def test_fp8_graph_has_e4m3_qdq_from_the_calibration_amax_and_passes_the_gate_simulated(model_files, tmp_path):
+    """FP8 (E4M3FN) Q/DQ at int8's places: activation scales = 127/448 x int8's (the same calibration
+    amax), weights per channel from the fp32 weights (scale = channel amax / 448); onnxruntime's CPU
+    provider simulates FP8 by rounding, so the accuracy of the graph TensorRT would build is checked here."""
+    fp8 = quantize_onnx(model_files["fp32"], tmp_path / "fp8.onnx", model_files["calib"], qtype="fp8")
+    int8 = onnx.load(str(model_files["int8"]))
+    proto = onnx.load(str(fp8.path))
+    assert fp8.quantized == model_files["result"].quantized and fp8.qtype == "fp8"
+    assert read_metadata(fp8.path)["precision"] == "fp8" and read_metadata(fp8.path)["quantization"]["qtype"] == "fp8"
+    inits, int8_inits = _initializers(proto), _initializers(int8)
+    fp32_weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(model_files["fp32"])).graph.initializer}
+    fp32_nodes = {n.name: n for n in onnx.load(str(model_files["fp32"])).graph.node}
+    readers = {i: n for n in proto.graph.node for i in n.input}
+    checked_weight = checked_act = 0
+    for node in proto.graph.node:
+        if node.op_type != "DequantizeLinear":
+            continue
+        assert inits[node.input[2]].data_type == onnx.TensorProto.FLOAT8E4M3FN
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+        if node.input[0] in inits:
+            assert inits[node.input[0]].data_type == onnx.TensorProto.FLOAT8E4M3FN
+            reader = readers[node.output[0]]
+            idx = list(reader.input).index(node.output[0])
+            weight = fp32_weights[fp32_nodes[reader.name].input[idx]]
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            amax = np.abs(weight).max(axis=tuple(d for d in range(weight.ndim) if d != axis % weight.ndim))
+            np.testing.assert_allclose(scale, amax / 448, rtol=1e-6)
+            checked_weight += 1
+        elif node.input[1] in int8_inits:
+            np.testing.assert_allclose(scale, numpy_helper.to_array(int8_inits[node.input[1]]) * 127 / 448, rtol=1e-6)
+            checked_act += 1
+    assert checked_weight > 5 and checked_act > 5
+    gate = check_accuracy(ort(model_files["fp32"]), ort(fp8.path), model_files["val"])
+    print(f"\nFP8 (simulated) top-1 drop {gate.overall.top1_drop:.2f}, agreement {gate.overall.agreement:.2%}")
+    assert gate.passed, gate.failed
+
+
+def test_fp16_float_parts_for_tensorrt_keep_the_placement_and_io(model_files, tmp_path):
+    """TensorRT's graph: the same Q/DQ, fp16 scales (a DequantizeLinear hands its layer fp16), float32
+    input and logits, LayerNorm statistics and Softmax in fp32; it runs (onnxruntime CPU) close to the
+    fp32-float graph."""
+    half = quantize_onnx(model_files["fp32"], tmp_path / "half.onnx", model_files["calib"], float_precision="fp16")
+    proto = onnx.load(str(half.path))
+    assert read_metadata(half.path)["float_precision"] == "fp16" and half.quantized == model_files["result"].quantized
+    inits = _initializers(proto)
+    assert not [t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
+    assert all(inits[n.input[1]].data_type == onnx.TensorProto.FLOAT16 for n in proto.graph.node if n.op_type == "DequantizeLinear")
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert proto.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    made = _producers(proto)
+    for node in proto.graph.node:
+        if node.op_type == "Softmax":
+            assert made[node.input[0]].op_type == "Cast" and made[node.input[0]].attribute[0].i == onnx.TensorProto.FLOAT
+        if node.op_type == "LayerNormalization":
+            assert next(a.i for a in node.attribute if a.name == "stash_type") == 1
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") == [n.op_type for n in onnx.load(str(model_files["int8"])).graph.node].count("QuantizeLinear")
+    x = model_files["val"].images[:64]
+    got, want = ort(half.path)(x), ort(model_files["int8"])(x)
+    assert torch.nn.functional.cosine_similarity(got, want, dim=1).min() > 0.99
+
+
+def test_legacy_exporter_graphs_name_layers_like_dynamo(model_files, tmp_path):
+    """The TorchScript exporter's node names (`/stages.0/stages.0.0/attn/qkv/MatMul`) give the module
+    paths dynamo's metadata gives, so `--legacy-exporter` and table parts keep the head float too."""
+    arch, model = train_briefly()
+    legacy = export_onnx(model, tmp_path / "legacy.onnx", img_size=arch.img_size, dynamo=False)
+    dynamo_names = {l.name for l in quantizable_layers(onnx.load(str(model_files["fp32"])))}
+    legacy_layers = quantizable_layers(onnx.load(str(legacy)))
+    weights = {l.name for l in legacy_layers if "scaled_dot_product_attention" not in l.name and not l.name.endswith(".MatMul")}
+    assert weights == {n for n in dynamo_names if "scaled_dot_product_attention" not in n}
+    result = quantize_onnx(legacy, tmp_path / "legacy8.onnx", model_files["calib"])
+    assert result.kept == ["head.fc"]
+
+
+def test_keep_fp_is_checked_against_the_model_before_export(model_files):
+    from exporters.quantize import check_keep_fp
+
+    _, model = train_briefly()
+    check_keep_fp(model, ["head", "*.mlp.fc2", model_files["result"].quantized[1]])
+    with pytest.raises(DeployvitError, match="keep-fp pattern 'stages.9' matches no quantisable layer"):
+        check_keep_fp(model, ["stages.9"])
+
+
+def test_quantize_options_are_checked(model_files, tmp_path):
+    with pytest.raises(DeployvitError, match="unknown quantised type 'int4'"):
+        quantize_onnx(model_files["fp32"], tmp_path / "x.onnx", model_files["calib"], qtype="int4")
+    with pytest.raises(DeployvitError, match="fp32 or fp16, not 'bf16'"):
+        quantize_onnx(model_files["fp32"], tmp_path / "x.onnx", model_files["calib"], float_precision="bf16")
+    with pytest.raises(DeployvitError, match="an int8 graph is quantised from the fp32 one"):
+        export_onnx(torch.nn.Linear(2, 2), tmp_path / "x.onnx", input_shape=(1, 2), precision="int8")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_table_parts_are_quantised_like_an_export_from_real_image_inputs(tmp_path):
+    """A latency-table part's int8 graph: a block from the tokens a patch stem makes of photographs,
+    the stem and whole models from photographs, the head a float part (it stays float in every export)."""
+    from deployvit.models import build_model, build_part
+    from deployvit.parts import BlockPart, HeadPart
+    from deployvit.spaces import get_space
+    from exporters.quantize import quantize_part, timing_inputs
+
+    tokens, source = timing_inputs((4, 17, 32))
+    assert tokens.shape == (32, 17, 32) and "patch stem (width 32)" in source and "natural photographs of 64 px" in source
+    images, source = timing_inputs((64, 3, 32, 32))
+    assert images.shape == (64, 3, 32, 32) and source.startswith("natural:")
+    torch.manual_seed(0)
+    block = build_part(BlockPart(17, 32, 2, 16, 64)).eval()
+    (tmp_path / "b").mkdir()
+    path = quantize_part(block, tmp_path / "b", (2, 17, 32), "int8")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("DequantizeLinear") == 12 and read_metadata(path)["quantization"]["calibration"] == timing_inputs((2, 17, 32))[1]
+    x = torch.randn(2, 17, 32)
+    assert torch.nn.functional.cosine_similarity(ort(path)(x).flatten(1), block(x).detach().flatten(1)).min() > 0.99
+    (tmp_path / "h").mkdir()
+    head = quantize_part(build_part(HeadPart(17, 32, 10)).eval(), tmp_path / "h", (2, 17, 32), "int8")
+    assert read_metadata(head)["precision"] == "fp32" and "QuantizeLinear" not in {n.op_type for n in onnx.load(str(head)).graph.node}
+    (tmp_path / "m").mkdir()
+    whole = quantize_part(build_model(get_space("test").min_arch()).eval(), tmp_path / "m", (1, 3, 32, 32), "int8", "fp16")
+    meta = read_metadata(whole)
+    assert meta["precision"] == "int8" and meta["float_precision"] == "fp16" and meta["quantization"]["kept"] == ["head.fc"]
+
+
+def test_table_parts_are_quantised_deterministically(tmp_path):
+    """Two profiles of one part write the same int8 graph: seeded photographs and stem, the same
+    calibration, the same scales (a table's entries must not depend on the run)."""
+    from deployvit.models import build_part
+    from deployvit.parts import BlockPart
+    from exporters.quantize import quantize_part
+
+    graphs = []
+    for run in ("a", "b"):
+        torch.manual_seed(0)
+        block = build_part(BlockPart(17, 32, 2, 16, 64)).eval()
+        (tmp_path / run).mkdir()
+        graphs.append(onnx.load(str(quantize_part(block, tmp_path / run, (2, 17, 32), "int8"))))
+    first, second = ({t.name: numpy_helper.to_array(t) for t in g.graph.initializer} for g in graphs)
+    assert first.keys() == second.keys() and any(k.endswith("_scale") for k in first)
+    for name, value in first.items():
+        np.testing.assert_array_equal(value, second[name], err_msg=name)
+
+
+def test_openvino_table_parts_run_int8_kernels(tmp_path):
+    """`profile --runtime openvino --precision int8` times this: the Q/DQ graph converted to an IR
+    whose FakeQuantize nodes the CPU plugin fuses into int8 FullyConnected and MatMul kernels (the
+    four linears of a block and attention's two matmuls), close to the float module."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino)")
+    from deployvit.models import build_part
+    from deployvit.parts import BlockPart
+    from deployvit.runtimes import get_runtime
+    from deployvit.runtimes.openvino import OvRunner
+
+    torch.manual_seed(0)
+    block = build_part(BlockPart(17, 32, 2, 16, 64)).eval()
+    runtime = get_runtime("openvino")
+    runtime.check("cpu", "int8")
+    runner = OvRunner(runtime.write_part(block, tmp_path, (2, 17, 32), "int8", False))
+    kernels = [(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str))
+               for op in runner.compiled.get_runtime_model().get_ops()]
+    assert kernels.count(("FullyConnected", "i8")) == 4 and kernels.count(("MatMul", "i8")) == 2
+    assert ("FullyConnected", "f32") not in kernels and runner.precision == "int8"
+    x = torch.randn(2, 17, 32)
+    assert torch.nn.functional.cosine_similarity(runner(x).flatten(1), block(x).detach().flatten(1)).min() > 0.99

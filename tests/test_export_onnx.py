@@ -145,7 +145,8 @@ def test_metadata_holds_version_and_user_entries(tiny, tmp_path):
     "kwargs, message",
     [
         ({"opset": 16}, "need >= 17"),
-        ({"precision": "int8"}, "unknown precision"),
+        ({"precision": "int4"}, "unknown precision"),
+        ({"precision": "int8"}, "an int8 graph is quantised from the fp32 one"),  # exporters.quantize does that
         ({"dynamic_batch": (8, 4, 2)}, "need 1 <= min <= opt <= max"),
         ({"dynamic_batch": (0, 1, 2)}, "need 1 <= min <= opt <= max"),
         ({"batch_size": 0}, "batch size must be >= 1"),

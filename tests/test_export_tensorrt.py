@@ -286,6 +286,177 @@ def test_the_runtime_builds_a_part_engine_with_the_checked_module(fake_trt, tmp_
     assert ("profile", ("input", (2, 3, 32, 32), (2, 3, 32, 32), (2, 3, 32, 32))) in rec.calls  # the stand-in's input is an image
 
 
+# --- int8 / fp8: explicit quantisation; engines that know their GPU ---------------------------------
+
+
+@pytest.mark.parametrize("major", [10, 11])
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_quantised_engines_are_strongly_typed_from_the_qdq_graph_with_fp16_float_parts(major, precision):
+    """No INT8/FP8 builder flag and no calibrator (deprecated in 10, gone in 11): the types come from
+    the Q/DQ graph, whose float parts must be fp16 (an fp32-float graph would build fp32 layers)."""
+    plan = plan_build(major, precision)
+    assert plan.strongly_typed and plan.onnx_precision == precision and plan.float_precision == "fp16" and plan.flags == ()
+    assert plan.path == f"TensorRT {major} strongly typed network from the {precision} Q/DQ ONNX graph (fp16 elsewhere), TF32 off"
+    check_graph_precision(plan, precision, "fp16")
+    with pytest.raises(DeployvitError, match=f"{precision} engine needs a Q/DQ graph whose float parts are fp16, got fp32"):
+        check_graph_precision(plan, precision, "fp32")
+    with pytest.raises(DeployvitError, match=f"needs a {precision} ONNX graph, got fp16"):
+        check_graph_precision(plan, "fp16")
+
+
+@pytest.mark.parametrize("major", [10, 11])
+def test_the_runtime_builds_an_int8_part_engine_from_its_qdq_graph(fake_trt, tmp_path, major):
+    """A latency-table part in int8: the Q/DQ graph export writes (fp16 float parts), handed to the
+    builder with no INT8 flag; the sidecar records the graph's quantisation."""
+    import onnx
+
+    from deployvit.models import build_part
+    from deployvit.parts import BlockPart
+    from deployvit.runtimes import get_runtime
+    from exporters.onnx import read_metadata
+
+    rec = fake_trt(major)
+    part = BlockPart(tokens=17, embed_dim=32, num_heads=2, head_dim=16, mlp_hidden=64)
+    torch.manual_seed(0)
+    engine = get_runtime("tensorrt").write_part(build_part(part).eval(), tmp_path, part.input_shape(2), "int8", False)
+    graph = tmp_path / "part.onnx"
+    meta = read_metadata(graph)
+    assert meta["precision"] == "int8" and meta["float_precision"] == "fp16"
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load(str(graph)).graph.node}
+    assert ("parse_from_file", str(graph)) in rec.calls and ("network_flags", 2) in rec.calls
+    assert [c for c in rec.calls if c[0] in ("flag", "clear_flag")] == [("clear_flag", "TF32")]  # no INT8 flag: typed by the graph
+    sidecar = json.loads(trt_export.sidecar_path(engine).read_text())
+    assert sidecar["quantization"]["qtype"] == "int8" and sidecar["float_precision"] == "fp16" and "Q/DQ" in sidecar["build_path"]
+
+
+@pytest.mark.parametrize("major", [10, 11])
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_the_trt_artifact_is_built_from_the_calibrated_qdq_graph(fake_trt, tmp_path, major, precision):
+    """`export --format trt --precision int8|fp8`'s artifact: the fp32 graph, its Q/DQ graph calibrated on
+    --data's train images with fp16 float parts, the engine built from that with the export's
+    batch range and no quantisation flag; the sidecar carries the calibration."""
+    import onnx
+
+    from deployvit.runtimes import get_runtime
+    from deployvit.train.calibration import calibration_samples
+    from exporters.benchmark import ExportSpec
+    from exporters.onnx import BatchSpec, read_metadata
+    from exporters.quant_gate import QuantSpec
+
+    rec = fake_trt(major)
+    torch.manual_seed(0)
+    model = build_model(get_space("test").min_arch()).eval()
+    spec = ExportSpec(img_size=32, in_chans=3, precision=precision, batch=BatchSpec(1, 4, 8), device="cuda",
+                      quant=QuantSpec(calibration_samples("digits", 32, 3, n=64)), trt_onnx_suffix=".trt.onnx")
+    engine, notes, result = get_runtime("tensorrt").write_quantized(model, spec, tmp_path, "model")
+    graph = tmp_path / "model.trt.onnx"
+    assert engine == tmp_path / "model.engine" and result.path == graph and result.fp32_path == tmp_path / "model.trt.fp32.onnx"
+    meta = read_metadata(graph)
+    assert meta["precision"] == precision and meta["float_precision"] == "fp16" and result.kept == ["head.fc"]
+    scales = {n.input[2] for n in onnx.load(str(graph)).graph.node if n.op_type == "QuantizeLinear"}
+    zero_type = onnx.TensorProto.FLOAT8E4M3FN if precision == "fp8" else onnx.TensorProto.INT8
+    assert scales and all(t.data_type == zero_type for t in onnx.load(str(graph)).graph.initializer if t.name in scales)
+    assert ("parse_from_file", str(graph)) in rec.calls and ("network_flags", 2) in rec.calls
+    assert ("profile", ("input", (1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32))) in rec.calls
+    assert [c for c in rec.calls if c[0] in ("flag", "clear_flag")] == [("clear_flag", "TF32")]
+    sidecar = json.loads(trt_export.sidecar_path(engine).read_text())
+    assert sidecar["onnx_precision"] == precision and sidecar["quantization"]["calibration"].startswith("digits: 64 of 1438 train images")
+    assert f"quantised from {result.fp32_path.name}" in notes[0] and "Q/DQ" in notes[0]
+
+
+H200 = {"gpu": "NVIDIA H200", "compute_capability": "9.0", "cuda": "12.8"}
+
+
+@pytest.fixture
+def h200_engine(fake_trt, onnx_file, tmp_path, monkeypatch):
+    """An engine (stand-in bytes) with the sidecar a build on an H200 with TensorRT 10.4 writes."""
+    rec = fake_trt(10)
+    monkeypatch.setattr(trt_export, "_cuda_facts", lambda: dict(H200))
+    sidecar = trt_export.build_engine(rec.module, onnx_file, tmp_path / "m.engine", precision="fp16", batch_range=(1, 4, 8),
+                                      graph_precision="fp16")
+    return tmp_path / "m.engine", sidecar
+
+
+def test_the_engine_sidecar_records_the_gpu_compute_capability_tensorrt_and_build_flags(h200_engine):
+    engine, sidecar = h200_engine
+    assert json.loads(trt_export.sidecar_path(engine).read_text()) == sidecar
+    assert sidecar["gpu"] == "NVIDIA H200" and sidecar["compute_capability"] == "9.0" and sidecar["cuda"] == "12.8"
+    assert sidecar["tensorrt"] == "10.4.0" and sidecar["network_flags"] == 2 and sidecar["strongly_typed"]
+    assert sidecar["flags"] == [] and sidecar["cleared_flags"] == ["TF32"] and sidecar["optimization_level"] == trt_export.OPTIMIZATION_LEVEL
+    assert sidecar["profile"] == {"min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [8, 3, 32, 32]}
+
+
+@pytest.mark.parametrize("here, trt_version, what, now", [
+    ({"gpu": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}, "10.4.0", "another compute capability",
+     "NVIDIA A100-SXM4-80GB (compute capability 8.0) with TensorRT 10.4.0"),
+    ({"gpu": "NVIDIA L4", "compute_capability": "8.9"}, "11.0.0", "another compute capability",
+     "NVIDIA L4 (compute capability 8.9) with TensorRT 11.0.0"),
+    (H200, "11.0.0", "another TensorRT version", "NVIDIA H200 (compute capability 9.0) with TensorRT 11.0.0"),
+])
+def test_an_engine_built_for_another_gpu_or_tensorrt_is_one_line_exit_2_naming_both(h200_engine, monkeypatch, here, trt_version, what, now):
+    engine, _ = h200_engine
+    monkeypatch.setattr(trt_export, "_cuda_facts", lambda: dict(here))
+    with pytest.raises(DeployvitError) as info:
+        trt_export.check_engine(engine, trt_version)
+    message = str(info.value)
+    assert info.value.exit_code == 2 and "\n" not in message and message.startswith("m.engine: ")
+    assert "built for NVIDIA H200 (compute capability 9.0) with TensorRT 10.4.0" in message
+    assert f"this machine has {now}: {what}" in message and "rebuild it here" in message
+
+
+def test_an_engine_loads_on_another_gpu_of_its_compute_capability_and_without_a_sidecar(h200_engine, monkeypatch, tmp_path):
+    """TensorRT engines are tied to the compute capability and TensorRT version, not the board: an
+    H100 (9.0) loads an H200 engine; an engine without a sidecar is not refused (nothing to check)."""
+    engine, sidecar = h200_engine
+    monkeypatch.setattr(trt_export, "_cuda_facts", lambda: {"gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"})
+    assert trt_export.check_engine(engine, "10.4.0") == sidecar
+    bare = tmp_path / "bare.engine"
+    bare.write_bytes(b"engine-bytes")
+    assert trt_export.check_engine(bare, "10.4.0") is None
+    trt_export.sidecar_path(bare).write_text("[1, 2]")
+    with pytest.raises(DeployvitError, match="an engine sidecar is a JSON object"):
+        trt_export.check_engine(bare, "10.4.0")
+
+
+def test_the_runner_refuses_a_mismatched_engine_before_tensorrt_deserialises_it(h200_engine, monkeypatch):
+    """TrtRunner checks the sidecar first: TensorRT itself fails such an engine with no reason (the
+    stand-in module has no Runtime, so reaching deserialisation would be an AttributeError)."""
+    from deployvit.runtimes.tensorrt import TensorRT
+
+    engine, _ = h200_engine
+    monkeypatch.setattr(TensorRT, "check", lambda self, *a, **k: None)  # no CUDA GPU here
+    monkeypatch.setattr(trt_export, "_cuda_facts", lambda: {"gpu": "NVIDIA A10", "compute_capability": "8.6"})
+    with pytest.raises(DeployvitError, match=r"built for NVIDIA H200 \(compute capability 9.0\).*NVIDIA A10 \(compute capability 8.6\)"):
+        TrtRunner(engine)
+
+
+@pytest.mark.parametrize("capability, name, refused", [((8, 0), "NVIDIA A100-SXM4-80GB", True), ((8, 6), "NVIDIA A10", True),
+                                                       ((8, 9), "NVIDIA L4", False), ((9, 0), "NVIDIA H200", False)])
+def test_fp8_runs_only_where_there_are_fp8_tensor_cores(monkeypatch, capability, name, refused):
+    """Compute capability 8.9 (Ada) and 9.x (Hopper) have FP8 tensor cores; Ampere does not. The
+    CUDA queries are answered for a GPU this machine does not have."""
+    from deployvit.devices import fp8_refusal
+    from deployvit.runtimes import get_runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
+    reason = fp8_refusal("cuda")
+    if not refused:
+        assert reason is None
+        get_runtime("tensorrt").check_precision("cuda", "fp8")
+        return
+    assert f"{name} is compute capability {capability[0]}.{capability[1]}" in reason and "compute capability 8.9" in reason
+    with pytest.raises(MissingDependency, match=f"runtime tensorrt: fp8 needs an NVIDIA GPU with FP8 tensor cores.*{name}"):
+        get_runtime("tensorrt").check_precision("cuda", "fp8")
+
+
+def test_fp8_is_refused_on_the_cpu():
+    from deployvit.devices import fp8_refusal
+
+    assert fp8_refusal("cpu").endswith("this run is on the CPU")
+
+
 # --- the real thing: needs TensorRT and a CUDA GPU ---------------------------------------------------
 
 
@@ -342,3 +513,31 @@ def test_cli_tf32_needs_fp32(tmp_path):
     result = run_cli("export", "--arch", str(arch_path), "--precision", "fp16", "--tf32", "--out", str(out))
     assert_one_line_error(result, "--tf32 needs --precision fp32")  # commands.conflicts, before the library's own check
     assert not out.exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_real_quantised_engine_is_built_from_the_qdq_graph_and_passes_the_gate(precision, tmp_path):
+    """`export --format trt --precision int8|fp8` on a model trained on digits: the engine is built
+    strongly typed from the calibrated Q/DQ graph, passes the default accuracy gate, and its sidecar
+    names this GPU. fp8 needs compute capability 8.9 or later (skipped elsewhere, with the reason)."""
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install tensorrt)")
+    from deployvit.devices import fp8_refusal
+    from deployvit.weights import save_model
+    from tests.test_export_verify import train_briefly
+
+    if precision == "fp8" and fp8_refusal("cuda"):
+        pytest.skip(fp8_refusal("cuda"))
+    arch, model = train_briefly()
+    checkpoint = tmp_path / "run" / "checkpoint.safetensors"
+    save_model(checkpoint, model, arch)
+    out = tmp_path / "out"
+    result = run_cli("export", "--checkpoint", str(checkpoint), "--format", "trt", "--precision", precision, "--data", "digits",
+                     "--out", str(out), "--calibration", "128", "--repeats", "5", "--dynamic-batch", "1,8,32")
+    assert result.code == 0, result.err
+    row = json.loads((out / "report.json").read_text())["rows"][0]
+    assert row["quantization"]["gate"]["passed"] and row["precision"] == precision
+    sidecar = json.loads(trt_export.sidecar_path(out / "model.engine").read_text())
+    major, minor = torch.cuda.get_device_capability()
+    assert sidecar["compute_capability"] == f"{major}.{minor}" and sidecar["gpu"] == torch.cuda.get_device_name()
+    assert sidecar["onnx_precision"] == precision and sidecar["float_precision"] == "fp16" and sidecar["quantization"]["qtype"] == precision

@@ -135,7 +135,8 @@ def test_existing_table_needs_force(tmp_path):
         (("--batch-size", "0"), ("--batch-size", "1<=x<=4096")),
         (("--batch-size", "-3"), ("--batch-size", "1<=x<=4096")),
         (("--device", _foreign_gpu_label()), ("does not match", "--force")),
-        (("--precision", "fp8"), ("unknown precision",)),
+        (("--precision", "int4"), ("unknown precision",)),
+        (("--precision", "fp8"), ("runtime eager does not run fp8",)),  # a precision now, of TensorRT only
         (("--space", "no-such-space"), ("unknown space",)),
     ],
 )

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -23,15 +25,20 @@ from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
 from deployvit import io
 from deployvit.compute import compute_device
 from deployvit.contract import contract_runner, measure_contract, plan_contract
-from deployvit.runtime_registry import format_names, format_record, listing, tf32_runtimes
+from deployvit.runtime_registry import format_names, format_record, formats_for, listing, tf32_runtimes
 from deployvit.runtimes import for_format, software
-from deployvit.settings import MeasureSettings
+from deployvit.settings import PRECISIONS, QUANTIZED_PRECISIONS, MeasureSettings
 from deployvit.units import parse_amount
 from exporters.benchmark import ExportSpec, reference_runner, run_format
-from exporters.onnx import BF16_MIN_OPSET, DEFAULT_OPSET, MIN_OPSET, PRECISIONS, batch_spec, check_opset
-from exporters.report import REFERENCE, SKIPPED, VERIFIED, VERIFY_FAILED, Report, Row, format_table
+from exporters.images import natural_samples
+from exporters.onnx import BF16_MIN_OPSET, DEFAULT_OPSET, MIN_OPSET, BatchSpec, batch_spec, check_opset
+from exporters.quant_gate import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_BATCH_COSINE, SENSITIVITY_BUDGET_S, GateThresholds, QuantSpec
+from exporters.quantize import DEFAULT_CALIBRATION, DEFAULT_METHOD, METHODS, MIN_CALIBRATION, check_keep_fp
+from exporters.report import REFERENCE, SKIPPED, VERIFIED, VERIFY_FAILED, Report, Row, format_table, quantization_lines
 from exporters.sources import SourceModel, load_arch_model, load_timm_model
 from exporters.verify import Runner, Samples, Thresholds, synthetic_samples
+
+SAMPLES, QUANT_SAMPLES = 128, 512  # verification images: a quantised model's gate counts top-1 points (1 image of 128 is 0.8)
 
 
 def _batch_range(text: str | None, contracts: dict[str, Any]) -> tuple[int, int, int] | None:
@@ -103,9 +110,11 @@ def _common_options(fn: Callable) -> Callable:
         click.option("--dynamic-batch", help="Dynamic batch MIN,OPT,MAX (OPT: the size TensorRT tunes for)."),
         click.option("--opset", type=bounds.ints(1, 99), help=f"ONNX opset, >= {MIN_OPSET} (default {DEFAULT_OPSET}; {BF16_MIN_OPSET} for bf16)."),
         click.option("--legacy-exporter", is_flag=True, help="Use the TorchScript ONNX exporter instead of dynamo."),
-        click.option("--data", help="Verify on the val split of: digits, a CIFAR folder or an ImageFolder root."),
-        click.option("--samples", type=bounds.IMAGES, default=128, show_default=True,
-                     help="Images to verify on (synthetic seeded images without --data)."),
+        click.option("--data", help="Verify on the val split of: digits, a CIFAR folder or an ImageFolder root (int8/fp8: "
+                                    "calibrate on its train split; required)."),
+        click.option("--samples", type=bounds.IMAGES,
+                     help=f"Images to verify on (default {SAMPLES}; {QUANT_SAMPLES} for int8/fp8): the val split of --data, else "
+                          "natural photographs (crops of scikit-learn's two sample images)."),
         click.option("--budget", help="Latency budget of the contract (measured in the table's runtime, precision and "
                                       "batch), e.g. 5ms or 800us: NOT MET is exit 1."),
         click.option("--table", type=click.Path(dir_okay=False),
@@ -119,7 +128,9 @@ def _common_options(fn: Callable) -> Callable:
         click.option("--max-abs-diff", type=bounds.NON_NEGATIVE, help="Override: max |logit diff| (default 1e-3 for fp32)."),
         click.option("--min-cosine", type=bounds.floats(-1, 1), help="Override: min cosine similarity (0.9999 fp32, 0.999 fp16/bf16)."),
         click.option("--min-agreement", type=bounds.FRACTION, help="Override: min top-1 agreement, fraction (0.995 fp16/bf16)."),
-        click.option("--max-top1-drop", type=bounds.floats(0, 100), help="Override: max top-1 drop in points (0.3 fp16/bf16)."),
+        click.option("--max-top1-drop", "--max-accuracy-drop", "max_top1_drop", type=bounds.floats(-100, 100),
+                     help=f"Override: max top-1 drop vs fp32 in points (0.3 fp16/bf16; int8/fp8: the accuracy gate, "
+                          f"{DEFAULT_MAX_ACCURACY_DROP:g}, over every verification image)."),
         click.option("--warmup", type=bounds.WARMUP_S, default=MeasureSettings.warmup_s, show_default=True,
                      help="Timing warm-up seconds (the contract uses its table's own settings)."),
         click.option("--repeats", type=bounds.REPEATS, default=MeasureSettings.repeats, show_default=True,
@@ -127,8 +138,30 @@ def _common_options(fn: Callable) -> Callable:
         click.option("--clock", type=click.Choice(["wall", "cpu"]), default=MeasureSettings.clock, show_default=True,
                      help="CPU timing: wall clock, or single-thread process CPU time (as CPU latency tables "
                           "profiled on a shared machine)."),
-    ]
+    ] + _quantization_options()
     return functools.reduce(lambda f, opt: opt(f), reversed(options), fn)
+
+
+def _quantization_options() -> list:
+    """The int8/fp8 options (the calibration, the layers kept float, the accuracy gate) and the
+    dynamic-vs-static comparison."""
+    return [
+        click.option("--min-batch-cosine", type=bounds.floats(-1, 1),
+                     help=f"int8/fp8 gate: min mean logit cosine of every batch (default {DEFAULT_MIN_BATCH_COSINE:g}; "
+                          f"agreement default {DEFAULT_MIN_AGREEMENT:g}, --min-agreement)."),
+        click.option("--calibration", type=bounds.ints(MIN_CALIBRATION, 100_000),
+                     help=f"int8/fp8: calibration images, drawn with seed 0 from the train split of --data "
+                          f"(default {DEFAULT_CALIBRATION}, or the whole split when smaller)."),
+        click.option("--calibration-method", type=click.Choice(list(METHODS)),
+                     help=f"int8/fp8: activation ranges from the calibration images' min/max or their 99.999th percentile (default {DEFAULT_METHOD})."),
+        click.option("--keep-fp", help="int8/fp8: comma-separated layers to keep in higher precision, replacing the default (the "
+                                       "classifier head): a layer (stages.0.1.mlp.fc2), a block (stages.0.1), a prefix (head) or a "
+                                       "pattern (*.attn.qkv); the gate's sensitivity advice prints the list to use."),
+        click.option("--sensitivity-budget", type=bounds.floats(0, 86_400, min_open=True), default=SENSITIVITY_BUDGET_S, show_default=True,
+                     help="int8/fp8: seconds the sensitivity pass may take when the gate fails (its advice says when it ran out)."),
+        click.option("--static-compare/--no-static-compare", default=True, show_default=True,
+                     help="A dynamic-batch artifact: also build a static one at the contract's batch and compare their latency there."),
+    ]
 
 
 @dataclass
@@ -171,7 +204,12 @@ def data_samples(data: str, img_size: int, in_chans: int = 3, limit: int = 256) 
 
 
 def _samples(data: str | None, source: SourceModel, n: int) -> Samples:
+    """The val split of `data`; without data, natural photographs (`exporters.images`: a parity check
+    on noise can pass a graph that is wrong on real inputs), or seeded noise for a model whose input
+    is not one or three channels (said in the report, as every source is)."""
     if data is None:
+        if source.in_chans in (1, 3):
+            return natural_samples(n, source.img_size, source.in_chans)
         return synthetic_samples(n, source.img_size, source.in_chans)
     return data_samples(data, source.img_size, source.in_chans, limit=n)
 
@@ -181,10 +219,8 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
     precision = opts["precision"]
     opset = check_opset(precision, opts["opset"])
     budget_ms = parse_amount(opts["budget"], "latency", "--budget") / 1e3 if opts["budget"] is not None else None
-    thresholds = Thresholds.for_precision(
-        precision, tf32=opts["tf32"], max_abs_diff=opts["max_abs_diff"], min_cosine=opts["min_cosine"],
-        min_agreement=opts["min_agreement"], max_top1_drop=opts["max_top1_drop"],
-    )
+    thresholds = _thresholds(opts, precision)
+    _check_quantized(opts, formats)
     if opts["workspace"] <= 0:
         raise DeployvitError(f"--workspace must be > 0 GB, got {opts['workspace']}")
     if len(formats) == 1 and opts["device"] != "auto":
@@ -205,7 +241,8 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
     notes += _skipped_tables(contracts)
     batch = batch_spec(opts["batch_size"], _batch_range(opts["dynamic_batch"], contracts))
     _check_contract_batches(batch, contracts)
-    samples = _samples(opts["data"], source, opts["samples"])  # also validates --data
+    samples = _samples(opts["data"], source, opts["samples"] or (QUANT_SAMPLES if precision in QUANTIZED_PRECISIONS else SAMPLES))
+    quant = _quant_spec(opts, source) if precision in QUANTIZED_PRECISIONS else None  # also validates --data (and --keep-fp)
     if len(samples) < batch.max:
         raise DeployvitError(f"verification needs at least {batch.max} images (the largest batch), got {len(samples)}: "
                              "raise --samples or lower the batch")
@@ -216,7 +253,7 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
         img_size=source.img_size, in_chans=source.in_chans, precision=precision, batch=batch, opset=opset,
         dynamo=not opts["legacy_exporter"], device=device, workspace_gb=opts["workspace"],
         timing_cache=opts["timing_cache"], thresholds=thresholds, warmup_s=opts["warmup"], repeats=opts["repeats"],
-        clock=opts["clock"], tf32=opts["tf32"],
+        clock=opts["clock"], tf32=opts["tf32"], quant=quant,
         metadata={"source": source.info, "tf32": opts["tf32"]},
     )
     return Job(source, spec, samples, out, budget_ms, notes, opts, contracts)
@@ -252,6 +289,56 @@ def _skipped_tables(contracts: dict[str, Any]) -> list[str]:
     for line in skipped:
         click.echo(f"deployvit: warning: {line}", err=True)
     return skipped
+
+
+def _thresholds(opts: dict[str, Any], precision: str) -> Thresholds:
+    """Verification's thresholds; for int8/fp8 agreement and top-1 drop belong to the accuracy gate."""
+    gated = ("min_agreement", "max_top1_drop") if precision in QUANTIZED_PRECISIONS else ()
+    overrides = {k: opts[k] for k in ("max_abs_diff", "min_cosine", "min_agreement", "max_top1_drop") if k not in gated}
+    return Thresholds.for_precision(precision, tf32=opts["tf32"], **overrides)
+
+
+QUANT_OPTIONS = {"min_batch_cosine": "--min-batch-cosine", "calibration": "--calibration", "calibration_method": "--calibration-method",
+                 "keep_fp": "--keep-fp"}
+
+
+def _check_quantized(opts: dict[str, Any], formats: list[str]) -> None:
+    """int8/fp8 requests that cannot work, refused before anything is loaded: no calibration data, a
+    format that cannot hold the precision, fp8 where there are no FP8 tensor cores; and the int8/fp8
+    options given with a float precision."""
+    from deployvit.devices import fp8_refusal
+
+    precision = opts["precision"]
+    if precision not in QUANTIZED_PRECISIONS:
+        given = [flag for key, flag in QUANT_OPTIONS.items() if opts[key] is not None]
+        if given:
+            raise DeployvitError(f"{given[0]} applies to --precision {' or '.join(QUANTIZED_PRECISIONS)} (this export is {precision})")
+        return
+    if opts["data"] is None:
+        raise DeployvitError(f"--precision {precision} needs calibration images: give --data (digits, a CIFAR folder or an ImageFolder "
+                             f"root); its ranges are fitted on the train split, never on noise")
+    able = formats_for(precision)
+    if len(formats) == 1 and formats[0] not in able:
+        raise DeployvitError(f"format {formats[0]} cannot be quantised to {precision} (formats that can: {listing(able)})")
+    reason = fp8_refusal(compute_device(opts["device"]).type) if precision == "fp8" else None
+    if reason:
+        raise DeployvitError(f"--precision fp8: {reason}")
+
+
+def _quant_spec(opts: dict[str, Any], source: SourceModel) -> QuantSpec:
+    """The calibration images (the train split of --data, seeded), the layers kept float (checked
+    against the model's layers now, before anything is written) and the accuracy gate."""
+    from deployvit.train.calibration import calibration_samples
+
+    keep = None if opts["keep_fp"] is None else tuple(p.strip() for p in opts["keep_fp"].split(",") if p.strip())
+    if keep:
+        check_keep_fp(source.model, keep)
+    gate = GateThresholds(
+        max_accuracy_drop=DEFAULT_MAX_ACCURACY_DROP if opts["max_top1_drop"] is None else opts["max_top1_drop"],
+        min_agreement=DEFAULT_MIN_AGREEMENT if opts["min_agreement"] is None else opts["min_agreement"],
+        min_batch_cosine=DEFAULT_MIN_BATCH_COSINE if opts["min_batch_cosine"] is None else opts["min_batch_cosine"])
+    calibration = calibration_samples(opts["data"], source.img_size, source.in_chans, n=opts["calibration"] or DEFAULT_CALIBRATION)
+    return QuantSpec(calibration, keep, opts["calibration_method"] or DEFAULT_METHOD, gate, opts["sensitivity_budget"])
 
 
 def _source(opts: dict[str, Any]) -> SourceModel:
@@ -316,6 +403,9 @@ def write_report(command: str, job: Job, rows: list[Row], formats: list[str], mo
     report = Report(command, models, job.samples.source, rows, _settings(job, formats), job.notes, software())
     json_path, md_path = report.write(job.out)
     click.echo(format_table(rows))
+    for r in rows:
+        for line in quantization_lines(r.quantization)[2:] + ([f"- {r.dynamic_vs_static['summary']}"] if r.dynamic_vs_static else []):
+            click.echo(f"{r.model} {r.format} {r.precision}: {line[2:]}")
     click.echo(f"\nreport: {json_path} and {md_path.name}")
     return report
 
@@ -328,6 +418,8 @@ def failure_of(job: Job, rows: list[Row]) -> str | None:
     if bad:
         r = bad[0]
         why = "; ".join(r.verification.failed) if r.verification and r.verification.failed else "; ".join(r.notes[:1])
+        if r.quantization and r.quantization.get("advice"):
+            why += f"; {r.quantization['advice']}"
         return f"{r.model} {r.format} {r.precision}: {r.status}: {why}"
     if job.budget_ms is not None and gating and not any(r.contract == "MET" for r in gating):
         timed = [r.latency for r in gating if r.latency is not None and r.latency.measured_ms is not None]
@@ -407,7 +499,7 @@ def _benchmark(job: Job, opts: dict[str, Any], fmts: list[str], baselines: list[
                                num_classes=job.source.arch.num_classes if job.source.arch else None)
         spec = replace(job.spec, img_size=base.img_size, in_chans=base.in_chans, metadata={"source": base.info})
         contracts = {fmt: _baseline_contract(job, fmt) for fmt in fmts}
-        base_jobs.append((name, Job(base, spec, _samples(opts["data"], base, opts["samples"]), job.out, job.budget_ms, [], opts, contracts)))
+        base_jobs.append((name, Job(base, spec, _samples(opts["data"], base, len(job.samples)), job.out, job.budget_ms, [], opts, contracts)))
     models = {job.source.name: job.source.info, **{name: b.source.info for name, b in base_jobs}}
     rows = _benchmark_model(job, job.source, job.samples, fmts, "model", gating=True)
     for name, base_job in base_jobs:
@@ -418,15 +510,66 @@ def _benchmark(job: Job, opts: dict[str, Any], fmts: list[str], baselines: list[
 def _row(job: Job, source: SourceModel, samples: Samples, fmt: str, stem: str, reference: Runner | None) -> Row:
     """One format of one model: exported, verified, timed, and its latency contract measured like
     its table (`deployvit.contract`)."""
-    row = run_format(for_format(fmt), source.model, source.name, job.spec, samples, job.out, stem=stem,
+    runtime = for_format(fmt)
+    row = run_format(runtime, source.model, source.name, job.spec, samples, job.out, stem=stem,
                      reference=reference, budget_ms=job.budget_ms)
     contract = copy.deepcopy(job.contracts[fmt])
     if row.status in (VERIFIED, VERIFY_FAILED, REFERENCE):
         run = contract_runner(contract, fmt, source.model, row.path, source.in_chans, source.img_size)
         measure_contract(contract, run)
+        if job.opts["static_compare"]:
+            row.dynamic_vs_static = dynamic_vs_static(job.spec, runtime, source, samples, contract, row.path)
     row.latency = contract
     row.notes.extend(contract.notes)
+    if row.dynamic_vs_static and row.dynamic_vs_static["slower"]:
+        row.notes.append("WARNING: " + row.dynamic_vs_static["summary"])
     return row
+
+
+#: below this the difference of two medians is never called a slowdown (drift between two timings that
+#: their own repeats do not show: clocks, caches, a neighbour's load)
+NOISE_FLOOR = 0.03
+
+
+def timing_noise(a, b) -> float:
+    """The relative difference between two contract timings that their noise explains: twice the
+    standard error of the difference of the two medians (each about 1.25 x cv / sqrt(repeats), the
+    median's standard error for a near-normal spread), at least NOISE_FLOOR."""
+    se = [1.2533 * (c.measured_cv or 0.0) / math.sqrt(max(int(c.settings.get("repeats") or 1), 1)) for c in (a, b)]
+    return max(NOISE_FLOOR, 2 * math.sqrt(se[0] ** 2 + se[1] ** 2))
+
+
+def dynamic_vs_static(spec: ExportSpec, runtime, source: SourceModel, samples: Samples, contract, path: str | None) -> dict[str, Any] | None:
+    """A dynamic-batch artifact at the contract's batch vs a static build of the same model at that
+    batch, timed the same way (the contract's settings): TensorRT issue 976's 7 ms static vs 20 ms
+    dynamic at batch 1 is what this catches. None when there is nothing to compare (a static artifact,
+    a module runtime, the contract's batch outside the range); the static build goes to a temporary
+    folder and is not kept."""
+    b = contract.batch_size
+    if path is None or not runtime.record.file_based or not spec.batch.dynamic or not spec.batch.min <= b <= spec.batch.max:
+        return None
+    static = copy.deepcopy(contract)
+    static.measured_ms, static.measured_cv, static.notes = None, None, []
+    with tempfile.TemporaryDirectory(prefix="deployvit-static-") as tmp:
+        try:
+            built = runtime.artifact(source.model, replace(spec, batch=BatchSpec(b, b, b), trt_onnx_suffix=".onnx"), samples, Path(tmp), "static")
+            measure_contract(static, contract_runner(static, runtime.record.format, source.model, str(built.path), source.in_chans, source.img_size))
+        except (DeployvitError, CheckFailed) as exc:
+            return {"batch": b, "slower": False, "summary": f"no static build at batch {b} to compare with: {str(exc).splitlines()[0]}"}
+    return latency_verdict(contract, static, b, str(spec.batch))
+
+
+def latency_verdict(dynamic, static, batch: int, batch_range: str) -> dict[str, Any]:
+    """Dynamic vs static timings of one model at `batch` (two measured contracts): slower when the
+    dynamic build's median exceeds the static one's by more than their timing noise."""
+    ratio, noise = dynamic.measured_ms / static.measured_ms - 1, timing_noise(dynamic, static)
+    slower = ratio > noise
+    verdict = (f"slower than the static build by more than the timing noise ({noise:.1%}): for batch {batch}, export with --batch-size {batch}"
+               if slower else f"within the timing noise ({noise:.1%}) or faster")
+    return {"batch": batch, "range": batch_range, "dynamic_ms": dynamic.measured_ms, "static_ms": static.measured_ms,
+            "dynamic_cv": dynamic.measured_cv, "static_cv": static.measured_cv, "relative": ratio, "noise": noise, "slower": slower,
+            "summary": f"dynamic batch {batch_range} at batch {batch}: {dynamic.measured_ms:.3f} ms vs static {static.measured_ms:.3f} ms "
+                       f"({ratio:+.1%}), {verdict}"}
 
 
 def _baseline_contract(job: Job, fmt: str):

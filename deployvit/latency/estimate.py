@@ -66,7 +66,7 @@ from deployvit.errors import DeployvitError
 from deployvit.latency.gpus import GPU, load_catalogue
 from deployvit.latency.kernels import Flavour, Kernel, part_kernels
 from deployvit.runtime_registry import estimated_runtimes, runtime_record
-from deployvit.settings import PRECISIONS
+from deployvit.settings import PRECISIONS, QUANTIZED_PRECISIONS
 from deployvit.parts import Part, arch_parts
 
 if TYPE_CHECKING:
@@ -135,6 +135,9 @@ def check_request(runtime: str, precision: str, batch: int, gpu: GPU) -> None:
         raise DeployvitError(f"--estimate does not cover runtime {runtime}: {record.not_estimated}")
     if precision not in PRECISIONS:
         raise DeployvitError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    if precision in QUANTIZED_PRECISIONS:
+        raise DeployvitError(f"--estimate does not cover {precision}: the kernel model is fitted on published fp32/fp16 measurements "
+                             f"only; measure an {precision} table with `deployvit profile` (without --estimate)")
     if precision == "bf16" and gpu.bf16_tensor_tflops is None:
         raise DeployvitError(f"{gpu.name} ({gpu.architecture}) has no bf16 support; use fp16 or fp32")
     if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:

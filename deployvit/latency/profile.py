@@ -30,7 +30,7 @@ from deployvit import __version__, io
 from deployvit.arch import Arch
 from deployvit.errors import DeployvitError
 from deployvit.devices import check_label, machine_facts
-from deployvit.runtimes import build_runner, check_runtime, runtime_version
+from deployvit.runtimes import build_runner, check_runtime, get_runtime, runtime_version
 from deployvit.settings import MeasureSettings, ProfileConfig
 from deployvit.latency.stats import error_stats, fit_affine
 from deployvit.latency.table import LatencyTable
@@ -275,6 +275,7 @@ def _build_table(space, label, device, settings, state, calib, val, calib_archs,
         "settings": {**asdict(settings), "calib_archs": calib_archs, "val_archs": val_archs, "seed": seed,
                      "timer": "cuda events" if device == "cuda" else ("perf_counter" if settings.clock == "wall" else "process_time")},
         "num_entries": len(entries),
+        **get_runtime(settings.runtime).table_facts(settings.precision),  # an int8 table: how its entries were quantised
     }
     return table
 

@@ -32,7 +32,7 @@ from torch import nn
 from deployvit.compute import TORCH_DTYPES, CastModel
 from deployvit.errors import DeployvitError, MissingDependency
 from deployvit.runtime_registry import DEVICE_WORDS, RuntimeRecord, listing, missing_package, runtimes_on, tf32_runtimes
-from deployvit.settings import PRECISIONS
+from deployvit.settings import PRECISIONS, QUANTIZED_PRECISIONS
 from exporters.benchmark import Artifact, ExportSpec
 
 Run = Callable[[], object]
@@ -125,6 +125,25 @@ class Runtime:
             return {self.record.package: self.version()}
         except DeployvitError:
             return {self.record.package: None}
+
+    def table_facts(self, precision: str) -> dict[str, Any]:
+        """What a latency table this runtime times in `precision` must say about how its entries were
+        made, beyond the settings every table records (an int8 table: the quantisation)."""
+        if precision not in QUANTIZED_PRECISIONS:
+            return {}
+        from exporters.quantize import DEFAULT_KEEP_FP, DEFAULT_METHOD, TIMING_CALIBRATION
+
+        return {"quantization": {
+            "qtype": precision,
+            "placement": ("exporters.quantize, as an exported model: Q/DQ on the inputs of every MatMul/Gemm/Conv (attention's two "
+                          f"activation matmuls included), symmetric, weights per output channel; kept float: {', '.join(DEFAULT_KEEP_FP)} "
+                          "(its part is timed as a float part)"),
+            "method": DEFAULT_METHOD,
+            "scales": (f"calibrated on {TIMING_CALIBRATION}+ inputs per entry, through random-weight modules (the table's): "
+                       "natural photographs for the stem and the whole archs, for token parts the tokens a seeded random-weight "
+                       "patch stem of the part's width makes of natural photographs; realistic ranges, not a trained model's: "
+                       "the latency of int8 kernels does not depend on the scale values"),
+        }}
 
     # --- run -------------------------------------------------------------------------------------
 
@@ -219,9 +238,23 @@ class FileRuntime(Runtime):
         self.check(device, "fp32", tf32)  # the precision is inside the file
         return self.open(Path(path), torch.device(device), threads, tf32).bind(seeded_input(input_shape))
 
+    def write_quantized(self, model: nn.Module, spec: ExportSpec, out_dir: Path, stem: str) -> tuple[Path, list[str], Any]:
+        """Write the model's int8/fp8 artifact (`spec.quant`: calibration, layers kept float) into
+        `out_dir`: its path, report notes and the `exporters.quantize.QuantizeResult` of its graph."""
+        raise DeployvitError(f"runtime {self.name} does not run quantised models (it runs {listing(self.record.precisions)})")
+
+    def graph_runner(self, spec: ExportSpec) -> Callable[[Path], Any]:
+        """Opens a Q/DQ ONNX graph of the artifact's model (the accuracy gate's sensitivity trials)."""
+        raise DeployvitError(f"runtime {self.name} cannot run the sensitivity pass's ONNX graphs")
+
     def artifact(self, model, spec, samples, out_dir, stem) -> Artifact:
         tf32 = spec.tf32 and self.record.tf32  # a request: honoured where the runtime has TF32
         self.check(spec.device, spec.precision, tf32)
-        path, notes = self.write_artifact(model, spec, out_dir, stem)
+        quantized = None
+        if spec.precision in QUANTIZED_PRECISIONS:
+            path, notes, quantized = self.write_quantized(model, spec, out_dir, stem)
+        else:
+            path, notes = self.write_artifact(model, spec, out_dir, stem)
         runner = self.open(path, spec.device, spec.threads, tf32)
-        return Artifact(runner, spec.device, self.describe(runner), path, notes, size_bytes=self.size(path))
+        return Artifact(runner, spec.device, self.describe(runner), path, notes, size_bytes=self.size(path), quantization=quantized,
+                        graph_runner=None if quantized is None else self.graph_runner(spec))

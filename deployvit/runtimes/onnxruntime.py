@@ -19,7 +19,9 @@ import torch
 
 from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
 from deployvit.runtimes.base import FileRuntime
+from deployvit.settings import QUANTIZED_PRECISIONS
 from exporters.onnx import export_for_timing, export_onnx, file_size, read_metadata
+from exporters.quantize import export_quantized, quantize_part
 
 
 class OnnxRuntime(FileRuntime):
@@ -40,7 +42,21 @@ class OnnxRuntime(FileRuntime):
         return out
 
     def write_part(self, module, work, input_shape, precision, tf32):
+        if precision in QUANTIZED_PRECISIONS:  # the placement of an exported model, ranges from real-image inputs
+            return quantize_part(module, work, input_shape, precision)
         return export_for_timing(module, work / f"part{self.record.artifact}", input_shape, precision)
+
+    def write_quantized(self, model, spec, out_dir, stem):
+        q = spec.quant
+        result = export_quantized(model, out_dir / f"{stem}{self.record.artifact}", q.calibration, img_size=spec.img_size,
+                                  in_chans=spec.in_chans, qtype=spec.precision, keep_fp=q.keep_fp, method=q.method, opset=spec.opset,
+                                  dynamic_batch=(spec.batch.min, spec.batch.opt, spec.batch.max), dynamo=spec.dynamo, metadata=spec.metadata)
+        note = (f"{spec.precision.upper()} Q/DQ graph (onnxruntime {result.onnxruntime_version} quantize_static, {result.method}) "
+                f"quantised from {result.fp32_path.name}, kept beside it")
+        return result.path, [note], result
+
+    def graph_runner(self, spec):
+        return graph_runner(spec.device, spec.threads)
 
     def write_artifact(self, model, spec, out_dir, stem):
         path = export_onnx(model, out_dir / f"{stem}{self.record.artifact}", img_size=spec.img_size, in_chans=spec.in_chans,
@@ -56,6 +72,19 @@ class OnnxRuntime(FileRuntime):
 
     def size(self, path: Path) -> int:
         return file_size(path)  # the graph and its external weights, if any
+
+
+def graph_runner(device: str, threads: int | None = None):
+    """Opens an ONNX graph in onnxruntime on `device` when it runs there (the CUDA provider
+    installed), else on the CPU: the accuracy gate's sensitivity trials, whatever format the
+    artifact is (they rank what quantisation does to each layer, not the runtime's kernels)."""
+    from deployvit.runtimes import runtime_of
+
+    try:
+        where = runtime_of(OnnxRuntime).check(device, "fp32")
+    except DeployvitError:
+        where = "cpu"
+    return lambda path: OnnxRunner(path, where, threads)
 
 
 def _installed(dist: str) -> bool:

@@ -13,7 +13,11 @@ graph (weights kept fp32), the precision is recorded in the IR (`rt_info` deploy
 applied as `INFERENCE_PRECISION_HINT` when the file is compiled, and checked back on the compiled
 model. fp32 is asked for explicitly, because OpenVINO's default on CPUs with bf16 units (AMX) is
 bf16. fp16 and bf16 run only where the CPU plugin reports the capability (`OPTIMIZATION_CAPABILITIES`
-FP16 / BF16); elsewhere they are refused in one line rather than silently run in fp32. OpenVINO
+FP16 / BF16); elsewhere they are refused in one line rather than silently run in fp32. int8 is the one
+precision that is in the graph: the IR is converted from the Q/DQ ONNX graph `exporters.quantize`
+writes (calibrated on real images), whose Q/DQ pairs become FakeQuantize nodes that the CPU plugin's
+low-precision transformations fuse into int8 FullyConnected and MatMul kernels (capability INT8; no
+NNCF needed), the float parts compiled in f32. OpenVINO
 runs on Intel GPUs and NPUs too; deployvit times CPUs (and CUDA GPUs, which OpenVINO does not run).
 """
 
@@ -28,12 +32,15 @@ import torch
 
 from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
 from deployvit.runtimes.base import FileRuntime
+from deployvit.settings import QUANTIZED_PRECISIONS
 from exporters.onnx import export_for_timing, export_onnx
+from exporters.quantize import export_quantized, quantize_part
 
 PLUGIN = "CPU"
 PRECISION_KEY = ["deployvit", "precision"]  # where the IR records the precision it is compiled in
-HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}  # OpenVINO's element types
-CAPABILITY = {"fp16": "FP16", "bf16": "BF16"}
+#: OpenVINO's element types; int8's float parts run in f32 (its int8 comes from the graph's Q/DQ, below)
+HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
+CAPABILITY = {"fp16": "FP16", "bf16": "BF16", "int8": "INT8"}
 
 
 class OpenVino(FileRuntime):
@@ -46,8 +53,30 @@ class OpenVino(FileRuntime):
                                     f"(its capabilities: {', '.join(caps)}); use fp32")
 
     def write_part(self, module, work, input_shape, precision, tf32):
-        graph = export_for_timing(module, work / "part.onnx", input_shape)  # fp32: the precision is a compile hint
+        if precision in QUANTIZED_PRECISIONS:
+            graph = quantize_part(module, work, input_shape, precision)  # the Q/DQ graph an int8 export converts
+        else:
+            graph = export_for_timing(module, work / "part.onnx", input_shape)  # fp32: the precision is a compile hint
         return self._write_ir(graph, work / f"part{self.record.artifact}", precision)
+
+    def write_quantized(self, model, spec, out_dir, stem):
+        """int8: the Q/DQ graph `exporters.quantize` writes (kept as `<stem>.openvino.onnx`, beside its
+        fp32 source, never in place of an onnx row's model.onnx), converted to an IR whose
+        FakeQuantize nodes OpenVINO's CPU plugin runs as int8 kernels (its low-precision
+        transformations; no NNCF needed), the float parts in f32."""
+        q = spec.quant
+        result = export_quantized(model, out_dir / f"{stem}.openvino.onnx", q.calibration, img_size=spec.img_size, in_chans=spec.in_chans,
+                                  qtype=spec.precision, keep_fp=q.keep_fp, method=q.method, opset=spec.opset,
+                                  dynamic_batch=(spec.batch.min, spec.batch.opt, spec.batch.max), dynamo=spec.dynamo, metadata=spec.metadata)
+        path = self._write_ir(result.path, out_dir / f"{stem}{self.record.artifact}", spec.precision)
+        ov = self.import_package()
+        return path, [f"OpenVINO {ov.__version__} IR from the {spec.precision} Q/DQ ONNX graph {result.path.name} (FakeQuantize, "
+                      f"float parts in f32)"], result
+
+    def graph_runner(self, spec):
+        from deployvit.runtimes.onnxruntime import graph_runner
+
+        return graph_runner("cpu", spec.threads)
 
     def write_artifact(self, model, spec, out_dir, stem):
         with tempfile.TemporaryDirectory(prefix="deployvit-openvino-") as work:  # never beside an onnx row's model.onnx

@@ -1,6 +1,8 @@
 """tensorrt: an engine built by `exporters.tensorrt.build_engine` (TensorRT 10 or 11, strongly typed
-from the low-precision ONNX graph on both) and run by a `TrtRunner` on torch CUDA tensors, whose
-bound call (`bind`) is what a table entry and an export artifact are both timed with.
+from the low-precision ONNX graph on both; int8 and fp8 from the Q/DQ graph of `exporters.quantize`
+with fp16 float parts) and run by a `TrtRunner` on torch CUDA tensors, whose bound call (`bind`) is
+what a table entry and an export artifact are both timed with. A runner refuses an engine whose
+sidecar names another compute capability or TensorRT version, naming both.
 
 NOTE: written against the TensorRT 10/11 Python API; not run in the project's CI (no GPU, no TensorRT).
 """
@@ -12,10 +14,13 @@ from pathlib import Path
 
 import torch
 
+from deployvit.devices import fp8_refusal
 from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
 from deployvit.runtimes.base import FileRuntime
-from exporters.onnx import export_onnx
-from exporters.tensorrt import SUPPORTED_MAJORS, build_engine, plan_build, trt_major
+from deployvit.settings import QUANTIZED_PRECISIONS
+from exporters.onnx import export_onnx, read_metadata
+from exporters.quantize import export_quantized, quantize_part
+from exporters.tensorrt import QUANT_FLOAT_PRECISION, SUPPORTED_MAJORS, build_engine, check_engine, plan_build, trt_major
 
 
 class TensorRT(FileRuntime):
@@ -28,17 +33,47 @@ class TensorRT(FileRuntime):
             raise MissingDependency(f"{self.record.package} {trt.__version__} is not supported (need {need}): {self.record.install}")
         return trt
 
+    def check_precision(self, kind: str, precision: str) -> None:
+        """fp8 only on GPUs with FP8 tensor cores (compute capability 8.9 or later), refused elsewhere."""
+        reason = fp8_refusal(kind) if precision == "fp8" else None
+        if reason:
+            raise MissingDependency(f"runtime {self.name}: {reason}")
+
     def plan(self, precision: str, tf32: bool):
         return plan_build(trt_major(self.import_package().__version__), precision, tf32=tf32)
 
     def write_part(self, module, work, input_shape, precision, tf32):
-        plan = self.plan(precision, tf32)
-        onnx_path = export_onnx(module, work / "part.onnx", input_shape=input_shape, precision=plan.onnx_precision)
-        engine = work / f"part{self.record.artifact}"
         batch = input_shape[0]
+        if precision in QUANTIZED_PRECISIONS:  # the Q/DQ graph of an exported model, fp16 elsewhere (the head: an fp16 part)
+            onnx_path = quantize_part(module, work, input_shape, precision, QUANT_FLOAT_PRECISION)
+            meta = read_metadata(onnx_path)
+            precision, floats = meta["precision"], meta.get("float_precision")
+        else:
+            onnx_path = export_onnx(module, work / "part.onnx", input_shape=input_shape, precision=self.plan(precision, tf32).onnx_precision)
+            floats = None
+        engine = work / f"part{self.record.artifact}"
         build_engine(self.import_package(), onnx_path, engine, precision=precision, batch_range=(batch, batch, batch),
-                     graph_precision=plan.onnx_precision, tf32=tf32)
+                     graph_precision=precision, tf32=tf32, graph_float_precision=floats)
         return engine
+
+    def write_quantized(self, model, spec, out_dir, stem):
+        """The int8/fp8 engine: the fp32 graph (`<stem>.fp32.onnx`), its Q/DQ graph with fp16 float
+        parts (`<stem>.onnx`, `benchmark`: `<stem>.trt.onnx`), the engine built from that."""
+        plan, q = self.plan(spec.precision, spec.tf32), spec.quant
+        batch = (spec.batch.min, spec.batch.opt, spec.batch.max)
+        result = export_quantized(model, out_dir / f"{stem}{spec.trt_onnx_suffix}", q.calibration, img_size=spec.img_size,
+                                  in_chans=spec.in_chans, qtype=spec.precision, float_precision=plan.float_precision, keep_fp=q.keep_fp,
+                                  method=q.method, opset=spec.opset, dynamic_batch=batch, dynamo=spec.dynamo, metadata=spec.metadata)
+        engine = out_dir / f"{stem}{self.record.artifact}"
+        sidecar = build_engine(self.import_package(), result.path, engine, precision=spec.precision, batch_range=batch,
+                               workspace_gb=spec.workspace_gb, timing_cache=spec.timing_cache, graph_precision=spec.precision,
+                               tf32=spec.tf32, graph_float_precision=plan.float_precision)
+        return engine, [f"TensorRT {sidecar['tensorrt']} ({plan.path}) from {result.path.name}, quantised from {result.fp32_path.name}"], result
+
+    def graph_runner(self, spec):
+        from deployvit.runtimes.onnxruntime import graph_runner
+
+        return graph_runner(spec.device, spec.threads)
 
     def write_artifact(self, model, spec, out_dir, stem):
         plan = self.plan(spec.precision, spec.tf32)
@@ -77,6 +112,7 @@ class TrtRunner:
         runtime = runtime_of(TensorRT)
         runtime.check("cuda")  # installed and supported, and a CUDA GPU here
         trt = runtime.import_package()
+        self.sidecar = check_engine(engine_path, trt.__version__)  # built for another GPU or TensorRT: one line, exit 2
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self.engine is None:
