@@ -14,15 +14,16 @@ from deployvit.latency.table import table_filename
 from deployvit.spaces import get_space
 
 
-def output_paths(out: str | None, label: str, space: str, runtime: str, precision: str, batches: tuple[int, ...], estimated: bool = False) -> list[Path]:
+def output_paths(out: str | None, label: str, space: str, runtime: str, precision: str, batches: tuple[int, ...], estimated: bool = False,
+                 calibrated: bool = False) -> list[Path]:
     """One table path per batch size: `--out` as given (with `{batch}` filled in when several batch
-    sizes are profiled), else `$DEPLOYVIT_HOME/latency_tables/<label>/<space>-<runtime>-<precision>-b<batch>[-estimated].json`,
+    sizes are profiled), else `$DEPLOYVIT_HOME/latency_tables/<label>/<space>-<runtime>-<precision>-b<batch>[-estimated|-calibrated].json`,
     where every command's table resolver looks (`deployvit.latency.resolve`), from any directory."""
     if out is None:
         from deployvit.latency.resolve import user_tables_dir
 
         root = user_tables_dir()
-        return [root / label / table_filename(space, runtime, precision, b, estimated) for b in batches]
+        return [root / label / table_filename(space, runtime, precision, b, estimated, calibrated) for b in batches]
     if len(batches) > 1 and "{batch}" not in out:
         raise DeployvitError("several --batch-size values need '{batch}' in --out (e.g. --out tables/tiny-b{batch}.json)")
     return [Path(out.replace("{batch}", str(b))) for b in batches]
@@ -41,32 +42,103 @@ def output_paths(out: str | None, label: str, space: str, runtime: str, precisio
               help="Whole archs timed to fit the calibration.")
 @click.option("--val-archs", type=bounds.ints(2, 10_000), default=ProfileConfig.val_archs, show_default=True,
               help="Held-out archs timed to validate the table.")
-@click.option("--warmup", "warmup_s", type=bounds.WARMUP_S, default=MeasureSettings.warmup_s, show_default=True, help="Warm-up seconds before each timing.")
-@click.option("--repeats", type=bounds.REPEATS, default=MeasureSettings.repeats, show_default=True, help="Timed repeats per part and per arch.")
+@click.option("--warmup", "warmup_s", type=bounds.WARMUP_S, default=MeasureSettings.warmup_s, show_default=True,
+              help="Warm-up seconds before the timing rounds (every part and arch called in turn).")
+@click.option("--repeats", type=bounds.REPEATS, default=MeasureSettings.repeats, show_default=True,
+              help="Timed calls per part and per arch, at least.")
+@click.option("--rounds", type=bounds.ints(1, 10_000), default=MeasureSettings.rounds, show_default=True,
+              help="Interleaved timing rounds, at least (13: the fewest for a 95%% interval of the lower quartile).")
+@click.option("--round-time", "round_s", type=bounds.floats(0, 600), default=MeasureSettings.round_s, show_default=True,
+              help="Seconds each round lasts, at least (every part and arch called again and again, its fastest call kept).")
+@click.option("--max-time", "max_s", type=bounds.floats(0, 86_400), default=MeasureSettings.max_s, show_default=True,
+              help="Seconds of further rounds, at most, while a latency's 95%% interval is wider than +-2%% (0: exactly --rounds).")
 @click.option("--threads", type=bounds.THREADS, help="CPU threads for torch and the runtime's own pool (recorded; default: library default).")
-@click.option("--clock", type=click.Choice(["wall", "cpu"]), default=MeasureSettings.clock, show_default=True,
-              help="CPU only: 'cpu' times process CPU time (needs --threads 1), far less sensitive to other jobs on a shared machine.")
+@click.option("--clock", type=click.Choice(["auto", "wall", "cpu"]), default="auto", show_default=True,
+              help="CPU only: 'cpu' times process CPU time (needs --threads 1), far less sensitive to other jobs on a shared machine; "
+                   "auto: 'cpu' on the CPU with --threads 1, else the wall clock (CUDA events on a GPU).")
 @click.option("--seed", type=bounds.SEED, default=ProfileConfig.seed, show_default=True, help="Seed of the calibration/validation arch samples.")
 @click.option("--force", is_flag=True, help="Profile despite a device-label mismatch, and overwrite an existing table.")
 @click.option("--estimate", is_flag=True, help="Measure nothing: write an ESTIMATED table for the GPU model --device names "
               "(a catalogue entry), from a per-kernel model fitted on published measurements; runs anywhere in seconds.")
-def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs, val_archs, warmup_s, repeats, threads, clock, seed, force, estimate) -> None:
+@click.option("--calibrate", "calibrate_k", type=bounds.ints(2, 10_000),
+              help="Measure only K whole archs here (spread over the space's latency range; 10 is a good start) and fit them onto "
+                   "a table made elsewhere (--base; on a GPU, deployvit's estimate for it): a CALIBRATED table in minutes, validated "
+                   "on --val-archs more (default 20).")
+@click.option("--base", "base_path", type=click.Path(dir_okay=False),
+              help="--calibrate: the table to calibrate (same space, runtime, precision and batch; default: the best such table "
+                   "of this device class the resolver sees, else on a GPU its estimate).")
+def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs, val_archs, threads, clock, seed, force, estimate,
+                calibrate_k, base_path, **timing) -> None:
     """Time every block shape of a space, calibrate on whole archs, validate on held-out archs, and
     write the latency table (resumable: rerun the same command after an interruption). With
-    --estimate, write a clearly labelled estimate for a catalogue GPU instead."""
+    --estimate, write a clearly labelled estimate for a catalogue GPU instead; with --calibrate K,
+    fit K whole-arch measurements onto a table made elsewhere."""
     if estimate:
         return _estimate(label, space_name, runtime, precision, batches, out, force)
-    from deployvit.latency.profile import check_request, profile  # torch and timm: only when it runs
-
     space = get_space(space_name)
-    settings = [MeasureSettings(runtime, precision, b, warmup_s, repeats, threads, clock) for b in batches]
-    paths = output_paths(out, label, space.name, runtime, precision, batches)
+    clock = default_clock(label, threads) if clock == "auto" else clock
+    settings = [MeasureSettings(runtime, precision, b, threads=threads, clock=clock, **timing) for b in batches]
     if len(set(batches)) < len(batches):
         raise DeployvitError(f"--batch-size given twice: {sorted(batches)}")
+    if calibrate_k is not None:
+        return _calibrate(space, label, settings, out, calibrate_k, val_archs, base_path, seed, force)
+    from deployvit.latency.profile import check_request, profile  # torch and timm: only when it runs
+
+    paths = output_paths(out, label, space.name, runtime, precision, batches)
     for s, path in zip(settings, paths):  # every table checked before the first is timed
         check_request(label, s, path, calib_archs, val_archs, force)
     for s, path in zip(settings, paths):
-        profile(space, label=label, settings=s, out=path, calib_archs=calib_archs, val_archs=val_archs, seed=seed, force=force, echo=click.echo)
+        table = profile(space, label=label, settings=s, out=path, calib_archs=calib_archs, val_archs=val_archs, seed=seed, force=force,
+                        echo=click.echo)
+        click.echo(span_line(space, table))
+
+
+def _calibrate(space, label: str, settings: list, out: str | None, k: int, val_archs: int, base_path: str | None, seed: int,
+               force: bool) -> None:
+    """`--calibrate K`: every request (base table, sizes, outputs) checked before anything is timed."""
+    from deployvit.latency.calibrate import calibrate, plan_calibration
+
+    val = val_archs if click.get_current_context().get_parameter_source("val_archs") != click.core.ParameterSource.DEFAULT \
+        else ProfileConfig.calibrate_val_archs
+    first = settings[0]
+    paths = output_paths(out, label, space.name, first.runtime, first.precision, tuple(s.batch_size for s in settings), calibrated=True)
+    plans = [plan_calibration(space, label, s, path, k, val, base_path, seed, force) for s, path in zip(settings, paths)]
+    for plan in plans:
+        table = calibrate(plan, echo=click.echo)
+        click.echo(span_line(space, table))
+
+
+def span_line(space, table) -> str:
+    """The space's latency span under the table and a budget in its middle, as the journey uses them."""
+    from deployvit.units import format_amount
+
+    lo, hi, mid = budget_span(space, table)
+    return (f"  latency span of space {space.name}: {format_amount(lo, 'latency')} - {format_amount(hi, 'latency')}; "
+            f"a budget in its middle: {compact_budget(mid)} (deployvit tables --space {space.name} --budget prints it)")
+
+
+def budget_span(space, table) -> tuple[float, float, float]:
+    """(fastest arch, slowest arch, the log middle of the two), microseconds, as `table` predicts the
+    space: where a search budget binds (near the top nearly every arch fits, near the bottom few do)."""
+    import math
+
+    from deployvit.search.predictor import MetricModel
+
+    lo, hi = MetricModel(space, table).range("latency")
+    return lo, hi, math.sqrt(lo * hi)
+
+
+def compact_budget(us: float) -> str:
+    """A budget as a latency option takes it, e.g. `134us` or `2.5ms` (three significant digits)."""
+    if us >= 1000:
+        return f"{float(f'{us / 1e3:.3g}'):g}ms"
+    return f"{float(f'{us:.3g}'):g}us"
+
+
+def default_clock(label: str, threads: int | None) -> str:
+    """`--clock auto`: process CPU time for a one-thread CPU profile (what it costs, whatever the
+    neighbours do; equal to wall latency on an idle machine), else the wall clock."""
+    return "cpu" if label == "cpu" and threads == 1 else "wall"
 
 
 def _estimate(label: str, space_name: str, runtime: str, precision: str, batches: tuple[int, ...], out: str | None, force: bool) -> None:

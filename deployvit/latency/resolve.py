@@ -8,6 +8,8 @@ space predicts parts that no longer exist) it ranks:
 
 1. a table **measured on this machine's device** (same GPU name; on a CPU-only machine only a CPU
    table the user profiled, since the shipped CPU tables describe the CI machine they were made on);
+   then one **calibrated** on it (`profile --calibrate K`: K whole models measured here fitted onto a
+   table made elsewhere);
 2. a table **measured for the target device**: `--device LABEL`, else this machine's GPU, else the
    reference datacenter GPU (`reference_gpu()`), because deployvit's users deploy on GPUs and a CPU
    table is chosen only when asked (`--device cpu`) or measured here by the user;
@@ -209,13 +211,25 @@ def _device_fits(info: TableInfo, kind: str, label: str | None, machine: Machine
 
 
 def _tier(info: TableInfo, machine: Machine) -> int:
-    """0 measured on this machine's device, 1 measured for the target, 2 an estimate."""
+    """0 a full profile measured on this machine's device, 1 a calibration made on it (K whole models
+    measured here on a base table made elsewhere, `latency.calibrate`), 2 measured (or calibrated)
+    for the target elsewhere, 3 an estimate."""
     if info.source == "estimated":
-        return 2
+        return 3
     same = info.meta["device_type"] == machine.device_type and info.meta["device_name"] == machine.name
     if same and (machine.device_type == "cuda" or info.origin != "shipped"):
-        return 0
-    return 1
+        return 1 if info.source == "calibrated" else 0
+    return 2
+
+
+def describes_here(info: TableInfo, machine: Machine) -> bool:
+    """Whether a table predicts this machine (profiled or calibrated here, or an estimate of this
+    very GPU model): what a measurement here may be compared with (export's contract, `benchmark`,
+    `latency --measure`, `search --measure-top`). A CPU table made elsewhere is not, except as the
+    base of a calibration."""
+    if info.source == "estimated":
+        return not info.table.machine_mismatches()
+    return _tier(info, machine) <= 1
 
 
 def _rank(info: TableInfo, machine: Machine, kind: str) -> tuple:
@@ -231,7 +245,8 @@ def _rank(info: TableInfo, machine: Machine, kind: str) -> tuple:
     )
 
 
-_REASONS = {0: "measured on this machine's {dev}", 1: "measured for {dev}", 2: "no measured table for {dev}: an estimate"}
+_REASONS = {0: "measured on this machine's {dev}", 1: "calibrated on this machine's {dev}", 2: "measured for {dev}",
+            3: "no measured table for {dev}: an estimate"}
 
 
 def candidates(query: TableQuery, infos: list[TableInfo], machine: Machine) -> list[TableInfo]:
@@ -246,7 +261,7 @@ def candidates(query: TableQuery, infos: list[TableInfo], machine: Machine) -> l
             continue
         if query.batch_size and m["batch_size"] != query.batch_size:
             continue
-        if _device_fits(info, kind, label, machine) or (_tier(info, machine) == 0 and query.device is None):
+        if _device_fits(info, kind, label, machine) or (_tier(info, machine) <= 1 and query.device is None):
             out.append(info)
     return out
 
@@ -265,7 +280,7 @@ def choose(query: TableQuery, infos: list[TableInfo], machine: Machine) -> Resol
             f"two latency tables tie for space {query.space} ({best.meta['device_label']} {best.meta['runtime']} "
             f"{best.meta['precision']} batch {best.meta['batch_size']}): {best.path} and {ties[0].path}; remove one or pass --table"
         )
-    dev = machine.name if _tier(best, machine) == 0 else (label or machine.name)
+    dev = machine.name if _tier(best, machine) <= 1 else (label or machine.name)
     reason = _REASONS[_tier(best, machine)].format(dev=dev)
     if best.origin != "shipped":
         reason += f", from {'./latency_tables' if best.origin == 'here' else '$DEPLOYVIT_HOME/latency_tables'}"
