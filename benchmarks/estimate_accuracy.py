@@ -1,6 +1,7 @@
 """Fit the GPU latency estimator's constants on published measurements and report held-out error.
 
-Data: /work/shared/data/gpu_latency (or --data): timm's inference benchmarks (RTX 3090/4090/5090,
+Data: --data, default $DEPLOYVIT_GPU_LATENCY_DATA, else `../shared/data/gpu_latency` beside the repository (the
+development tree's folder of third-party measurements, not shipped in the repository): timm's inference benchmarks (RTX 3090/4090/5090,
 RTX PRO 6000 Max-Q; autocast fp16/bf16, eager and torch.compile, batch 256-2048), NVIDIA
 FasterTransformer's ViT guide (A100, T4; PyTorch and fused FT runtimes, fp16 and fp32 without TF32,
 batch 1-32) and AITemplate's ViT example (A100-40GB; PyTorch eager and AITemplate, batch 1-256).
@@ -15,7 +16,7 @@ row, reported per (batch regime, runtime):
   is): for each (GPU, runtime) in the data, fit on rows of neither, predict that GPU in that runtime.
 The fused FasterTransformer / AITemplate runtimes stand in for TensorRT (no TensorRT-ONNX ViT numbers
 are published in the data); no published data covers CUDA-graph replay or torch.compile below batch
-256: those cells say UNVALIDATED, and the project's own H100 note (DESIGN.md section 4) is printed as
+256: those cells say UNVALIDATED, and the project's own H100 note (docs/DESIGN.md section 4) is printed as
 a sanity check, never fitted.
 
 How each published runtime is modelled: timm's files from torch >= 2.1 only (fused attention;
@@ -42,6 +43,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import statistics
 import sys
 from collections import Counter, defaultdict
@@ -52,7 +54,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from benchmarks._record import RESULTS, save_result  # noqa: E402
 from deployvit import io  # noqa: E402
@@ -65,7 +68,7 @@ from deployvit.latency.kernels import Flavour, block_kernels, head_kernels, stem
 from deployvit.parts import BlockPart, HeadPart, StemPart  # noqa: E402
 from deployvit.spaces import get_space  # noqa: E402
 
-DATA = Path("/work/shared/data/gpu_latency")
+DATA = Path(os.environ.get("DEPLOYVIT_GPU_LATENCY_DATA", ROOT.parent / "shared" / "data" / "gpu_latency"))
 TIMM_GPUS = {"RTX 3090": "rtx3090", "RTX 4090": "rtx4090", "RTX 5090": "rtx5090", "RTX PRO 6000 Blackwell Max-Q": "rtx-pro-6000-maxq"}
 #: published runtime name -> the deployvit runtime whose kernels it runs (fused runtimes: TensorRT-like)
 PUBLISHED_RUNTIMES = {"PyTorch (torch)": "eager", "FT C++": "tensorrt", "FT TRT plugin": "tensorrt",
@@ -103,7 +106,7 @@ START = Constants(gemm_overhead=0.33, attn_overhead=1.0, simt_eff=0.8, mem_eff=0
 SHARES = {"simt_eff": 0.95, "mem_eff": 0.95}  # the rest are fitted as logs
 PRIOR_WEIGHT = 0.01
 REGIMES = ("b1", "b2-32", "b64+")
-#: the project's own H100 note (DESIGN.md section 4): a sanity check, never fitted
+#: the project's own H100 note (docs/DESIGN.md section 4): a sanity check, never fitted
 ANCHORS = (("DeiT-Ti", 192, 3, "h100", "eager", "fp16", 1, 4000.0), ("DeiT-Ti", 192, 3, "h100", "cudagraph", "fp16", 1, 450.0))
 
 
@@ -337,7 +340,7 @@ def deit(embed: int, heads: int):
 
 
 def sanity_checks(c: Constants) -> list[dict]:
-    return [{"what": f"{name} {prec} batch {b} {rt} on {g}", "source": "DESIGN.md section 4 (the project's own earlier H100 note; never fitted)",
+    return [{"what": f"{name} {prec} batch {b} {rt} on {g}", "source": "docs/DESIGN.md section 4 (the project's own earlier H100 note; never fitted)",
              "measured_us_about": meas, "estimated_us": round(estimate.estimate_arch_us(deit(e, h), g, rt, prec, b, c), 1)}
             for name, e, h, g, rt, prec, b, meas in ANCHORS]
 

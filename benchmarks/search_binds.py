@@ -2,13 +2,14 @@
 
 For each catalogue GPU x batch (1, 64) x budget (0.5, 1, 2, 5, 10, 20 ms), TensorRT fp16 by default:
 
-1. the families' spans on that target from their estimated tables (`deployvit.latency.estimate`,
-   built in memory) and the family `choose_family` picks (deployvit/search/families.py: the most
-   central span containing the budget), or the one line saying no family reaches it;
-2. a real search in that family (`resolve_search` + `run_search`, DSS score, on this machine) under
-   the budget, with the family's estimated table written to a temporary file and passed as `--table`
-   (the resolver does not build tables on demand yet), and a small evolution so the benchmark ends:
-   population 12, 3 generations of 4 mutations + 4 crossovers (`--population`, `--generations`);
+1. `deployvit search --space auto --device GPU --runtime R --precision fp16 --batch-size B --latency
+   BUDGET` planned as the command plans it (`search.plan.plan_search`): the families' spans on that
+   target from the estimates the resolver builds on demand, and the family `--space auto` picks
+   (deployvit/search/families.py: the most central span containing the budget; with the score on a
+   CPU, the smallest family with room around it), or the one line saying no family reaches it;
+2. that search, run (`run_plan`, DSS score, on this machine), with a small evolution so the
+   benchmark ends: population 12, 3 generations of 4 mutations + 4 crossovers (`--population`,
+   `--generations`);
 3. the winner's predicted latency / budget (binds: >= 0.85 and no "does not bind" note), the
    search's wall and CPU time, and the yardstick: one DeiT-Tiny forward+backward at 224 on one
    thread of this machine (`_yardstick.py`), so times compare across machines.
@@ -25,6 +26,7 @@ Prints a table and writes benchmarks/results/search_binds.json.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -35,44 +37,45 @@ from deployvit.errors import DeployvitError
 from deployvit.latency.gpus import load_catalogue
 from deployvit.search.budgets import Constraints, budget_label
 from deployvit.search.evolution import EvolutionConfig
-from deployvit.search.families import BIND_SHARE, choose_family, estimated_tables, family_span
-from deployvit.search.run import SearchRequest, resolve_search, run_search
-from deployvit.spaces import FAMILIES, get_space
+from deployvit.search.families import BIND_SHARE
+from deployvit.search.auto import plan_spaces
+from deployvit.search.plan import plan_search, run_plan
+from deployvit.search.run import SearchRequest, scores_on_cpu
+from deployvit.spaces import FAMILIES
 
 
-def search_once(family: str, table, budget_us: float, config: EvolutionConfig, workdir: Path) -> dict:
-    """One real search in `family` under `budget_us` with `table` passed as a file; its winner and times."""
-    table_path = workdir / f"{family}-{table.metadata['device_label']}-b{table.metadata['batch_size']}.json"
-    table.save(table_path)
-    request = SearchRequest(space=family, constraints=Constraints(max_latency=[budget_us]), table=str(table_path), config=config,
-                            out=str(workdir / f"run-{family}-{time.monotonic_ns()}"))
+def one_budget(gpu, runtime: str, batch: int, budget_ms: float, config: EvolutionConfig, search_in: set[str], workdir: Path) -> dict:
+    """The family `--space auto` chooses for the budget on the target, and the search there (when
+    the family is in `search_in`): its winner, whether it binds, and its times."""
+    row = {"gpu": gpu.key, "runtime": runtime, "precision": "fp16", "batch_size": batch, "budget_ms": budget_ms}
+    request = SearchRequest(constraints=Constraints(max_latency=[budget_ms * 1e3]), device=gpu.key, runtime=runtime, precision="fp16",
+                            batch_size=batch, config=config, out=str(workdir / f"run-{time.monotonic_ns()}"))
+    row["command"] = request.command() + f" --population {config.population} --generations {config.generations}"
     lines: list[str] = []
     c0, w0 = time.process_time(), time.perf_counter()
-    result = run_search(resolve_search(request, echo=lines.append), echo=lines.append, progress=False)
+    try:
+        ((family, _),) = plan_spaces(request, scores_on_cpu(request)).groups
+    except DeployvitError as exc:
+        return {**row, "family": None, "refused": str(exc)}
+    row["family"] = family
+    if family not in search_in:
+        return row
+    result = run_plan(plan_search(request, echo=lines.append), echo=lines.append, progress=False)
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-    winner = result.winners.get(budget_label(budget_us))
-    ratio = winner.metrics["latency"] / budget_us if winner else None
-    binds = ratio is not None and ratio >= BIND_SHARE and not any("does not bind" in n for n in result.notes)
-    return {"winner_latency_us": winner.metrics["latency"] if winner else None, "latency_over_budget": ratio, "binds": binds,
-            "winner": winner.arch.summary() if winner else None, "evaluated": result.evaluated, "notes": result.notes,
+    winner = result.winners.get(budget_label(budget_ms * 1e3))
+    ratio = winner.metrics["latency"] / (budget_ms * 1e3) if winner else None
+    binds = ratio is not None and ratio >= BIND_SHARE and not any("does not bind" in line for line in lines)
+    return {**row, "winner_latency_us": winner.metrics["latency"] if winner else None, "latency_over_budget": ratio, "binds": binds,
+            "winner": winner.arch.summary() if winner else None, "evaluated": result.evaluated, "lines": lines,
             "search_wall_s": wall, "search_cpu_s": cpu}
 
 
 def one_target(gpu, runtime: str, batch: int, budgets_ms: list[float], config: EvolutionConfig, search_in: set[str],
                workdir: Path) -> list[dict]:
-    tables = estimated_tables(gpu, runtime, "fp16", batch)
-    spans = [family_span(get_space(f), tables[f]) for f in FAMILIES]
     rows = []
     for budget_ms in budgets_ms:
-        row = {"gpu": gpu.key, "runtime": runtime, "precision": "fp16", "batch_size": batch, "budget_ms": budget_ms}
-        try:
-            row["family"] = choose_family(budget_ms * 1e3, spans)
-        except DeployvitError as exc:
-            row.update(family=None, refused=str(exc))
-        if row["family"] in search_in:
-            row.update(search_once(row["family"], tables[row["family"]], budget_ms * 1e3, config, workdir))
-        rows.append(row)
-        print(_line(row), flush=True)
+        rows.append(one_budget(gpu, runtime, batch, budget_ms, config, search_in, workdir))
+        print(_line(rows[-1]), flush=True)
     return rows
 
 
@@ -107,6 +110,7 @@ def main() -> None:
     print(f"{'target':<24}{'budget ms':>8}  {'family':<10}{'lat/bud':>8}{'binds':>6}{'wall s':>9}{'CPU s':>9}{'evals':>6}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="search_binds-") as tmp:
+        os.environ["DEPLOYVIT_HOME"] = str(Path(tmp) / "home")  # estimates built on demand land here, not in the user's home
         for batch in (int(b) for b in args.batches.split(",")):
             for gpu in gpus:
                 rows += one_target(gpu, args.runtime, batch, [float(b) for b in args.budgets.split(",")], config,
@@ -115,7 +119,7 @@ def main() -> None:
     print(f"{sum(r['binds'] for r in searched)} of {len(searched)} searched budgets bind; "
           f"{sum(r['family'] is None for r in rows)} of {len(rows)} reach no family")
     save_result(Path(args.out), "search_binds", {
-        "latency_source": "estimated (deployvit.latency.estimate), not measured", "yardstick": yardstick,
+        "latency_source": "estimated (deployvit.latency.estimate, built on demand by the resolver), not measured", "yardstick": yardstick,
         "search": {"score": "dss", **{k: getattr(config, k) for k in ("population", "generations", "parents", "mutations", "crossovers")}},
         "rows": rows})
 

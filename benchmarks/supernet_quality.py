@@ -12,7 +12,7 @@ sandwich therefore spends more compute per step):
    under the budget (oracle).
 3. The pick is then retrained from its inherited weights (`retrain --init supernet`) with the short
    recipe: inherited val top-1 vs retrained val top-1.
-4. For `focus`, the sampler's measurable property (REFERENCES.md section 7): for budgets at 25/50/75%
+4. For `focus`, the sampler's measurable property (docs/REFERENCES.md section 7): for budgets at 25/50/75%
    of the FLOPs range, archs drawn from the trained sampler vs uniform archs that satisfy the budget:
    share of draws within budget, mean FLOPs / budget of those within, mean held-out top-1 of those.
 

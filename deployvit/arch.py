@@ -1,7 +1,7 @@
-"""`Arch`: the one architecture description every stage reads and writes (DESIGN.md section 3).
+"""`Arch`: the one architecture description every stage reads and writes (docs/DESIGN.md section 3).
 
 An Arch is canonical: a stage of depth d has exactly d layer entries, so two encodings that compute
-the same network are equal (the many-to-one problem of ViTAS, REFERENCES.md section 7). Single-stage
+the same network are equal (the many-to-one problem of ViTAS, docs/REFERENCES.md section 7). Single-stage
 (AutoFormer) archs serialise with top-level `embed_dim`/`depth`/`layers`; multi-stage (ViT-ResNAS)
 archs with a `stages` list. Parsing is strict: unknown keys and wrong types are errors that name the
 field, so a typo in a hand-edited file never silently becomes a default.

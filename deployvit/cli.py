@@ -2,7 +2,7 @@
 
 `main()` is the console entry point. It runs click in non-standalone mode so that every failure,
 click's own usage errors included, becomes exactly one line on stderr and the exit codes of
-DESIGN.md section 3 (2 bad input / missing dependency, 1 a check failed), never a traceback.
+docs/DESIGN.md section 3 (2 bad input / missing dependency, 1 a check failed), never a traceback.
 """
 
 from __future__ import annotations
@@ -37,17 +37,20 @@ COMMANDS = {
 # lists the commands without importing torch through them: 0.1 s instead of seconds. A command
 # missing here is imported for its own line; tests/test_cli.py checks every line against the command.
 SHORT_HELP = {
-    "inspect": "Print params, FLOPs (MACs), depth and embed dim of ARCH_FILE or of --sample N archs.",
+    "inspect": "Print params, FLOPs (MACs), depth and embed dim of ARCH_FILE (an arch JSON or a run folder) or of --sample N archs.",
+    "import": "Import a parent's weights as a searchable deployvit supernet (a timm ViT/DeiT, or an AutoFormer supernet).",
     "search": "Find the highest-scoring arch under the budgets; writes best.arch.json, pareto.* and log.jsonl.",
     "profile": "Time every block shape of a space, calibrate on whole archs, validate on held-out archs, and write the latency table "
                "(resumable: rerun the same command after an interruption).",
-    "latency": "Print the table's calibrated latency prediction for ARCH_FILE (and the measured one).",
+    "latency": "Print the table's calibrated latency prediction for ARCH_FILE (and the measured one); ARCH_FILE may be a run folder.",
     "tables": "List the user's (./latency_tables, $DEPLOYVIT_HOME/latency_tables) and the shipped latency tables, and for each space "
-              "which one `search` would use on this machine.",
+              "which one `search` would use on this machine, or the estimate it would build on demand.",
     "train-supernet": "Train the weight-sharing supernet of --space on --data with a subnet --sampler.",
-    "retrain": "Train the standalone model of --arch (from inherited supernet weights or from scratch).",
+    "retrain": "Train the standalone model of --arch (from inherited supernet weights or from scratch, optionally distilling "
+               "from the supernet's largest arch).",
     "evaluate": "Top-1 / top-5 accuracy of a retrained model, or of an arch with inherited supernet weights.",
-    "export": "Export a model to ONNX or TensorRT, verify it against PyTorch fp32, time it, and check the latency contract.",
+    "export": "Export a model to a file (an ONNX graph, a TensorRT engine, ...), verify it against PyTorch fp32, time it, "
+              "and check the latency contract.",
     "benchmark": "Export, verify and time every available format of a model (and timm baselines at the same input size) into one table.",
 }
 
@@ -88,7 +91,7 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: one-line errors and DESIGN.md exit codes."""
+    """Console entry point: one-line errors and docs/DESIGN.md exit codes."""
     try:
         rv = cli.main(args=argv, prog_name="deployvit", standalone_mode=False)
     except click.exceptions.Exit as exc:

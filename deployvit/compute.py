@@ -2,7 +2,7 @@
 `cuda:N`) for every command that trains, scores or times on this machine.
 
 It lives in the base because search, train, latency and export all need the same answer and the same
-one-line error for "CUDA was asked for and this machine has none" (exit 2, DESIGN.md section 3).
+one-line error for "CUDA was asked for and this machine has none" (exit 2, docs/DESIGN.md section 3).
 """
 
 from __future__ import annotations

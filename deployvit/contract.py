@@ -1,5 +1,5 @@
 """The latency contract of an exported artifact: measured the way its latency table was measured,
-next to that table's prediction and the user's budget (DESIGN.md section 5).
+next to that table's prediction and the user's budget (docs/DESIGN.md section 5).
 
 Like is compared with like or not at all. Each export format runs in one table runtime (its record
 in `deployvit.runtime_registry`); the contract row uses the table's runtime, precision and batch

@@ -2,7 +2,7 @@
 check that a user's `--device` label matches it.
 
 A table is valid only for the device, runtime, precision, batch and software it was measured with
-(DESIGN.md section 4), so the label a user types is checked against the hardware actually found:
+(docs/DESIGN.md section 4), so the label a user types is checked against the hardware actually found:
 profiling "h100" on an A100 would ship a wrong table under a trusted name.
 """
 

@@ -1,7 +1,7 @@
 """Errors that the CLI turns into one line on stderr and an exit code.
 
 Library code raises these instead of printing, so Python callers get exceptions and CLI users get
-`deployvit: <message>` with the exit codes of DESIGN.md section 3 (2 bad input, 1 a check failed).
+`deployvit: <message>` with the exit codes of docs/DESIGN.md section 3 (2 bad input, 1 a check failed).
 """
 
 

@@ -22,7 +22,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from deployvit.errors import DeployvitError
 
@@ -360,3 +360,27 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Pa
     except OSError as exc:
         raise DeployvitError(f"cannot write {what} {folder}: {exc.strerror or exc}") from None
     return folder
+
+
+@contextlib.contextmanager
+def output_dir(folder: str | os.PathLike, keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Create `folder` (and missing parents) for a command's outputs; if the command then fails,
+    remove every folder this call created, so a failed command leaves no empty or partial output
+    folder behind, unless `keep(folder)` says what is there is worth keeping (a resumable state: a
+    search's search_state.json, a training run's checkpoint.pt, a profile's progress file).
+
+    A folder that existed before is left alone (the user made it, or it holds an earlier run)."""
+    import shutil
+
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DeployvitError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
+    try:
+        yield folder
+    except BaseException:
+        if created and not (keep is not None and keep(folder)):
+            shutil.rmtree(created[-1], ignore_errors=True)
+        raise

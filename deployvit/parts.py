@@ -68,7 +68,7 @@ class BlockPart:
 @dataclass(frozen=True)
 class ReductionPart:
     """ViT-ResNAS residual spatial reduction from a `grid` x `grid` token map at `in_dim` to half the
-    grid at `out_dim` (REFERENCES.md section 4)."""
+    grid at `out_dim` (docs/REFERENCES.md section 4)."""
 
     grid: int
     in_dim: int

@@ -1,4 +1,4 @@
-"""Search spaces as data: presets (REFERENCES.md sections 1 and 4), tiny CI spaces, and user files.
+"""Search spaces as data: presets (docs/REFERENCES.md sections 1 and 4), tiny CI spaces, and user files.
 
 A space is a list of stages; each stage lists its choices (embed dims, depths, heads, MLP ratios) and
 its fixed head dim. One stage is an AutoFormer space, three with halving token grids a ViT-ResNAS
@@ -374,10 +374,10 @@ FAMILIES = ("vit-tiny", "vit-small", "vit-base", "vit-large", "vit-huge")
 
 #: Where each preset's choices come from, and the published models that are its members.
 PRESET_SOURCES = {
-    "autoformer-tiny": "AutoFormer-T space (Chen et al. 2021; REFERENCES.md section 1); members: DeiT-Ti, AutoFormer-T",
+    "autoformer-tiny": "AutoFormer-T space (Chen et al. 2021; docs/REFERENCES.md section 1); members: DeiT-Ti, AutoFormer-T",
     "autoformer-small": "AutoFormer-S space (Chen et al. 2021); members: DeiT-S, AutoFormer-S",
     "autoformer-base": "AutoFormer-B space (Chen et al. 2021); members: AutoFormer-B",
-    "resnas-small": "ViT-ResNAS small space (Liao et al. 2021; REFERENCES.md section 4)",
+    "resnas-small": "ViT-ResNAS small space (Liao et al. 2021; docs/REFERENCES.md section 4)",
     "vit-tiny": "around ViT-Ti/16 = DeiT-Ti (192 wide, 12 deep, 3 heads; DeiT, timm vit_tiny_patch16_224); members: DeiT-Ti",
     "vit-small": "around ViT-S/16 = DeiT-S (384, 12, 6 heads; DeiT, timm vit_small_patch16_224); members: DeiT-S",
     "vit-base": "around ViT-B/16 = DeiT-B (768, 12, 12 heads; ViT, DeiT, timm vit_base_patch16_224); members: DeiT-B",
@@ -390,11 +390,11 @@ PRESET_SOURCES = {
 PRESETS: dict[str, SearchSpace] = {
     space.name: space
     for space in (
-        # REFERENCES.md section 1 (tiny ratios {3, 3.5, 4}, base heads {8, 9, 10}: published subnets are members)
+        # docs/REFERENCES.md section 1 (tiny ratios {3, 3.5, 4}, base heads {8, 9, 10}: published subnets are members)
         _autoformer("autoformer-tiny", (192, 216, 240), (12, 13, 14), (3, 4)),
         _autoformer("autoformer-small", (320, 384, 448), (12, 13, 14), (5, 6, 7)),
         _autoformer("autoformer-base", (528, 576, 624), (14, 15, 16), (8, 9, 10)),
-        # REFERENCES.md section 4: patch 14 at 224 -> 16x16, 8x8, 4x4 tokens; widths x1, x2, x4;
+        # docs/REFERENCES.md section 4: patch 14 at 224 -> 16x16, 8x8, 4x4 tokens; widths x1, x2, x4;
         # attention widths 160-256 at head dim 32, then head dims 48 and 64; 7 blocks, 3 skippable.
         SearchSpace(
             "resnas-small", 224, 14, 3, 1000,

@@ -1,7 +1,7 @@
 """The one timing loop of the codebase: profile, validation, export and benchmarks all call it.
 
 Every number that ends up in a latency table, an export report or a benchmark comes through
-`time_rounds` (or `time_callable`, its one-callable form), so "timed the same way" (DESIGN.md
+`time_rounds` (or `time_callable`, its one-callable form), so "timed the same way" (docs/DESIGN.md
 section 4) is true by construction. On CUDA each sample is bracketed by two CUDA events recorded on
 the current stream; a sample is the GPU-clock time between them. What that covers depends on the
 runtime:

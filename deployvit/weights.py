@@ -1,6 +1,6 @@
 """Weights I/O of a standalone model: one reader of model files for retrain, evaluate and the
 exporters (base layer: training and exporting both read what `retrain` writes, and neither may
-import the other for a file format, DESIGN.md section 6).
+import the other for a file format, docs/DESIGN.md section 6).
 
 A model file is `checkpoint.safetensors` (what `retrain` writes, its arch JSON in the metadata) or
 a torch checkpoint (`.pt`/`.pth`: a state dict, or a dict holding one under `model`/`state_dict`),

@@ -46,7 +46,7 @@ class ExportSpec:
     clock: str = "wall"  # "cpu": single-thread process CPU time, as CPU latency tables on shared machines
     tf32: bool = False  # fp32 matmuls may use TF32 where the runtime has it on CUDA (recorded, its own gate)
     metadata: dict[str, Any] | None = None
-    # the ONNX graph an engine is built from: `model.onnx` for `export` (DESIGN.md section 3);
+    # the ONNX graph an engine is built from: `model.onnx` for `export` (docs/DESIGN.md section 3);
     # `benchmark` names it `<stem>.trt.onnx`, so it never replaces the verified graph of its onnx row
     trt_onnx_suffix: str = ".onnx"
 

@@ -1,7 +1,7 @@
 """PyTorch -> ONNX: one function, `export_onnx`, shared by `deployvit export`, `deployvit benchmark`
 and the latency profiler's file-based runtimes (`deployvit.runtimes`, which run what it writes).
 
-Why each rule (DESIGN.md section 5, REFERENCES.md section 6):
+Why each rule (docs/DESIGN.md section 5, docs/REFERENCES.md section 6):
 - opset >= 17 keeps LayerNorm one `LayerNormalization` node; older opsets decompose it into
   ReduceMean/Pow/Sqrt, which overflows in fp16 on TensorRT.
 - the dynamo exporter (torch's default) is used unless `dynamo=False`; it specialises the batch dim

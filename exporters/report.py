@@ -1,5 +1,5 @@
 """What an export or benchmark found, three ways: `report.json` (machines), `report.md` (people),
-and a printed table in the Ultralytics `yolo benchmark` style (REFERENCES.md section 6) with the
+and a printed table in the Ultralytics `yolo benchmark` style (docs/REFERENCES.md section 6) with the
 latency contract beside it: measured latency next to the LUT prediction and the budget."""
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def format_table(rows: list[Row]) -> str:
 
 def environment(device: str, software: dict[str, Any] | None = None) -> dict[str, Any]:
     """Machine facts (the same ones latency tables record) and package versions: a timing means
-    nothing without them (DESIGN.md section 4). `software`: the runtimes' packages and versions
+    nothing without them (docs/DESIGN.md section 4). `software`: the runtimes' packages and versions
     (`deployvit.runtimes.software()`, None for one not installed), handed in by the caller because
     this package sits below the runtimes."""
     import onnx

@@ -3,7 +3,7 @@ graph precision to export, builder flags, the optimisation profile, the sidecar)
 tested on CPU; only `build_engine` touches TensorRT, through the `tensorrt` module it is handed (the
 runtime, `deployvit.runtimes.tensorrt`, imports and checks it, and runs the engines).
 
-Version rules (REFERENCES.md section 6):
+Version rules (docs/REFERENCES.md section 6):
 - TensorRT 11 builds strongly typed networks only; the FP16/BF16 builder flags are gone, so the ONNX
   graph itself must be fp16/bf16 (an fp32 graph silently gives an fp32 engine: refused here).
 - TensorRT 10 (strongly typed networks exist since 9) is built the same way, from the same graph:

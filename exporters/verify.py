@@ -4,7 +4,7 @@ Reference = the PyTorch model in fp32. The artifact and the reference see the sa
 or a fixed seeded synthetic set, said in the report) twice: one image at a time (batch 1) and in
 chunks of the largest batch the artifact accepts, because dynamic-batch bugs show up at only one of
 the two. Metrics: max |logit diff|, cosine similarity (the worst sample), top-1 agreement, and top-1
-accuracy of both when labels exist. Thresholds default to DESIGN.md section 5 and can be overridden;
+accuracy of both when labels exist. Thresholds default to docs/DESIGN.md section 5 and can be overridden;
 a miss is CheckFailed (exit 1), unlike Optimum's `--atol`, which only warns.
 """
 
@@ -35,7 +35,7 @@ class Thresholds:
 
     @classmethod
     def for_precision(cls, precision: str, tf32: bool = False, **overrides: float | None) -> "Thresholds":
-        """DESIGN.md section 5 defaults for `precision`, with `overrides` (None keeps the default).
+        """docs/DESIGN.md section 5 defaults for `precision`, with `overrides` (None keeps the default).
 
         `tf32` (fp32 only): the artifact's fp32 matmuls may use TF32, which rounds their inputs to 10
         mantissa bits (as fp16 does) but keeps fp32 range, accumulation and activations. Its logits are

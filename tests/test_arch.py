@@ -27,7 +27,7 @@ def test_round_trip(tmp_path, space_name):
 
 
 def test_design_example_parses():
-    """The DESIGN.md example (no head_dim: AutoFormer's 64 is the default)."""
+    """The docs/DESIGN.md example (no head_dim: AutoFormer's 64 is the default)."""
     arch = Arch.from_dict(
         {"format": "deployvit.arch/1", "space": "autoformer-tiny", "img_size": 224, "patch_size": 16, "in_chans": 3,
          "num_classes": 1000, "embed_dim": 192, "depth": 2,

@@ -53,3 +53,27 @@ def test_group_help_lists_every_command_and_command_help_is_full():
     assert names == list(COMMANDS)
     search = run_cli("search", "--help")
     assert search.code == 0 and "--latency" in search.out and "--population" in search.out
+
+
+def _commands():
+    ctx = click.Context(cli)
+    return {name: cli.get_command(ctx, name) for name in COMMANDS}
+
+
+def test_every_option_of_every_command_has_help_text():
+    missing = [f"{name} {'/'.join(p.opts)}" for name, command in _commands().items() for p in command.params
+               if isinstance(p, click.Option) and not p.hidden and not (p.help or "").strip()]
+    assert not missing, missing
+    for name, command in _commands().items():  # an argument has no help of its own: its command's text names it
+        for p in command.params:
+            if isinstance(p, click.Argument):
+                assert p.name.upper() in (command.help or ""), (name, p.name)
+
+
+def test_search_help_lists_the_spaces_from_the_presets():
+    from deployvit.spaces import PRESETS
+
+    text = " ".join(run_cli("search", "--help").out.split()).replace("- ", "-")  # click wraps lines, at hyphens too
+    assert "--space" in text and "auto" in text
+    for name in PRESETS:
+        assert name in text, name

@@ -167,7 +167,7 @@ def test_whole_models_up_to_vit_h_are_sane_at_every_batch(runtime):
 def test_host_bound_regimes_eager_and_compile_at_batch_1_cudagraph_is_not():
     h100 = load_catalogue().get("h100")
     t = {rt: {n: estimate_arch_us(vit(*d), h100, rt, "fp16", 1) for n, d in DEIT.items()} for rt in estimate.ESTIMATED_RUNTIMES}
-    for name in DEIT:  # launch bound (DESIGN.md section 4: ~4 ms eager vs ~0.45 ms graph for DeiT-Tiny)
+    for name in DEIT:  # launch bound (docs/DESIGN.md section 4: ~4 ms eager vs ~0.45 ms graph for DeiT-Tiny)
         assert t["eager"][name] > 2 * t["cudagraph"][name]
         assert t["cudagraph"][name] < t["compile"][name] < t["eager"][name]  # compile still launches from Python, fewer, cheaper
     # host bound: the width hardly matters at batch 1 in eager, it does in a CUDA graph

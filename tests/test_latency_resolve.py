@@ -52,9 +52,18 @@ def test_home_defaults_to_the_platform_data_folder(monkeypatch):
     assert deployvit_home() == Path("/x/data/deployvit")
 
 
+def make_estimate(folder: Path, gpu: str = "a100", runtime: str = "tensorrt", batch: int = 1, space=SPACE) -> Path:
+    """The estimator's own table for the target, saved where a shipped or profiled estimate lies."""
+    from deployvit.latency.estimate import estimate_table
+
+    path = folder / gpu / table_filename(space.name, runtime, "fp16", batch, estimated=True)
+    estimate_table(space, gpu, runtime, "fp16", batch).save(path)
+    return path
+
+
 def test_measured_beats_estimated_and_user_beats_shipped(tmp_path):
     shipped, home = tmp_path / "shipped", tmp_path / "home"
-    estimate = make_table(shipped, "a100", "cudagraph", source="estimated")
+    estimate = make_estimate(shipped, "a100", batch=64)  # the target's estimate: this GPU, tensorrt fp16 b64 (DEFAULT_TARGET)
     assert pick([("shipped", shipped)], q(), A100) == estimate
     measured_shipped = make_table(shipped, "a100", "cudagraph")
     assert pick([("shipped", shipped)], q(), A100) == measured_shipped  # a measurement always beats an estimate
@@ -64,34 +73,109 @@ def test_measured_beats_estimated_and_user_beats_shipped(tmp_path):
     assert pick([("home", home / "none"), ("shipped", shipped)], q(device="a100"), CPU) == measured_shipped
 
 
-def test_defaults_prefer_fp16_batch_1_and_the_deployment_runtime(tmp_path):
-    for runtime, precision, batch in [("eager", "fp16", 1), ("cudagraph", "fp32", 1), ("cudagraph", "fp16", 64)]:
+def test_defaults_prefer_fp16_the_targets_batch_and_the_deployment_runtime(tmp_path):
+    """Without --device the target's batch is the default target's (64); with --device, batch 1."""
+    for runtime, precision, batch in [("eager", "fp16", 1), ("cudagraph", "fp32", 1), ("cudagraph", "fp16", 1), ("eager", "fp16", 64)]:
         make_table(tmp_path, "a100", runtime, precision, batch)
-    best = make_table(tmp_path, "a100", "cudagraph", "fp16", 1)
+    best = make_table(tmp_path, "a100", "cudagraph", "fp16", 64)
     assert pick([("shipped", tmp_path)], q(), A100) == best
-    assert pick([("shipped", tmp_path)], q(batch_size=64), A100).name == "test-cudagraph-fp16-b64.json"
-    assert pick([("shipped", tmp_path)], q(runtime="eager"), A100).name == "test-eager-fp16-b1.json"
+    assert pick([("shipped", tmp_path)], q(device="a100"), A100).name == "test-cudagraph-fp16-b1.json"
+    assert pick([("shipped", tmp_path)], q(batch_size=1), A100).name == "test-cudagraph-fp16-b1.json"
+    assert pick([("shipped", tmp_path)], q(runtime="eager"), A100).name == "test-eager-fp16-b64.json"
 
 
-def test_a_cuda_machine_never_gets_a_cpu_table_unless_asked(tmp_path):
-    cpu_table = make_table(tmp_path, "cpu", "onnxruntime", "fp32", device_type="cpu", device_name=cpu_name())
-    with pytest.raises(DeployvitError, match="no latency table for space test on NVIDIA A100"):
-        pick([("home", tmp_path)], q(), A100)
-    assert pick([("home", tmp_path)], q(device="cpu"), A100) == cpu_table
+def test_an_estimate_file_is_used_only_for_the_targets_own_estimate(tmp_path):
+    """Another runtime's or batch's estimate answers another question, and one made by another
+    estimator (an older model or other constants) is stale: neither stands in for the target's."""
+    import json
+
+    make_estimate(tmp_path, "a100", runtime="cudagraph", batch=1)
+    make_estimate(tmp_path, "a100", runtime="tensorrt", batch=64)
+    with pytest.raises(DeployvitError, match="no latency table for space test on a100"):
+        pick([("shipped", tmp_path)], q(device="a100"), CPU)  # wants tensorrt b1
+    stale = make_estimate(tmp_path, "a100", runtime="tensorrt", batch=1)
+    data = json.loads(stale.read_text())
+    data["metadata"]["estimator"]["model_version"] = "deployvit.gpu_estimate/1"
+    stale.write_text(json.dumps(data))
+    with pytest.raises(DeployvitError, match="no latency table"):
+        pick([("shipped", tmp_path)], q(device="a100"), CPU)
+    fresh = make_estimate(tmp_path, "a100", runtime="tensorrt", batch=1)
+    assert pick([("shipped", tmp_path)], q(device="a100"), CPU) == fresh == stale
 
 
-def test_cpu_machine_targets_the_reference_gpu_but_keeps_the_users_own_cpu_table(tmp_path):
+def test_cpu_machine_targets_the_default_target_but_keeps_the_users_own_cpu_table(tmp_path):
     shipped, home = tmp_path / "shipped", tmp_path / "home"
     make_table(shipped, "cpu", "eager", "fp32", device_type="cpu", device_name=cpu_name())
-    h100 = make_table(shipped, "h100", "cudagraph", device_name="NVIDIA H100 80GB HBM3", source="estimated")
-    assert pick([("shipped", shipped)], q(), CPU) == h100  # the shipped CPU table describes the CI machine
+    l4 = make_estimate(shipped, "l4", batch=64)
+    assert pick([("shipped", shipped)], q(), CPU) == l4  # the shipped CPU table describes the CI machine
     mine = make_table(home, "cpu", "onnxruntime", "fp32", device_type="cpu", device_name=cpu_name())
     assert pick([("home", home), ("shipped", shipped)], q(), CPU) == mine  # measured here by the user
 
 
+def test_no_table_on_a_catalogue_gpu_builds_its_estimate_on_demand_and_caches_it(tmp_path):
+    """Any catalogue GPU x space x runtime x precision x batch: built in memory, cached under
+    $DEPLOYVIT_HOME, and a cache hit is exactly the table the estimator builds."""
+    from deployvit.latency.estimate import estimate_table
+
+    space = get_space("vit-small")
+    query = TableQuery(space.name, space.hash(), device="orin-nx", precision="bf16", batch_size=8)
+    resolved = resolve_table(query, machine=CPU, space=space)
+    built = estimate_table(space, "orin-nx", "tensorrt", "bf16", 8)
+    assert resolved.path.is_relative_to(deployvit_home() / "cache" / "estimates")
+    assert resolved.table.to_dict() == built.to_dict() and resolved.table.is_estimate
+    assert resolved.line().startswith(f"ESTIMATED latency table: {resolved.path} [ESTIMATE for")
+    assert "built on demand" in resolved.line() and resolved.default_target is None  # --device was given
+    again = resolve_table(query, machine=CPU, space=space)  # from the cache file
+    assert again.path == resolved.path and again.table.to_dict() == built.to_dict()
+    default = resolve_table(TableQuery(space.name, space.hash()), machine=CPU, space=space)
+    meta = default.table.metadata
+    assert (meta["device_label"], meta["runtime"], meta["precision"], meta["batch_size"]) == ("l4", "tensorrt", "fp16", 64)
+    assert default.default_target.startswith("target: l4, the default target on a machine without a GPU, tensorrt fp16 batch 64")
+    assert default.header() == [default.default_target, default.line()]
+
+
+def test_the_cache_key_changes_with_every_input_so_a_stale_cache_is_never_read(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from deployvit.latency import ondemand
+    from deployvit.latency.gpus import load_catalogue
+
+    gpu, space = load_catalogue().get("l4"), get_space("test")
+    base = ondemand.cache_key(space, gpu, "tensorrt", "fp16", 64)
+    assert base == ondemand.cache_key(space, gpu, "tensorrt", "fp16", 64)
+    others = [ondemand.cache_key(space, gpu, "cudagraph", "fp16", 64), ondemand.cache_key(space, gpu, "tensorrt", "fp16", 1),
+              ondemand.cache_key(space.with_overrides(img_size=48), gpu, "tensorrt", "fp16", 64),
+              ondemand.cache_key(space, replace(gpu, memory_bandwidth_gbs=gpu.memory_bandwidth_gbs * 2), "tensorrt", "fp16", 64)]
+    monkeypatch.setattr(ondemand, "_estimator_fingerprint", lambda: "another estimator")
+    others.append(ondemand.cache_key(space, gpu, "tensorrt", "fp16", 64))
+    assert base not in others and len(set(others)) == len(others)
+
+
+def test_a_damaged_cache_file_is_rebuilt_and_an_unwritable_cache_stays_in_memory(tmp_path, monkeypatch):
+    from deployvit.latency.estimate import estimate_table
+    from deployvit.latency.ondemand import estimate_on_demand
+
+    space = get_space("test")
+    table, note = estimate_on_demand(space, "t4", "tensorrt", "fp16", 1, tmp_path / "cache")
+    table.path.write_text("{ not json")
+    again, note = estimate_on_demand(space, "t4", "tensorrt", "fp16", 1, tmp_path / "cache")
+    assert note is None and again.to_dict() == estimate_table(space, "t4", "tensorrt", "fp16", 1).to_dict()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    table, note = estimate_on_demand(space, "t4", "tensorrt", "fp16", 1, blocker / "cache")
+    assert table.path is None and "not cached" in note and table.is_estimate
+
+
+def test_an_unknown_gpu_label_lists_the_catalogue(tmp_path):
+    with pytest.raises(DeployvitError) as info:
+        resolve_table(q(device="mygpu"), machine=CPU, space=SPACE)
+    line = str(info.value)
+    assert "\n" not in line and "mygpu" in line and "l4" in line and "orin" in line and "deployvit profile --device mygpu" in line
+
+
 def test_label_of_another_gpu_and_nothing_fits_says_what_and_where(tmp_path):
     make_table(tmp_path, "a100", "cudagraph")
-    with pytest.raises(DeployvitError) as info:
+    with pytest.raises(DeployvitError) as info:  # no file fits (resolve_table would build the estimate)
         pick([("shipped", tmp_path)], q(device="l4", precision="fp16"), CPU)
     line = str(info.value)
     assert "\n" not in line and "on l4" in line and "deployvit profile --device l4 --space test" in line
@@ -151,3 +235,21 @@ def test_tables_lists_user_and_shipped_and_the_pick(tmp_path, monkeypatch):
     assert str(mine) in result.out and "autoformer-tiny" in result.out and "shipped" in result.out
     assert f"search --space test would use: {mine}" in result.out
 
+
+
+def test_on_a_gpu_machine_the_default_target_is_that_gpu(tmp_path):
+    """No --device on a GPU machine: its measured tables, else its estimate at the default target's
+    runtime, precision and batch; a GPU the catalogue lacks gets the profile command for it."""
+    resolved = resolve_table(q(), machine=A100, space=SPACE)
+    meta = resolved.table.metadata
+    assert (meta["device_label"], meta["runtime"], meta["precision"], meta["batch_size"]) == ("a100", "tensorrt", "fp16", 64)
+    assert resolved.default_target == ("target: this machine's GPU (NVIDIA A100-SXM4-80GB), tensorrt fp16 batch 64 "
+                                       "(change it with --device, --runtime, --precision, --batch-size)")
+    mine = make_table(tmp_path, "a100", "cudagraph", batch=1)
+    picked = choose(q(), scan_tables([("home", tmp_path)])[0], A100)
+    assert picked.path == mine and picked.default_target is None  # measured here: the table decides, not the default
+    with pytest.raises(DeployvitError) as info:
+        resolve_table(q(), machine=Machine("cuda", "NVIDIA RTX A2000 12GB"), space=SPACE)
+    line = str(info.value)
+    assert "`deployvit profile --device rtx-a2000-12gb --space test --runtime cudagraph --precision fp16 --batch-size 64`" in line
+    assert "is no GPU of the estimator's catalogue" in line

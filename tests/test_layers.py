@@ -29,6 +29,10 @@ BASE = {"deployvit", "deployvit.errors", "deployvit.io", "deployvit.arch", "depl
 SIBLINGS = ("deployvit.train", "deployvit.latency")
 
 BASE |= {"deployvit.registry"}  # the records of scores, search methods and samplers (names and targets, no imports)
+BASE |= {"deployvit.runs"}  # which file of a run folder an option means (paths only)
+#: the Python API's profile/export call the commands (deployvit.search(...) is the search package,
+#: callable; `deployvit`'s lazy attributes name their modules as strings, as the CLI's command table does)
+TOP = {"deployvit.cli", "deployvit.__main__", "deployvit.api"}
 
 
 def modules() -> dict[str, Path]:
@@ -68,7 +72,7 @@ def is_base(name: str, known: dict[str, Path]) -> bool:
     """A top-level module of `deployvit/` (not a package, not the command line): base by where it is."""
     path = known[name]
     return name == "deployvit" or (path.parent == ROOT / "deployvit" and path.name != "__init__.py"
-                                   and name not in ("deployvit.contract", "deployvit.cli", "deployvit.__main__"))
+                                   and name != "deployvit.contract" and name not in TOP)
 
 
 def layer(name: str, known: dict[str, Path] | None = None) -> tuple[int, str]:
@@ -87,7 +91,7 @@ def layer(name: str, known: dict[str, Path] | None = None) -> tuple[int, str]:
         return 5, "search"
     if name.startswith("deployvit.commands"):
         return 6, "commands"
-    if name in ("deployvit.cli", "deployvit.__main__"):
+    if name in TOP:
         return 7, "cli"
     raise AssertionError(f"module {name} has no layer: add it to tests/test_layers.py and the README's Development section")
 

@@ -168,8 +168,13 @@ def test_measure_top_with_a_gpu_table_fails_before_the_search_here(tmp_path):
         (["--latency", "1us", *CPU_TABLE], "is infeasible: the smallest achievable latency"),
         (["--params", "10"], "is infeasible: the smallest achievable params"),
         (["--latency", "5ms", "--table", "/nonexistent/table.json"], "latency table not found"),
-        (["--latency", "5ms", "--device", "a100"], "no latency table for space test on a100"),
-        (["--score", "supernet"], "needs --supernet"),
+        (["--latency", "5ms", "--device", "mygpu"], "no latency table for space test on mygpu"),
+        (["--latency", "5ms", "--device", "mygpu"], "is no GPU of the estimator's catalogue (a100, "),
+        (["--space", "auto", "--latency", "1ms"], "latency budget 1 ms is below every family's span (no arch of any family fits it); "
+                                                  "the nearest: vit-tiny spans 3.02 ms"),
+        (["--space", "auto", "--latency", "5ms,1s"], "latency budget 1000 ms is above every family's span"),
+        (["--score", "supernet"], "--score supernet needs a supernet (--supernet CHECKPOINT): none under runs/ (train one with "
+                                  "`deployvit train-supernet --space test --data digits`)"),
         (["--score", "supernet", "--supernet", "/nonexistent.pt", "--data", "digits"], "checkpoint not found"),
         (["--batch-size", "0", "--latency", "5ms", "--device", "cpu"], "0 is not in the range 1<=x<=4096"),
         (["--population", "0"], "--population"),
@@ -180,7 +185,8 @@ def test_measure_top_with_a_gpu_table_fails_before_the_search_here(tmp_path):
         (["--score", "supernet", "--device", "cuda", "--data", "digits"], "--device cuda: torch sees no CUDA GPU"),
     ]),
 )
-def test_bad_input_exit_2_and_no_run_directory(tmp_path, args, needle):
+def test_bad_input_exit_2_and_no_run_directory(tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)  # no runs/ here: a supernet is not found by accident
     out = tmp_path / "never"
     result = run_cli("search", "--space", "test", "--out", str(out), "--no-progress", *args)
     assert_one_line_error(result, needle)
@@ -210,16 +216,27 @@ def test_existing_run_directory_needs_resume(tmp_path):
     assert_one_line_error(run_cli("search", "--space", "test", "--out", str(tmp_path / "new"), "--resume"), "no search state")
 
 
-def test_default_command_uses_the_shipped_table_and_dss(tmp_path, monkeypatch):
-    """`deployvit search --latency 5ms` with its defaults: space autoformer-tiny, the table the
-    resolver picks (no GPU here: the reference GPU's, measured when shipped, else its estimate), DSS,
-    seed 0. The evolution is shortened here only to keep the suite fast."""
+def test_default_command_uses_the_default_target_and_binds(tmp_path, monkeypatch):
+    """`deployvit search --latency 5ms` with its defaults on a machine without a GPU: the default
+    target (L4, TensorRT, fp16, batch 64; `DefaultTarget`), its estimate built on demand, space auto
+    choosing vit-tiny (5 ms lies in its span there), DSS, seed 0. The evolution is shortened here
+    only to keep the suite fast; the default's time is benchmarks/search_default.py's."""
+    if torch.cuda.is_available():
+        pytest.skip("the default target on a machine without a GPU")
     monkeypatch.chdir(tmp_path)
-    result = run_cli("search", "--latency", "5ms", "--population", "2", "--generations", "1", "--mutations", "1",
-                     "--crossovers", "1", "--no-progress")
+    result = run_cli("search", "--latency", "5ms", "--population", "6", "--generations", "1", "--mutations", "3",
+                     "--crossovers", "3", "--no-progress")
     assert result.code == 0, result.err
-    first = result.out.splitlines()[0]
-    assert "latency table: " in first and "h100" in first and "autoformer-tiny" in first
-    (best,) = (tmp_path / "runs").glob("search-autoformer-tiny-*/best.arch.json")
+    lines = result.out.splitlines()
+    assert lines[0].startswith("target: l4, the default target on a machine without a GPU, tensorrt fp16 batch 64 (change it with --device")
+    assert lines[1].startswith("space: vit-tiny for 5 ms: vit-tiny spans 3.02 ms - 8.6 ms on this target")
+    assert lines[2].startswith("ESTIMATED latency table: ") and "built on demand" in lines[2]
+    assert "does not bind" not in result.out + result.err
+    (best,) = (tmp_path / "runs").glob("search-vit-tiny-*/best.arch.json")
     meta = json.loads(best.read_text())["metadata"]
-    assert meta["latency"]["device_label"] == "h100" and meta["latency"]["latency_source"] in ("measured", "estimated")
+    assert meta["latency"]["device_label"] == "l4" and meta["latency"]["latency_source"] == "estimated"
+    assert (meta["latency"]["runtime"], meta["latency"]["batch_size"]) == ("tensorrt", 64)
+    assert 0.85 * 5000 <= meta["metrics"]["latency_us"] <= 5000 and meta["space"] == "vit-tiny"  # binds: within 15% under
+    assert f"next: `deployvit export --arch {best.parent.relative_to(tmp_path)}`" in result.out
+
+

@@ -226,12 +226,14 @@ def test_focus_scores_k_archs_per_budget_and_resumes_per_budget(tmp_path):
     assert again.calls == 0  # a finished run scores nothing more
 
 
-def test_focus_needs_a_supernet_checkpoint(tmp_path):
+def test_focus_needs_a_supernet_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no runs/ here: no supernet run is found
     out = tmp_path / "never"
     assert_one_line_error(run_cli("search", *TINY, "--method", "focus", "--out", str(out)),
-                          "--score supernet and --method focus need --supernet CHECKPOINT and --data DIR")
+                          "--score supernet and --method focus need a supernet (--supernet CHECKPOINT): none under runs/ "
+                          "(train one with `deployvit train-supernet --space test --data digits --sampler focus`)")
     assert_one_line_error(run_cli("search", *TINY, "--method", "focus", "--score", "dss", "--out", str(out)),
-                          "--method focus needs --supernet CHECKPOINT")
+                          "--method focus needs a supernet (--supernet CHECKPOINT)")
     assert_one_line_error(run_cli("search", *TINY, "--score", "sampler", "--method", "random", "--out", str(out)),
                           "--score sampler means --method focus --score supernet; it cannot be combined with --method random")
     assert_one_line_error(run_cli("search", *TINY, "--score", "sampler", "--method", "evolution", "--out", str(out)),

@@ -69,13 +69,17 @@ def _check_contract_batches(batch, contracts: dict[str, Any]) -> None:
 def _common_options(fn: Callable) -> Callable:
     """Options `export` and `benchmark` share (one definition, so they cannot drift apart)."""
     options = [
-        click.option("--arch", "arch_path", type=click.Path(dir_okay=False), help="Arch JSON file."),
-        click.option("--checkpoint", type=click.Path(dir_okay=False),
-                     help="Weights: checkpoint.safetensors from retrain, a supernet checkpoint (train-supernet's last.pt, "
-                          "import's supernet.pt: --arch is extracted from it), or a .pt state dict. Default: random weights."),
+        click.option("--arch", "arch_path", type=click.Path(),
+                     help="Arch JSON file, or a run folder: a search run (its best.arch.json) or a retrain run (its arch and "
+                          "trained weights)."),
+        click.option("--checkpoint", type=click.Path(),
+                     help="Weights: checkpoint.safetensors from retrain (or its run folder), a supernet checkpoint (train-supernet's "
+                          "last.pt, import's supernet.pt: --arch is extracted from it), or a .pt state dict. Default: random weights "
+                          "(or the retrain run's given as --arch)."),
         click.option("--timm-model", help="Export a timm model (pretrained=False, never downloads) instead of --arch."),
         click.option("--img-size", type=bounds.IMG_SIZE, help="Input size of a --timm-model (default: its own)."),
-        click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True),
+        click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+                     help="Precision of the exported graph or engine (verified against PyTorch fp32)."),
         click.option("--tf32", is_flag=True,
                      help=f"fp32 only: let {listing(tf32_runtimes(), 'and')} on CUDA use TF32 for fp32 matmuls (recorded; verified "
                           "with its own gate: cosine >= 0.9995, top-1 agreement >= 99.5%). Default: TF32 off, fp32 means fp32."),
@@ -94,7 +98,8 @@ def _common_options(fn: Callable) -> Callable:
                      help="Latency table for the contract's prediction (default: the resolver's table of this machine's "
                           "device for the format's runtime and precision; see `deployvit tables`)."),
         click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: beside --arch)."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                     help="Where the artifact is built, verified and timed (auto: CUDA when available)."),
         click.option("--workspace", type=bounds.floats(0, 1024, min_open=True), default=4.0, show_default=True, help="TensorRT workspace (GB)."),
         click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache file (reused)."),
         click.option("--max-abs-diff", type=bounds.NON_NEGATIVE, help="Override: max |logit diff| (default 1e-3 for fp32)."),
@@ -188,7 +193,6 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
         raise DeployvitError(f"verification needs at least {batch.max} images (the largest batch), got {len(samples)}: "
                              "raise --samples or lower the batch")
     out = Path(opts["out"]) if opts["out"] else _default_out(opts)
-    io.check_writable(out, "to output folder")
     spec = ExportSpec(
         img_size=source.img_size, in_chans=source.in_chans, precision=precision, batch=batch, opset=opset,
         dynamo=not opts["legacy_exporter"], device=device, workspace_gb=opts["workspace"],
@@ -197,6 +201,21 @@ def prepare(opts: dict[str, Any], formats: list[str]) -> Job:
         metadata={"source": source.info, "tf32": opts["tf32"]},
     )
     return Job(source, spec, samples, out, budget_ms, notes, opts, contracts)
+
+
+def with_run_folders(opts: dict[str, Any]) -> dict[str, Any]:
+    """--arch / --checkpoint given as run folders (`deployvit.runs`): a search run is its
+    best.arch.json; a retrain run given as --arch is its trained weights, which carry the arch."""
+    from deployvit.runs import arch_file, is_retrain_run, model_file
+
+    opts = dict(opts)
+    if opts.get("arch_path") and is_retrain_run(opts["arch_path"]) and not opts.get("checkpoint"):
+        opts["arch_path"], opts["checkpoint"] = None, str(model_file(opts["arch_path"], "--arch"))
+    if opts.get("arch_path"):
+        opts["arch_path"] = str(arch_file(opts["arch_path"]))
+    if opts.get("checkpoint"):
+        opts["checkpoint"] = str(model_file(opts["checkpoint"]))
+    return opts
 
 
 def _source(opts: dict[str, Any]) -> SourceModel:
@@ -247,23 +266,64 @@ def _settings(job: Job, formats: list[str]) -> dict[str, Any]:
             "clock": s.clock if s.device == "cpu" else "cuda events", "cpu_timing_threads": s.threads or torch.get_num_threads()}
 
 
-def finish(command: str, job: Job, rows: list[Row], formats: list[str], models: dict[str, Any]) -> None:
+def finish(command: str, job: Job, rows: list[Row], formats: list[str], models: dict[str, Any]) -> Report:
     """Write the report, print the table, and turn failures into exit 1."""
+    report = write_report(command, job, rows, formats, models)
+    failure = failure_of(job, rows)
+    if failure:
+        raise CheckFailed(failure)
+    return report
+
+
+def write_report(command: str, job: Job, rows: list[Row], formats: list[str], models: dict[str, Any]) -> Report:
+    """report.json and report.md into the job's folder; the table printed."""
     report = Report(command, models, job.samples.source, rows, _settings(job, formats), job.notes, software())
     json_path, md_path = report.write(job.out)
     click.echo(format_table(rows))
     click.echo(f"\nreport: {json_path} and {md_path.name}")
+    return report
+
+
+def failure_of(job: Job, rows: list[Row]) -> str | None:
+    """Why the command fails its checks (exit 1): an artifact that failed verification, or a
+    --budget no artifact met; None when it passed."""
     gating = [r for r in rows if r.counts_for_exit and r.status != SKIPPED]
     bad = [r for r in gating if not r.passed]
     if bad:
         r = bad[0]
         why = "; ".join(r.verification.failed) if r.verification and r.verification.failed else "; ".join(r.notes[:1])
-        raise CheckFailed(f"{r.model} {r.format} {r.precision}: {r.status}: {why}")
+        return f"{r.model} {r.format} {r.precision}: {r.status}: {why}"
     if job.budget_ms is not None and gating and not any(r.contract == "MET" for r in gating):
         timed = [r.latency for r in gating if r.latency is not None and r.latency.measured_ms is not None]
         best = min(timed, key=lambda c: c.measured_ms, default=None)
         got = "no contract latency measured" if best is None else f"measured {best.measured_ms:.3f} ms ({best.setting})"
-        raise CheckFailed(f"latency budget {job.budget_ms:g} ms NOT MET: {got}")
+        return f"latency budget {job.budget_ms:g} ms NOT MET: {got}"
+    return None
+
+
+@dataclass
+class ExportOutcome:
+    """What an export wrote and found (`run_export`; the Python API's `deployvit.export`)."""
+
+    report: Report
+    out: Path  # the output folder: report.json, report.md and the artifact
+    artifact: Path | None  # model.onnx / model.engine
+    failure: str | None  # why it fails its checks (the CLI's exit 1), None when it passed
+
+    @property
+    def passed(self) -> bool:
+        return self.failure is None
+
+
+def run_export(opts: dict[str, Any], fmt: str) -> ExportOutcome:
+    """`deployvit export` as a function: every input checked before anything is written; a failure
+    before the report leaves no output folder this call created (`io.output_dir`)."""
+    job = prepare(with_run_folders(opts), [fmt])
+    with io.output_dir(job.out, keep=lambda d: (d / "report.json").is_file()):
+        io.check_writable(job.out, "to output folder")
+        row = _row(job, job.source, job.samples, fmt, "model", None)
+        report = write_report("export", job, [row], [fmt], {job.source.name: job.source.info})
+    return ExportOutcome(report, job.out, Path(row.path) if row.path else None, failure_of(job, [row]))
 
 
 @click.command()
@@ -274,9 +334,13 @@ def export(fmt: str, **opts: Any) -> None:
     """Export a model to a file (an ONNX graph, a TensorRT engine, ...), verify it against PyTorch
     fp32, time it, and check the latency contract. Writes model.<format>, report.json and report.md
     into --out."""
-    job = prepare(opts, [fmt])
-    row = _row(job, job.source, job.samples, fmt, "model", None)
-    finish("export", job, [row], [fmt], {job.source.name: job.source.info})
+    outcome = run_export(opts, fmt)
+    if outcome.failure:
+        raise CheckFailed(outcome.failure)
+    source = ("--arch " + opts["arch_path"]) if opts["arch_path"] else ("--timm-model " + opts["timm_model"] if opts["timm_model"] else "")
+    if opts["checkpoint"]:
+        source += f" --checkpoint {opts['checkpoint']}"
+    click.echo(f"next: `deployvit benchmark {source.strip()}` (every format side by side), or ship {outcome.artifact}")
 
 
 @click.command()
@@ -288,11 +352,16 @@ def benchmark(formats: str, baselines: str, **opts: Any) -> None:
     input size) into one table. Unavailable formats are listed as skipped with the reason. Exit 1
     when a format of the model fails, or when --budget is met by none of them."""
     fmts = parse_formats(formats)
-    job = prepare(opts, fmts)
+    job = prepare(with_run_folders(opts), fmts)
     job.spec = replace(job.spec, trt_onnx_suffix=".trt.onnx")
     if not opts["out"]:
         job.out = job.out / "benchmark"
+    with io.output_dir(job.out, keep=lambda d: (d / "report.json").is_file()):
         io.check_writable(job.out, "to output folder")
+        _benchmark(job, opts, fmts, baselines)
+
+
+def _benchmark(job: Job, opts: dict[str, Any], fmts: list[str], baselines: str) -> None:
     base_jobs = []  # every baseline is loaded before anything is exported: a typo is exit 2, up front
     for name in [b.strip() for b in baselines.split(",") if b.strip()]:
         base = load_timm_model(name, img_size=job.source.img_size,

@@ -27,17 +27,20 @@ def describe(arch: Arch) -> dict:
 
 
 @click.command()
-@click.argument("arch_file", required=False, type=click.Path(dir_okay=False))
+@click.argument("arch_file", required=False, type=click.Path())
 @click.option("--space", "space_name", help="Space name or file: validate ARCH_FILE against it, or sample from it.")
 @click.option("--sample", type=bounds.SAMPLES, help="Describe N archs sampled uniformly from --space.")
 @click.option("--seed", type=bounds.SEED, default=0, show_default=True, help="Seed for --sample.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object, or a list with --sample).")
 def inspect(arch_file: str | None, space_name: str | None, sample: int | None, seed: int, as_json: bool) -> None:
-    """Print params, FLOPs (MACs), depth and embed dim of ARCH_FILE or of --sample N archs."""
+    """Print params, FLOPs (MACs), depth and embed dim of ARCH_FILE (an arch JSON or a run folder) or of
+    --sample N archs."""
     if (arch_file is None) == (sample is None):
         raise DeployvitError("give either ARCH_FILE or --space NAME --sample N")
     if arch_file is not None:
-        arch = load_arch(arch_file)
+        from deployvit.runs import arch_file as arch_of
+
+        arch = load_arch(arch_of(arch_file, "ARCH_FILE"))
         # resolution and class count are the deployment's (a supernet trained on CIFAR-10 has 10 classes)
         get_space(space_name or arch.space).with_overrides(img_size=arch.img_size, num_classes=arch.num_classes).validate(arch)
         archs = [arch]

@@ -12,24 +12,29 @@ from deployvit.arch import load_arch
 
 
 @click.command("latency")
-@click.argument("arch_file", type=click.Path(dir_okay=False))
+@click.argument("arch_file", type=click.Path())
 @click.option("--table", "table_path", type=click.Path(dir_okay=False),
               help="Latency table (default: the one `deployvit tables` says search would pick for the arch's space).")
-@click.option("--device", help="Target device of the table: a label (h100, a100, cpu, ...) or cuda[:N] (this GPU).")
+@click.option("--device", help="Target device of the table: a label (h100, a100, cpu, ...) or cuda[:N] (this GPU); "
+                               "default: as search (this machine's GPU, else the default target).")
 @click.option("--runtime", help=runtime_help("Only tables of this runtime: "))
 @click.option("--precision", type=click.Choice(PRECISIONS), help="Only tables of this precision.")
 @click.option("--batch-size", type=bounds.BATCH, help="Only tables of this batch size.")
 @click.option("--measure", is_flag=True, help="Also time the arch on this machine with the table's runtime, precision and batch.")
 def latency_cmd(arch_file: str, table_path: str | None, device, runtime, precision, batch_size, measure: bool) -> None:
-    """Print the table's calibrated latency prediction for ARCH_FILE (and the measured one)."""
+    """Print the table's calibrated latency prediction for ARCH_FILE (and the measured one); ARCH_FILE may
+    be a run folder."""
     from deployvit.latency.resolve import TableQuery, resolve_table
     from deployvit.spaces import get_space
 
-    arch = load_arch(arch_file)
+    from deployvit.runs import arch_file as arch_of
+
+    arch = load_arch(arch_of(arch_file, "ARCH_FILE"))
     space = get_space(arch.space)
     resolved = resolve_table(TableQuery(space.name, space.hash(), device, runtime, precision, batch_size), table_path, space=space)
     table = resolved.table
-    click.echo(resolved.line())
+    for line in resolved.header():
+        click.echo(line)
     for message in resolved.warnings:
         click.echo(f"deployvit: warning: {message}", err=True)
     predicted = table.predict(arch)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from deployvit import io
 from deployvit.commands import bounds
 from deployvit.errors import DeployvitError
 from deployvit.runtime_registry import help_text as runtime_help
@@ -75,6 +76,7 @@ def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs
     fit K whole-arch measurements onto a table made elsewhere."""
     if estimate:
         return _estimate(label, space_name, runtime, precision, batches, out, force)
+    _offer_estimate(label, space_name, runtime, precision, batches)
     space = get_space(space_name)
     clock = default_clock(label, threads) if clock == "auto" else clock
     settings = [MeasureSettings(runtime, precision, b, threads=threads, clock=clock, **timing) for b in batches]
@@ -82,63 +84,99 @@ def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs
         raise DeployvitError(f"--batch-size given twice: {sorted(batches)}")
     if calibrate_k is not None:
         return _calibrate(space, label, settings, out, calibrate_k, val_archs, base_path, seed, force)
-    from deployvit.latency.profile import check_request, profile  # torch and timm: only when it runs
+    from deployvit.latency.profile import check_request, profile, progress_path  # torch and timm: only when it runs
 
     paths = output_paths(out, label, space.name, runtime, precision, batches)
     for s, path in zip(settings, paths):  # every table checked before the first is timed
         check_request(label, s, path, calib_archs, val_archs, force)
+    tables = []
     for s, path in zip(settings, paths):
-        table = profile(space, label=label, settings=s, out=path, calib_archs=calib_archs, val_archs=val_archs, seed=seed, force=force,
-                        echo=click.echo)
-        click.echo(span_line(space, table))
+        with io.output_dir(path.parent, keep=lambda d, path=path: _resumable(path)):
+            try:
+                tables.append(profile(space, label=label, settings=s, out=path, calib_archs=calib_archs, val_archs=val_archs, seed=seed,
+                                      force=force, echo=click.echo))
+            except BaseException:
+                if not _resumable(path):  # a progress file without a timing resumes nothing
+                    progress_path(path).unlink(missing_ok=True)
+                raise
+    click.echo(f"next: `{search_command(space, label, tables[0])}`")
 
 
 def _calibrate(space, label: str, settings: list, out: str | None, k: int, val_archs: int, base_path: str | None, seed: int,
                force: bool) -> None:
     """`--calibrate K`: every request (base table, sizes, outputs) checked before anything is timed."""
     from deployvit.latency.calibrate import calibrate, plan_calibration
+    from deployvit.latency.profile import progress_path
 
     val = val_archs if click.get_current_context().get_parameter_source("val_archs") != click.core.ParameterSource.DEFAULT \
         else ProfileConfig.calibrate_val_archs
     first = settings[0]
     paths = output_paths(out, label, space.name, first.runtime, first.precision, tuple(s.batch_size for s in settings), calibrated=True)
     plans = [plan_calibration(space, label, s, path, k, val, base_path, seed, force) for s, path in zip(settings, paths)]
+    tables = []
     for plan in plans:
-        table = calibrate(plan, echo=click.echo)
-        click.echo(span_line(space, table))
-
-
-def span_line(space, table) -> str:
-    """The space's latency span under the table and a budget in its middle, as the journey uses them."""
-    from deployvit.units import format_amount
-
-    lo, hi, mid = budget_span(space, table)
-    return (f"  latency span of space {space.name}: {format_amount(lo, 'latency')} - {format_amount(hi, 'latency')}; "
-            f"a budget in its middle: {compact_budget(mid)} (deployvit tables --space {space.name} --budget prints it)")
-
-
-def budget_span(space, table) -> tuple[float, float, float]:
-    """(fastest arch, slowest arch, the log middle of the two), microseconds, as `table` predicts the
-    space: where a search budget binds (near the top nearly every arch fits, near the bottom few do)."""
-    import math
-
-    from deployvit.search.predictor import MetricModel
-
-    lo, hi = MetricModel(space, table).range("latency")
-    return lo, hi, math.sqrt(lo * hi)
-
-
-def compact_budget(us: float) -> str:
-    """A budget as a latency option takes it, e.g. `134us` or `2.5ms` (three significant digits)."""
-    if us >= 1000:
-        return f"{float(f'{us / 1e3:.3g}'):g}ms"
-    return f"{float(f'{us:.3g}'):g}us"
+        with io.output_dir(plan.out.parent, keep=lambda d, path=plan.out: _resumable(path)):
+            try:
+                tables.append(calibrate(plan, echo=click.echo))
+            except BaseException:
+                if not _resumable(plan.out):
+                    progress_path(plan.out).unlink(missing_ok=True)
+                raise
+    click.echo(f"next: `{search_command(space, label, tables[0])}`")
 
 
 def default_clock(label: str, threads: int | None) -> str:
     """`--clock auto`: process CPU time for a one-thread CPU profile (what it costs, whatever the
     neighbours do; equal to wall latency on an idle machine), else the wall clock."""
     return "cpu" if label == "cpu" and threads == 1 else "wall"
+
+
+def search_command(space, label: str, table) -> str:
+    """The search that uses `table`, under a budget in the (log) middle of the space's latencies on it."""
+    import math
+
+    from deployvit.search.predictor import MetricModel
+    from deployvit.units import format_amount
+
+    lo, hi = MetricModel(space, table).range("latency")
+    budget = format_amount(math.sqrt(lo * hi), "latency").replace(" ", "")
+    m = table.metadata
+    return (f"deployvit search --space {space.name} --device {label} --runtime {m['runtime']} --precision {m['precision']} "
+            f"--batch-size {m['batch_size']} --latency {budget}")
+
+
+def _resumable(table: Path) -> bool:
+    """Whether a failed profile leaves timings a rerun resumes from (its progress file)."""
+    from deployvit.latency.profile import progress_path
+
+    try:
+        state = io.read_json(progress_path(table), "profile progress file")
+    except DeployvitError:
+        return False
+    return isinstance(state, dict) and any(isinstance(state.get(g), dict) and state[g] for g in ("rounds", "timings"))
+
+
+def _offer_estimate(label: str, space: str, runtime: str, precision: str, batches: tuple[int, ...]) -> None:
+    """A catalogue GPU named on a machine without CUDA cannot be measured here, but it can be
+    estimated: one line with the `--estimate` command (runnable as printed), with or without --force."""
+    import torch
+
+    if label == "cpu" or torch.cuda.is_available():
+        return
+    from deployvit.latency.estimate import ESTIMATED_RUNTIMES
+    from deployvit.latency.gpus import load_catalogue
+
+    try:
+        gpu = load_catalogue().get(label)
+    except DeployvitError:
+        return  # a label of the user's own: check_label says what it finds here
+    if runtime not in ESTIMATED_RUNTIMES:
+        raise DeployvitError(f"no CUDA GPU here to measure {gpu.name} on, and the estimator does not cover runtime {runtime}: "
+                             "measure it on that GPU")
+    batch_flags = " ".join(f"--batch-size {b}" for b in batches)
+    cmd = f"deployvit profile --device {label} --space {space} --runtime {runtime} --precision {precision} {batch_flags} --estimate"
+    raise DeployvitError(f"no CUDA GPU here to measure {gpu.name} on: `{cmd}` writes an ESTIMATED table for it instead "
+                         "(search and the other commands build that estimate on demand without it)")
 
 
 def _estimate(label: str, space_name: str, runtime: str, precision: str, batches: tuple[int, ...], out: str | None, force: bool) -> None:
@@ -158,8 +196,10 @@ def _estimate(label: str, space_name: str, runtime: str, precision: str, batches
             raise DeployvitError(f"{path} exists; pass --force to overwrite it")
     for b, path in zip(batches, paths):
         table = estimate_table(space, gpu, runtime, precision, b)
-        table.save(path)
+        with io.output_dir(path.parent):
+            table.save(path)
         own = table.validation["this_table"]
         held = own["leave_one_gpu_out"]
         quality = (f"held-out median error {held['median_abs_pct']:.1f}% (leave one GPU out, n={held['n']})" if held else own["status"])
         click.echo(f"wrote {path}: {table.describe()}; {len(table.entries)} part entries; {quality}")
+    click.echo(f"next: `{search_command(space, gpu.key, table)}`")

@@ -7,14 +7,22 @@ import click
 from deployvit.commands import bounds
 from deployvit.runtime_registry import help_text as runtime_help
 from deployvit.settings import PRECISIONS
+from deployvit.latency.target import DEFAULT_TARGET
 from deployvit.errors import CheckFailed, DeployvitError
+from deployvit.search.auto import AUTO, DEFAULT_SPACE
 from deployvit.search.budgets import Constraints
+from deployvit.spaces import FAMILIES, PRESETS
 from deployvit.units import format_amount, parse_amount, parse_amounts
 from deployvit.search import METHODS, SCORE_ALIASES, SCORES
 from deployvit.search.searcher import SearchConfig
 
 DEFAULTS = SearchConfig()  # the search's defaults, one place
 _ALIASES = "; ".join(f"{a}: the former spelling of --method {m} --score {s}" for a, (m, s) in SCORE_ALIASES.items())
+_SPACES = (f"{AUTO} (per latency budget, the ViT family ({', '.join(FAMILIES)}) whose span on the target contains it; "
+           f"without a latency budget {DEFAULT_SPACE}), a preset ({', '.join(p for p in PRESETS if p not in FAMILIES)}, "
+           "or a family) or a YAML/JSON space file")
+_TARGET = (f"Default: this machine's GPU, else {DEFAULT_TARGET.device} (the default target: {DEFAULT_TARGET.text()}; "
+           "deployvit.latency.target)")
 
 
 def _amount(value: str | None, metric: str) -> float | None:
@@ -28,23 +36,28 @@ def _amount(value: str | None, metric: str) -> float | None:
 @click.option("--min-latency", help="Lower bound on latency (e.g. to fill a budget).")
 @click.option("--min-flops", help="Lower bound on FLOPs.")
 @click.option("--min-params", help="Lower bound on params.")
-@click.option("--space", "space_name", default="autoformer-tiny", show_default=True, help="Space name or YAML/JSON file.")
+@click.option("--space", "space_name", default=AUTO, show_default=True, help=f"Search space: {_SPACES}.")
 @click.option("--table", type=click.Path(dir_okay=False),
               help="Latency table JSON (default: chosen by `deployvit tables`' rules: yours, then shipped; measured, then estimated).")
-@click.option("--device", help="Target device of the latency table: a label (h100, a100, cpu, ...) or cuda[:N] for this "
-                               "machine's GPU, which also runs the score (cpu: table and score on the CPU). Default: this "
-                               "machine's GPU, else h100; the score runs on CUDA when available.")
-@click.option("--runtime", help=runtime_help("Only tables of this runtime: "))
-@click.option("--precision", type=click.Choice(PRECISIONS), help="Only tables of this precision.")
-@click.option("--batch-size", type=bounds.BATCH, help="Only tables of this batch size.")
+@click.option("--device", help="Target device of the latency: a label or GPU catalogue key (l4, a100, h100, orin, orin-nx, t4, "
+                               "cpu, ...) or cuda[:N] for this machine's GPU, which also runs the score (cpu: table and score on "
+                               f"the CPU). {_TARGET}. The score runs on CUDA when available.")
+@click.option("--runtime", help=runtime_help("Runtime of the latency: ")[:-1] + f". Default: a measured table's, else "
+                                                                             f"{DEFAULT_TARGET.runtime}.")
+@click.option("--precision", type=click.Choice(PRECISIONS), help=f"Precision of the latency. Default: a measured table's, else "
+                                                                   f"{DEFAULT_TARGET.precision}.")
+@click.option("--batch-size", type=bounds.BATCH, help=f"Batch size of the latency. Default: {DEFAULT_TARGET.batch_size} for the default "
+                                                      f"target, {DEFAULT_TARGET.device_batch} when --device names one.")
 @click.option("--method", type=click.Choice(METHODS.names()), default=DEFAULTS.method, show_default=True,
               help=f"How archs are chosen to score. {METHODS.describe()}.")
 @click.option("--score", type=click.Choice([*SCORES, *SCORE_ALIASES]), default=None,
               help=f"How archs are ranked. {SCORES.describe()}. Default: the method's own "
                    f"({', '.join(f'{m}: {METHODS[m].score}' for m in METHODS)}). {_ALIASES}.")
-@click.option("--supernet", "supernet_ckpt", type=click.Path(dir_okay=False),
-              help="Supernet checkpoint from train-supernet (--score supernet; --method focus: trained with --sampler focus).")
-@click.option("--data", help="Training data (held-out split carved from it) for --score supernet; 'digits' is built in.")
+@click.option("--supernet", "supernet_ckpt", type=click.Path(),
+              help="Supernet checkpoint or run folder from train-supernet (--score supernet; --method focus: trained with "
+                   "--sampler focus). Default: the newest supernet run under runs/.")
+@click.option("--data", help="Training data (held-out split carved from it) for --score supernet; 'digits' is built in. "
+                             "Default: the data the supernet checkpoint records.")
 @click.option("--sampler-k", type=bounds.ints(1, 10_000), default=DEFAULTS.sampler_k, show_default=True,
               help="--method focus: distinct archs within the constraints that the sampler proposes and the score ranks per budget, "
                    "from at most 20x as many draws.")
@@ -78,7 +91,8 @@ def _amount(value: str | None, metric: str) -> float | None:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def search(**opts) -> None:
     """Find the highest-scoring arch under the budgets; writes best.arch.json, pareto.* and log.jsonl."""
-    from deployvit.search.run import SearchRequest, resolve_search, run_search  # heavy (torch): only when searching
+    from deployvit.search.plan import plan_search, run_plan  # heavy (torch): only when searching
+    from deployvit.search.run import SearchRequest
 
     constraints = Constraints(
         max_latency=parse_amounts(opts["latency"], "latency") if opts["latency"] else [],
@@ -102,12 +116,23 @@ def search(**opts) -> None:
         out=opts["out"], resume=opts["resume"], measure_top=opts["measure_top"],
         score_device=_score_device(opts["device"]),
     )
-    job = resolve_search(request, echo=click.echo)  # every name and path becomes an object; nothing written yet
-    result = run_search(job, echo=click.echo, progress=not opts["no_progress"])
+    plan = plan_search(request, echo=click.echo)  # every name and path becomes an object; nothing written yet
+    result = run_plan(plan, echo=click.echo, progress=not opts["no_progress"])
     if result.is_main:  # under torchrun, rank 0 speaks for all
         print_summary(result)
+        if result.winners:
+            click.echo(f"next: `{next_command(result, plan.jobs[0].request)}`")
     if result.failure:
         raise CheckFailed(result.failure)
+
+
+def next_command(result, request) -> str:
+    """The journey's next step with real paths: retrain from the supernet that scored the search
+    (its data known), else export and verify the winner (`deployvit.runs`: a run folder is its
+    best.arch.json)."""
+    if request.supernet is not None and request.data is not None:
+        return f"deployvit retrain --arch {result.run_dir} --init {request.supernet} --data {request.data}"
+    return f"deployvit export --arch {result.run_dir}"
 
 
 def _check_alias(score: str | None, method: str) -> None:
@@ -132,33 +157,34 @@ def _score_device(device: str | None) -> str | None:
 
 
 def print_summary(result) -> None:
-    """The winners table (a `SearchResult`), measured rows, and where the files are."""
-    click.echo(f"{'budget':>13}  {'score':>10}  {'latency':>10}  {'FLOPs':>8}  {'params':>8}  arch")
+    """The winners table (a `SearchResult`; units in the header), measured rows, and where the files are."""
+    click.echo(f"{'budget':>9}  {'space':<16}  {'score':>10}  {'latency':>9}  {'GMACs':>7}  {'params M':>8}  arch")
     for label, cand in result.winners.items():
         m = cand.metrics
         latency = format_amount(m["latency"], "latency") if "latency" in m else "-"
-        click.echo(
-            f"{label:>13}  {cand.score:>10.4g}  {latency:>10}  {m['flops'] / 1e9:>7.3f}G  {m['params'] / 1e6:>7.3f}M  {cand.arch.summary()}"
-        )
+        click.echo(f"{label:>9}  {cand.arch.space:<16}  {cand.score:>10.4g}  {latency:>9}  {m['flops'] / 1e9:>7.3f}  "
+                   f"{m['params'] / 1e6:>8.2f}  {cand.arch.summary()}")
     for label, rows in result.measured.items():
         for row in rows:
-            click.echo(f"{label:>13}  measured {row['measured_us'] / 1e3:.3f} ms vs predicted {row['predicted_us'] / 1e3:.3f} ms ({row['summary']})")
-    print_score_vs_size(result)
+            click.echo(f"{label:>9}  measured {row['measured_us'] / 1e3:.3f} ms vs predicted {row['predicted_us'] / 1e3:.3f} ms ({row['summary']})")
+    for part in result.parts or [result]:
+        print_score_vs_size(part, f"in {part.run_dir.name} " if result.parts else "")
     if result.winners:
-        click.echo(f"winner: {result.run_dir / 'best.arch.json'}; Pareto front: {result.run_dir / 'pareto.png'}, {result.run_dir / 'pareto.csv'}")
+        plots = ", ".join(str(p.run_dir / "pareto.png") for p in result.parts or [result])
+        click.echo(f"winner: {result.run_dir / 'best.arch.json'}; Pareto front: {plots}, pareto.csv beside")
 
 
 SIZE_TAU_WARNING = 0.7  # TF-TAS's caveat: above this, the budget rather than the score picks the winner
 
 
-def print_score_vs_size(result) -> None:
+def print_score_vs_size(result, where: str = "") -> None:
     """How strongly the score ranks archs by size (over the random initial population), and a warning
     when the size budget, not the score, decides the winner."""
     taus = {m: result.correlations.get(k) for m in ("params", "flops") for k in result.correlations if k.endswith(f"_vs_{m}")}
     if not taus:
         return
     shown = ", ".join(f"{'-' if t is None else f'{t:.2f}'} with {m if m == 'params' else 'FLOPs'}" for m, t in taus.items())
-    click.echo(f"score vs size over {result.correlated_over}: Kendall tau {shown}")
+    click.echo(f"score vs size {where}over {result.correlated_over}: Kendall tau {shown}")
     if max((t for t in taus.values() if t is not None), default=0.0) > SIZE_TAU_WARNING:
         click.echo(
             f"warning: the score ranks archs mostly by size (Kendall tau > {SIZE_TAU_WARNING}), so the size budget decides the "

@@ -10,29 +10,51 @@ from deployvit.settings import PRECISIONS
 
 
 @click.command("tables")
-@click.option("--device", help="Show the pick for this target device (a label, or cuda[:N]); default as search.")
+@click.option("--device", help="Show the pick for this target device (a label, or cuda[:N]); default as search (this machine's GPU, "
+                               "else the default target).")
 @click.option("--runtime", help=runtime_help("Show the pick among tables of this runtime only: "))
 @click.option("--precision", type=click.Choice(PRECISIONS), help="Show the pick among this precision only.")
 @click.option("--batch-size", type=bounds.BATCH, help="Show the pick among this batch size only.")
 def tables_cmd(device, runtime, precision, batch_size) -> None:
     """List the user's (./latency_tables, $DEPLOYVIT_HOME/latency_tables) and the shipped latency
-    tables, and for each space which one `search` would use on this machine."""
-    from deployvit.errors import DeployvitError
-    from deployvit.latency.resolve import Machine, TableQuery, choose, scan_tables, table_dirs
+    tables, and for each space which one `search` would use on this machine, or the estimate it
+    would build on demand."""
+    from deployvit.latency.resolve import Machine, TableQuery, default_target_line, scan_tables, table_dirs
+    from deployvit.spaces import PRESETS
 
     dirs = table_dirs()
     infos, skipped = scan_tables(dirs)
     machine = Machine.detect(device)
     click.echo(f"this machine: {machine.name} ({machine.device_type}); looking in " + ", ".join(f"{o}: {p}" for o, p in dirs))
+    target = default_target_line(TableQuery("", "", device, runtime, precision, batch_size), machine, None)
+    if target:
+        click.echo(f"{target}; a table measured on this machine comes first")
     click.echo(format_rows(infos))
     for note in skipped:
         click.echo(f"note: {note}")
-    for space, space_hash in sorted({(i.meta["space"], i.meta["space_hash"]) for i in infos}):
-        try:
-            picked = choose(TableQuery(space, space_hash, device, runtime, precision, batch_size), infos, machine)
-            click.echo(f"search --space {space} would use: {picked.path} ({picked.reason})")
-        except DeployvitError as exc:
-            click.echo(f"search --space {space} would stop: {exc}")
+    spaces = {(s.name, s.hash()) for s in PRESETS.values()} | {(i.meta["space"], i.meta["space_hash"]) for i in infos}
+    for space, space_hash in sorted(spaces):
+        click.echo(would_use(TableQuery(space, space_hash, device, runtime, precision, batch_size), infos, machine))
+
+
+def would_use(query, infos, machine) -> str:
+    """One line: the table `search --space S` would use, the estimate it would build on demand, or why it would stop."""
+    from deployvit.errors import DeployvitError
+    from deployvit.latency.resolve import NothingFits, choose, estimate_cache_dir, on_demand_target
+
+    head = f"search --space {query.space}"
+    try:
+        picked = choose(query, infos, machine)
+        return f"{head} would use: {picked.path} ({picked.reason})"
+    except NothingFits as exc:
+        target = on_demand_target(query, machine)
+        if target is None:
+            return f"{head} would stop: {exc}"
+        gpu, runtime, precision, batch = target
+        return (f"{head} would build an ESTIMATE on demand: {gpu} {runtime} {precision} batch {batch} "
+                f"(no measured table fits; cached in {estimate_cache_dir()})")
+    except DeployvitError as exc:
+        return f"{head} would stop: {exc}"
 
 
 COLUMNS = ("origin", "space", "device", "detected name", "runtime", "prec", "batch", "source", "made", "MAPE %", "within 10%", "path")

@@ -154,12 +154,16 @@ def train_supernet_cmd(kw, info, opts) -> None:
     supernet = new_supernet(space, recipe, cyclic=kw["cyclic"], identity_shift=kw["identity_shift"])
     history = train_supernet(supernet, source, held, sampler, recipe, opts, info)
     opts.log(f"supernet saved to {opts.out / 'last.pt'} ({len(history)} epochs)")
+    if info.is_main:
+        click.echo(f"next: `deployvit search --score supernet --supernet {opts.out}` (its space and data are in the checkpoint)")
 
 
 @click.command("retrain")
-@click.option("--arch", "arch_file", required=True, type=click.Path(dir_okay=False), help="Arch JSON to train.")
+@click.option("--arch", "arch_file", required=True, type=click.Path(),
+              help="Arch JSON to train, or a search run folder (its best.arch.json).")
 @click.option("--init", "init", default="scratch", show_default=True,
-              help="'scratch' or a supernet checkpoint to inherit weights from (train-supernet's last.pt, import's supernet.pt).")
+              help="'scratch', or a supernet checkpoint (train-supernet's last.pt, import's supernet.pt) or supernet run folder "
+                   "to inherit weights from.")
 @click.option("--distill", type=click.Choice(DISTILL_MODES), is_flag=False, flag_value="soft", default=None,
               help="Knowledge distillation from the --init supernet's largest arch (an import's parent), DeiT's soft "
                    "(KL at temperature --distill-tau; the default when given without a value) or hard (the teacher's top-1 as label).")
@@ -178,7 +182,9 @@ def retrain_cmd(kw, info, opts) -> None:
     from deployvit.train.retrain import new_model, retrain
     from deployvit.train.setup import seed_init
 
-    arch = load_arch(kw["arch_file"])
+    from deployvit.runs import arch_file, supernet_file
+
+    arch = load_arch(arch_file(kw["arch_file"]))
     if kw["distill"] and kw["init"] == "scratch":
         raise DeployvitError("--distill needs --init SUPERNET (its largest arch is the teacher)")
     source = open_data(kw["data"])
@@ -189,6 +195,7 @@ def retrain_cmd(kw, info, opts) -> None:
         model = new_model(arch, recipe)
     else:
         seed_init(recipe.seed)
+        kw["init"] = str(supernet_file(kw["init"], "--init"))
         supernet, _ = load_supernet(kw["init"])
         supernet.space.validate(arch)
         model = supernet.extract(arch, drop_path_rate=recipe.drop_path)
@@ -200,17 +207,22 @@ def retrain_cmd(kw, info, opts) -> None:
     last = result["history"][-1] if result["history"] else {}
     opts.log(f"val top1 {result['initial']['val_top1']:.2f} -> {last.get('val_top1', float('nan')):.2f}; "
              f"model saved to {opts.out / 'checkpoint.safetensors'}")
+    if info.is_main:
+        click.echo(f"next: `deployvit export --arch {opts.out}` (export, verify and time the trained model), "
+                   f"or `deployvit evaluate --model {opts.out} --data {kw['data']}`")
 
 
 @click.command("evaluate")
-@click.option("--model", "model_file", type=click.Path(dir_okay=False), help="checkpoint.safetensors written by retrain.")
-@click.option("--supernet", "supernet_file", type=click.Path(dir_okay=False), help="Supernet checkpoint (last.pt / checkpoint.pt); needs --arch.")
-@click.option("--arch", "arch_file", type=click.Path(dir_okay=False), help="Arch JSON to evaluate with inherited supernet weights.")
+@click.option("--model", "model_file", type=click.Path(), help="checkpoint.safetensors written by retrain, or its run folder.")
+@click.option("--supernet", "supernet_file", type=click.Path(),
+              help="Supernet checkpoint (last.pt / checkpoint.pt) or supernet run folder; needs --arch.")
+@click.option("--arch", "arch_file", type=click.Path(),
+              help="Arch JSON (or a search run folder: its best.arch.json) to evaluate with inherited supernet weights.")
 @click.option("--data", required=True, help="'digits', a CIFAR folder or an ImageFolder root.")
 @click.option("--split", type=click.Choice(["val", "held-out", "train"]), default="val", show_default=True,
               help="held-out: the supernet run's recorded held-out images.")
-@click.option("--batch-size", type=bounds.BATCH, default=256, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", type=bounds.BATCH, default=256, show_default=True, help="Images per evaluation batch.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result as JSON.")
 def evaluate_cmd(model_file, supernet_file, arch_file, data, split, batch_size, device, json_out) -> None:
     """Top-1 / top-5 accuracy of a retrained model, or of an arch with inherited supernet weights."""
@@ -223,8 +235,13 @@ def evaluate_cmd(model_file, supernet_file, arch_file, data, split, batch_size, 
     from deployvit.train.evaluate import eval_loader, evaluate_accuracy
     from deployvit.train.setup import eval_dataset, transforms_for
 
+    from deployvit import runs
+
     if (model_file is None) == (supernet_file is None):
         raise DeployvitError("give either --model checkpoint.safetensors or --supernet CKPT --arch A.json")
+    model_file = model_file and runs.model_file(model_file, "--model")
+    supernet_file = supernet_file and runs.supernet_file(supernet_file)
+    arch_file = arch_file and runs.arch_file(arch_file)
     held_ids = None
     if model_file is not None:
         if arch_file is not None:

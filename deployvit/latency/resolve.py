@@ -1,5 +1,5 @@
 """Which latency table a command uses: the one resolver behind `search`, `latency`, `export`,
-`benchmark` and `tables` (DESIGN.md section 3, "Where tables live, and which one is used").
+`benchmark` and `tables` (docs/DESIGN.md section 3, "Where tables live, and which one is used").
 
 Where it looks, in order: `--table PATH`; the user's tables (`./latency_tables/`, then
 `$DEPLOYVIT_HOME/latency_tables/`, where `profile` writes by default); the tables shipped in the
@@ -11,15 +11,22 @@ space predicts parts that no longer exist) it ranks:
    then one **calibrated** on it (`profile --calibrate K`: K whole models measured here fitted onto a
    table made elsewhere);
 2. a table **measured for the target device**: `--device LABEL`, else this machine's GPU, else the
-   reference datacenter GPU (`reference_gpu()`), because deployvit's users deploy on GPUs and a CPU
-   table is chosen only when asked (`--device cpu`) or measured here by the user;
-3. an **estimate** for the target device (`source: estimated`, from the per-kernel GPU model).
+   default target (`deployvit.latency.target.DEFAULT_TARGET`: an L4), because deployvit's users
+   deploy on GPUs and a CPU table is chosen only when asked (`--device cpu`) or measured here by the
+   user;
+3. an **estimate** for the target: the target device at the runtime, precision and batch asked for,
+   each defaulting to the default target's (batch 1 when `--device` names the device). A table file
+   holding exactly that estimate (and made by this estimator, `is_current_estimate`) is used as it
+   is; otherwise, for a catalogue GPU, the estimate is **built on demand** and cached under
+   `$DEPLOYVIT_HOME/cache/estimates` (`deployvit.latency.ondemand`), labelled ESTIMATE like any other.
 
 Within a rank the user's folders come before the shipped one, then the preferred precision (fp16 on
-a GPU, fp32 on the CPU), batch 1, an estimate validated on published measurements before an
-unvalidated one, and the runtimes' `preference` (`deployvit.runtime_registry`). `--runtime`,
+a GPU, fp32 on the CPU), the target's batch, the smaller batch, an estimate validated on published
+measurements before an unvalidated one, and the runtimes' `preference` (`deployvit.runtime_registry`). `--runtime`,
 `--precision` and `--batch-size` filter. Two tables that are equal on all of that are a tie the
-resolver refuses to break silently (exit 2): the user removes one or passes `--table`.
+resolver refuses to break silently (exit 2): the user removes one or passes `--table`. Only when no
+table fits and the target is no catalogue GPU (a CPU, your own label, a runtime the estimator does
+not cover) is there nothing to use: one line with the `profile` command that would make one.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from typing import Iterable
 from deployvit import io
 from deployvit.errors import DeployvitError
 from deployvit.latency.table import LatencyTable, shipped_tables_dir
+from deployvit.latency.target import CHANGE_TARGET, DEFAULT_TARGET
 from deployvit.runtime_registry import preference, profile_hint
 
 ORIGINS = ("here", "home", "shipped")
@@ -118,7 +126,7 @@ def scan_tables(dirs: Iterable[tuple[str, Path]] | None = None) -> tuple[list[Ta
 @dataclass(frozen=True)
 class TableQuery:
     """What a command needs a table for. `device`: a label (a100, h100, cpu, ...), `cuda`/`cuda:N`
-    (this machine's GPU) or None (this machine's GPU, else `reference_gpu()`)."""
+    (this machine's GPU) or None (this machine's GPU, else the default target's device, `DEFAULT_TARGET`)."""
 
     space: str
     space_hash: str
@@ -131,6 +139,12 @@ class TableQuery:
         parts = [self.runtime or "any runtime", self.precision or "any precision",
                  f"batch {self.batch_size}" if self.batch_size else "any batch"]
         return ", ".join(parts)
+
+    def estimate_settings(self) -> tuple[str, str, int]:
+        """(runtime, precision, batch) of the target's estimate: each as asked, else the default
+        target's (`DEFAULT_TARGET`; batch 1 when --device names the device)."""
+        return (self.runtime or DEFAULT_TARGET.runtime, self.precision or DEFAULT_TARGET.precision,
+                self.batch_size or DEFAULT_TARGET.batch_for(self.device))
 
 
 @dataclass(frozen=True)
@@ -161,6 +175,7 @@ class Resolved:
     info: TableInfo
     reason: str
     warnings: list[str] = field(default_factory=list)
+    default_target: str | None = None  # the line naming the default target, when it decided the table
 
     @property
     def table(self) -> LatencyTable:
@@ -173,7 +188,12 @@ class Resolved:
     def line(self) -> str:
         """The line every command prints first: which table, what it is, and why this one."""
         kind = "ESTIMATED latency table" if self.info.source == "estimated" else "latency table"
-        return f"{kind}: {self.path} [{self.table.describe()}] ({self.reason})"
+        where = self.path if self.path is not None else "(in memory)"
+        return f"{kind}: {where} [{self.table.describe()}] ({self.reason})"
+
+    def header(self) -> list[str]:
+        """The lines a command prints first: the default target (when it decided) and `line()`."""
+        return [self.default_target, self.line()] if self.default_target else [self.line()]
 
 
 def _target(query: TableQuery, machine: Machine) -> tuple[str, str | None]:
@@ -182,16 +202,24 @@ def _target(query: TableQuery, machine: Machine) -> tuple[str, str | None]:
     if device == "cpu":
         return "cpu", "cpu"
     if device is None or device == "cuda" or device.startswith("cuda:"):
-        return ("here-gpu", None) if machine.device_type == "cuda" else ("label", reference_gpu())
+        return ("here-gpu", None) if machine.device_type == "cuda" else ("label", DEFAULT_TARGET.device)
     return "label", device
 
 
-def reference_gpu() -> str:
-    """The GPU a search targets when nothing says otherwise (no --device, no GPU here): the GPU
-    catalogue's reference datacenter GPU, the one the shipped estimates describe first."""
-    from deployvit.latency.gpus import load_catalogue
+def is_current_estimate(info: TableInfo) -> bool:
+    """Whether an estimated table was made by this estimator (model version and fitted constants):
+    an older one is never used in place of the estimate the code would build now."""
+    from deployvit.latency.estimate import MODEL_VERSION, fitted
 
-    return load_catalogue().reference
+    made_by = info.meta.get("estimator") or {}
+    return made_by.get("model_version") == MODEL_VERSION and made_by.get("constants") == fitted().constants.to_dict()
+
+
+def _estimate_fits(info: TableInfo, query: TableQuery) -> bool:
+    """An estimate file is a candidate only when it is the target's estimate (`estimate_settings`)
+    and current: any other is a different question, or an older answer to this one."""
+    m = info.meta
+    return (m["runtime"], m["precision"], m["batch_size"]) == query.estimate_settings() and is_current_estimate(info)
 
 
 def _device_fits(info: TableInfo, kind: str, label: str | None, machine: Machine) -> bool:
@@ -232,14 +260,15 @@ def describes_here(info: TableInfo, machine: Machine) -> bool:
     return _tier(info, machine) <= 1
 
 
-def _rank(info: TableInfo, machine: Machine, kind: str) -> tuple:
+def _rank(info: TableInfo, machine: Machine, kind: str, batch: int = 1) -> tuple:
     meta = info.meta
     preferred_precision = "fp32" if kind == "cpu" else "fp16"
     return (
         _tier(info, machine),
         ORIGINS.index(info.origin),
         meta["precision"] != preferred_precision,
-        meta["batch_size"],  # batch 1 first
+        meta["batch_size"] != batch,  # the target's batch first (`TableQuery.estimate_settings`)
+        meta["batch_size"],  # then the smaller
         info.source == "estimated" and info.estimate_error is None,  # a validated estimate first
         preference(meta["runtime"]),
     )
@@ -247,6 +276,10 @@ def _rank(info: TableInfo, machine: Machine, kind: str) -> tuple:
 
 _REASONS = {0: "measured on this machine's {dev}", 1: "calibrated on this machine's {dev}", 2: "measured for {dev}",
             3: "no measured table for {dev}: an estimate"}
+
+
+class NothingFits(DeployvitError):
+    """No table file fits the query (the message names what was looked for and how to make one)."""
 
 
 def candidates(query: TableQuery, infos: list[TableInfo], machine: Machine) -> list[TableInfo]:
@@ -261,6 +294,8 @@ def candidates(query: TableQuery, infos: list[TableInfo], machine: Machine) -> l
             continue
         if query.batch_size and m["batch_size"] != query.batch_size:
             continue
+        if info.source == "estimated" and not _estimate_fits(info, query):
+            continue
         if _device_fits(info, kind, label, machine) or (_tier(info, machine) <= 1 and query.device is None):
             out.append(info)
     return out
@@ -271,10 +306,11 @@ def choose(query: TableQuery, infos: list[TableInfo], machine: Machine) -> Resol
     kind, label = _target(query, machine)
     found = candidates(query, infos, machine)
     if not found:
-        raise DeployvitError(_nothing_fits(query, infos, kind, label, machine))
-    found.sort(key=lambda i: _rank(i, machine, kind))
+        raise NothingFits(_nothing_fits(query, infos, kind, label, machine))
+    batch = query.estimate_settings()[2]
+    found.sort(key=lambda i: _rank(i, machine, kind, batch))
     best = found[0]
-    ties = [i for i in found[1:] if _rank(i, machine, kind) == _rank(best, machine, kind)]
+    ties = [i for i in found[1:] if _rank(i, machine, kind, batch) == _rank(best, machine, kind, batch)]
     if ties:
         raise DeployvitError(
             f"two latency tables tie for space {query.space} ({best.meta['device_label']} {best.meta['runtime']} "
@@ -284,7 +320,80 @@ def choose(query: TableQuery, infos: list[TableInfo], machine: Machine) -> Resol
     reason = _REASONS[_tier(best, machine)].format(dev=dev)
     if best.origin != "shipped":
         reason += f", from {'./latency_tables' if best.origin == 'here' else '$DEPLOYVIT_HOME/latency_tables'}"
-    return Resolved(best, reason, _mismatch_warnings(best, machine))
+    return Resolved(best, reason, _mismatch_warnings(best, machine), default_target_line(query, machine, best))
+
+
+def default_target_line(query: TableQuery, machine: Machine, info: TableInfo | None) -> str | None:
+    """The line saying the default target decided the table (no --device, and no table measured
+    on this machine chosen), and how to change it; None otherwise."""
+    if query.device is not None or (info is not None and _tier(info, machine) <= 1):
+        return None
+    runtime, precision, batch = query.estimate_settings()
+    if machine.device_type == "cuda":
+        where = f"this machine's GPU ({machine.name})"
+    else:
+        where = f"{DEFAULT_TARGET.device}, the default target on a machine without a GPU"
+    return f"target: {where}, {runtime} {precision} batch {batch} (change it with {CHANGE_TARGET})"
+
+
+def on_demand_target(query: TableQuery, machine: Machine) -> tuple[str, str, str, int] | None:
+    """(catalogue GPU key, runtime, precision, batch) of the estimate `resolve_table` would build
+    for the query, or None when the estimator cannot (a CPU target, a label or GPU the catalogue
+    lacks, a runtime it does not cover)."""
+    from deployvit.latency.estimate import ESTIMATED_RUNTIMES
+    from deployvit.latency.gpus import load_catalogue
+
+    kind, label = _target(query, machine)
+    runtime, precision, batch = query.estimate_settings()
+    if kind == "cpu" or runtime not in ESTIMATED_RUNTIMES:
+        return None
+    try:
+        gpu = load_catalogue().get(machine.name if kind == "here-gpu" else label)
+    except DeployvitError:
+        return None
+    return gpu.key, runtime, precision, batch
+
+
+def _why_no_estimate(query: TableQuery, machine: Machine, nothing: NothingFits) -> NothingFits:
+    """`nothing`, with why no estimate can stand in when the target is a GPU the catalogue lacks."""
+    from deployvit.latency.gpus import load_catalogue
+
+    kind, label = _target(query, machine)
+    if kind == "cpu":
+        return nothing
+    name = machine.name if kind == "here-gpu" else label
+    try:
+        load_catalogue().get(name)
+    except DeployvitError:
+        return NothingFits(f"{nothing}; {name!r} is no GPU of the estimator's catalogue ({', '.join(load_catalogue().gpus)}), "
+                           "so no estimate can stand in")
+    return NothingFits(f"{nothing}; the estimator does not cover runtime {query.estimate_settings()[0]}")
+
+
+def estimate_cache_dir() -> Path:
+    """Where estimates built on demand are cached: `$DEPLOYVIT_HOME/cache/estimates`."""
+    return _checked_home() / "cache" / "estimates"
+
+
+def build_estimate(query: TableQuery, machine: Machine, space, nothing: NothingFits) -> Resolved:
+    """The target's estimate, built on demand (cached), or `nothing` raised when it cannot be."""
+    from deployvit.latency.ondemand import estimate_on_demand
+    from deployvit.spaces import get_space
+
+    target = on_demand_target(query, machine)
+    if target is None:
+        raise _why_no_estimate(query, machine, nothing)
+    if space is None:
+        try:
+            space = get_space(query.space)
+        except DeployvitError:
+            raise nothing from None
+    gpu, runtime, precision, batch = target
+    table, note = estimate_on_demand(space, gpu, runtime, precision, batch, estimate_cache_dir())
+    info = TableInfo(table.path, "built", table)
+    dev = machine.name if machine.device_type == "cuda" and query.device is None else gpu
+    reason = f"no measured table for {dev}: an estimate, built on demand" + (", cached" if table.path else "")
+    return Resolved(info, reason, [note] if note else [], default_target_line(query, machine, None))
 
 
 def _mismatch_warnings(info: TableInfo, machine: Machine) -> list[str]:
@@ -296,18 +405,32 @@ def _mismatch_warnings(info: TableInfo, machine: Machine) -> list[str]:
 
 
 def _nothing_fits(query: TableQuery, infos: list[TableInfo], kind: str, label: str | None, machine: Machine) -> str:
+    """What was looked for, where, and the `profile` command that makes such a table: runnable as
+    printed here for this machine's CPU or GPU, on that device for another."""
     target = machine.name if kind == "here-gpu" else label
     same_space = sorted({f"{i.meta['device_label']} {i.meta['runtime']} {i.meta['precision']} b{i.meta['batch_size']}"
                          for i in infos if i.meta["space"] == query.space and i.meta["space_hash"] == query.space_hash})
     where = ", ".join(["./latency_tables", f"{deployvit_home() / 'latency_tables'}", "the shipped tables"])
     have = f" (tables of this space: {'; '.join(same_space)})" if same_space else ""
-    lab = label or "<label>"
+    lab = machine_label(machine.name) if kind == "here-gpu" else label
     runtime = query.runtime or profile_hint("cpu" if kind == "cpu" else "cuda")
     precision = query.precision or ("fp32" if kind == "cpu" else "fp16")
-    cmd = (f"deployvit profile --device {lab} --space {query.space} --runtime {runtime} --precision {precision} "
-           f"--batch-size {query.batch_size or 1}")
-    hint = f"`{cmd}`" + ("" if kind == "cpu" else f" (on that GPU), or `{cmd} --estimate` for an estimate")
+    batch = query.batch_size or (1 if kind == "cpu" else query.estimate_settings()[2])
+    cmd = f"deployvit profile --device {lab} --space {query.space} --runtime {runtime} --precision {precision} --batch-size {batch}"
+    hint = f"`{cmd}`" + (" (on that GPU)" if kind == "label" else "")
     return f"no latency table for space {query.space} on {target} ({query.wanted()}) in {where}{have}; make one with {hint}"
+
+
+def machine_label(device_name: str) -> str:
+    """The device label a table of this machine's GPU gets: a known label it matches (`a100`),
+    else the name made into one (`NVIDIA RTX A2000` -> `rtx-a2000`)."""
+    from deployvit.devices import KNOWN_LABELS, label_matches
+
+    known = [lab for lab in KNOWN_LABELS if lab != "cpu" and label_matches(lab, device_name)]
+    if known:
+        return known[0]
+    slug = "-".join("".join(c if c.isalnum() else " " for c in device_name.lower()).split())
+    return slug.removeprefix("nvidia-")[:64] or "gpu"
 
 
 def resolve_table(query: TableQuery, path: str | os.PathLike | None = None, machine: Machine | None = None,
@@ -322,7 +445,10 @@ def resolve_table(query: TableQuery, path: str | os.PathLike | None = None, mach
         resolved = _explicit(query, Path(path), machine)
     else:
         infos, _ = scan_tables()
-        resolved = choose(query, infos, machine)
+        try:
+            resolved = choose(query, infos, machine)
+        except NothingFits as nothing:
+            resolved = build_estimate(query, machine, space, nothing)
     if space is not None:
         check_covers(resolved.table, space)
     return resolved

@@ -1,7 +1,7 @@
 """How good a latency prediction is, and the affine calibration that makes block sums predictive.
 
 A lookup table sums per-part timings; at small batch each isolated part carries a fixed launch /
-call overhead that the whole model pays once, so raw sums over-predict narrow models (DESIGN.md
+call overhead that the whole model pays once, so raw sums over-predict narrow models (docs/DESIGN.md
 section 4). An affine fit `measured = scale * sum + bias` on a few measured whole models removes
 both the per-part overhead (scale < 1) and the one-off cost of the whole call (bias). It stays affine
 on purpose: the search vectorises predictions over thousands of candidates as `scale * sums + bias`.

@@ -1,6 +1,6 @@
 """`LatencyTable`: measured per-part latencies plus an affine calibration, as one JSON file.
 
-Layout (DESIGN.md section 3; `latency_tables/<device>/<space>-<runtime>-<precision>-b<batch>.json`):
+Layout (docs/DESIGN.md section 3; `latency_tables/<device>/<space>-<runtime>-<precision>-b<batch>.json`):
 
     {"format": "deployvit.latency_table/1",
      "metadata":    {device label and detected name, software versions, runtime, precision, batch,

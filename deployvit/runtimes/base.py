@@ -5,7 +5,7 @@ A runtime (`Runtime`) answers five questions, whatever it is:
   what to install is said first, because that is true on any machine;
 - `version()`: the version of the software doing the work (recorded in every table it times);
 - `module_runner(module, input_shape, ...)`: a zero-argument call running a module on a fixed input,
-  what the timing loop times (table entries and whole models alike, DESIGN.md section 4);
+  what the timing loop times (table entries and whole models alike, docs/DESIGN.md section 4);
 - `file_runner(path, input_shape, ...)`: the same for an exported artifact, so export's latency
   contract times the artifact exactly like the table timed its parts;
 - `artifact(model, spec, samples, out_dir, stem)`: export the model into its format (or take the

@@ -1,5 +1,5 @@
 """eager: the PyTorch module as it is. On a GPU at small batch this is launch bound and cannot rank
-archs (DESIGN.md section 4): it is kept for contrast, and as the reference every export is verified
+archs (docs/DESIGN.md section 4): it is kept for contrast, and as the reference every export is verified
 against (the fp32 eager model)."""
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ class TensorRT(FileRuntime):
     def write_artifact(self, model, spec, out_dir, stem):
         plan = self.plan(spec.precision, spec.tf32)
         batch = (spec.batch.min, spec.batch.opt, spec.batch.max)
-        # `export` builds from model.onnx (DESIGN.md section 3); `benchmark` from <stem>.trt.onnx, so it
+        # `export` builds from model.onnx (docs/DESIGN.md section 3); `benchmark` from <stem>.trt.onnx, so it
         # never replaces the verified graph of its onnx row
         onnx_path = export_onnx(model, out_dir / f"{stem}{spec.trt_onnx_suffix}", img_size=spec.img_size, in_chans=spec.in_chans,
                                 precision=plan.onnx_precision, opset=spec.opset, dynamic_batch=batch, dynamo=spec.dynamo,

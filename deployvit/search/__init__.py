@@ -14,6 +14,9 @@ The samplers of supernet training are registered the same way (`deployvit.train.
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -72,3 +75,17 @@ class ScoreInputs:
     meta: dict | None = None  # its checkpoint's metadata (held-out image ids, ...)
     checkpoint: str | None = None  # the checkpoint's path, for messages
     data: str | None = None  # the data the supernet was trained on
+
+
+class _SearchPackage(types.ModuleType):
+    """`deployvit.search` is this package and, called, the search command as a function:
+    `deployvit.search(latency="5ms")` is `deployvit.search.api.search` (README "Python API"). The
+    package object is the one `import deployvit.search` binds, so the call works however
+    `deployvit.search` was reached (the top-level lazy attribute or an import of a submodule)."""
+
+    def __call__(self, *args, **kwargs):
+        # by name at call time, as the CLI's command table does: api imports this package's modules
+        return importlib.import_module("deployvit.search.api").search(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _SearchPackage

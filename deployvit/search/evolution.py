@@ -56,6 +56,10 @@ class GenerationalSearch(Searcher):
     def steps(self) -> int:
         return self.config.generations + 1
 
+    @property
+    def max_evaluations(self) -> int:
+        return self.config.evaluations
+
     def stopped_early(self) -> str | None:
         if self.converged and self.state.generation < self.config.generations:
             return (f"stopped after generation {self.state.generation}: no better feasible arch for {self.config.patience} "

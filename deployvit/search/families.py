@@ -14,6 +14,14 @@ barely constrained; near the bottom only a few archs fit; in the middle the sear
 both sides. Spans overlap by design, so a budget near one family's edge is central in its
 neighbour. A budget outside every span is refused in one line naming the nearest family's span.
 
+**When the score runs on a CPU** (`prefer_cheap=True`), DSS costs grow steeply with the family
+(`benchmarks/family_dss_cost.py`, in DeiT-Ti forward+backward steps per arch: vit-tiny 0.6-3,
+vit-small 2-13, vit-base 14-62, vit-large 46-260, vit-huge 150-520), so the *smallest* family in
+which the budget has room is taken: its span reaches at least `1 / BIND_SHARE` (1.18x) beyond the
+budget on both sides (centrality >= 1.18), so every latency from 85% of the budget to the budget,
+where the winner must land, lies inside it, and as wide a band above the budget keeps the budget
+binding. Only when no family gives that much room does the most central one win, as on a GPU.
+
 Latencies here are microseconds, as in tables and budgets (`deployvit.units`).
 """
 
@@ -70,13 +78,21 @@ def family_span(space: SearchSpace, table: "LatencyTable") -> Span:
     return Span(space.name, table.predict(space.min_arch()), table.predict(space.max_arch()))
 
 
-def choose_family(budget_us: float, spans: Sequence[Span]) -> str:
+#: the room a budget needs inside a family for the CPU rule to take the smaller family (module docstring)
+ROOM = 1 / BIND_SHARE
+
+
+def choose_family(budget_us: float, spans: Sequence[Span], prefer_cheap: bool = False) -> str:
     """The family a latency budget belongs in (module docstring: the most central span containing
-    it; ties to the earlier, i.e. smaller, family). DeployvitError naming the nearest family's span
-    when no span contains the budget."""
+    it, ties to the earlier, i.e. smaller, family; with `prefer_cheap`, the smallest family with
+    `ROOM` around the budget first). `spans` are smallest family first. DeployvitError naming the
+    nearest family's span when no span contains the budget."""
     if not spans:
         raise DeployvitError("no family spans to choose from")
     inside = [s for s in spans if s.contains(budget_us)]
+    roomy = [s for s in inside if s.centrality(budget_us) >= ROOM]
+    if prefer_cheap and roomy:
+        return roomy[0].family
     if inside:
         return max(inside, key=lambda s: s.centrality(budget_us)).family  # max keeps the first of equals
     nearest = min(spans, key=lambda s: s.distance(budget_us))

@@ -9,6 +9,7 @@ from typing import Mapping, Sequence
 
 from deployvit import io
 from deployvit.arch import Arch
+from deployvit.search.budgets import FILE_KEYS
 from deployvit.search.searcher import Candidate
 
 
@@ -21,9 +22,10 @@ def pareto_front(candidates: Sequence[Candidate], cost: str) -> list[Candidate]:
     return front
 
 
-#: pareto.json / pareto.csv column per metric, unit in the name. Files keep the library's units
-#: (microseconds, as in latency tables and budgets; MACs; parameters); the screen and the plot show ms.
-COLUMNS = {"latency": "latency_us", "flops": "flops_macs", "params": "params"}
+#: pareto.json / pareto.csv column per metric, unit in the name (`budgets.FILE_KEYS`, the one table of
+#: file keys). Files keep the library's units (microseconds, as in latency tables and budgets; MACs;
+#: parameters); the screen and the plot show ms.
+COLUMNS = FILE_KEYS
 
 
 def _row(cand: Candidate) -> dict:

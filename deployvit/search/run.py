@@ -1,4 +1,4 @@
-"""One search run, end to end, in two steps (DESIGN.md section 3): `resolve_search` turns the user's
+"""One search run, end to end, in two steps (docs/DESIGN.md section 3): `resolve_search` turns the user's
 `SearchRequest` (names and paths) into a `SearchJob` (objects: space, metric model and table, score,
 the search method's inputs, run directory), checking everything; `run_search` runs the method
 (`deployvit.search.METHODS`) and writes the run directory. `deployvit search` parses, resolves, runs
@@ -11,6 +11,7 @@ nothing behind; `best.arch.json` is written last, so a directory without it is v
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -21,13 +22,14 @@ from typing import TYPE_CHECKING, Callable
 from deployvit import io
 from deployvit.errors import DeployvitError
 from deployvit.search import METHODS, SCORE_ALIASES, SCORES, ScoreInputs
-from deployvit.search.budgets import METRICS, Constraints, budget_label
+from deployvit.search.auto import AUTO
+from deployvit.search.budgets import METRICS, Constraints, budget_label, metrics_to_file
 from deployvit.units import format_amount
 from deployvit.search.pareto import pareto_front, plot_pareto, write_pareto
 from deployvit.search.predictor import MetricModel
 from deployvit.search.scores import Score
 from deployvit.search.searcher import Candidate, SearchConfig, Searcher, make_searcher
-from deployvit.spaces import SearchSpace, get_space, reference_archs
+from deployvit.spaces import FAMILIES, SearchSpace, get_space, reference_archs
 
 if TYPE_CHECKING:
     from deployvit.latency.table import LatencyTable
@@ -35,7 +37,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class SearchRequest:
-    space: str = "autoformer-tiny"
+    """A search as the user asked for it (names and paths): the CLI's options, the Python API's
+    arguments. `space` AUTO picks the space per latency budget (`search.auto`, `plan.plan_search`)."""
+
+    space: str = AUTO
     constraints: Constraints = field(default_factory=Constraints)
     table: str | None = None          # explicit latency table path
     device: str | None = None         # or: shipped table for device/runtime/precision/batch
@@ -52,6 +57,29 @@ class SearchRequest:
     measure_top: int = 0
     score_device: str | None = None   # where scores are computed: auto (None), cpu, cuda, cuda:N
 
+    def command(self, space: str | None = None) -> str:
+        """`deployvit search ...` with this request's space (or `space`), budgets and target: the
+        command a hint prints, runnable as printed."""
+        from deployvit.units import format_amount as fmt
+
+        c = self.constraints
+        parts = ["deployvit search", f"--space {space or self.space}"]
+        if c.max_latency:
+            parts.append("--latency " + ",".join(fmt(b, "latency").replace(" ", "") for b in c.max_latency))
+        for metric in ("flops", "params"):
+            for side, value in (("", c.upper(metric)), ("min-", c.lower(metric))):
+                if value is not None:
+                    parts.append(f"--{side}{metric} {fmt(value, metric).replace(' ', '')}")
+        if c.min_latency is not None:
+            parts.append(f"--min-latency {fmt(c.min_latency, 'latency').replace(' ', '')}")
+        for flag, value in (("--device", self.device), ("--runtime", self.runtime), ("--precision", self.precision),
+                            ("--batch-size", self.batch_size), ("--score", self.score), ("--supernet", self.supernet), ("--data", self.data)):
+            if value is not None:
+                parts.append(f"{flag} {value}")
+        if self.config.method != SearchConfig.method:
+            parts.append(f"--method {self.config.method}")
+        return " ".join(parts)
+
 
 @dataclass
 class SearchResult:
@@ -65,11 +93,14 @@ class SearchResult:
     evaluated: int = 0
     correlated_over: str = ""  # which archs the Kendall taus are over, e.g. "50 archs of the random initial population"
     is_main: bool = True  # False on torchrun ranks other than 0, which print and write nothing
+    parts: list["SearchResult"] = field(default_factory=list)  # one per space when a plan searched several (`plan.run_plan`)
+    front: list[Candidate] = field(default_factory=list)  # the Pareto front (pareto.json), cheapest first
 
 
-def check_budgets(model: MetricModel, constraints: Constraints) -> list[str]:
+def check_budgets(model: MetricModel, constraints: Constraints, hint: Callable[[str], str] | None = None) -> list[str]:
     """Refuse budgets no arch meets (naming the space's smallest value); explain budgets that admit
-    every arch. Returns the explanatory notes."""
+    every arch. Returns the explanatory notes. `hint(metric)`: what to try instead ("try `...`, "),
+    for the note (`_space_hint`)."""
     notes = []
     for metric in METRICS:
         hi, lo = constraints.upper(metric), constraints.lower(metric)
@@ -86,19 +117,33 @@ def check_budgets(model: MetricModel, constraints: Constraints) -> list[str]:
         if lo is not None and lo > largest:
             raise DeployvitError(f"--min-{metric} {format_amount(lo, metric)} is infeasible: the largest achievable is {format_amount(largest, metric)} "
                                  f"({span})")
-        if hi is not None and hi >= largest and lo is None:
-            notes.append(
-                f"{span}; --{metric} {format_amount(hi, metric)} admits every arch: the budget does not bind "
-                f"(try {_larger_space_hint(model.space.name)}or a tighter budget)"
-            )
+        loose = [b for b in (constraints.max_latency if metric == "latency" else [hi]) if b is not None and b >= largest]
+        if loose and lo is None:
+            shown = ", ".join(format_amount(b, metric) for b in loose)
+            instead = hint(metric) if hint else ""
+            notes.append(f"{span}; --{metric} {shown} admit{'s' * (len(loose) == 1)} every arch: the budget does not bind "
+                         f"({instead}or a tighter budget)")
     return notes
 
 
-def _larger_space_hint(name: str) -> str:
-    ladder = ["autoformer-tiny", "autoformer-small", "autoformer-base"]
-    if name in ladder[:-1]:
-        return f"--space {ladder[ladder.index(name) + 1]}, "
-    return "a larger space, "
+AUTOFORMER = ("autoformer-tiny", "autoformer-small", "autoformer-base")
+
+
+def _space_hint(request: SearchRequest, space: SearchSpace, on_cpu: bool) -> Callable[[str], str]:
+    """What a does-not-bind note suggests, as a command runnable as printed: for latency, the
+    space `--space auto` would choose for the budgets (`auto.suggest_space`; nothing when no family
+    holds them); for FLOPs and params, the next larger space of the same ladder (the ViT families,
+    AutoFormer's T/S/B)."""
+    from deployvit.search.auto import suggest_space
+
+    def hint(metric: str) -> str:
+        if metric == "latency":
+            other = suggest_space(request, on_cpu)
+        else:
+            other = next((ladder[ladder.index(space.name) + 1] for ladder in (FAMILIES, AUTOFORMER) if space.name in ladder[:-1]), None)
+        return f"try `{replace(request, space=other).command()}`, " if other and other != space.name else ""
+
+    return hint
 
 
 def method_and_score(request: SearchRequest) -> tuple[str, str, str | None]:
@@ -120,18 +165,31 @@ def resolve_space(request: SearchRequest, method: str, score: str) -> tuple[Sear
     """The search space, and (supernet, meta) when the score or the method needs a trained supernet.
     With a supernet the space is the one it was trained on (the preset of that name, possibly with
     another class count or size)."""
-    space = get_space(request.space)
-    needs = [f"--score {score}"] * SCORES[score].needs_supernet + [f"--method {method}"] * METHODS[method].needs_supernet
+    needs = needs_supernet(method, score)
     if not needs:
-        return space, None
+        return get_space(request.space), None
     from deployvit.search.supernet_score import load_supernet_for_search
 
     if request.supernet is None:
         data = " and --data DIR" if SCORES[score].needs_data else ""
         raise DeployvitError(f"{' and '.join(needs)} need{'s' * (len(needs) == 1)} --supernet CHECKPOINT{data} (a supernet trained by train-supernet"
                              + (", --sampler focus)" if METHODS[method].needs_supernet else ")"))
-    supernet, meta = load_supernet_for_search(request.supernet, space.name)
+    wanted = None if request.space == AUTO else get_space(request.space).name
+    supernet, meta = load_supernet_for_search(request.supernet, wanted)
     return supernet.space, (supernet, meta)
+
+
+def scores_on_cpu(request: SearchRequest) -> bool:
+    """Whether the score of `request` runs on the CPU (the cheaper-family rule of `--space auto`)."""
+    from deployvit.compute import compute_device
+    from deployvit.search.distributed import local_rank
+
+    return compute_device(request.score_device, local_rank()).type == "cpu"
+
+
+def needs_supernet(method: str, score: str) -> list[str]:
+    """The options that make a search need a trained supernet (empty when none does)."""
+    return [f"--score {score}"] * SCORES[score].needs_supernet + [f"--method {method}"] * METHODS[method].needs_supernet
 
 
 def make_score(space: SearchSpace, seed: int, score_device: str | None, trained: tuple | None = None,
@@ -169,7 +227,8 @@ def latency_provenance(table) -> dict | None:
         return None
     m = table.metadata
     source = m.get("source", "measured")
-    return {"latency_source": source, "latency_table": str(table.path), "device_label": m["device_label"],
+    where = str(table.path) if table.path is not None else "(estimate built in memory, not cached)"
+    return {"latency_source": source, "latency_table": where, "device_label": m["device_label"],
             "device_name": m["device_name"], "runtime": m["runtime"], "precision": m["precision"],
             "batch_size": m["batch_size"]}
 
@@ -188,7 +247,7 @@ class SearchJob:
     space: SearchSpace
     model: MetricModel  # params, FLOPs and, with a table, latency
     constraints: Constraints
-    score: Score
+    score: Score | None  # None until `ready()` when prepare_search left it for run time
     config: SearchConfig  # config.method: the searcher
     run_dir: Path
     resume: bool = False
@@ -200,51 +259,75 @@ class SearchJob:
     inputs: dict = field(default_factory=dict)  # what the method loaded besides the above (focus: its sampler policy)
     record: dict = field(default_factory=dict)  # the request as given, for log.jsonl
     main: bool = True  # rank 0 (or no torchrun): prints and writes
+    target_line: str | None = None  # the default target, when it decided the table (`Resolved.default_target`)
+    lines: list[str] = field(default_factory=list)  # what resolving found worth saying: alias, table, warnings, notes
+    request: SearchRequest | None = None  # as resolved (for the next command's hint)
+    build_score: Callable[[], Score] | None = None  # makes `score` when it was left for run time
+
+    def ready(self) -> "SearchJob":
+        """The job with its score built (`prepare_search(score_now=False)` leaves that to run time)."""
+        if self.score is None:
+            self.score = self.build_score()
+        return self
 
 
-def resolve_search(request: SearchRequest, echo: Callable[[str], None] = print) -> SearchJob:
+def resolve_search(request: SearchRequest, echo: Callable[[str], None] = print, trained: tuple | None = None) -> SearchJob:
     """Every check and every lookup of a search, before its run directory exists: the method and
     score, the space (and supernet), the latency table (`deployvit.latency.resolve`), the budgets
-    against the space, the run directory, the method's inputs, the score. Prints which table was
-    chosen and the notes."""
+    against the space, the run directory, the method's inputs, the score. Prints the default target
+    (when it decided), which table was chosen and the notes. `trained`: (supernet, meta) already
+    loaded from `request.supernet`. `request.space` must name one space (`plan.plan_search`
+    resolves `auto`)."""
+    job = prepare_search(request, trained)
+    for line in ([job.target_line] if job.target_line else []) + job.lines:
+        (echo if job.main else (lambda *_: None))(line)
+    return job
+
+
+def prepare_search(request: SearchRequest, trained: tuple | None = None, score_now: bool = True) -> SearchJob:
+    """`resolve_search` without printing: what it would print is in the job (`target_line`, `lines`).
+    `score_now=False` builds the score only when the job runs (`SearchJob.ready`): a plan of several
+    ViT families would otherwise hold every family's seeded supernet (GBs each) at once."""
     from deployvit.search.distributed import is_main_process
 
-    main = is_main_process()
-    if not main:
-        echo = lambda *_: None  # noqa: E731
+    if request.space == AUTO and not needs_supernet(*method_and_score(request)[:2]):
+        raise DeployvitError("space 'auto' names no space yet: plan the search with deployvit.search.plan.plan_search")
     method, score_name, alias = method_and_score(request)
-    if alias:
-        echo(f"note: {alias}")
+    lines = [f"note: {alias}"] if alias else []
     config = replace(request.config, method=method)
-    space, trained = resolve_space(request, method, score_name)
+    space, trained = (trained[0].space, trained) if trained is not None else resolve_space(request, method, score_name)
     resolved = resolve_latency_table(request, space)
     table = resolved.table if resolved else None
     table_line = "\n".join([resolved.line()] + [f"warning: {w}" for w in resolved.warnings]) if resolved else None
-    if table_line:
-        echo(table_line)
+    lines += [table_line] if table_line else []
     model = MetricModel(space, table)
-    notes = check_budgets(model, request.constraints)
-    for note in notes:
-        echo(f"note: {note}")
+    concrete = replace(request, space=space.name if request.space == AUTO else request.space)
+    notes = check_budgets(model, request.constraints, _space_hint(concrete, space, scores_on_cpu(request)))
+    lines += [f"note: {note}" for note in notes]
     if request.measure_top:  # this machine must be able to time like the table before anything runs
         from deployvit.latency.profile import table_settings
 
         table_settings(table.metadata)
     run_dir = _run_dir(request, space)
     inputs = METHODS[method].load().inputs(request.supernet, space)
-    score = make_score(space, config.seed, request.score_device, trained, request.data, request.supernet, score_name)
-    return SearchJob(space, model, request.constraints, score, config, run_dir, request.resume, table, table_line,
-                     notes, _sources(request, table), request.measure_top, inputs, _request_dict(request), main)
+    build = functools.partial(make_score, space, config.seed, request.score_device, trained, request.data, request.supernet, score_name)
+    return SearchJob(space, model, request.constraints, build() if score_now else None, config, run_dir, request.resume, table,
+                     table_line, notes, _sources(request, table), request.measure_top, inputs, _request_dict(request), is_main_process(),
+                     resolved.default_target if resolved else None, lines, concrete, build)
 
 
 def run_search(job: SearchJob, echo: Callable[[str], None] = print, progress: bool = True) -> SearchResult:
     """Run the search method, optionally time the top candidates, write the run directory. Under
-    torchrun every rank searches; only rank 0 prints and writes."""
-    if job.main:
-        _make_dir(job.run_dir)
-    else:
-        echo, progress = (lambda *_: None), False
-    searcher, winners_by_budget = _search(job, progress)
+    torchrun every rank searches; only rank 0 prints and writes. A search that fails leaves no
+    run directory behind unless it got as far as a resumable state (`--resume` continues it)."""
+    if not job.main:
+        return _run(job.ready(), (lambda *_: None), False)
+    with io.output_dir(job.run_dir, keep=lambda d: (d / "search_state.json").is_file()):
+        return _run(job.ready(), echo, progress)
+
+
+def _run(job: SearchJob, echo: Callable[[str], None], progress: bool) -> SearchResult:
+    searcher, winners_by_budget = _search(job, progress, echo)
     measured = {}
     if job.measure_top:
         from deployvit.search.measure import measure_top
@@ -265,37 +348,27 @@ def _run_dir(request: SearchRequest, space: SearchSpace) -> Path:
     return run_dir
 
 
-def _make_dir(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DeployvitError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
-
-
-def _search(job: SearchJob, progress: bool) -> tuple[Searcher, dict]:
+def _search(job: SearchJob, progress: bool, echo: Callable[[str], None]) -> tuple[Searcher, dict]:
     """(the searcher, its winner per budget), logging each completed step (a generation; a budget for
-    focus) to log.jsonl."""
+    focus) to log.jsonl; progress counts the archs scored, with the time left (`ScoringProgress`)."""
+    from deployvit.search.progress import ScoringProgress
+
     log_path = job.run_dir / "log.jsonl"
-    bar = None
 
     def on_step(step: int, searcher: Searcher) -> None:
         best = {budget_label(b): (c[0].score if c else None) for b, c in ((b, searcher.best(b)) for b in job.constraints.budgets())}
         if job.main:
             _append_log(log_path, {"generation": step, "evaluated": len(searcher.state.evaluated), "best_score": best,
                                    "stale_generations": searcher.state.stale})
-        if bar is not None:
-            bar.n = step + 1
-            bar.refresh()
 
-    searcher = make_searcher(job.space, job.model, job.constraints, job.score, job.config, job.run_dir / "search_state.json",
+    tracker = ScoringProgress(job.space, job.score, echo, bar=progress)
+    searcher = make_searcher(job.space, job.model, job.constraints, tracker.wrap(job.score), job.config, job.run_dir / "search_state.json",
                              on_step, job.sources, write_state=job.main, **job.inputs)
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=searcher.steps, desc=f"search {job.space.name} ({searcher.name})", unit="step", leave=False)
-    winners = searcher.search(resume=job.resume)
-    if bar is not None:
-        bar.close()
+    tracker.start(searcher, f"search {job.space.name} ({searcher.name})", extra=len(reference_archs(job.space)))
+    try:
+        winners = searcher.search(resume=job.resume)
+    finally:
+        tracker.close()
     return searcher, winners
 
 
@@ -319,11 +392,11 @@ def _finish(job: SearchJob, searcher, winners_by_budget, measured, echo) -> Sear
                                "held_out_images": len(getattr(score, "held_out_ids", [])) or None,
                                "stopped_at_generation": searcher.state.generation, "latency": provenance,
                                "score_throughput": speed, "method": config.method, "score": score.name, "request": job.record})
-    _write_outputs(job, searcher, evaluated, winners, provenance)
+    front = _write_outputs(job, searcher, evaluated, winners, provenance)
     if hasattr(score, "close"):
         score.close()
     result = SearchResult(job.run_dir, winners, None, [], measured, correlations=summary, evaluated=len(evaluated),
-                          correlated_over=over, is_main=job.main)
+                          correlated_over=over, is_main=job.main, front=front)
     unmet = [budget_label(b) for b, c in winners_by_budget.items() if c is None]
     if unmet:
         how = "timed on this machine" if job.measure_top else searcher.ended_how
@@ -359,7 +432,7 @@ def _size_sample(searcher: Searcher, evaluated: list[Candidate]) -> tuple[list[C
 
 def _correlations(evaluated: list[Candidate], score_name: str) -> dict:
     """Kendall tau of the score with params and FLOPs over `evaluated`: DSS mostly tracks model size
-    (REFERENCES.md section 3), and users should see how much."""
+    (docs/REFERENCES.md section 3), and users should see how much."""
     from scipy.stats import kendalltau
 
     if len(evaluated) < 3:
@@ -378,8 +451,8 @@ def _request_dict(request: SearchRequest) -> dict:
     return data
 
 
-def _write_outputs(job: SearchJob, searcher, evaluated, winners, provenance) -> None:
-    """Rank 0 writes; every rank scores the reference archs (a collective under torchrun)."""
+def _write_outputs(job: SearchJob, searcher, evaluated, winners, provenance) -> list[Candidate]:
+    """Rank 0 writes; every rank scores the reference archs (a collective under torchrun). Returns the front."""
     model, run_dir = job.model, job.run_dir
     cost = "latency" if "latency" in model.metrics else "flops"
     front = pareto_front(evaluated, cost)
@@ -387,25 +460,27 @@ def _write_outputs(job: SearchJob, searcher, evaluated, winners, provenance) -> 
     for name, arch in reference_archs(job.space).items():
         baselines[name] = (arch, searcher.score_of(arch), model.metrics_of(arch))
     if not job.main:
-        return
+        return front
     write_pareto(run_dir, front, provenance)
     plot_pareto(
         run_dir / "pareto.png", evaluated, front, cost, job.score.name, job.constraints.budgets(), baselines,
         f"{job.space.name}: {len(evaluated)} archs evaluated ({job.config.method}, seed {job.config.seed})",
+        winners=winners, provenance=provenance,
     )
     labels = list(winners)
     for label, cand in winners.items():
         if len(labels) > 1:
-            cand.arch.save(run_dir / f"best-{label}.arch.json", _winner_metadata(cand, label, provenance))
+            cand.arch.save(run_dir / f"best-{label}.arch.json", winner_metadata(cand, label, provenance))
     if winners:
         # best.arch.json last: its presence marks a finished run (the loosest budget's winner).
         cand = winners[labels[-1]]
-        cand.arch.save(run_dir / "best.arch.json", _winner_metadata(cand, labels[-1], provenance))
+        cand.arch.save(run_dir / "best.arch.json", winner_metadata(cand, labels[-1], provenance))
+    return front
 
 
-def _winner_metadata(cand: Candidate, label: str, provenance: dict | None) -> dict:
+def winner_metadata(cand: Candidate, label: str, provenance: dict | None) -> dict:
     """What the winner was chosen on: its budget, score, metrics and the latency's provenance."""
-    meta = {"budget": label, "score": cand.score, "metrics": dict(cand.metrics)}
+    meta = {"budget": label, "space": cand.arch.space, "score": cand.score, "metrics": metrics_to_file(cand.metrics)}
     if provenance is not None:
         meta["latency"] = provenance
     return meta

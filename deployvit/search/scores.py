@@ -1,6 +1,6 @@
 """Architecture scores for search: higher is better.
 
-`DSSScore` is deployvit's reading of the TF-TAS DSS-indicator (REFERENCES.md sections 3 and 7):
+`DSSScore` is deployvit's reading of the TF-TAS DSS-indicator (docs/REFERENCES.md sections 3 and 7):
 random supernet weights made absolute, one fixed-seed Gaussian batch, R = sum of logits, one
 backward; score = sum over attention weights (q, k, v and the output projection, each its own
 matrix) of ||dR/dW||_nuc * ||W||_nuc + sum over MLP weights (fc1, fc2) and the classifier (once) of
@@ -92,7 +92,7 @@ class DSSScore:
         self.x = x.to(self.device)
         self._weight_nuc: dict[tuple, float] = {}
         if threads is None:
-            threads = torch.get_num_threads() if self.device.type == "cpu" else 1
+            threads = min(torch.get_num_threads(), evaluations_that_fit(supernet)) if self.device.type == "cpu" else 1
         self.threads = max(1, int(threads))
         self._replicas: queue.SimpleQueue = queue.SimpleQueue()
         for i in range(self.threads):
@@ -153,6 +153,34 @@ class DSSScore:
         model(self.x).sum().backward()
         blocks = [dict(b.named_parameters()) for stage in model.stages for b in stage]
         return self._total(blocks, dict(model.head.named_parameters()), self.supernet.layer_indices(arch))
+
+
+#: memory one DSS evaluation side by side with others costs, in multiples of the supernet's weights:
+#: its replica, the gradients of the subnet's slices, activations and float64 Gram matrices
+#: (`benchmarks/family_dss_cost.py`: 13.2 GB peak for vit-huge's 3.2 GB of weights, one evaluation)
+EVALUATION_MEMORY = 4.0
+
+
+def available_memory() -> int | None:
+    """Bytes the OS says a new allocation can get without swapping (Linux MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def evaluations_that_fit(supernet: torch.nn.Module) -> int:
+    """How many DSS evaluations can run side by side in the memory available now (at least 1): on a
+    CPU the big ViT families' supernets are GBs, and a second replica would swap or be killed."""
+    free = available_memory()
+    weights = sum(p.numel() * p.element_size() for p in supernet.parameters())
+    if free is None or weights == 0:
+        return 1 << 16
+    return max(1, int(free // (EVALUATION_MEMORY * weights)))
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from deployvit import io
 from deployvit.arch import Arch
 from deployvit.errors import DeployvitError
 from deployvit.search import METHODS
-from deployvit.search.budgets import METRICS, Constraints
+from deployvit.search.budgets import METRICS, Constraints, metrics_from_file, metrics_to_file
 from deployvit.search.predictor import MetricModel
 from deployvit.spaces import SearchSpace
 
@@ -109,11 +109,13 @@ class Candidate:
     metrics: dict[str, float]
 
     def to_dict(self) -> dict:
-        return {"arch": self.arch.to_dict(), "score": self.score, "metrics": self.metrics}
+        """For files: the metrics' units in their keys (`budgets.FILE_KEYS`: latency_us, flops_macs, params)."""
+        return {"arch": self.arch.to_dict(), "score": self.score, "metrics": metrics_to_file(self.metrics)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Candidate":
-        return cls(Arch.from_dict(data["arch"]), data["score"], data["metrics"])
+        """From `to_dict`, or from a search state written before units were in the keys."""
+        return cls(Arch.from_dict(data["arch"]), data["score"], metrics_from_file(data["metrics"]))
 
 
 @dataclass
@@ -173,6 +175,14 @@ def _differences(saved, now) -> str:
         return ""
     diff = [f"{k} {saved.get(k)}, not {now.get(k)}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
     return f" ({'; '.join(diff)})" if diff else ""
+
+
+def _constraints_now(saved: dict, path) -> dict:
+    """A state's constraints with today's keys (a state written before units were in them resumes)."""
+    try:
+        return Constraints.from_dict(saved).to_dict()
+    except (DeployvitError, TypeError) as exc:
+        raise DeployvitError(f"corrupt search state {path}: constraints: {exc}") from None
 
 
 def method_of_older_state(saved: SearchState, path) -> str:
@@ -259,8 +269,13 @@ class Searcher:
 
     @property
     def steps(self) -> int:
-        """Steps of a whole search (the progress bar's length)."""
+        """Steps of a whole search (a generation; a budget for focus)."""
         return 1
+
+    @property
+    def max_evaluations(self) -> int | None:
+        """The most archs a whole search scores (the progress bar's length), None if unknown."""
+        return None
 
     def stopped_early(self) -> str | None:
         """Why the search stopped before its last step, for the run's output; None when it did not."""
@@ -290,6 +305,7 @@ class Searcher:
         for name, value in (("patience", self.state.config["patience"]), ("screen", 1), ("sampler_k", self.state.config["sampler_k"])):
             # settings a state from before them did not record: --patience (none: as now), screening (none: AutoFormer's loop), --sampler-k
             saved.config.setdefault(name, value)
+        saved.constraints = _constraints_now(saved.constraints, self.state_path)
         for name in ("config", "constraints", "space_hash"):
             if getattr(saved, name) != getattr(self.state, name):
                 raise DeployvitError(f"cannot resume {self.state_path}: it was started with another {name.replace('_', ' ')}"

@@ -51,6 +51,10 @@ class FocusSearch(Searcher):
     def steps(self) -> int:
         return len(self.constraints.budgets())
 
+    @property
+    def max_evaluations(self) -> int:
+        return self.config.sampler_k * len(self.constraints.budgets())
+
     def position(self, budget: float | None) -> float:
         """The sampler's normalised budget for a latency budget (or, without one, the FLOPs bound)."""
         metric, target = ("latency", budget) if budget is not None else ("flops", self.constraints.upper("flops"))

@@ -154,11 +154,12 @@ class SupernetAccuracy:
         }
 
 
-def load_supernet_for_search(path: str, space_name: str) -> tuple[Supernet, dict]:
+def load_supernet_for_search(path: str, space_name: str | None) -> tuple[Supernet, dict]:
+    """(supernet, meta) of a checkpoint, refused when `space_name` is given and is not its space."""
     from deployvit.train.checkpoint import load_supernet
 
     supernet, meta = load_supernet(path)
-    if supernet.space.name != space_name:
+    if space_name is not None and supernet.space.name != space_name:
         raise DeployvitError(f"supernet checkpoint {path} was trained on space {supernet.space.name!r}, not {space_name!r} (pass --space "
                              f"{supernet.space.name})")
     return supernet, meta

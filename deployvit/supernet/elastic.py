@@ -3,7 +3,7 @@ out a subnet's slice of them as a state dict of the standalone part module.
 
 AutoFormer weight entanglement: a subnet uses leading slices (`W[:out, :in]`) of every weight, with
 q, k and v kept as three separate leading slices (a cleaner layout than AutoFormer's interleaved
-rows, REFERENCES.md section 1). Residual-stream (token-embedding) channels are selected by a
+rows, docs/REFERENCES.md section 1). Residual-stream (token-embedding) channels are selected by a
 `ChannelSelect` so the cyclic windows of `sharing.channel_windows` apply to every layer alike. The
 supernet runs a part by calling the standalone module with these sliced tensors, so the supernet
 and the extracted model compute the same function by construction.

@@ -1,7 +1,7 @@
 """Which supernet weights a subnet uses: channel windows (prefix or ViTAS-style cyclic) and which
 layers a shallower subnet skips (last layers, or ViTAS-style identity shifting).
 
-deployvit's implementation of the ideas of ViTAS (REFERENCES.md section 7), not a reproduction.
+deployvit's implementation of the ideas of ViTAS (docs/REFERENCES.md section 7), not a reproduction.
 """
 
 from __future__ import annotations

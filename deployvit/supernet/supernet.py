@@ -8,6 +8,7 @@ there is one forward implementation and `extract(arch)` is just copying the slic
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import torch
@@ -17,7 +18,7 @@ from torch.func import functional_call
 from deployvit.arch import Arch
 from deployvit.models import Block, ViT, build_part, drop_path_rates
 from deployvit.parts import Part, arch_parts
-from deployvit.spaces import SearchSpace, space_from_dict
+from deployvit.spaces import SearchSpace, get_space, space_from_dict
 from deployvit.errors import DeployvitError
 from deployvit.supernet.elastic import QKV_BIAS_LAYOUTS, ElasticBlock, ElasticHead, ElasticReduction, ElasticStem, Sliced
 from deployvit.supernet.sharing import ChannelSelect, active_layers, channel_windows, to_select
@@ -34,9 +35,12 @@ class Supernet(nn.Module):
     what AutoFormer's code computes).
     """
 
-    def __init__(self, space: SearchSpace, cyclic: bool = False, identity_shift: bool = False, drop_path_rate: float = 0.0,
-                 qkv_bias: str = "split"):
+    def __init__(self, space: "SearchSpace | str | os.PathLike", cyclic: bool = False, identity_shift: bool = False,
+                 drop_path_rate: float = 0.0, qkv_bias: str = "split"):
+        """`space`: a SearchSpace, a preset's name (`Supernet("test")`) or a YAML/JSON space file."""
         super().__init__()
+        if not isinstance(space, SearchSpace):
+            space = get_space(space)
         if qkv_bias not in QKV_BIAS_LAYOUTS:
             raise ValueError(f"qkv_bias: expected one of {QKV_BIAS_LAYOUTS}, got {qkv_bias!r}")
         self.space, self.cyclic, self.identity_shift, self.qkv_bias = space, cyclic, identity_shift, qkv_bias

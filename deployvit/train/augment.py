@@ -2,9 +2,9 @@
 `Mixup` (mixup/CutMix, with label smoothing folded into the soft targets) and the matching loss.
 
 Presets (`--aug`):
-- `deit`: the AutoFormer/DeiT supernet recipe (REFERENCES.md section 1): RandAugment m9, mixup 0.8,
+- `deit`: the AutoFormer/DeiT supernet recipe (docs/REFERENCES.md section 1): RandAugment m9, mixup 0.8,
   CutMix 1.0, random erasing 0.25, label smoothing 0.1.
-- `vitas-weak`: ViTAS's weak augmentation (REFERENCES.md section 7): no RandAugment, no colour
+- `vitas-weak`: ViTAS's weak augmentation (docs/REFERENCES.md section 7): no RandAugment, no colour
   jitter, no mixup, CutMix 1.0, label smoothing 0.1, with the stronger regularisation ViTAS pairs it
   with (`PRESET_REGULARISATION`: weight decay 0.1 and drop path 0.2, twice DeiT's; deployvit's choice
   of "stronger", the paper's values are not available).

@@ -1,6 +1,6 @@
 """deployvit's implementation of the idea of FocusFormer (arXiv 2208.10861): a learned architecture
 sampler conditioned on a resource budget, trained alongside the supernet, that moves probability to
-accurate archs just under each budget (the Pareto front). Design in REFERENCES.md section 7; the
+accurate archs just under each budget (the Pareto front). Design in docs/REFERENCES.md section 7; the
 paper's code is not public, so this is not a reproduction.
 
 Resource: analytic FLOPs (`count_flops`). A budget is normalised to b in [0, 1], its position between

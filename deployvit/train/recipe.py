@@ -62,7 +62,7 @@ IMAGENET_SCALE_IMAGES, IMAGENET_SCALE_RESOLUTION = 100_000, 128
 
 REGIMES: dict[str, Regime] = {
     "imagenet": Regime("imagenet", "deit", 64, 5e-4, "linear", 0.05, 0.1, 0.02, "uniform",
-                       "DeiT/AutoFormer recipe (REFERENCES.md section 1)"),
+                       "DeiT/AutoFormer recipe (docs/REFERENCES.md section 1)"),
     "small": Regime("small", "small", 32, 8e-3, "sqrt", 0.05, 0.1, 1.0, "sandwich",
                     "small-data recipe: mild augmentation, 2e-3 at batch 32, position embedding std 1.0, sandwich sampling"),
 }

@@ -8,7 +8,7 @@ draws exactly what the uninterrupted run would have drawn.
 - `uniform` (AutoFormer): one uniformly random subnet per step.
 - `sandwich` (BigNAS-style): largest + smallest + k random subnets per step, each on the whole batch;
   the losses are averaged, so the learning rate means the same as for `uniform`.
-- `multi-arch` (ViT-ResNAS, REFERENCES.md section 7): the batch is split into G groups of >= 16
+- `multi-arch` (ViT-ResNAS, docs/REFERENCES.md section 7): the batch is split into G groups of >= 16
   images, one subnet per group, the G losses summed (weighted by group size) into one backward;
   width choices (embed dims, heads, MLP ratios) are unlocked gradually, largest first, over the
   first `unlock_epochs` epochs.
