@@ -38,7 +38,7 @@ from deployvit.arch import Arch
 from deployvit.devices import check_label
 from deployvit.errors import DeployvitError
 from deployvit.latency.profile import (
-    apply_threads, arch_item, check_output, distinct_archs, latency_of, load_progress, measured_row, noise_lines, progress_path,
+    apply_threads, arch_item, say_resume, check_output, distinct_archs, latency_of, load_progress, measured_row, noise_lines, progress_path,
     progress_saver, quality_line, table_metadata, time_items, validate_settings,
 )
 from deployvit.latency.stats import error_stats, fit_affine
@@ -163,8 +163,8 @@ def _estimate_base(space: SearchSpace, settings: MeasureSettings, device_name: s
 
 
 def spread_archs(space: SearchSpace, base: LatencyTable, k: int, seed: int) -> list[Arch]:
-    """K distinct archs at evenly spaced quantiles of the base's predicted latency (the fastest and
-    the slowest arch of the space included), from a seeded pool of random archs."""
+    """K distinct archs at evenly spaced quantiles of the base's predicted latency (the pool's fastest
+    and slowest included), from a seeded pool of random archs plus the space's smallest and largest."""
     rng = np.random.default_rng(seed)
     pool = {a.key: a for a in [space.min_arch(), space.max_arch()] + [space.sample(rng) for _ in range(POOL)]}
     archs = list(pool.values())
@@ -275,6 +275,7 @@ def calibrate(plan: CalibrationPlan, echo: Callable[[str], None] = print) -> Lat
     state = load_progress(ppath, key, echo)
     save = progress_saver(ppath, state, plan.out)
     items = [arch_item(group, a, settings, plan.device) for group, archs in (("calib", calib), ("val", val)) for a in archs]
+    say_resume(state, items, ppath, echo)
     timings = time_items(items, settings, plan.device, state, save, plan.seed + 2,
                          f"calibrate {space.name} {settings.runtime} b{settings.batch_size} ({plan.k} + {plan.m} archs)")
     table = _fit_and_validate(plan, calib, val, timings)
@@ -301,16 +302,15 @@ def _fit_and_validate(plan: CalibrationPlan, calib: list[Arch], val: list[Arch],
             fixes[name] = fit(base, calib, measured)
             fitted[name] = corrected_table(base, plan.space, fixes[name])
         except DeployvitError as exc:
-            if name == plan.model:
-                raise
-            unfit[name] = str(exc).removeprefix(f"{name}: ")  # an alternative this data cannot fit: said, not fatal
-    table = fitted[plan.model]
+            unfit[name] = str(exc).removeprefix(f"{name}: ")  # a model this data cannot fit: said, not fatal
+    model = chosen_model(plan.model, plan.k, fitted)
+    table = fitted[model]
     val_pred = [_predict(table, a) for a in val]
     base_pred = [_predict(base, a) for a in val]
     table.calibration = {
-        "method": f"{plan.model}: {MODELS[plan.model].__doc__.splitlines()[0]}",
-        "model": plan.model,
-        "correction": asdict(fixes[plan.model]),
+        "method": f"{model}: {MODELS[model].__doc__.splitlines()[0]}",
+        "model": model,
+        "correction": asdict(fixes[model]),
         "base": provenance(base, plan.base_where),
         "archs": [{**measured_row(a, table.sum_us(a), None, timings[f"calib:{a.key}"]), "base_predicted_us": _predict(base, a)}
                   for a in calib],
@@ -328,6 +328,19 @@ def _fit_and_validate(plan: CalibrationPlan, calib: list[Arch], val: list[Arch],
     table.metadata = {"source": "calibrated", **meta, "num_entries": len(table.entries),
                       "calibrated_on": f"calibrated on {plan.k} measurements of {plan.device_name}"}
     return table
+
+
+FALLBACK = "affine"  # two parameters: fits any K >= 2 measurements with a positive slope
+MIN_POINTS = {"compute": 6, "per-kind": 8}  # fewer measurements than this: the model is not used (it would interpolate noise)
+
+
+def chosen_model(wanted: str, k: int, fitted: dict) -> str:
+    """`wanted` when it fitted and K is enough for its parameters, else the two-parameter affine map."""
+    if wanted in fitted and k >= MIN_POINTS.get(wanted, 2):
+        return wanted
+    if FALLBACK not in fitted:
+        raise DeployvitError("the calibration measurements fit no correction of the base table (its shape does not fit this device)")
+    return FALLBACK
 
 
 def _predict(table: LatencyTable, arch: Arch) -> float:

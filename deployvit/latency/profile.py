@@ -282,7 +282,7 @@ def profile(
     val = distinct_archs(space, val_archs, np.random.default_rng(seed + 1), {a.key for a in calib})
     items = [part_item(p, settings, device) for p in space_parts(space)]
     items += [arch_item(group, a, settings, device) for group, archs in (("calib", calib), ("val", val)) for a in archs]
-    _say_resume(state, items, ppath, echo)
+    say_resume(state, items, ppath, echo)
     timings = time_items(items, settings, device, state, save, seed + 2, f"profile {space.name} {settings.runtime} b{settings.batch_size}")
 
     table = _build_table(space, label, device, settings, timings, calib, val, calib_archs, val_archs, seed)
@@ -305,7 +305,7 @@ def progress_saver(ppath: Path, state: dict, out: Path) -> Callable[[], None]:
     return save
 
 
-def _say_resume(state: dict, items: list[Item], ppath: Path, echo: Callable[[str], None]) -> None:
+def say_resume(state: dict, items: list[Item], ppath: Path, echo: Callable[[str], None]) -> None:
     finished = sum(i.key in state["timings"] for i in items)
     started = max((len(state["rounds"].get(i.key, [])) for i in items if i.key not in state["timings"]), default=0)
     if finished or started:
