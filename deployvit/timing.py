@@ -71,6 +71,10 @@ CV_WARN_CUDA = 0.025
 CV_WARN_CPU = 0.10
 CLOCKS = ("wall", "cpu")
 CONFIDENCE = 0.95  # of every interval deployvit reports
+# An untimed call before each timed one refills the caches another callable evicted; a call longer
+# than this refills them itself in a negligible share of its time, so the extra call is skipped
+# (it would double the cost of timing whole models, e.g. a calibration's).
+WARM_CALL_MAX_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -275,14 +279,16 @@ def time_rounds(
     now = time.perf_counter
     with torch.inference_mode():
         per_call = _warm_up(fns, dev, plan.warmup_s, min_warmup_calls)
-        inner = max(plan.inner, int(plan.min_repeat_s / max(per_call, 1e-9)) + 1) if plan.min_repeat_s > 0 else plan.inner
+        slowest = max(per_call.values())
+        inner = max(plan.inner, int(plan.min_repeat_s / max(slowest, 1e-9)) + 1) if plan.min_repeat_s > 0 else plan.inner
+        warm = {k for k in keys if per_call[k] < WARM_CALL_MAX_S} if len(keys) > 1 else set()
         start = None  # when the minimum was reached: `max_s` counts from there
         while True:
             if min(len(r) for r in rounds.values()) >= plan.rounds and min(calls.values()) >= plan.repeats:
                 start = now() if start is None else start
                 if _converged(rounds, plan.rel_ci, plan.quantile) or now() - start >= plan.max_s:
                     break
-            sample = _one_round(fns, keys, order, dev, clock, plan, inner, calls)
+            sample = _one_round(fns, keys, order, dev, clock, plan, (inner, warm), calls)
             for k in keys:
                 rounds[k].append(sample[k])
             if on_round is not None:
@@ -307,16 +313,18 @@ def _converged(rounds: dict, rel_ci: float | None, quantile: float) -> bool:
     return True
 
 
-def _one_round(fns, keys: list, order: random.Random, dev: torch.device, clock: str, plan: RoundPlan, inner: int,
+def _one_round(fns, keys: list, order: random.Random, dev: torch.device, clock: str, plan: RoundPlan, how: tuple[int, set],
                calls: dict) -> dict:
     """One round: shuffled sweeps over every callable until the round has lasted `round_s`; each
-    callable's sample is its fastest in the round."""
+    callable's sample is its fastest in the round. `how`: calls per sample, and the callables whose
+    timed call follows an untimed one (after another callable ran, a short call's first pays to
+    refill the caches; `WARM_CALL_MAX_S`)."""
+    inner, warm = how
     best = {k: math.inf for k in keys}
     start = time.perf_counter()
     while True:
         sweep = keys[:]
         order.shuffle(sweep)
-        warm = len(keys) > 1  # after another callable ran, its first call pays to refill the caches: untimed
         times = _cuda_sweep(fns, sweep, dev, inner, warm) if dev.type == "cuda" else _cpu_sweep(fns, sweep, clock, inner, warm)
         for k, t in zip(sweep, times):
             calls[k] += 1
@@ -339,9 +347,9 @@ def _check_arguments(device, clock: str, plan: RoundPlan) -> torch.device:
     return dev
 
 
-def _warm_up(fns: Mapping, dev: torch.device, warmup_s: float, min_calls: int) -> float:
+def _warm_up(fns: Mapping, dev: torch.device, warmup_s: float, min_calls: int) -> dict:
     """Call the callables in turn for at least `warmup_s` (each at least `min_calls` times); the
-    seconds one call of the slowest took on average."""
+    seconds one call of each took on average."""
     start = time.perf_counter()
     spent = {k: 0.0 for k in fns}
     calls = 0
@@ -353,15 +361,15 @@ def _warm_up(fns: Mapping, dev: torch.device, warmup_s: float, min_calls: int) -
         calls += 1
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    return max(spent.values()) / calls
+    return {k: v / calls for k, v in spent.items()}
 
 
-def _cuda_sweep(fns: Mapping, sweep: list, dev: torch.device, inner: int, warm: bool) -> list[float]:
+def _cuda_sweep(fns: Mapping, sweep: list, dev: torch.device, inner: int, warm: set) -> list[float]:
     """Microseconds per call between CUDA events recorded around `inner` calls of each callable."""
     with torch.cuda.device(dev):
         events = []
         for k in sweep:
-            if warm:
+            if k in warm:
                 fns[k]()
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
@@ -373,13 +381,13 @@ def _cuda_sweep(fns: Mapping, sweep: list, dev: torch.device, inner: int, warm: 
         return [begin.elapsed_time(end) * 1e3 / inner for begin, end in events]
 
 
-def _cpu_sweep(fns: Mapping, sweep: list, clock: str, inner: int, warm: bool) -> list[float]:
+def _cpu_sweep(fns: Mapping, sweep: list, clock: str, inner: int, warm: set) -> list[float]:
     """Microseconds per call on the wall clock or the process's CPU time."""
     clk = time.perf_counter if clock == "wall" else time.process_time
     out = []
     for k in sweep:
         fn = fns[k]
-        if warm:
+        if k in warm:
             fn()
         t0 = clk()
         for _ in range(inner):
