@@ -113,7 +113,7 @@ def test_export_onnx_writes_artifact_report_and_table(arch_file, ort_table_file,
     measured, predicted = contract["measurement"], contract["prediction"]
     assert all(measured[k] == predicted[k] for k in ("runtime", "precision", "batch_size", "device"))
     assert measured["runtime"] == "onnxruntime" and measured["settings"]["repeats"] == 3 and measured["measured_ms"] > 0
-    assert row["latency_ms_bs1"] > 0 and row["throughput_img_s"] > 0 and row["throughput_batch"] == 4
+    assert row["latency_ms"] > 0 and row["throughput_img_s"] > 0 and row["throughput_batch"] == 4
     checks = row["verification"]["checks"]
     assert [c["batch_size"] for c in checks] == [1, 4] and all(c["max_abs_diff"] < 1e-4 for c in checks)
     assert "synthetic" in report["data"] and report["settings"]["batch"] == "1,2,4"
@@ -180,7 +180,7 @@ def test_benchmark_lists_every_format_and_baselines(arch_file, tmp_path):
     trt = rows[2]
     assert trt["status"] == SKIPPED and "tensorrt is not installed" in trt["notes"][0] and trt["contract"] is None
     assert rows[0]["status"] == "reference" and rows[1]["status"] == VERIFIED
-    assert all(r["latency_ms_bs1"] for r in rows if r["status"] != SKIPPED)
+    assert all(r["latency_ms"] for r in rows if r["status"] != SKIPPED)
     assert result.out.count("skipped") == 2
     assert {"model.onnx", "test_vit.onnx", "report.json", "report.md"} <= {p.name for p in out.iterdir()}
 

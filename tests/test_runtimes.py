@@ -287,7 +287,7 @@ def test_export_is_verified_timed_and_held_to_its_runtime_table(name, tmp_path):
     assert result.code == 0, result.err
     (row,) = json.loads((tmp_path / "out" / "report.json").read_text())["rows"]
     assert row["format"] == rec.format and row["status"] == "exported and verified" and row["path"].endswith(rec.artifact)
-    assert row["latency_ms_bs1"] > 0 and row["size_mb"] > 0
+    assert row["latency_ms"] > 0 and row["size_mb"] > 0
     contract = row["latency_contract"]
     assert contract["measurement"]["runtime"] == name and contract["prediction"]["runtime"] == name
     assert contract["prediction"]["table"].startswith(str(table)) and contract["status"] == "MET" == row["contract"]

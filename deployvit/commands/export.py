@@ -4,7 +4,7 @@ Both validate every input before writing anything (bad input / missing dependenc
 line), then export, verify against the fp32 PyTorch model and time each artifact, write
 `report.json` + `report.md` into --out and print the table. Exit 1 when an artifact fails
 verification (or cannot be verified here), when an export fails, or when a --budget is not met by
-the measured latency.
+the measured latency; exit 3 when the budget lies within the noise of that measurement.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import click
 import torch
 
 from deployvit.commands import bounds
-from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
+from deployvit.errors import CheckFailed, DeployvitError, MissingDependency, WithinNoise
 from deployvit import io
 from deployvit.compute import compute_device
 from deployvit.contract import contract_runner, measure_contract, plan_contract
@@ -29,7 +29,7 @@ from deployvit.settings import MeasureSettings
 from deployvit.units import parse_amount
 from exporters.benchmark import ExportSpec, reference_runner, run_format
 from exporters.onnx import BF16_MIN_OPSET, DEFAULT_OPSET, MIN_OPSET, PRECISIONS, batch_spec, check_opset
-from exporters.report import REFERENCE, SKIPPED, VERIFIED, VERIFY_FAILED, Report, Row, format_table
+from exporters.report import REFERENCE, SKIPPED, VERIFIED, VERIFY_FAILED, WITHIN_NOISE, Report, Row, format_table
 from exporters.sources import SourceModel, load_arch_model, load_timm_model
 from exporters.verify import Runner, Samples, Thresholds, synthetic_samples
 
@@ -93,7 +93,8 @@ def _common_options(fn: Callable) -> Callable:
         click.option("--samples", type=bounds.IMAGES, default=128, show_default=True,
                      help="Images to verify on (synthetic seeded images without --data)."),
         click.option("--budget", help="Latency budget of the contract (measured in the table's runtime, precision and "
-                                      "batch), e.g. 5ms or 800us: NOT MET is exit 1."),
+                                      "batch), e.g. 5ms or 800us: MET (the whole 95%% interval of the measurement within it) exit 0, NOT MET "
+                                      "exit 1, WITHIN NOISE (the budget inside that interval) exit 3."),
         click.option("--table", type=click.Path(dir_okay=False),
                      help="Latency table for the contract's prediction (default: the resolver's table of this machine's "
                           "device for the format's runtime and precision; see `deployvit tables`)."),
@@ -267,11 +268,11 @@ def _settings(job: Job, formats: list[str]) -> dict[str, Any]:
 
 
 def finish(command: str, job: Job, rows: list[Row], formats: list[str], models: dict[str, Any]) -> Report:
-    """Write the report, print the table, and turn failures into exit 1."""
+    """Write the report, print the table, and turn failures into exit 1 (3: WITHIN NOISE)."""
     report = write_report(command, job, rows, formats, models)
     failure = failure_of(job, rows)
     if failure:
-        raise CheckFailed(failure)
+        raise failure_error(failure)
     return report
 
 
@@ -296,9 +297,16 @@ def failure_of(job: Job, rows: list[Row]) -> str | None:
     if job.budget_ms is not None and gating and not any(r.contract == "MET" for r in gating):
         timed = [r.latency for r in gating if r.latency is not None and r.latency.measured_ms is not None]
         best = min(timed, key=lambda c: c.measured_ms, default=None)
-        got = "no contract latency measured" if best is None else f"measured {best.measured_ms:.3f} ms ({best.setting})"
-        return f"latency budget {job.budget_ms:g} ms NOT MET: {got}"
+        if best is None:
+            return f"latency budget {job.budget_ms:g} ms NOT MET: no contract latency measured"
+        ci = "" if best.measured_ci_ms is None else f", 95% interval {best.measured_ci_ms[0]:.3f}-{best.measured_ci_ms[1]:.3f} ms"
+        return f"latency budget {job.budget_ms:g} ms {best.status}: measured {best.measured_ms:.3f} ms ({best.setting}{ci})"
     return None
+
+
+def failure_error(failure: str) -> CheckFailed:
+    """The exception of a failed check: WithinNoise (exit 3) when the verdict is WITHIN NOISE, else exit 1."""
+    return (WithinNoise if f"ms {WITHIN_NOISE}:" in failure else CheckFailed)(failure)
 
 
 @dataclass
@@ -336,7 +344,7 @@ def export(fmt: str, **opts: Any) -> None:
     into --out."""
     outcome = run_export(opts, fmt)
     if outcome.failure:
-        raise CheckFailed(outcome.failure)
+        raise failure_error(outcome.failure)
     source = ("--arch " + opts["arch_path"]) if opts["arch_path"] else ("--timm-model " + opts["timm_model"] if opts["timm_model"] else "")
     if opts["checkpoint"]:
         source += f" --checkpoint {opts['checkpoint']}"
@@ -385,6 +393,8 @@ def _row(job: Job, source: SourceModel, samples: Samples, fmt: str, stem: str, r
     if row.status in (VERIFIED, VERIFY_FAILED, REFERENCE):
         run = contract_runner(contract, fmt, source.model, row.path, source.in_chans, source.img_size)
         measure_contract(contract, run)
+        if contract.measured_ms is not None:  # one latency per artifact: the contract's, timed like its table
+            row.latency_ms, row.latency_cv = contract.measured_ms, contract.measured_cv
     row.latency = contract
     row.notes.extend(contract.notes)
     return row
