@@ -47,7 +47,7 @@ def plan_contract(fmt: str, arch, *, precision: str, device: str, batch_size: in
 def _table_for(runtime: str, arch, precision: str, device: str, batch_size: int | None, table_path: str | None):
     """(resolved table, None) when a table predicts exactly this runtime/precision/batch on this
     device, else (None, the reason there is no prediction)."""
-    from deployvit.latency.resolve import Machine, TableQuery, resolve_table
+    from deployvit.latency.resolve import Machine, TableQuery, describes_here, resolve_table
     from deployvit.spaces import get_space
 
     wanted = f"no prediction for {runtime} {precision}" + (f" b{batch_size}" if batch_size else "") + f" on {device}"
@@ -66,6 +66,9 @@ def _table_for(runtime: str, arch, precision: str, device: str, batch_size: int 
             raise
         return None, f"{wanted}: {str(exc).split(';')[0]}"
     meta = resolved.table.metadata
+    if table_path is None and not describes_here(resolved.info, machine):  # the resolver's rule: not a CPU table made elsewhere
+        return None, (f"{wanted}: the only table, {resolved.path}, was made on another machine ({meta['device_name']}, {meta['device_label']}), "
+                      "not this one; profile or calibrate here (deployvit profile ... --calibrate 10)")
     got = (meta["runtime"], meta["precision"], meta["device_type"]) + ((meta["batch_size"],) if batch_size else ())
     if got != (runtime, precision, device) + ((batch_size,) if batch_size else ()):
         return None, (f"{wanted}: {resolved.path} predicts {meta['runtime']} {meta['precision']} b{meta['batch_size']} "
