@@ -48,7 +48,9 @@ def test_profile_then_search_then_export_use_one_table(tmp_path, monkeypatch):
     assert (measured["runtime"], measured["precision"], measured["batch_size"]) == ("onnxruntime", "fp32", 1)
     assert all(measured[k] == predicted[k] for k in ("runtime", "precision", "batch_size", "device"))
     assert predicted["table"].startswith(str(table_path)) and measured["settings"]["threads"] == 1
-    met = measured["measured_ms"] <= float(budget[:-2]) / 1e3
-    assert contract["status"] == ("MET" if met else "NOT MET") and row["contract"] == contract["status"]
-    assert result.code == (0 if met else 1), result.err
-    assert ("NOT MET" in result.err) == (not met)
+    low, high = measured["ci95_ms"]  # the verdict follows the whole interval, never its noisy point
+    budget_ms = float(budget[:-2]) / 1e3
+    want = "MET" if high <= budget_ms else ("NOT MET" if low > budget_ms else "WITHIN NOISE")
+    assert contract["status"] == want and row["contract"] == want
+    assert result.code == {"MET": 0, "NOT MET": 1, "WITHIN NOISE": 3}[want], result.err
+    assert ("NOT MET" in result.err) == (want == "NOT MET")
