@@ -31,7 +31,10 @@ def test_profile_then_search_then_export_use_one_table(tmp_path, monkeypatch):
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # search looks where profile wrote, from any directory
     lo, hi = MetricModel(get_space("test"), LatencyTable.load(table_path, warn=False)).range("latency")
-    budget = f"{lo + 0.6 * (hi - lo):.1f}us"
+    told = run_cli("tables", "--space", "test", "--device", "cpu", "--runtime", "onnxruntime", "--budget")  # as the README's block
+    assert told.code == 0 and told.out.strip().endswith("us"), told.err
+    budget = told.out.strip()
+    assert lo < float(budget[:-2]) < hi  # inside the span of the table just made
     result = run_cli("search", "--space", "test", "--latency", budget, "--population", "8", "--generations", "2",
                      "--parents", "3", "--mutations", "4", "--crossovers", "4", "--no-progress", "--out", "run")
     assert result.code == 0, result.err

@@ -132,17 +132,17 @@ def default_clock(label: str, threads: int | None) -> str:
 
 
 def search_command(space, label: str, table) -> str:
-    """The search that uses `table`, under a budget in the (log) middle of the space's latencies on it."""
+    """The search that uses `table`, under a budget in the (log) middle of the space's latencies on it
+    (what `deployvit tables --space S --budget` prints)."""
     import math
 
+    from deployvit.commands.tables import compact_budget
     from deployvit.search.predictor import MetricModel
-    from deployvit.units import format_amount
 
     lo, hi = MetricModel(space, table).range("latency")
-    budget = format_amount(math.sqrt(lo * hi), "latency").replace(" ", "")
     m = table.metadata
     return (f"deployvit search --space {space.name} --device {label} --runtime {m['runtime']} --precision {m['precision']} "
-            f"--batch-size {m['batch_size']} --latency {budget}")
+            f"--batch-size {m['batch_size']} --latency {compact_budget(math.sqrt(lo * hi))}")
 
 
 def _resumable(table: Path) -> bool:
