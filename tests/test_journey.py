@@ -44,7 +44,7 @@ def test_profile_then_search_then_export_use_one_table(tmp_path, monkeypatch):
     assert json.loads(best.read_text())["metadata"]["latency"]["latency_table"] == str(table_path)
 
     result = run_cli("export", "--arch", str(best), "--format", "onnx", "--budget", budget, "--samples", "8",
-                     "--dynamic-batch", "1,2,4")
+                     "--batch-size", "1")
     (row,) = json.loads(Path("run/report.json").read_text())["rows"]
     contract = row["latency_contract"]
     measured, predicted = contract["measurement"], contract["prediction"]

@@ -160,3 +160,13 @@ def test_fits_recover_a_known_device(model):
         want = {"compute": 1.7 * s + 3e-5 * count_flops(arch) + 4.0, "affine": 2.5 * s + 6.0,
                 "scale": 0.8 * (base.scale * s + base.bias)}[model]
         assert cal._predict(table, arch) == pytest.approx(want, rel=1e-6)
+
+
+def test_latency_measure_does_not_compare_with_a_table_of_another_machine(tmp_path):
+    """The resolver's rule for `latency --measure`: the shipped CPU table (made on another machine)
+    is measured against but not compared ("not compared", no error percentage)."""
+    get_space("test").sample(np.random.default_rng(4)).save(tmp_path / "a.json")
+    result = run_cli("latency", str(tmp_path / "a.json"), "--device", "cpu", "--runtime", "eager", "--measure")
+    assert result.code == 0, result.err
+    assert "measured:" in result.out and "not compared" in result.out and "another machine" in result.out
+    assert "% (predicted vs measurement)" not in result.out

@@ -395,6 +395,9 @@ def _row(job: Job, source: SourceModel, samples: Samples, fmt: str, stem: str, r
         measure_contract(contract, run)
         if contract.measured_ms is not None:  # one latency per artifact: the contract's, timed like its table
             row.latency_ms, row.latency_cv = contract.measured_ms, contract.measured_cv
+        if contract.predicted_ms is not None and job.spec.batch.min != job.spec.batch.max:
+            contract.notes.append(f"the artifact has a dynamic batch axis ({job.spec.batch.min}..{job.spec.batch.max}); the table timed "
+                                  f"static graphs, which a runtime may run faster: --batch-size {contract.batch_size} exports the graph it predicts")
     row.latency = contract
     row.notes.extend(contract.notes)
     return row
