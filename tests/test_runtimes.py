@@ -283,7 +283,8 @@ def test_export_is_verified_timed_and_held_to_its_runtime_table(name, tmp_path):
     ARCH.save(arch_path)
     rec = RUNTIMES[name]
     result = run_cli("export", "--arch", str(arch_path), "--format", rec.format, "--device", "cpu", "--budget", "1s",
-                     "--samples", "8", "--dynamic-batch", "1,2,4", "--repeats", "5", "--warmup", "0", "--out", str(tmp_path / "out"))
+                     "--samples", "8", "--dynamic-batch", "1,2,4", "--repeats", "5", "--warmup", "0", "--out", str(tmp_path / "out"),
+                     "--table", str(table))  # given: the resolver alone would not compare a table of another machine with this one
     assert result.code == 0, result.err
     (row,) = json.loads((tmp_path / "out" / "report.json").read_text())["rows"]
     assert row["format"] == rec.format and row["status"] == "exported and verified" and row["path"].endswith(rec.artifact)

@@ -49,10 +49,10 @@ def latency_cmd(arch_file: str, table_path: str | None, device, runtime, precisi
 def _elsewhere(resolved, table_path: str | None) -> str | None:
     """Why the table's prediction is not of this machine (the resolver's rule: a CPU table made on
     another machine, e.g. a shipped one, does not predict this CPU), None when it is."""
-    from deployvit.latency.resolve import Machine, describes_here
+    from deployvit.latency.resolve import describes_here, machine_for
 
     m = resolved.table.metadata
-    if describes_here(resolved.info, Machine.detect(m["device_type"])):
+    if describes_here(resolved.info, machine_for(m["device_type"])):
         return None
     where = "a shipped table" if resolved.info.origin == "shipped" else f"--table {table_path}" if table_path else str(resolved.info.path)
     return (f"{where} made on another machine ({m['device_name']}, {m['device_label']}): profile here (`deployvit profile`) "

@@ -250,6 +250,12 @@ def _tier(info: TableInfo, machine: Machine) -> int:
     return 2
 
 
+def machine_for(device_type: str) -> Machine:
+    """This machine as seen by a table of `device_type`: its CPU for a CPU table, else its GPU (or,
+    without one, its CPU: then no GPU table describes it). Never an error, unlike `Machine.detect("cuda")`."""
+    return Machine.detect("cpu" if device_type == "cpu" else None)
+
+
 def describes_here(info: TableInfo, machine: Machine) -> bool:
     """Whether a table predicts this machine (profiled or calibrated here, or an estimate of this
     very GPU model): what a measurement here may be compared with (export's contract, `benchmark`,

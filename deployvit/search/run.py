@@ -232,9 +232,9 @@ def measure_count(request: SearchRequest, resolved) -> int:
         return request.measure_top
     if resolved is None or not request.constraints.uses_latency:
         return 0
-    from deployvit.latency.resolve import Machine, describes_here
+    from deployvit.latency.resolve import describes_here, machine_for
 
-    return AUTO_MEASURE_TOP if describes_here(resolved.info, Machine.detect(resolved.table.metadata["device_type"])) else 0
+    return AUTO_MEASURE_TOP if describes_here(resolved.info, machine_for(resolved.table.metadata["device_type"])) else 0
 
 
 def latency_provenance(table) -> dict | None:
