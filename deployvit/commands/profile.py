@@ -64,7 +64,7 @@ def output_paths(out: str | None, label: str, space: str, runtime: str, precisio
 @click.option("--calibrate", "calibrate_k", type=bounds.ints(2, 10_000),
               help="Measure only K whole archs here (spread over the space's latency range; 10 is a good start) and fit them onto "
                    "a table made elsewhere (--base; on a GPU, deployvit's estimate for it): a CALIBRATED table in minutes, validated "
-                   "on --val-archs more (default 20).")
+                   f"on --val-archs more (default {ProfileConfig.calibrate_val_archs}).")
 @click.option("--base", "base_path", type=click.Path(dir_okay=False),
               help="--calibrate: the table to calibrate (same space, runtime, precision and batch; default: the best such table "
                    "of this device class the resolver sees, else on a GPU its estimate).")

@@ -146,10 +146,18 @@ def arch_runner(arch: Arch, settings: MeasureSettings, device: str) -> Callable[
 
 def measure_archs(archs: list[Arch], settings: MeasureSettings, device: str, seed: int = 0) -> dict[str, Timing]:
     """Whole models timed together in interleaved rounds, by arch key (what `--measure-top` compares)."""
-    runs = {a.key: arch_runner(a, settings, device) for a in {a.key: a for a in archs}.values()}
+    unique = list({a.key: a for a in archs}.values())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the interval is reported with the number
-        return time_runs(runs, settings, device, seed)
+        if not interleaves(settings):
+            return {a.key: time_runs({a.key: arch_runner(a, settings, device)}, settings, device, seed)[a.key] for a in unique}
+        return time_runs({a.key: arch_runner(a, settings, device) for a in unique}, settings, device, seed)
+
+
+def interleaves(settings: MeasureSettings) -> bool:
+    """Whether runners of this runtime can be alive and timed together: not `compile`, whose every
+    runner resets the compiler's caches (`runtimes.compile`), so each is built and timed alone."""
+    return settings.runtime != "compile"
 
 
 def measure_arch(arch: Arch, settings: MeasureSettings, device: str) -> Timing:
@@ -219,7 +227,7 @@ def time_items(items: list[Item], settings: MeasureSettings, device: str, state:
     """Time every item (group by group, each group in interleaved rounds), resuming from `state`
     (`{"rounds": {key: [samples]}, "timings": {key: Timing dict}}`, saved after every round);
     returns the Timing dicts by key."""
-    groups = groups_of(items, seed)
+    groups = groups_of(items, seed, GROUP_BYTES if interleaves(settings) else 0)
     todo = [g for g in groups if not all(i.key in state["timings"] for i in g)]
     with tqdm(total=sum(len(g) for g in todo), desc=desc, unit="item", dynamic_ncols=True) as bar:
         for gi, group in enumerate(todo):
