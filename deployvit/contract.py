@@ -47,7 +47,7 @@ def plan_contract(fmt: str, arch, *, precision: str, device: str, batch_size: in
 def _table_for(runtime: str, arch, precision: str, device: str, batch_size: int | None, table_path: str | None):
     """(resolved table, None) when a table predicts exactly this runtime/precision/batch on this
     device, else (None, the reason there is no prediction)."""
-    from deployvit.latency.resolve import Machine, TableQuery, resolve_table
+    from deployvit.latency.resolve import Machine, TableQuery, describes_here, resolve_table
     from deployvit.spaces import get_space
 
     wanted = f"no prediction for {runtime} {precision}" + (f" b{batch_size}" if batch_size else "") + f" on {device}"
@@ -67,6 +67,9 @@ def _table_for(runtime: str, arch, precision: str, device: str, batch_size: int 
         first, *rest = str(exc).split("; ")  # the resolver's finding, and the table files it skipped (not its hint)
         return None, "; ".join([f"{wanted}: {first}", *(part for part in rest if part.startswith("skipped "))])
     meta = resolved.table.metadata
+    if table_path is None and not describes_here(resolved.info, machine):  # the resolver's rule: not a CPU table made elsewhere
+        return None, (f"{wanted}: the only table, {resolved.path}, was made on another machine ({meta['device_name']}, {meta['device_label']}), "
+                      "not this one; profile or calibrate here (deployvit profile ... --calibrate 10)")
     got = (meta["runtime"], meta["precision"], meta["device_type"]) + ((meta["batch_size"],) if batch_size else ())
     if got != (runtime, precision, device) + ((batch_size,) if batch_size else ()):
         return None, (f"{wanted}: {resolved.path} predicts {meta['runtime']} {meta['precision']} b{meta['batch_size']} "
@@ -91,17 +94,29 @@ def contract_runner(contract: Contract, fmt: str, model, artifact: str | None, i
                        tf32=bool(contract.settings.get("tf32")))
 
 
+CONTRACT_MAX_S = 30.0  # seconds of further rounds, at most, while the latency's interval is wider than the table's rel_ci
+
+
 def measure_contract(contract: Contract, run) -> Contract:
-    """Time `run` with the contract's settings (the table's), through the profile's timing path."""
+    """Time `run` with the contract's settings (the table's), through the profile's timing path,
+    until the 95% interval of its latency is within the table's `rel_ci` or `CONTRACT_MAX_S` more
+    seconds have passed: the verdict (`Contract.status`) is then MET or NOT MET only when the whole
+    interval is on one side of the budget, so two identical runs cannot flip it (WITHIN NOISE
+    otherwise)."""
     import warnings
+    from dataclasses import replace
 
     from deployvit.latency.profile import time_run
     from deployvit.settings import MeasureSettings
 
     settings = MeasureSettings(**contract.settings)
+    if settings.rounds is not None:
+        settings = replace(settings, max_s=max(settings.max_s, CONTRACT_MAX_S))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         timing = time_run(run, settings, contract.device, label=f"contract {contract.setting}")
-    contract.measured_ms, contract.measured_cv = timing.median_us / 1e3, timing.cv
+    contract.measured_ms, contract.measured_cv = timing.latency_us / 1e3, timing.cv
+    if timing.ci_low_us is not None:
+        contract.measured_ci_ms = (timing.ci_low_us / 1e3, timing.ci_high_us / 1e3)
     contract.notes.extend(str(w.message) for w in caught if issubclass(w.category, RuntimeWarning))
     return contract

@@ -19,3 +19,10 @@ class CheckFailed(DeployvitError):
     """A verification or budget check did not pass: exit code 1."""
 
     exit_code = 1
+
+
+class WithinNoise(CheckFailed):
+    """A latency budget inside the 95% interval of the measured latency: the measurement cannot
+    say MET or NOT MET (exit code 3; rerun on a quieter machine or move the budget)."""
+
+    exit_code = 3

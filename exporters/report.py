@@ -43,6 +43,7 @@ class Contract:
     no_prediction: str | None = None  # why there is no prediction
     measured_ms: float | None = None
     measured_cv: float | None = None
+    measured_ci_ms: tuple[float, float] | None = None  # the 95% interval of the measured latency
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -51,21 +52,33 @@ class Contract:
 
     @property
     def status(self) -> str | None:
-        """MET / NOT MET when a budget is set: met only by the *measured* latency."""
+        """When a budget is set: MET when the whole 95% interval of the measured latency is within
+        it, NOT MET when the whole interval is above it, WITHIN NOISE when the budget lies inside the
+        interval (the measurement cannot tell; `WITHIN_NOISE`, its own exit code). A contract measured
+        without an interval is judged on its value."""
         if self.budget_ms is None:
             return None
-        return "MET" if self.measured_ms is not None and self.measured_ms <= self.budget_ms else "NOT MET"
+        if self.measured_ms is None:
+            return "NOT MET"
+        low, high = self.measured_ci_ms or (self.measured_ms, self.measured_ms)
+        if high <= self.budget_ms:
+            return "MET"
+        return "NOT MET" if low > self.budget_ms else WITHIN_NOISE
 
     def to_dict(self) -> dict[str, Any]:
         setting = {"runtime": self.runtime, "precision": self.precision, "batch_size": self.batch_size, "device": self.device}
         prediction = ({**setting, "predicted_ms": self.predicted_ms, "table": self.table, "source": self.source}
                       if self.predicted_ms is not None else {"none": self.no_prediction})
-        return {"measurement": {**setting, "measured_ms": self.measured_ms, "cv": self.measured_cv, "settings": self.settings},
+        ci = None if self.measured_ci_ms is None else list(self.measured_ci_ms)
+        return {"measurement": {**setting, "measured_ms": self.measured_ms, "ci95_ms": ci, "cv": self.measured_cv, "settings": self.settings},
                 "prediction": prediction, "budget_ms": self.budget_ms, "status": self.status, "notes": self.notes}
 
 
-COLUMNS = ("Format", "Status", "Size (MB)", "Top-1", "Agreement", "Max |diff|", "Latency ms (bs1)",
-           "Throughput img/s", "Contract as", "Measured ms", "Predicted ms", "Budget")
+WITHIN_NOISE = "WITHIN NOISE"
+# One latency per artifact: the contract's measurement (timed like its table) when there is one, else
+# the bs1 benchmark timing; "Contract as" says which setting it is, "95% CI ms" how sure it is.
+COLUMNS = ("Format", "Status", "Size (MB)", "Top-1", "Agreement", "Max |diff|", "Latency ms",
+           "95% CI ms", "Throughput img/s", "Contract as", "Predicted ms", "Budget")
 
 
 @dataclass
@@ -80,7 +93,7 @@ class Row:
     path: str | None = None
     size_mb: float | None = None
     verification: Verification | None = None
-    latency_ms: float | None = None  # median at batch 1
+    latency_ms: float | None = None  # THE latency: the contract's measurement, else the median at batch 1
     latency_cv: float | None = None
     throughput: float | None = None  # images/s at `throughput_batch`
     throughput_batch: int | None = None
@@ -117,7 +130,8 @@ class Row:
             "path": self.path,
             "size_mb": self.size_mb,
             "verification": self.verification.to_dict() if self.verification else None,
-            "latency_ms_bs1": self.latency_ms,
+            "latency_ms": self.latency_ms,
+            "latency_setting": self.latency.setting if self.latency is not None and self.latency.measured_ms is not None else "bs1",
             "latency_cv": self.latency_cv,
             "throughput_img_s": self.throughput,
             "throughput_batch": self.throughput_batch,
@@ -143,12 +157,18 @@ class Row:
             "-" if m is None else f"{m.agreement:.2%}",
             "-" if m is None else f"{m.max_abs_diff:.2e}",
             _num(self.latency_ms, "{:.3f}"),
+            _ci_cell(self.latency),
             _num(self.throughput, "{:.1f}"),
-            "-" if self.latency is None else self.latency.setting,
-            _num(None if self.latency is None else self.latency.measured_ms, "{:.3f}"),
+            "-" if self.latency is None or self.latency.measured_ms is None else self.latency.setting,
             _predicted_cell(self.latency),
             budget,
         )
+
+
+def _ci_cell(c: Contract | None) -> str:
+    if c is None or c.measured_ci_ms is None:
+        return "-"
+    return f"{c.measured_ci_ms[0]:.3f}-{c.measured_ci_ms[1]:.3f}"
 
 
 def _predicted_cell(c: Contract | None) -> str:
@@ -166,7 +186,8 @@ def _num(value: float | None, fmt: str) -> str:
 
 def _contract_line(c: Contract) -> str:
     """The contract in one sentence: measured and predicted for the same runtime/precision/batch."""
-    measured = f"measured {_num(c.measured_ms, '{:.3f}')} ms ({c.setting} on {c.device}, {c.settings.get('repeats')} repeats)"
+    ci = "" if c.measured_ci_ms is None else f", 95% interval {c.measured_ci_ms[0]:.3f}-{c.measured_ci_ms[1]:.3f} ms"
+    measured = f"measured {_num(c.measured_ms, '{:.3f}')} ms ({c.setting} on {c.device}{ci})"
     if c.predicted_ms is not None:
         kind = "ESTIMATED" if c.source == "estimated" else "predicted"
         pred = f"{kind} {c.predicted_ms:.3f} ms for {c.setting} by {c.table}"
@@ -273,7 +294,7 @@ class Report:
                         f"cosine {m.cosine:.6f}, agreement {m.agreement:.2%}{top1}"
                     )
                 lines += [f"- FAILED: {f}" for f in r.verification.failed]
-            if r.latency_ms is not None:
+            if r.latency_ms is not None and (r.latency is None or r.latency.measured_ms is None):
                 lines.append(f"- latency bs1: {r.latency_ms:.3f} ms median (cv {r.latency_cv:.1%})")
             if r.throughput is not None:
                 lines.append(f"- throughput: {r.throughput:.1f} img/s at batch {r.throughput_batch}")

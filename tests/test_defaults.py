@@ -21,12 +21,21 @@ def _defaults(command: str) -> dict:
 def test_timing_defaults_are_measure_settings(command):
     d = _defaults(command)
     warmup = d.get("warmup_s", d.get("warmup"))
-    assert (warmup, d["repeats"], d["clock"]) == (MeasureSettings.warmup_s, MeasureSettings.repeats, MeasureSettings.clock)
+    clock = d["clock"]
+    if command == "profile":  # `--clock auto`: process CPU time for a one-thread CPU profile, else the settings' default
+        from deployvit.commands.profile import default_clock
+
+        assert clock == "auto" and default_clock("cpu", 1) == "cpu"
+        clock = default_clock("h100", None)
+    assert (warmup, d["repeats"], clock) == (MeasureSettings.warmup_s, MeasureSettings.repeats, MeasureSettings.clock)
 
 
 def test_profile_sampling_defaults_are_profile_config():
     d = _defaults("profile")
-    assert {f.name: d[f.name] for f in fields(ProfileConfig)} == {f.name: f.default for f in fields(ProfileConfig)}
+    flags = [f for f in fields(ProfileConfig) if f.name != "calibrate_val_archs"]
+    assert {f.name: d[f.name] for f in flags} == {f.name: f.default for f in flags}
+    calibrate = next(p for p in cli.get_command(None, "profile").params if p.name == "calibrate_k")
+    assert f"(default {ProfileConfig.calibrate_val_archs})" in calibrate.help  # --val-archs under --calibrate
 
 
 def test_search_evolution_defaults_are_evolution_config():

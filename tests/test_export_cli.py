@@ -51,14 +51,20 @@ def test_contract_prediction_comes_from_the_table_measured_like_the_format(arch_
     from deployvit.arch import load_arch
     from deployvit.contract import plan_contract
 
-    shipped = tmp_path / "tables" / "cpu"
+    import os
+
+    from deployvit.devices import cpu_name
+
+    # tables profiled on this machine (in $DEPLOYVIT_HOME): a CPU table made elsewhere predicts nothing here
+    shipped = Path(os.environ["DEPLOYVIT_HOME"]) / "latency_tables" / "cpu"
     shipped.mkdir(parents=True)
     eager = LatencyTable.load(table_file, warn=False)
+    eager.metadata["device_name"] = cpu_name()
     eager.metadata["settings"] = {"clock": "cpu", "threads": 1, "repeats": 7, "warmup_s": 0.0}
     eager.save(shipped / "test-eager-fp32-b1.json")
     ort = LatencyTable({**eager.metadata, "runtime": "onnxruntime"}, eager.entries, scale=1.0, bias=0.0)
     ort.save(shipped / "test-onnxruntime-fp32-b1.json")
-    monkeypatch.setattr(resolve_mod, "shipped_tables_dir", lambda: tmp_path / "tables")
+    monkeypatch.setattr(resolve_mod, "shipped_tables_dir", lambda: tmp_path / "no-shipped-tables")
     monkeypatch.chdir(tmp_path)
     arch = load_arch(arch_file)
     parts = len(arch_parts(arch))
@@ -77,6 +83,11 @@ def test_contract_prediction_comes_from_the_table_measured_like_the_format(arch_
     compiled = plan("compile")
     assert compiled.predicted_ms is None and compiled.no_prediction.startswith("no prediction for compile fp32 on cpu")
     assert compiled.settings["repeats"] == 100
+    (tmp_path / "no-shipped-tables" / "cpu").mkdir(parents=True)  # now a shipped compile table, made on another machine
+    LatencyTable({**eager.metadata, "runtime": "compile", "device_name": "Other CPU"}, eager.entries).save(
+        tmp_path / "no-shipped-tables" / "cpu" / "test-compile-fp32-b1.json")
+    elsewhere = plan("compile")
+    assert elsewhere.predicted_ms is None and "another machine" in elsewhere.no_prediction  # the resolver's rule
     explicit = plan_contract("onnx", arch, precision="fp32", device="cpu", batch_size=None, table_path=str(table_file),
                              budget_ms=None, timing=timing)  # an eager table given for an onnxruntime artifact
     assert explicit.predicted_ms is None and "predicts eager fp32 b1" in explicit.no_prediction
@@ -113,7 +124,7 @@ def test_export_onnx_writes_artifact_report_and_table(arch_file, ort_table_file,
     measured, predicted = contract["measurement"], contract["prediction"]
     assert all(measured[k] == predicted[k] for k in ("runtime", "precision", "batch_size", "device"))
     assert measured["runtime"] == "onnxruntime" and measured["settings"]["repeats"] == 3 and measured["measured_ms"] > 0
-    assert row["latency_ms_bs1"] > 0 and row["throughput_img_s"] > 0 and row["throughput_batch"] == 4
+    assert row["latency_ms"] > 0 and row["throughput_img_s"] > 0 and row["throughput_batch"] == 4
     checks = row["verification"]["checks"]
     assert [c["batch_size"] for c in checks] == [1, 4] and all(c["max_abs_diff"] < 1e-4 for c in checks)
     assert report["data"].startswith("natural:") and report["settings"]["batch"] == "1,2,4"  # photographs, not noise
@@ -180,7 +191,7 @@ def test_benchmark_lists_every_format_and_baselines(arch_file, tmp_path):
     trt = rows[2]
     assert trt["status"] == SKIPPED and "tensorrt is not installed" in trt["notes"][0] and trt["contract"] is None
     assert rows[0]["status"] == "reference" and rows[1]["status"] == VERIFIED
-    assert all(r["latency_ms_bs1"] for r in rows if r["status"] != SKIPPED)
+    assert all(r["latency_ms"] for r in rows if r["status"] != SKIPPED)
     assert result.out.count("skipped") == 2
     assert {"model.onnx", "test_vit.onnx", "report.json", "report.md"} <= {p.name for p in out.iterdir()}
 

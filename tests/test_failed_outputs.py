@@ -65,7 +65,7 @@ def test_a_profile_that_fails_before_a_timing_leaves_nothing(tmp_path, monkeypat
     from deployvit.latency import profile
     from deployvit.latency.resolve import deployvit_home
 
-    monkeypatch.setattr(profile, "time_run", failing_after(0, DeployvitError("timing failed"))(profile.time_run))
+    monkeypatch.setattr(profile, "time_runs", failing_after(0, DeployvitError("timing failed"))(profile.time_runs))
     result = run_cli("profile", "--device", "cpu", "--space", "test", "--runtime", "eager", "--precision", "fp32", "--batch-size", "1",
                      "--calib-archs", "2", "--val-archs", "2", "--repeats", "2", "--warmup", "0", "--out", "tables/t.json")
     assert result.code == 2 and "timing failed" in result.err
@@ -79,14 +79,26 @@ def test_a_profile_that_fails_after_timings_keeps_them_for_the_rerun(tmp_path, m
     from deployvit.latency import profile
 
     args = ["profile", "--device", "cpu", "--space", "test", "--runtime", "eager", "--precision", "fp32", "--batch-size", "1",
-            "--calib-archs", "2", "--val-archs", "2", "--repeats", "2", "--warmup", "0", "--out", "tables/t.json"]
-    original = profile.time_run
-    monkeypatch.setattr(profile, "time_run", failing_after(3, DeployvitError("timing failed"))(original))
+            "--calib-archs", "2", "--val-archs", "2", "--rounds", "5", "--round-time", "0", "--max-time", "0", "--warmup", "0",
+            "--out", "tables/t.json"]
+    original = profile.time_runs
+
+    def fails_after_3_rounds(runs, settings, device, seed=0, done=None, on_round=None):
+        rounds = {"n": 0}
+
+        def hook(sample):
+            on_round(sample)
+            rounds["n"] += 1
+            if rounds["n"] >= 3:
+                raise DeployvitError("timing failed")
+        return original(runs, settings, device, seed, done, hook)
+
+    monkeypatch.setattr(profile, "time_runs", fails_after_3_rounds)
     assert run_cli(*args).code == 2
     assert (tmp_path / "tables" / "t.json.progress.json").is_file()
-    monkeypatch.setattr(profile, "time_run", original)
+    monkeypatch.setattr(profile, "time_runs", original)
     rerun = run_cli(*args)
-    assert rerun.code == 0 and "3 of" in rerun.out + rerun.err and (tmp_path / "tables" / "t.json").is_file()
+    assert rerun.code == 0 and "3 rounds" in rerun.out + rerun.err and (tmp_path / "tables" / "t.json").is_file()
 
 
 def test_an_export_that_fails_leaves_no_output_folder(tmp_path, monkeypatch):

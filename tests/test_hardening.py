@@ -377,13 +377,14 @@ def test_a_damaged_profile_progress_file_is_ignored_not_used(tmp_path):
     key = {"space": "test"}
     path = tmp_path / "t.json.progress.json"
     said = []
-    good = {"format": profile_mod.PROGRESS_FORMAT, "key": key, "entries": {"stem": {"median_us": 5.0, "cv": 0.1}}, "calib": {}, "val": {}}
+    timing = {"median_us": 5.0, "latency_us": 4.0, "cv": 0.1, "rounds": 2}
+    good = {"format": profile_mod.PROGRESS_FORMAT, "key": key, "rounds": {"part:stem": [5.0, 4.0]}, "timings": {"part:stem": timing}}
     io.write_json(path, good)
-    assert profile_mod._load_progress(path, key, said.append)["entries"] == good["entries"]
-    for damage in ({"median_us": -5.0, "cv": 0.1}, {"median_us": "5", "cv": 0.1}, {"cv": 0.1}):
-        io.write_json(path, {**good, "entries": {"stem": damage}})
-        assert profile_mod._load_progress(path, key, said.append)["entries"] == {}
-    assert len(said) == 3 and all("damaged progress file" in line and "entries['stem']" in line for line in said)
+    assert profile_mod.load_progress(path, key, said.append)["timings"] == good["timings"]
+    for damage in ({**timing, "median_us": -5.0}, {**timing, "median_us": "5"}, {"cv": 0.1}):
+        io.write_json(path, {**good, "timings": {"stem": damage}})
+        assert profile_mod.load_progress(path, key, said.append)["timings"] == {}
+    assert len(said) == 3 and all("damaged progress file" in line and "timings['stem']" in line for line in said)
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -26,6 +26,13 @@ def _foreign_gpu_label() -> str:
     return next(label for label in ("h100", "a100", "t4") if not label_matches(label, device_name("cuda")))
 
 
+def _foreign_gpu_needles() -> tuple[str, ...]:
+    """Without CUDA, a catalogue GPU is offered as an estimate; on another GPU, the label mismatch."""
+    import torch
+
+    return ("does not match", "--force") if torch.cuda.is_available() else ("no CUDA GPU here", "--estimate")
+
+
 # 10 repeats after a short warm-up: with 3 cold repeats one spike could invert the two-arch calibration
 FAST = ["--warmup", "0.01", "--repeats", "10", "--calib-archs", "3", "--val-archs", "3", "--threads", "1"]
 
@@ -76,40 +83,42 @@ def test_every_table_is_checked_before_the_first_is_timed(tmp_path):
 
 
 def test_resume_after_interruption(tmp_path, monkeypatch):
+    """A kill during the interleaved rounds keeps every finished round; the rerun times only the
+    rounds still missing (exactly: `max_s` 0 stops at `rounds`)."""
     out = tmp_path / "t.json"
-    real = profile_mod.measure
-    calls = {"n": 0}
+    real = profile_mod.time_runs
+    settings = profile_mod.MeasureSettings("eager", "fp32", 1, warmup_s=0.0, repeats=1, threads=1, rounds=6, round_s=0.0, max_s=0.0)
+    total = len(space_parts(get_space("test"))) + 3 + 3
+    seen = {"rounds": 0, "done": []}
 
-    def dies_after_ten(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 10:
-            raise KeyboardInterrupt  # what Ctrl-C / a kill during a timing looks like
-        return real(*args, **kwargs)
+    def timed(limit):
+        def wrapper(runs, s, device, seed=0, done=None, on_round=None):
+            seen["done"].append(min(len(v) for v in done.values()))
 
-    monkeypatch.setattr(profile_mod, "measure", dies_after_ten)
+            def hook(sample):
+                on_round(sample)
+                seen["rounds"] += 1
+                if seen["rounds"] >= limit:
+                    raise KeyboardInterrupt  # what Ctrl-C / a kill during a timing looks like
+            return real(runs, s, device, seed, done, hook)
+        return wrapper
+
+    monkeypatch.setattr(profile_mod, "time_runs", timed(4))
     with pytest.raises(KeyboardInterrupt):
-        profile_mod.profile(get_space("test"), label="cpu", settings=profile_mod.MeasureSettings("eager", "fp32", 1, 0.0, 2, 1),
-                            out=out, calib_archs=3, val_archs=3, echo=lambda s: None)
+        profile_mod.profile(get_space("test"), label="cpu", settings=settings, out=out, calib_archs=3, val_archs=3, echo=lambda s: None)
     assert not out.exists()  # nothing half written
     progress = profile_mod.io.read_json(out.with_name("t.json.progress.json"))
-    assert sum(len(progress[group]) for group in ("entries", "calib", "val")) == 10
+    assert progress["timings"] == {} and len(progress["rounds"]) == total
+    assert all(len(samples) == 4 for samples in progress["rounds"].values())
 
-    counted = {"n": 0}
-
-    def counting(*args, **kwargs):
-        counted["n"] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(profile_mod, "measure", counting)
+    seen.update(rounds=0, done=[])
+    monkeypatch.setattr(profile_mod, "time_runs", timed(10**9))
     said = []
-    profile_mod.profile(get_space("test"), label="cpu", settings=profile_mod.MeasureSettings("eager", "fp32", 1, 0.0, 2, 1),
-                        out=out, calib_archs=3, val_archs=3, echo=said.append)
-    total = len(space_parts(get_space("test"))) + 3 + 3
-    assert counted["n"] == total - 10  # only what was missing was measured
-    assert any("resuming" in s and f"10 of {total}" in s for s in said)
+    profile_mod.profile(get_space("test"), label="cpu", settings=settings, out=out, calib_archs=3, val_archs=3, echo=said.append)
+    assert seen["done"] == [4] and seen["rounds"] == 2  # only the missing rounds were timed
+    assert any("resuming" in s and "4 rounds" in s for s in said)
     table = LatencyTable.load(out)
-    for key, timing in progress["entries"].items():  # kept from before the interruption, not re-measured
-        assert table.entries[key] == timing
+    assert all(entry["rounds"] == 6 for entry in table.entries.values())
 
 
 def test_changed_settings_start_over(tmp_path):
@@ -134,7 +143,7 @@ def test_existing_table_needs_force(tmp_path):
         (("--runtime", "warp-drive"), ("unknown runtime", "warp-drive")),
         (("--batch-size", "0"), ("--batch-size", "1<=x<=4096")),
         (("--batch-size", "-3"), ("--batch-size", "1<=x<=4096")),
-        (("--device", _foreign_gpu_label()), ("does not match", "--force")),
+        (("--device", _foreign_gpu_label()), _foreign_gpu_needles()),
         (("--precision", "int4"), ("unknown precision",)),
         (("--precision", "fp8"), ("runtime eager does not run fp8",)),  # a precision now, of TensorRT only
         (("--space", "no-such-space"), ("unknown space",)),
@@ -176,7 +185,7 @@ def test_tensorrt_not_installed_says_what_to_install(tmp_path, monkeypatch):
 def test_unwritable_output(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert_one_line_error(run_cli(*profile_args(blocker / "sub" / "t.json")), "cannot write")
+    assert_one_line_error(run_cli(*profile_args(blocker / "sub" / "t.json")), "cannot create output folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
@@ -219,7 +228,7 @@ def test_resume_after_sigkill(tmp_path):
     out = tmp_path / "t.json"
     progress = tmp_path / "t.json.progress.json"
     args = profile_args(out)[1:]
-    args[args.index("--repeats") + 1] = "20"  # slow enough to be killed mid-way
+    args += ["--rounds", "40", "--round-time", "0", "--max-time", "0"]  # slow enough to be killed mid-way
     cmd = [sys.executable, "-m", "deployvit", "profile", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     done = 0
@@ -227,8 +236,8 @@ def test_resume_after_sigkill(tmp_path):
     while time.time() < deadline and proc.poll() is None:
         if progress.exists():
             state = json.loads(progress.read_text())  # atomic writes: always whole JSON
-            done = sum(len(state[g]) for g in ("entries", "calib", "val"))
-            if done >= 5:
+            done = min((len(r) for r in state["rounds"].values()), default=0)  # finished rounds
+            if done >= 3:
                 break
         time.sleep(0.05)
     if proc.poll() is not None:

@@ -264,7 +264,7 @@ def test_profile_compile_over_more_than_8_shapes_times_compiled_code_for_every_e
     assert len(blocks) == 9 and len(table.entries) == 11
     assert len(built) == 11 + 4
     for run, calls in built:
-        assert calls["n"] == 11  # one warm-up call (warmup 0) and ten repeats
+        assert calls["n"] >= 10  # warm-up calls and at least --repeats timed ones
         assert run.compiled.graphs == 1  # compiled once, never recompiled
         assert run.compiled.calls == calls["n"] + 1  # + the compiling call in build_runner: all compiled
 

@@ -240,3 +240,30 @@ def test_default_command_uses_the_default_target_and_binds(tmp_path, monkeypatch
     assert f"next: `deployvit export --arch {best.parent.relative_to(tmp_path)}`" in result.out
 
 
+
+
+def test_search_measures_its_top_candidates_by_default_on_a_table_made_here(tmp_path, monkeypatch):
+    """A table that describes this machine (here: the shipped one, relabelled as profiled on this CPU
+    and put where `profile` writes): the winner is picked on a measurement and the summary says so."""
+    from deployvit.devices import cpu_name
+
+    data = json.loads(default_table("test").read_text())
+    data["metadata"]["device_name"] = cpu_name()
+    folder = tmp_path / "home" / "latency_tables" / "cpu"
+    folder.mkdir(parents=True)
+    (folder / "test-eager-fp32-b1.json").write_text(json.dumps(data))
+    monkeypatch.setenv("DEPLOYVIT_HOME", str(tmp_path / "home"))
+    out = tmp_path / "m"
+    result = run_cli("search", "--latency", "5s", "--out", str(out), *TINY)
+    assert result.code == 0, result.err
+    assert "winner: measured" in result.out and "vs budget 5000 ms: MET" in result.out
+    rows = next(iter(json.loads((out / "log.jsonl").read_text().splitlines()[-1])["measured"].values()))
+    assert len(rows) == 3 and sum(bool(r.get("winner")) for r in rows) == 1
+
+
+def test_search_does_not_measure_by_default_on_a_table_of_another_machine(tmp_path):
+    out = tmp_path / "m"
+    result = run_cli("search", "--latency", "5s", "--out", str(out), *TINY)  # the shipped CPU table: made elsewhere
+    assert result.code == 0, result.err
+    assert "measured here" not in result.out and "winner: measured" not in result.out and "measuring the top" not in result.out
+    assert not json.loads((out / "log.jsonl").read_text().splitlines()[-1])["measured"]

@@ -4,7 +4,7 @@ Both validate every input before writing anything (bad input / missing dependenc
 line), then export, verify against the fp32 PyTorch model and time each artifact, write
 `report.json` + `report.md` into --out and print the table. Exit 1 when an artifact fails
 verification (or cannot be verified here), when an export fails, or when a --budget is not met by
-the measured latency.
+the measured latency; exit 3 when the budget lies within the noise of that measurement.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import click
 import torch
 
 from deployvit.commands import bounds, conflicts
-from deployvit.errors import CheckFailed, DeployvitError, MissingDependency
+from deployvit.errors import CheckFailed, DeployvitError, MissingDependency, WithinNoise
 from deployvit import io
 from deployvit.compute import compute_device
 from deployvit.contract import contract_runner, measure_contract, plan_contract
@@ -34,7 +34,7 @@ from exporters.images import natural_samples
 from exporters.onnx import BF16_MIN_OPSET, DEFAULT_OPSET, MIN_OPSET, BatchSpec, batch_spec, check_opset
 from exporters.quant_gate import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_BATCH_COSINE, SENSITIVITY_BUDGET_S, GateThresholds, QuantSpec
 from exporters.quantize import DEFAULT_CALIBRATION, DEFAULT_METHOD, METHODS, MIN_CALIBRATION, check_keep_fp
-from exporters.report import REFERENCE, SKIPPED, VERIFIED, VERIFY_FAILED, Report, Row, format_table, quantization_lines
+from exporters.report import REFERENCE, SKIPPED, VERIFIED, VERIFY_FAILED, WITHIN_NOISE, Report, Row, format_table, quantization_lines
 from exporters.sources import SourceModel, load_arch_model, load_timm_model
 from exporters.verify import Runner, Samples, Thresholds, synthetic_samples
 
@@ -116,7 +116,8 @@ def _common_options(fn: Callable) -> Callable:
                      help=f"Images to verify on (default {SAMPLES}; {QUANT_SAMPLES} for int8/fp8): the val split of --data, else "
                           "natural photographs (crops of scikit-learn's two sample images)."),
         click.option("--budget", help="Latency budget of the contract (measured in the table's runtime, precision and "
-                                      "batch), e.g. 5ms or 800us: NOT MET is exit 1."),
+                                      "batch), e.g. 5ms or 800us: MET (the whole 95%% interval of the measurement within it) exit 0, NOT MET "
+                                      "exit 1, WITHIN NOISE (the budget inside that interval) exit 3."),
         click.option("--table", type=click.Path(dir_okay=False),
                      help="Latency table for the contract's prediction (default: the resolver's table of this machine's "
                           "device for the format's runtime and precision; see `deployvit tables`)."),
@@ -390,11 +391,11 @@ def _settings(job: Job, formats: list[str]) -> dict[str, Any]:
 
 
 def finish(command: str, job: Job, rows: list[Row], formats: list[str], models: dict[str, Any]) -> Report:
-    """Write the report, print the table, and turn failures into exit 1."""
+    """Write the report, print the table, and turn failures into exit 1 (3: WITHIN NOISE)."""
     report = write_report(command, job, rows, formats, models)
     failure = failure_of(job, rows)
     if failure:
-        raise CheckFailed(failure)
+        raise failure_error(failure)
     return report
 
 
@@ -424,9 +425,16 @@ def failure_of(job: Job, rows: list[Row]) -> str | None:
     if job.budget_ms is not None and gating and not any(r.contract == "MET" for r in gating):
         timed = [r.latency for r in gating if r.latency is not None and r.latency.measured_ms is not None]
         best = min(timed, key=lambda c: c.measured_ms, default=None)
-        got = "no contract latency measured" if best is None else f"measured {best.measured_ms:.3f} ms ({best.setting})"
-        return f"latency budget {job.budget_ms:g} ms NOT MET: {got}"
+        if best is None:
+            return f"latency budget {job.budget_ms:g} ms NOT MET: no contract latency measured"
+        ci = "" if best.measured_ci_ms is None else f", 95% interval {best.measured_ci_ms[0]:.3f}-{best.measured_ci_ms[1]:.3f} ms"
+        return f"latency budget {job.budget_ms:g} ms {best.status}: measured {best.measured_ms:.3f} ms ({best.setting}{ci})"
     return None
+
+
+def failure_error(failure: str) -> CheckFailed:
+    """The exception of a failed check: WithinNoise (exit 3) when the verdict is WITHIN NOISE, else exit 1."""
+    return (WithinNoise if f"ms {WITHIN_NOISE}:" in failure else CheckFailed)(failure)
 
 
 @dataclass
@@ -465,7 +473,7 @@ def export(fmt: str, **opts: Any) -> None:
     conflicts.check("export")
     outcome = run_export(opts, fmt)
     if outcome.failure:
-        raise CheckFailed(outcome.failure)
+        raise failure_error(outcome.failure)
     source = ("--arch " + opts["arch_path"]) if opts["arch_path"] else ("--timm-model " + opts["timm_model"] if opts["timm_model"] else "")
     if opts["checkpoint"]:
         source += f" --checkpoint {opts['checkpoint']}"
@@ -517,6 +525,11 @@ def _row(job: Job, source: SourceModel, samples: Samples, fmt: str, stem: str, r
     if row.status in (VERIFIED, VERIFY_FAILED, REFERENCE):
         run = contract_runner(contract, fmt, source.model, row.path, source.in_chans, source.img_size)
         measure_contract(contract, run)
+        if contract.measured_ms is not None:  # one latency per artifact: the contract's, timed like its table
+            row.latency_ms, row.latency_cv = contract.measured_ms, contract.measured_cv
+        if contract.predicted_ms is not None and job.spec.batch.min != job.spec.batch.max:
+            contract.notes.append(f"the artifact has a dynamic batch axis ({job.spec.batch.min}..{job.spec.batch.max}); the table timed "
+                                  f"static graphs, which a runtime may run faster: --batch-size {contract.batch_size} exports the graph it predicts")
         if job.opts["static_compare"]:
             row.dynamic_vs_static = dynamic_vs_static(job.spec, runtime, source, samples, contract, row.path)
     row.latency = contract

@@ -43,11 +43,25 @@ def latency_cmd(arch_file: str, table_path: str | None, device, runtime, precisi
     quality = f" (table validation MAPE {mape:.1f}%)" if isinstance(mape, (int, float)) else ""
     click.echo(f"{kind}: {predicted / 1e3:.3f} ms{quality}")
     if measure:
-        _measure(arch, table, predicted, kind)
+        _measure(arch, table, predicted, kind, _elsewhere(resolved, table_path))
 
 
-def _measure(arch, table, predicted: float, kind: str) -> None:
-    """Time the arch here exactly as the table's entries were timed, and print the error."""
+def _elsewhere(resolved, table_path: str | None) -> str | None:
+    """Why the table's prediction is not of this machine (the resolver's rule: a CPU table made on
+    another machine, e.g. a shipped one, does not predict this CPU), None when it is."""
+    from deployvit.latency.resolve import describes_here, machine_for
+
+    m = resolved.table.metadata
+    if describes_here(resolved.info, machine_for(m["device_type"])):
+        return None
+    where = "a shipped table" if resolved.info.origin == "shipped" else f"--table {table_path}" if table_path else str(resolved.info.path)
+    return (f"{where} made on another machine ({m['device_name']}, {m['device_label']}): profile here (`deployvit profile`) "
+            "or calibrate it in a minute (`deployvit profile ... --calibrate 10`)")
+
+
+def _measure(arch, table, predicted: float, kind: str, elsewhere: str | None = None) -> None:
+    """Time the arch here exactly as the table's entries were timed, and print the error (only when
+    the table describes this machine: `elsewhere` says why not)."""
     import warnings
 
     from deployvit.devices import device_name  # torch: only when measuring
@@ -60,9 +74,13 @@ def _measure(arch, table, predicted: float, kind: str) -> None:
         timing = measure_arch(arch, settings, device)
     for w in caught:
         click.echo(f"deployvit: warning: {w.message}", err=True)
-    error = (predicted - timing.median_us) / timing.median_us * 100
+    ci = "" if timing.ci_low_us is None else f", 95% interval {timing.ci_low_us / 1e3:.3f}-{timing.ci_high_us / 1e3:.3f} ms"
     click.echo(
-        f"measured:  {timing.median_us / 1e3:.3f} ms median (p90 {timing.p90_us / 1e3:.3f} ms, cv {timing.cv:.1%}, "
-        f"{timing.repeats} repeats, {settings.clock} clock) on {device_name(device)}, {settings.runtime} {settings.precision} batch {settings.batch_size}"
+        f"measured:  {timing.latency_us / 1e3:.3f} ms (timed like the table{ci}, {timing.rounds} rounds, {settings.clock} clock) on "
+        f"{device_name(device)}, {settings.runtime} {settings.precision} batch {settings.batch_size}"
     )
+    if elsewhere is not None:
+        click.echo(f"error:     not compared: the prediction is of {elsewhere}")
+        return
+    error = (predicted - timing.latency_us) / timing.latency_us * 100
     click.echo(f"error:     {error:+.1f}% ({kind} vs measurement)")

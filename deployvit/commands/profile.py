@@ -15,15 +15,16 @@ from deployvit.latency.table import table_filename
 from deployvit.spaces import get_space
 
 
-def output_paths(out: str | None, label: str, space: str, runtime: str, precision: str, batches: tuple[int, ...], estimated: bool = False) -> list[Path]:
+def output_paths(out: str | None, label: str, space: str, runtime: str, precision: str, batches: tuple[int, ...], estimated: bool = False,
+                 calibrated: bool = False) -> list[Path]:
     """One table path per batch size: `--out` as given (with `{batch}` filled in when several batch
-    sizes are profiled), else `$DEPLOYVIT_HOME/latency_tables/<label>/<space>-<runtime>-<precision>-b<batch>[-estimated].json`,
+    sizes are profiled), else `$DEPLOYVIT_HOME/latency_tables/<label>/<space>-<runtime>-<precision>-b<batch>[-estimated|-calibrated].json`,
     where every command's table resolver looks (`deployvit.latency.resolve`), from any directory."""
     if out is None:
         from deployvit.latency.resolve import user_tables_dir
 
         root = user_tables_dir()
-        return [root / label / table_filename(space, runtime, precision, b, estimated) for b in batches]
+        return [root / label / table_filename(space, runtime, precision, b, estimated, calibrated) for b in batches]
     if len(batches) > 1 and "{batch}" not in out:
         raise DeployvitError("several --batch-size values need '{batch}' in --out (e.g. --out tables/tiny-b{batch}.json)")
     # '' is no file; an over-long name, a folder or a FIFO in the way: one line before any timing
@@ -43,30 +44,51 @@ def output_paths(out: str | None, label: str, space: str, runtime: str, precisio
               help="Whole archs timed to fit the calibration.")
 @click.option("--val-archs", type=bounds.ints(2, 10_000), default=ProfileConfig.val_archs, show_default=True,
               help="Held-out archs timed to validate the table.")
-@click.option("--warmup", "warmup_s", type=bounds.WARMUP_S, default=MeasureSettings.warmup_s, show_default=True, help="Warm-up seconds before each timing.")
-@click.option("--repeats", type=bounds.REPEATS, default=MeasureSettings.repeats, show_default=True, help="Timed repeats per part and per arch.")
+@click.option("--warmup", "warmup_s", type=bounds.WARMUP_S, default=MeasureSettings.warmup_s, show_default=True,
+              help="Warm-up seconds before the timing rounds (every part and arch called in turn).")
+@click.option("--repeats", type=bounds.REPEATS, default=MeasureSettings.repeats, show_default=True,
+              help="Timed calls per part and per arch, at least.")
+@click.option("--rounds", type=bounds.ints(1, 10_000), default=MeasureSettings.rounds, show_default=True,
+              help="Interleaved timing rounds, at least (13: the fewest for a 95%% interval of the lower quartile).")
+@click.option("--round-time", "round_s", type=bounds.floats(0, 600), default=MeasureSettings.round_s, show_default=True,
+              help="Seconds each round lasts, at least (every part and arch called again and again, its fastest call kept).")
+@click.option("--max-time", "max_s", type=bounds.floats(0, 86_400), default=MeasureSettings.max_s, show_default=True,
+              help="Seconds of further rounds, at most, while a latency's 95%% interval is wider than +-2%% (0: exactly --rounds).")
 @click.option("--threads", type=bounds.THREADS, help="CPU threads for torch and the runtime's own pool (recorded; default: library default).")
-@click.option("--clock", type=click.Choice(["wall", "cpu"]), default=MeasureSettings.clock, show_default=True,
-              help="CPU only: 'cpu' times process CPU time (needs --threads 1), far less sensitive to other jobs on a shared machine.")
+@click.option("--clock", type=click.Choice(["auto", "wall", "cpu"]), default="auto", show_default=True,
+              help="CPU only: 'cpu' times process CPU time (needs --threads 1), far less sensitive to other jobs on a shared machine; "
+                   "auto: 'cpu' on the CPU with --threads 1, else the wall clock (CUDA events on a GPU).")
 @click.option("--seed", type=bounds.SEED, default=ProfileConfig.seed, show_default=True, help="Seed of the calibration/validation arch samples.")
 @click.option("--force", is_flag=True, help="Profile despite a device-label mismatch, and overwrite an existing table.")
 @click.option("--estimate", is_flag=True, help="Measure nothing: write an ESTIMATED table for the GPU model --device names "
               "(a catalogue entry), from a per-kernel model fitted on published measurements; runs anywhere in seconds.")
-def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs, val_archs, warmup_s, repeats, threads, clock, seed, force, estimate) -> None:
+@click.option("--calibrate", "calibrate_k", type=bounds.ints(2, 10_000),
+              help="Measure only K whole archs here (spread over the space's latency range; 10 is a good start) and fit them onto "
+                   "a table made elsewhere (--base; on a GPU, deployvit's estimate for it): a CALIBRATED table in minutes, validated "
+                   f"on --val-archs more (default {ProfileConfig.calibrate_val_archs}).")
+@click.option("--base", "base_path", type=click.Path(dir_okay=False),
+              help="--calibrate: the table to calibrate (same space, runtime, precision and batch; default: the best such table "
+                   "of this device class the resolver sees, else on a GPU its estimate).")
+def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs, val_archs, threads, clock, seed, force, estimate,
+                calibrate_k, base_path, **timing) -> None:
     """Time every block shape of a space, calibrate on whole archs, validate on held-out archs, and
     write the latency table (resumable: rerun the same command after an interruption). With
-    --estimate, write a clearly labelled estimate for a catalogue GPU instead."""
+    --estimate, write a clearly labelled estimate for a catalogue GPU instead; with --calibrate K,
+    fit K whole-arch measurements onto a table made elsewhere."""
     io.safe_component(label, "device label", 64)  # before the default table folder is made (devices.check_label's check)
     if estimate:
         return _estimate(label, space_name, runtime, precision, batches, out, force)
     _offer_estimate(label, space_name, runtime, precision, batches)
-    from deployvit.latency.profile import check_request, profile, progress_path  # torch and timm: only when it runs
-
     space = get_space(space_name)
-    settings = [MeasureSettings(runtime, precision, b, warmup_s, repeats, threads, clock) for b in batches]
-    paths = output_paths(out, label, space.name, runtime, precision, batches)
+    clock = default_clock(label, threads) if clock == "auto" else clock
+    settings = [MeasureSettings(runtime, precision, b, threads=threads, clock=clock, **timing) for b in batches]
     if len(set(batches)) < len(batches):
         raise DeployvitError(f"--batch-size given twice: {sorted(batches)}")
+    if calibrate_k is not None:
+        return _calibrate(space, label, settings, out, calibrate_k, val_archs, base_path, seed, force)
+    from deployvit.latency.profile import check_request, profile, progress_path  # torch and timm: only when it runs
+
+    paths = output_paths(out, label, space.name, runtime, precision, batches)
     for s, path in zip(settings, paths):  # every table checked before the first is timed
         check_request(label, s, path, calib_archs, val_archs, force)
     tables = []
@@ -83,18 +105,47 @@ def profile_cmd(label, space_name, runtime, precision, batches, out, calib_archs
     click.echo(f"next: `{search_command(space, label, tables[0])}`")
 
 
+def _calibrate(space, label: str, settings: list, out: str | None, k: int, val_archs: int, base_path: str | None, seed: int,
+               force: bool) -> None:
+    """`--calibrate K`: every request (base table, sizes, outputs) checked before anything is timed."""
+    from deployvit.latency.calibrate import calibrate, plan_calibration
+    from deployvit.latency.profile import progress_path
+
+    val = val_archs if click.get_current_context().get_parameter_source("val_archs") != click.core.ParameterSource.DEFAULT \
+        else ProfileConfig.calibrate_val_archs
+    first = settings[0]
+    paths = output_paths(out, label, space.name, first.runtime, first.precision, tuple(s.batch_size for s in settings), calibrated=True)
+    plans = [plan_calibration(space, label, s, path, k, val, base_path, seed, force) for s, path in zip(settings, paths)]
+    tables = []
+    for plan in plans:
+        with io.output_dir(plan.out.parent, keep=lambda d, path=plan.out: _resumable(path)):
+            try:
+                tables.append(calibrate(plan, echo=click.echo))
+            except BaseException:
+                if not _resumable(plan.out):
+                    progress_path(plan.out).unlink(missing_ok=True)
+                raise
+    click.echo(f"next: `{search_command(space, label, tables[0])}`")
+
+
+def default_clock(label: str, threads: int | None) -> str:
+    """`--clock auto`: process CPU time for a one-thread CPU profile (what it costs, whatever the
+    neighbours do; equal to wall latency on an idle machine), else the wall clock."""
+    return "cpu" if label == "cpu" and threads == 1 else "wall"
+
+
 def search_command(space, label: str, table) -> str:
-    """The search that uses `table`, under a budget in the (log) middle of the space's latencies on it."""
+    """The search that uses `table`, under a budget in the (log) middle of the space's latencies on it
+    (what `deployvit tables --space S --budget` prints)."""
     import math
 
+    from deployvit.commands.tables import compact_budget
     from deployvit.search.predictor import MetricModel
-    from deployvit.units import format_amount
 
     lo, hi = MetricModel(space, table).range("latency")
-    budget = format_amount(math.sqrt(lo * hi), "latency").replace(" ", "")
     m = table.metadata
     return (f"deployvit search --space {space.name} --device {label} --runtime {m['runtime']} --precision {m['precision']} "
-            f"--batch-size {m['batch_size']} --latency {budget}")
+            f"--batch-size {m['batch_size']} --latency {compact_budget(math.sqrt(lo * hi))}")
 
 
 def _resumable(table: Path) -> bool:
@@ -105,7 +156,7 @@ def _resumable(table: Path) -> bool:
         state = io.read_json(progress_path(table), "profile progress file")
     except DeployvitError:
         return False
-    return isinstance(state, dict) and any(isinstance(state.get(g), dict) and state[g] for g in ("entries", "calib", "val"))
+    return isinstance(state, dict) and any(isinstance(state.get(g), dict) and state[g] for g in ("rounds", "timings"))
 
 
 def _offer_estimate(label: str, space: str, runtime: str, precision: str, batches: tuple[int, ...]) -> None:

@@ -85,8 +85,9 @@ def _amount(value: str | None, metric: str, option: str) -> float | None:
 @click.option("--screen", type=bounds.ints(1, 1000), default=DEFAULTS.screen, show_default=True,
               help="--method evolution: candidate children drawn per scored child; a model fit on the scored archs picks which "
                    "to score (1: AutoFormer's loop, every drawn child scored).")
-@click.option("--measure-top", type=bounds.ints(0, 1000), default=0,
-              help="Time the top-K candidates end to end here and pick the winner on the measured latency.")
+@click.option("--measure-top", type=bounds.ints(0, 1000),
+              help="Time the top-K candidates per budget end to end here and pick the winner on the measured latency "
+                   "(default: 3 when the latency table describes this machine, a profile or calibration made here; else 0).")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/search-<space>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue the search in --out from its search_state.json.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -179,6 +180,11 @@ def print_summary(result) -> None:
     for label, rows in result.measured.items():
         for row in rows:
             click.echo(f"{label:>9}  measured {row['measured_us'] / 1e3:.3f} ms vs predicted {row['predicted_us'] / 1e3:.3f} ms ({row['summary']})")
+        picked = [row for row in rows if row.get("winner")]
+        if picked and picked[0].get("budget_us") is not None:
+            row = picked[0]
+            click.echo(f"{label:>9}  winner: measured {row['measured_us'] / 1e3:.3f} ms vs budget {row['budget_us'] / 1e3:g} ms: "
+                       f"{row['verdict']} (95% interval {row['ci_us'][0] / 1e3:.3f}-{row['ci_us'][1] / 1e3:.3f} ms, on this machine)")
     for part in result.parts or [result]:
         print_score_vs_size(part, f"in {part.run_dir.name} " if result.parts else "")
     if result.winners:

@@ -16,12 +16,18 @@ from deployvit.settings import PRECISIONS
 @click.option("--runtime", help=runtime_help("Show the pick among tables of this runtime only: "))
 @click.option("--precision", type=click.Choice(PRECISIONS), help="Show the pick among this precision only.")
 @click.option("--batch-size", type=bounds.BATCH, help="Show the pick among this batch size only.")
-def tables_cmd(device, runtime, precision, batch_size) -> None:
+@click.option("--space", "space_name", help="With --budget: the space.")
+@click.option("--budget", is_flag=True, help="Print only a latency budget in the (log) middle of --space's span under the table "
+                                             "search would use, e.g. `134us`: what a script passes to search --latency and export --budget.")
+def tables_cmd(device, runtime, precision, batch_size, space_name, budget) -> None:
     """List the user's (./latency_tables, $DEPLOYVIT_HOME/latency_tables) and the shipped latency
     tables, and for each space which one `search` would use on this machine, or the estimate it
     would build on demand."""
     from deployvit.latency.resolve import Machine, TableQuery, default_target_line, scan_tables, table_dirs
     from deployvit.spaces import PRESETS
+
+    if budget or space_name:
+        return click.echo(middle_budget(space_name, device, runtime, precision, batch_size, budget))
 
     try:
         dirs = table_dirs()
@@ -41,6 +47,29 @@ def tables_cmd(device, runtime, precision, batch_size) -> None:
     spaces = {(s.name, s.hash()) for s in PRESETS.values()} | {(i.meta["space"], i.meta["space_hash"]) for i in infos}
     for space, space_hash in sorted(spaces):
         click.echo(would_use(TableQuery(space, space_hash, device, runtime, precision, batch_size), infos, machine))
+
+
+def middle_budget(space_name: str | None, device, runtime, precision, batch_size, flag: bool) -> str:
+    """`tables --space S --budget`: the log middle of the space's latency span under the table search
+    would use (where a budget binds: near the top every arch fits, near the bottom few do)."""
+    import math
+
+    from deployvit.errors import DeployvitError
+    from deployvit.latency.resolve import TableQuery, resolve_table
+    from deployvit.search.predictor import MetricModel
+    from deployvit.spaces import get_space
+
+    if not (space_name and flag):
+        raise DeployvitError("--budget and --space go together: deployvit tables --space SPACE --budget")
+    space = get_space(space_name)
+    table = resolve_table(TableQuery(space.name, space.hash(), device, runtime, precision, batch_size), space=space).table
+    lo, hi = MetricModel(space, table).range("latency")
+    return compact_budget(math.sqrt(lo * hi))
+
+
+def compact_budget(us: float) -> str:
+    """A budget as a latency option takes it, three significant digits: `134us`, `2.5ms`."""
+    return f"{float(f'{us / 1e3:.3g}'):g}ms" if us >= 1000 else f"{float(f'{us:.3g}'):g}us"
 
 
 def would_use(query, infos, machine) -> str:

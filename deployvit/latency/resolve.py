@@ -8,6 +8,8 @@ space predicts parts that no longer exist) it ranks:
 
 1. a table **measured on this machine's device** (same GPU name; on a CPU-only machine only a CPU
    table the user profiled, since the shipped CPU tables describe the CI machine they were made on);
+   then one **calibrated** on it (`profile --calibrate K`: K whole models measured here fitted onto a
+   table made elsewhere);
 2. a table **measured for the target device**: `--device LABEL`, else this machine's GPU, else the
    default target (`deployvit.latency.target.DEFAULT_TARGET`: an L4), because deployvit's users
    deploy on GPUs and a CPU table is chosen only when asked (`--device cpu`) or measured here by the
@@ -237,13 +239,31 @@ def _device_fits(info: TableInfo, kind: str, label: str | None, machine: Machine
 
 
 def _tier(info: TableInfo, machine: Machine) -> int:
-    """0 measured on this machine's device, 1 measured for the target, 2 an estimate."""
+    """0 a full profile measured on this machine's device, 1 a calibration made on it (K whole models
+    measured here on a base table made elsewhere, `latency.calibrate`), 2 measured (or calibrated)
+    for the target elsewhere, 3 an estimate."""
     if info.source == "estimated":
-        return 2
+        return 3
     same = info.meta["device_type"] == machine.device_type and info.meta["device_name"] == machine.name
     if same and (machine.device_type == "cuda" or info.origin != "shipped"):
-        return 0
-    return 1
+        return 1 if info.source == "calibrated" else 0
+    return 2
+
+
+def machine_for(device_type: str) -> Machine:
+    """This machine as seen by a table of `device_type`: its CPU for a CPU table, else its GPU (or,
+    without one, its CPU: then no GPU table describes it). Never an error, unlike `Machine.detect("cuda")`."""
+    return Machine.detect("cpu" if device_type == "cpu" else None)
+
+
+def describes_here(info: TableInfo, machine: Machine) -> bool:
+    """Whether a table predicts this machine (profiled or calibrated here, or an estimate of this
+    very GPU model): what a measurement here may be compared with (export's contract, `benchmark`,
+    `latency --measure`, `search --measure-top`). A CPU table made elsewhere is not, except as the
+    base of a calibration."""
+    if info.source == "estimated":
+        return not info.table.machine_mismatches()
+    return _tier(info, machine) <= 1
 
 
 def _rank(info: TableInfo, machine: Machine, kind: str, batch: int = 1) -> tuple:
@@ -260,7 +280,8 @@ def _rank(info: TableInfo, machine: Machine, kind: str, batch: int = 1) -> tuple
     )
 
 
-_REASONS = {0: "measured on this machine's {dev}", 1: "measured for {dev}", 2: "no measured table for {dev}: an estimate"}
+_REASONS = {0: "measured on this machine's {dev}", 1: "calibrated on this machine's {dev}", 2: "measured for {dev}",
+            3: "no measured table for {dev}: an estimate"}
 
 
 class NothingFits(DeployvitError):
@@ -281,7 +302,7 @@ def candidates(query: TableQuery, infos: list[TableInfo], machine: Machine) -> l
             continue
         if info.source == "estimated" and not _estimate_fits(info, query):
             continue
-        if _device_fits(info, kind, label, machine) or (_tier(info, machine) == 0 and query.device is None):
+        if _device_fits(info, kind, label, machine) or (_tier(info, machine) <= 1 and query.device is None):
             out.append(info)
     return out
 
@@ -301,7 +322,7 @@ def choose(query: TableQuery, infos: list[TableInfo], machine: Machine) -> Resol
             f"two latency tables tie for space {query.space} ({best.meta['device_label']} {best.meta['runtime']} "
             f"{best.meta['precision']} batch {best.meta['batch_size']}): {best.path} and {ties[0].path}; remove one or pass --table"
         )
-    dev = machine.name if _tier(best, machine) == 0 else (label or machine.name)
+    dev = machine.name if _tier(best, machine) <= 1 else (label or machine.name)
     reason = _REASONS[_tier(best, machine)].format(dev=dev)
     if best.origin != "shipped":
         reason += f", from {'./latency_tables' if best.origin == 'here' else '$DEPLOYVIT_HOME/latency_tables'}"
@@ -311,7 +332,7 @@ def choose(query: TableQuery, infos: list[TableInfo], machine: Machine) -> Resol
 def default_target_line(query: TableQuery, machine: Machine, info: TableInfo | None) -> str | None:
     """The line saying the default target decided the table (no --device, and no table measured
     on this machine chosen), and how to change it; None otherwise."""
-    if query.device is not None or (info is not None and _tier(info, machine) == 0):
+    if query.device is not None or (info is not None and _tier(info, machine) <= 1):
         return None
     runtime, precision, batch = query.estimate_settings()
     if machine.device_type == "cuda":

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy.stats import kendalltau
+from scipy.stats import kendalltau, spearmanr
 
 from deployvit.errors import DeployvitError
 
@@ -29,6 +29,8 @@ class ErrorStats:
     within_5: float  # share of archs with |error| <= 5%, in [0, 1]
     within_10: float
     kendall_tau: float  # rank agreement (tau-b); NaN-free: 0.0 when undefined (n < 2 or constant)
+    p90_abs_pct: float = 0.0  # 90th percentile of the absolute percentage error, percent
+    spearman: float = 0.0  # rank correlation; 0.0 when undefined, as tau
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,13 +55,13 @@ def abs_pct_errors(predicted: Sequence[float], measured: Sequence[float]) -> np.
 
 
 def error_stats(predicted: Sequence[float], measured: Sequence[float]) -> ErrorStats:
-    """MAPE, p95 and max absolute % error, share within 5% / 10%, Kendall tau of the two rankings."""
+    """MAPE, p90, p95 and max absolute % error, share within 5% / 10%, Kendall tau and Spearman rho
+    of the two rankings."""
     p, m = _as_arrays(predicted, measured)
     err = np.abs(p - m) / m * 100.0
-    tau = 0.0
-    if p.size >= 2:
-        value = kendalltau(p, m).statistic
-        tau = 0.0 if np.isnan(value) else float(value)
+    tau = rho = 0.0
+    if p.size >= 2 and np.ptp(p) > 0 and np.ptp(m) > 0:
+        tau, rho = (float(np.nan_to_num(f(p, m).statistic)) for f in (kendalltau, spearmanr))
     return ErrorStats(
         n=int(p.size),
         mape=float(err.mean()),
@@ -68,6 +70,8 @@ def error_stats(predicted: Sequence[float], measured: Sequence[float]) -> ErrorS
         within_5=float(np.mean(err <= 5.0)),
         within_10=float(np.mean(err <= 10.0)),
         kendall_tau=tau,
+        p90_abs_pct=float(np.percentile(err, 90)),
+        spearman=rho,
     )
 
 

@@ -5,13 +5,15 @@ Layout (docs/DESIGN.md section 3; `latency_tables/<device>/<space>-<runtime>-<pr
     {"format": "deployvit.latency_table/1",
      "metadata":    {device label and detected name, software versions, runtime, precision, batch,
                      img size, space name and hash, date, measurement settings},
-     "entries":     {part.key: {"median_us", "p90_us", "mean_us", "cv", "repeats"}},
+     "entries":     {part.key: {"latency_us", "median_us", "p90_us", "mean_us", "cv", "repeats", ...}},
      "calibration": {"scale", "bias", "archs": [{"arch", "sum_us", "measured_us", "cv"}]},
      "validation":  {"calibrated": ErrorStats, "uncalibrated": ErrorStats,
                      "archs": [{"arch", "sum_us", "predicted_us", "measured_us", "cv"}]}}
 
-A prediction is `scale * sum(part medians) + bias` microseconds: affine so that the search can
-vectorise it over a population (`deployvit.search.predictor`). A table is only valid for what it
+A prediction is `scale * sum(part latencies) + bias` microseconds: affine so that the search can
+vectorise it over a population (`deployvit.search.predictor`). A part's latency is its `latency_us`
+(`deployvit.timing.Timing`: the lower quartile of its per-round fastest calls), or `median_us` in
+tables made before timing in rounds and in estimates. A table is only valid for what it
 was measured on, so loading one elsewhere warns (`LatencyTableWarning`), and a malformed file is a
 one-line DeployvitError, never a KeyError deep inside the search.
 """
@@ -32,6 +34,7 @@ from deployvit.errors import DeployvitError
 from deployvit.parts import Part, arch_parts
 
 TABLE_FORMAT = "deployvit.latency_table/1"
+SOURCES = ("measured", "calibrated", "estimated")  # how a table's numbers were made (`LatencyTable.source`)
 REQUIRED_METADATA = {
     "device_label": str,
     "device_type": str,
@@ -51,13 +54,14 @@ class LatencyTableWarning(UserWarning):
     """A table used outside what it was measured for (another device, software or space)."""
 
 
-def table_filename(space: str, runtime: str, precision: str, batch: int, estimated: bool = False) -> str:
-    """The file name every table of a device folder follows; an estimate's ends in `-estimated` so
-    that a measured table of the same settings can sit beside it. Each value is checked as a name
-    (`io.safe_component`): none may lead the file out of its device folder."""
+def table_filename(space: str, runtime: str, precision: str, batch: int, estimated: bool = False, calibrated: bool = False) -> str:
+    """The file name every table of a device folder follows; an estimate's ends in `-estimated`, a
+    calibrated table's in `-calibrated`, so that a full profile of the same settings can sit beside it.
+    Each value is checked as a name (`io.safe_component`): none may lead the file out of its device folder."""
     for value, what in ((space, "space name"), (runtime, "runtime"), (precision, "precision")):
         io.safe_component(value, what, 128)
-    return f"{space}-{runtime}-{precision}-b{batch}{'-estimated' if estimated else ''}.json"
+    suffix = "-estimated" if estimated else ("-calibrated" if calibrated else "")
+    return f"{space}-{runtime}-{precision}-b{batch}{suffix}.json"
 
 
 @dataclass
@@ -75,11 +79,12 @@ class LatencyTable:
     # --- prediction ------------------------------------------------------------------------------
 
     def part_us(self, part: Part) -> float:
-        """The raw (uncalibrated) median of one part; DeployvitError when the table lacks it."""
+        """The raw (uncalibrated) latency of one part (`latency_us`, or `median_us` in tables made before
+    rounds and in estimates); DeployvitError when the table lacks it."""
         entry = self.entries.get(part.key)
         if entry is None:
             raise DeployvitError(f"latency table {self._name()} has no entry for {part.key} (profiled for space {self.metadata['space']!r})")
-        return entry["median_us"]
+        return entry["latency_us"] if "latency_us" in entry else entry["median_us"]
 
     def sum_us(self, arch: Arch) -> float:
         """Plain sum of the arch's part entries (what calibration maps to a whole-model latency)."""
@@ -107,7 +112,9 @@ class LatencyTable:
 
     @property
     def source(self) -> str:
-        """"measured" or "estimated" (a table without the field predates estimates: measured)."""
+        """"measured" (a full profile), "calibrated" (K whole models measured here fitted onto a base
+        table made elsewhere, `latency.calibrate`) or "estimated" (a table without the field
+        predates estimates: measured)."""
         return self.metadata.get("source", "measured")
 
     @property
@@ -163,7 +170,8 @@ class LatencyTable:
             return (f"ESTIMATE for {m['device_name']} ({m['device_label']}, {m.get('estimator', {}).get('model_version', 'estimator')}) "
                     f"{m['runtime']} {m['precision']} batch {m['batch_size']}, space {m['space']}")
         clock = " (process CPU time)" if m.get("settings", {}).get("clock") == "cpu" else ""
-        return f"{m['device_label']} ({m['device_name']}) {m['runtime']} {m['precision']} batch {m['batch_size']}{clock}, space {m['space']}"
+        how = f", {m.get('calibrated_on', 'CALIBRATED')} (CALIBRATED)" if self.source == "calibrated" else ""
+        return f"{m['device_label']} ({m['device_name']}) {m['runtime']} {m['precision']} batch {m['batch_size']}{clock}, space {m['space']}{how}"
 
     def _name(self) -> str:
         return str(self.path) if self.path else "(in memory)"
@@ -213,17 +221,18 @@ class _TableProblem(Exception):
 
 MAX_PART_US = 1e8  # 100 s for one part: anything larger is a unit mistake or a hostile file
 _TABLE_BOUNDS = {  # field: (type, low, high); a range bounds a value so predictions can trust it
-    "median_us": (float, 0.0, MAX_PART_US), "p90_us": (float, 0.0, MAX_PART_US), "mean_us": (float, 0.0, MAX_PART_US),
+    "median_us": (float, 0.0, MAX_PART_US), "latency_us": (float, 0.0, MAX_PART_US), "p90_us": (float, 0.0, MAX_PART_US), "mean_us": (float, 0.0, MAX_PART_US),
     "sum_us": (float, 0.0, 1e4 * MAX_PART_US), "measured_us": (float, 0.0, 1e4 * MAX_PART_US),
     "predicted_us": (float, 0.0, 1e4 * MAX_PART_US), "cv": (float, 0.0, 100.0), "repeats": (int, 1,
                                                                                             100_000),  # as profile --repeats: latency --measure reruns it
     "scale": (float, 0.0, 100.0), "bias": (float, 0.0, MAX_PART_US),
     "n": (int, 0, 10**7), "mape": (float, 0.0, 1e6), "p95_abs_pct": (float, 0.0, 1e6), "max_abs_pct": (float, 0.0, 1e6),
     "within_5": (float, 0.0, 1.0), "within_10": (float, 0.0, 1.0), "kendall_tau": (float, -1.0, 1.0),
+    "p90_abs_pct": (float, 0.0, 1e6), "spearman": (float, -1.0, 1.0),
     "batch_size": (int, 1, 65536), "img_size": (int, *LIMITS["img_size"]),
     "warmup_s": (float, 0.0, 600.0), "threads": (int, 1, 4096),
 }
-_POSITIVE = {"median_us", "scale", "measured_us"}  # zero is as impossible as negative for these
+_POSITIVE = {"median_us", "latency_us", "scale", "measured_us"}  # zero is as impossible as negative for these
 
 
 def _number(container: dict, key: str, where: str, required: bool = False) -> None:
@@ -266,7 +275,7 @@ def _checked_table(data: Any) -> tuple[dict, dict, dict, dict]:
     for key, entry in entries.items():
         where = f"entries[{key!r}]"
         _object(entry, where)
-        for name in ("median_us", "p90_us", "mean_us", "cv", "repeats"):
+        for name in ("median_us", "latency_us", "p90_us", "mean_us", "cv", "repeats"):
             _number(entry, name, where, required=name == "median_us")
     calib = _object(data.get("calibration"), "calibration")
     _number(calib, "scale", "calibration", required=True)
@@ -275,7 +284,7 @@ def _checked_table(data: Any) -> tuple[dict, dict, dict, dict]:
     validation = _object(data.get("validation", {}), "validation")
     for name in ("calibrated", "uncalibrated"):
         stats = _object(validation.get(name, {}), f"validation.{name}")
-        for key_name in ("n", "mape", "p95_abs_pct", "max_abs_pct", "within_5", "within_10", "kendall_tau"):
+        for key_name in ("n", "mape", "p90_abs_pct", "p95_abs_pct", "max_abs_pct", "within_5", "within_10", "kendall_tau", "spearman"):
             _number(stats, key_name, f"validation.{name}")
     _checked_archs(validation.get("archs", []), "validation.archs", ("sum_us", "predicted_us", "measured_us"))
     _check_space_coverage(meta, entries)
@@ -292,8 +301,8 @@ def _checked_metadata(meta: dict) -> dict:
     _number(meta, "batch_size", "metadata")
     _number(meta, "img_size", "metadata")
     _check_known(meta)
-    if meta.get("source", "measured") not in ("measured", "estimated"):
-        raise _TableProblem(f"metadata.source: expected 'measured' or 'estimated', got {_shown(meta.get('source'))}")
+    if meta.get("source", "measured") not in SOURCES:
+        raise _TableProblem(f"metadata.source: expected one of {', '.join(map(repr, SOURCES))}, got {_shown(meta.get('source'))}")
     settings = _object(meta.get("settings", {}), "metadata.settings")
     for key_name in ("warmup_s", "repeats", "threads"):
         if settings.get(key_name) is not None:  # threads: null means the library's default

@@ -45,7 +45,7 @@ def search(latency: Amount | list[Amount] | None = None, *, flops: Amount | None
            min_latency: Amount | None = None, min_flops: Amount | None = None, min_params: Amount | None = None,
            space: str = _REQUEST["space"], device: str | None = None, runtime: str | None = None, precision: str | None = None,
            batch_size: int | None = None, score: str | None = None, supernet: str | None = None, data: str | None = None,
-           table: str | None = None, out: str | None = None, resume: bool = False, measure_top: int = _REQUEST["measure_top"],
+           table: str | None = None, out: str | None = None, resume: bool = False, measure_top: int | None = _REQUEST["measure_top"],
            score_device: str | None = None, progress: bool = False, echo: Callable[[str], None] | None = print,
            **config) -> SearchOutcome:
     """`deployvit search` as a function, with the same defaults.

@@ -13,25 +13,31 @@ if TYPE_CHECKING:
 
 
 def measure_top(evolution: "Searcher", table: "LatencyTable", k: int, echo: Callable[[str], None]):
-    """Per budget: time the top-k candidates (by score) here; the winner is the best-scoring one whose
-    measured latency meets the budget (None when none does). Returns (winners, measured rows)."""
-    from deployvit.latency.profile import apply_threads, measure_arch, table_settings
+    """Per budget: time the top-k candidates (by score) here, all of them together in interleaved
+    rounds (`latency.profile.measure_archs`, like the table's whole models); the winner is the
+    best-scoring one whose measured latency meets the budget (None when none does). Returns
+    (winners, measured rows); the winner's row says so with its verdict (MET, or WITHIN NOISE when
+    the budget lies inside its 95% interval)."""
+    from deployvit.latency.profile import apply_threads, measure_archs, table_settings
 
     settings, device = table_settings(table.metadata)
     apply_threads(settings, device)
-    cache: dict[str, float] = {}
+    budgets = evolution.constraints.budgets()
+    tops = {budget: evolution.best(budget, k) for budget in budgets}
+    archs = {c.arch.key: c.arch for cands in tops.values() for c in cands}
+    echo(f"measuring the top {k} candidates per budget here ({len(archs)} archs, timed together like the table) ...")
+    timings = measure_archs(list(archs.values()), settings, device) if archs else {}
     winners: dict[float | None, "Candidate | None"] = {}
     rows: dict[str, list[dict]] = {}
-    for budget in evolution.constraints.budgets():
+    for budget in budgets:
         label = budget_label(budget)
         rows[label], winners[budget] = [], None
-        for cand in evolution.best(budget, k):
-            if cand.arch.key not in cache:
-                echo(f"measuring {cand.arch.summary()} ...")
-                cache[cand.arch.key] = measure_arch(cand.arch, settings, device).median_us
-            measured = cache[cand.arch.key]
-            rows[label].append({"arch": cand.arch.to_dict(), "summary": cand.arch.summary(), "score": cand.score,
-                                "predicted_us": cand.metrics["latency"], "measured_us": measured})
-            if winners[budget] is None and (budget is None or measured <= budget):
+        for cand in tops[budget]:
+            t = timings[cand.arch.key]
+            row = {"arch": cand.arch.to_dict(), "summary": cand.arch.summary(), "score": cand.score, "predicted_us": cand.metrics["latency"],
+                   "measured_us": t.latency_us, "ci_us": [t.ci_low_us, t.ci_high_us], "budget_us": budget}
+            if winners[budget] is None and (budget is None or t.latency_us <= budget):
                 winners[budget] = cand
+                row.update(winner=True, verdict=None if budget is None else ("MET" if t.ci_high_us <= budget else "WITHIN NOISE"))
+            rows[label].append(row)
     return winners, rows

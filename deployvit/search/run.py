@@ -54,7 +54,7 @@ class SearchRequest:
     config: SearchConfig = field(default_factory=SearchConfig)  # the method (config.method) and its settings
     out: str | None = None
     resume: bool = False
-    measure_top: int = 0
+    measure_top: int | None = None  # None: AUTO_MEASURE_TOP when the table describes this machine, else 0
     score_device: str | None = None   # where scores are computed: auto (None), cpu, cuda, cuda:N
 
     def command(self, space: str | None = None) -> str:
@@ -220,6 +220,23 @@ def resolve_latency_table(request: SearchRequest, space: SearchSpace):
     return resolve_table(query, request.table, space=space)
 
 
+AUTO_MEASURE_TOP = 3  # candidates per budget re-measured by default when the table describes this machine
+
+
+def measure_count(request: SearchRequest, resolved) -> int:
+    """How many top candidates per budget to time here: `--measure-top` as given; by default
+    AUTO_MEASURE_TOP when the search has a latency budget and its table describes this machine (a
+    profile or a calibration made here, or an estimate of this very GPU), so the winner is picked on
+    a measurement; 0 otherwise (a table of another device says nothing a measurement here could check)."""
+    if request.measure_top is not None:
+        return request.measure_top
+    if resolved is None or not request.constraints.uses_latency:
+        return 0
+    from deployvit.latency.resolve import describes_here, machine_for
+
+    return AUTO_MEASURE_TOP if describes_here(resolved.info, machine_for(resolved.table.metadata["device_type"])) else 0
+
+
 def latency_provenance(table) -> dict | None:
     """Where a run's latency numbers come from, for best.arch.json, pareto.csv and the log: a
     measurement names its device, an estimate says it is one (and of which GPU model)."""
@@ -304,7 +321,8 @@ def prepare_search(request: SearchRequest, trained: tuple | None = None, score_n
     concrete = replace(request, space=space.name if request.space == AUTO else request.space)
     notes = check_budgets(model, request.constraints, _space_hint(concrete, space, scores_on_cpu(request)))
     lines += [f"note: {note}" for note in notes]
-    if request.measure_top:  # this machine must be able to time like the table before anything runs
+    measure = measure_count(request, resolved)
+    if measure:  # this machine must be able to time like the table before anything runs
         from deployvit.latency.profile import table_settings
 
         table_settings(table.metadata)
@@ -312,7 +330,7 @@ def prepare_search(request: SearchRequest, trained: tuple | None = None, score_n
     inputs = METHODS[method].load().inputs(request.supernet, space)
     build = functools.partial(make_score, space, config.seed, request.score_device, trained, request.data, request.supernet, score_name)
     return SearchJob(space, model, request.constraints, build() if score_now else None, config, run_dir, request.resume, table,
-                     table_line, notes, _sources(request, table), request.measure_top, inputs, _request_dict(request), is_main_process(),
+                     table_line, notes, _sources(request, table), measure, inputs, _request_dict(request), is_main_process(),
                      resolved.default_target if resolved else None, lines, concrete, build)
 
 
