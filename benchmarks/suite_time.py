@@ -69,7 +69,7 @@ def run_suite(pytest_args: list[str], busy: int) -> dict:
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "busy_processes": busy, "cores": os.cpu_count(),
             "load_before": [round(x, 2) for x in load_before], "load_during_mean": round(sum(samples) / len(samples), 2) if samples else None,
             "load_during_max": round(max(samples), 2) if samples else None, "counts": counts(tail), "last_line": tail,
-            "slowest": slowest(proc.stdout)}
+            "slowest": slowest(proc.stdout), "failed": [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'busy':>4} {'cores':>5} {'load before':>11} {'load during':>11} {'wall':>8} {'cpu':>8}  result")
     print(f"{args.busy:>4} {result['cores']:>5} {result['load_before'][0]:>11.2f} {result['load_during_mean'] or 0:>11.2f} "
           f"{result['wall_s'] / 60:>6.1f} m {result['cpu_s'] / 60:>6.1f} m  {result['last_line']}")
-    for line in result["slowest"]:
+    for line in result["slowest"] + result["failed"]:
         print("  " + line)
     out = args.out or RESULTS / f"suite_time-{'idle' if args.busy == 0 else f'busy{args.busy}'}.json"
     save_result(out, "suite_time", result, argv)

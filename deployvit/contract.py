@@ -67,13 +67,14 @@ def _table_for(runtime: str, arch, precision: str, device: str, batch_size: int 
         first, *rest = str(exc).split("; ")  # the resolver's finding, and the table files it skipped (not its hint)
         return None, "; ".join([f"{wanted}: {first}", *(part for part in rest if part.startswith("skipped "))])
     meta = resolved.table.metadata
+    skipped = "".join(f"; {w}" for w in resolved.warnings if w.startswith("skipped "))  # said with the reason, as above
     if table_path is None and not describes_here(resolved.info, machine):  # the resolver's rule: not a CPU table made elsewhere
         return None, (f"{wanted}: the only table, {resolved.path}, was made on another machine ({meta['device_name']}, {meta['device_label']}), "
-                      "not this one; profile or calibrate here (deployvit profile ... --calibrate 10)")
+                      f"not this one; profile or calibrate here (deployvit profile ... --calibrate 10){skipped}")
     got = (meta["runtime"], meta["precision"], meta["device_type"]) + ((meta["batch_size"],) if batch_size else ())
     if got != (runtime, precision, device) + ((batch_size,) if batch_size else ()):
         return None, (f"{wanted}: {resolved.path} predicts {meta['runtime']} {meta['precision']} b{meta['batch_size']} "
-                      f"on {meta['device_type']} ({meta['device_name']})")
+                      f"on {meta['device_type']} ({meta['device_name']}){skipped}")
     return resolved, None
 
 

@@ -185,7 +185,7 @@ def test_tensorrt_not_installed_says_what_to_install(tmp_path, monkeypatch):
 def test_unwritable_output(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert_one_line_error(run_cli(*profile_args(blocker / "sub" / "t.json")), "cannot create output folder")
+    assert_one_line_error(run_cli(*profile_args(blocker / "sub" / "t.json")), "cannot write --out", f"{blocker} is a file, not a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
