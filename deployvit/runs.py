@@ -62,3 +62,16 @@ def newest_supernet_run(root: str | os.PathLike = RUNS) -> Path | None:
     """The `last.pt` of the newest finished supernet run under `root` (any depth), or None."""
     found = [p for p in Path(root).rglob(SUPERNET[0]) if p.is_file()] if Path(root).is_dir() else []
     return max(found, key=lambda p: (p.stat().st_mtime, str(p)), default=None)
+
+
+def new_run_dir(prefix: str, root: str | os.PathLike = RUNS) -> Path:
+    """A default run folder `root/PREFIX-YYYYmmdd-HHMMSS`, with `-2`, `-3`, ... when that name is
+    taken (two searches started within one second must not meet in one folder)."""
+    import time
+
+    stamp = Path(root) / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = stamp, 1
+    while candidate.exists():
+        n += 1
+        candidate = stamp.with_name(f"{stamp.name}-{n}")
+    return candidate

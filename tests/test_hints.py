@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,3 +110,16 @@ def test_the_journey_follows_its_hints_from_a_search_without_a_supernet_to_an_ex
     (benchmark,) = hints(exported)
     assert benchmark == "deployvit benchmark --arch runs/retrain"
     run_hint(benchmark)
+
+
+def test_two_default_searches_in_one_second_get_two_run_folders(tmp_path, monkeypatch):
+    """The default run folder is named to the second: a second search within it gets `-2`, not a refusal."""
+    from deployvit.runs import new_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("time.strftime", lambda fmt: "20261203-120000")
+    first = new_run_dir("search-test")
+    first.mkdir(parents=True)
+    (first / "best.arch.json").write_text("{}")
+    assert first == Path("runs/search-test-20261203-120000")
+    assert new_run_dir("search-test") == Path("runs/search-test-20261203-120000-2")

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from deployvit import io
 from deployvit.errors import DeployvitError
+from deployvit.runs import new_run_dir
 from deployvit.search import METHODS, SCORES
 from deployvit.search.auto import AUTO, DEFAULT_SPACE, SpacePlan, plan_spaces
 from deployvit.search.budgets import budget_label
@@ -114,7 +114,7 @@ def _with_data(request: SearchRequest, score: str, meta: dict) -> tuple[SearchRe
 
 def _top_dir(request: SearchRequest, spaces: SpacePlan) -> Path:
     """The run folder of a search over several spaces: empty, or (--resume) holding the same plan."""
-    top = Path(request.out or f"runs/search-auto-{time.strftime('%Y%m%d-%H%M%S')}")
+    top = Path(request.out) if request.out else new_run_dir("search-auto")
     saved = top / PLAN_FILE
     if request.resume:
         if not saved.is_file():

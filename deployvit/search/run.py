@@ -14,13 +14,13 @@ from __future__ import annotations
 import functools
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from deployvit import io
 from deployvit.errors import DeployvitError
+from deployvit.runs import new_run_dir
 from deployvit.search import METHODS, SCORE_ALIASES, SCORES, ScoreInputs
 from deployvit.search.auto import AUTO
 from deployvit.search.budgets import METRICS, Constraints, budget_label, metrics_to_file
@@ -362,7 +362,7 @@ def _run_dir(request: SearchRequest, space: SearchSpace) -> Path:
     """The run directory, refused when it holds another run (or, with --resume, no state)."""
     if request.out is not None:  # '' is no folder (never "the default"); an over-long name is found before the search
         io.check_out_path(request.out, "--out", folder=True)
-    run_dir = Path(request.out) if request.out is not None else Path(f"runs/search-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(request.out) if request.out is not None else new_run_dir(f"search-{space.name}")
     if request.resume and not (run_dir / "search_state.json").exists():
         raise DeployvitError(f"--resume: no search state in {run_dir}")
     if not request.resume and run_dir.exists() and any(run_dir.iterdir()):
