@@ -156,7 +156,9 @@ def test_cli_inspect_and_latency_never_print_a_traceback(data):
             assert "Traceback" not in result.err
             assert result.code in (0, 2), (argv, result.code, result.err)
             if result.code == 2:
-                assert len([line for line in result.err.splitlines() if line.strip()]) == 1, result.err
+                # one error line; a warning about the table itself (made under another torch) may precede it
+                errors = [line for line in result.err.splitlines() if line.strip() and not line.startswith("deployvit: warning:")]
+                assert len(errors) == 1, result.err
 
 
 @functools.lru_cache(maxsize=1)
