@@ -82,3 +82,26 @@ def shallow(space, layers: int = 2):
 
     stages = tuple(replace(s, depths=tuple(d for d in range(1, layers + 1))) for s in space.stages)
     return replace(space, stages=stages)
+
+
+def interrupting_time_runs(seen: dict):
+    """`timed(limit)`: a replacement for `deployvit.latency.profile.time_runs` that times as it does but
+    raises KeyboardInterrupt (what Ctrl-C or a kill during a timing looks like) after `limit` rounds,
+    recording in `seen` the rounds timed and, per call, the fewest rounds already done per run."""
+    from deployvit.latency import profile as profile_mod
+
+    real = profile_mod.time_runs
+
+    def timed(limit):
+        def wrapper(runs, s, device, seed=0, done=None, on_round=None):
+            seen["done"].append(min(len(v) for v in done.values()))
+
+            def hook(sample):
+                on_round(sample)
+                seen["rounds"] += 1
+                if seen["rounds"] >= limit:
+                    raise KeyboardInterrupt
+            return real(runs, s, device, seed, done, hook)
+        return wrapper
+
+    return timed

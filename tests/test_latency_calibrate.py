@@ -18,7 +18,7 @@ from deployvit.latency.table import LatencyTable
 from deployvit.settings import MeasureSettings
 from deployvit.spaces import get_space
 
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, interrupting_time_runs, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "latency_tables" / "cpu" / "test-eager-fp32-b1.json"
@@ -99,20 +99,9 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     """A kill during the rounds keeps the finished rounds; the rerun times only the missing ones."""
     out = tmp_path / "c.json"
     settings = MeasureSettings("eager", "fp32", 1, warmup_s=0.0, repeats=1, threads=1, rounds=5, round_s=0.0, max_s=0.0)
-    real = profile_mod.time_runs
     seen = {"rounds": 0, "done": []}
 
-    def timed(limit):
-        def wrapper(runs, s, device, seed=0, done=None, on_round=None):
-            seen["done"].append(min(len(v) for v in done.values()))
-
-            def hook(sample):
-                on_round(sample)
-                seen["rounds"] += 1
-                if seen["rounds"] >= limit:
-                    raise KeyboardInterrupt
-            return real(runs, s, device, seed, done, hook)
-        return wrapper
+    timed = interrupting_time_runs(seen)
 
     plan = cal.plan_calibration(get_space("test"), "cpu", settings, out, 3, 3, str(SHIPPED))
     monkeypatch.setattr(profile_mod, "time_runs", timed(3))

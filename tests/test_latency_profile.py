@@ -13,7 +13,7 @@ from deployvit.latency.table import LatencyTable
 from deployvit.parts import space_parts
 from deployvit.spaces import get_space
 
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, interrupting_time_runs, run_cli
 
 def _foreign_gpu_label() -> str:
     """A known GPU label that is not this machine (h100 is this machine on an H100)."""
@@ -86,22 +86,11 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     """A kill during the interleaved rounds keeps every finished round; the rerun times only the
     rounds still missing (exactly: `max_s` 0 stops at `rounds`)."""
     out = tmp_path / "t.json"
-    real = profile_mod.time_runs
     settings = profile_mod.MeasureSettings("eager", "fp32", 1, warmup_s=0.0, repeats=1, threads=1, rounds=6, round_s=0.0, max_s=0.0)
     total = len(space_parts(get_space("test"))) + 3 + 3
     seen = {"rounds": 0, "done": []}
 
-    def timed(limit):
-        def wrapper(runs, s, device, seed=0, done=None, on_round=None):
-            seen["done"].append(min(len(v) for v in done.values()))
-
-            def hook(sample):
-                on_round(sample)
-                seen["rounds"] += 1
-                if seen["rounds"] >= limit:
-                    raise KeyboardInterrupt  # what Ctrl-C / a kill during a timing looks like
-            return real(runs, s, device, seed, done, hook)
-        return wrapper
+    timed = interrupting_time_runs(seen)
 
     monkeypatch.setattr(profile_mod, "time_runs", timed(4))
     with pytest.raises(KeyboardInterrupt):
